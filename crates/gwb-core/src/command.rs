@@ -1,0 +1,194 @@
+//! What the planner asks the writer to make true in AD. These are intents about one
+//! cloud group, addressed by its anchor, never by DN: the writer finds the object by
+//! anchor under the managed OUs and only then acts on it.
+
+use std::fmt;
+
+/// AD group flavour written back (DESIGN.md §3, Graph `onPremisesGroupType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupType {
+    UniversalSecurity,
+    UniversalDistribution,
+    UniversalMailEnabledSecurity,
+}
+
+impl GroupType {
+    /// `groupType` attribute value: universal scope (0x8) plus the security bit
+    /// (0x80000000) for security flavours.
+    pub fn ad_group_type(self) -> i32 {
+        const UNIVERSAL: i32 = 0x8;
+        const SECURITY: i32 = i32::MIN; // 0x80000000
+        match self {
+            GroupType::UniversalSecurity | GroupType::UniversalMailEnabledSecurity => {
+                UNIVERSAL | SECURITY
+            }
+            GroupType::UniversalDistribution => UNIVERSAL,
+        }
+    }
+
+    /// Whether this type needs Exchange recipient attributes in the AD schema.
+    pub fn needs_exchange(self) -> bool {
+        !matches!(self, GroupType::UniversalSecurity)
+    }
+
+    /// Graph's spelling (`writebackConfiguration.onPremisesGroupType`).
+    pub fn graph_name(self) -> &'static str {
+        match self {
+            GroupType::UniversalSecurity => "universalSecurityGroup",
+            GroupType::UniversalDistribution => "universalDistributionGroup",
+            GroupType::UniversalMailEnabledSecurity => "universalMailEnabledSecurityGroup",
+        }
+    }
+
+    pub fn from_graph_name(name: &str) -> Option<Self> {
+        [
+            GroupType::UniversalSecurity,
+            GroupType::UniversalDistribution,
+            GroupType::UniversalMailEnabledSecurity,
+        ]
+        .into_iter()
+        .find(|t| t.graph_name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Display for GroupType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.graph_name())
+    }
+}
+
+/// Mail attributes, only sent when the target type is mail-enabled and the schema
+/// has the Exchange attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MailAttributes {
+    pub mail: Option<String>,
+    pub mail_nickname: Option<String>,
+    /// Every proxy address, primary (`SMTP:`) and secondary (`smtp:`).
+    pub proxy_addresses: Vec<String>,
+}
+
+/// Desired AD shape of one written-back group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    /// Cloud objectId (GUID string).
+    pub object_id: String,
+    /// `Group_<objectId>`: written to `adminDescription` (and
+    /// `msDS-ExternalDirectoryObjectId` where the schema has it).
+    pub anchor: String,
+    /// Unescaped RDN value; the writer escapes it.
+    pub cn: String,
+    /// DN of the OU the group must live in (already a valid DN).
+    pub parent_dn: String,
+    /// Ordered, deterministic candidates; the writer takes the first one not used by
+    /// another object, and keeps the current one if it is still a candidate.
+    pub sam_account_name_candidates: Vec<String>,
+    pub group_type: GroupType,
+    pub display_name: String,
+    pub description: Option<String>,
+    pub mail: Option<MailAttributes>,
+}
+
+/// How a member is referenced in a `member` value: by AD SID (`<SID=…>`, synced users)
+/// or AD objectGUID (`<GUID=…>`, nested groups we wrote back ourselves).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MemberRef {
+    Sid(String),
+    Guid(String),
+}
+
+impl MemberRef {
+    /// The value to put in `member` (AD resolves it to the referenced object's DN).
+    pub fn ldap_value(&self) -> String {
+        match self {
+            MemberRef::Sid(sid) => format!("<SID={sid}>"),
+            MemberRef::Guid(guid) => format!("<GUID={guid}>"),
+        }
+    }
+
+    /// Stable text form used as a key in the planner's store, e.g. `sid:S-1-5-…`.
+    pub fn key(&self) -> String {
+        match self {
+            MemberRef::Sid(sid) => format!("sid:{sid}"),
+            MemberRef::Guid(guid) => format!("guid:{}", guid.to_ascii_lowercase()),
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Self> {
+        if let Some(sid) = key.strip_prefix("sid:") {
+            Some(MemberRef::Sid(sid.to_string()))
+        } else {
+            key.strip_prefix("guid:").map(|g| MemberRef::Guid(g.to_string()))
+        }
+    }
+}
+
+/// One writer command. Every variant names the group by anchor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteCommand {
+    /// Create the group if no object carries the anchor, else make its name, OU and
+    /// attributes match (rename/move keep objectGUID and SID).
+    Upsert(GroupSpec),
+    AddMembers { anchor: String, members: Vec<MemberRef> },
+    RemoveMembers { anchor: String, members: Vec<MemberRef> },
+    /// Delete the group carrying the anchor; absent already counts as done.
+    Delete { anchor: String },
+    /// Move the group carrying the anchor into the retired OU, keeping it.
+    Retire { anchor: String, retired_ou: String },
+}
+
+impl WriteCommand {
+    pub fn anchor(&self) -> &str {
+        match self {
+            WriteCommand::Upsert(spec) => &spec.anchor,
+            WriteCommand::AddMembers { anchor, .. }
+            | WriteCommand::RemoveMembers { anchor, .. }
+            | WriteCommand::Delete { anchor }
+            | WriteCommand::Retire { anchor, .. } => anchor,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WriteCommand::Upsert(_) => "upsert",
+            WriteCommand::AddMembers { .. } => "add_members",
+            WriteCommand::RemoveMembers { .. } => "remove_members",
+            WriteCommand::Delete { .. } => "delete",
+            WriteCommand::Retire { .. } => "retire",
+        }
+    }
+}
+
+/// The AD object a command acted on, as the writer found or left it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AppliedGroup {
+    pub dn: String,
+    /// Lower-case hyphenated GUID string.
+    pub object_guid: String,
+    /// `S-1-5-21-…` string.
+    pub object_sid: String,
+    pub sam_account_name: String,
+}
+
+/// What applying one command did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ApplyReport {
+    /// The group after the command (None after a delete, or when it was already absent).
+    pub group: Option<AppliedGroup>,
+    pub members_added: u32,
+    pub members_removed: u32,
+    /// Values that were already in the requested state (idempotent replays).
+    pub members_unchanged: u32,
+    /// Member values AD refused (e.g. the SID does not resolve), with the reason.
+    pub members_rejected: Vec<(MemberRef, String)>,
+    /// Whether anything was changed in AD.
+    pub changed: bool,
+}
+
+/// Retry classification at the directory boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Server down, busy (51), unavailable (52), timeout: retry later, same command.
+    Transient,
+    /// Constraint, syntax, missing parent, access, safety refusal: retrying will not help.
+    Permanent,
+}
