@@ -1,1 +1,32 @@
+//! The product's RabbitMQ layer. Only this crate knows lapin.
+//!
+//! Guarantees (DESIGN.md §4): durable quorum queues, persistent messages, publisher
+//! confirms where a Nack is a failure, manual acks after the consumer's side effect is
+//! durable, bounded prefetch, dead-lettering for messages that cannot be processed and
+//! a delivery limit for poison messages. Connection loss is handled by rebuilding the
+//! connection with backoff; unacked deliveries return to their queue, so nothing is
+//! lost and consumers must be idempotent.
 
+mod config;
+mod consumer;
+mod publisher;
+mod topology;
+
+pub use config::BusConfig;
+pub use consumer::{Delivery, Disposition, consume};
+pub use publisher::{Message, Publisher};
+pub use topology::{Route, Topology, delete_topology, partition_of};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("RabbitMQ connection to {url}: {source}")]
+    Connect { url: String, source: lapin::Error },
+    #[error("RabbitMQ {operation}: {source}")]
+    Amqp { operation: &'static str, source: lapin::Error },
+    #[error("broker refused (nack) the message published to {route}")]
+    Nacked { route: String },
+    #[error("message published to {route} was unroutable")]
+    Unroutable { route: String },
+    #[error("timed out after {seconds}s waiting for {operation}")]
+    Timeout { operation: &'static str, seconds: u64 },
+}

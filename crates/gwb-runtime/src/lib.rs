@@ -1,1 +1,7 @@
+//! Shared service runtime: configuration layering, secrets from files, logging and
+//! shutdown. Knows nothing about Graph, AMQP or LDAP.
 
+pub mod config;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;

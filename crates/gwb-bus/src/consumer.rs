@@ -1,0 +1,170 @@
+//! Supervised consumption: (re)connect with backoff, declare the topology, consume one
+//! queue with bounded prefetch, hand each delivery to the handler *in order*, and
+//! ack/reject after the handler's side effects are durable.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use rand::Rng;
+
+use gwb_runtime::shutdown::Shutdown;
+
+use crate::publisher::connect;
+use crate::{BusConfig, BusError, Topology};
+
+/// A received message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub payload: Vec<u8>,
+    pub message_id: Option<String>,
+    pub kind: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub redelivered: bool,
+    /// Times the broker delivered it before (quorum queues' `x-delivery-count`).
+    pub delivery_count: u64,
+}
+
+/// What to do with a delivery once the handler is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Processed (or already processed before): remove it.
+    Ack,
+    /// Cannot ever be processed (garbage, unknown version, impossible): move it to
+    /// the dead-letter queue.
+    DeadLetter,
+    /// Could not be processed now; the broker redelivers it (counted against the
+    /// delivery limit).
+    Requeue,
+}
+
+/// Consumes `queue` until shutdown, calling `handler` for one delivery at a time.
+/// Connection errors are logged and retried with capped exponential backoff.
+pub async fn consume<H, F>(config: BusConfig, queue: String, shutdown: Shutdown, mut handler: H)
+where
+    H: FnMut(Delivery) -> F,
+    F: Future<Output = Disposition>,
+{
+    let topology = Topology::new(&config);
+    let mut failures: u32 = 0;
+    while !shutdown.is_triggered() {
+        match consume_once(&config, &topology, &queue, &shutdown, &mut handler).await {
+            Ok(()) => return,
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures);
+                tracing::warn!(%error, queue, retry_in_ms = delay.as_millis() as u64, "consumer lost its connection");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.triggered() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn consume_once<H, F>(
+    config: &BusConfig,
+    topology: &Topology,
+    queue: &str,
+    shutdown: &Shutdown,
+    handler: &mut H,
+) -> Result<(), BusError>
+where
+    H: FnMut(Delivery) -> F,
+    F: Future<Output = Disposition>,
+{
+    let connection = connect(config).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|source| BusError::Amqp { operation: "channel.open", source })?;
+    topology.declare(&channel).await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|source| BusError::Amqp { operation: "basic.qos", source })?;
+    let tag = format!("{}-{}", queue, std::process::id());
+    let mut consumer = channel
+        .basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .map_err(|source| BusError::Amqp { operation: "basic.consume", source })?;
+    tracing::info!(queue, "consuming");
+    loop {
+        let next = tokio::select! {
+            next = consumer.next() => next,
+            _ = shutdown.triggered() => {
+                // Unacked deliveries go back to the queue when the connection closes.
+                let _ = connection.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
+        };
+        let Some(next) = next else {
+            return Err(BusError::Timeout { operation: "consumer stream ended", seconds: 0 });
+        };
+        let delivery = next.map_err(|source| BusError::Amqp { operation: "basic.deliver", source })?;
+        let received = to_delivery(&delivery);
+        let disposition = handler(received).await;
+        let acker = &delivery.acker;
+        let result = match disposition {
+            Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
+            Disposition::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
+            Disposition::Requeue => acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+        };
+        result.map_err(|source| BusError::Amqp { operation: "basic.ack", source })?;
+    }
+}
+
+fn to_delivery(delivery: &lapin::message::Delivery) -> Delivery {
+    let properties = &delivery.properties;
+    let mut headers = BTreeMap::new();
+    let mut delivery_count = 0;
+    if let Some(table) = properties.headers() {
+        for (name, value) in table.inner() {
+            match value {
+                AMQPValue::LongString(text) => {
+                    headers.insert(name.to_string(), text.to_string());
+                }
+                AMQPValue::ShortString(text) => {
+                    headers.insert(name.to_string(), text.to_string());
+                }
+                other if name.as_str() == "x-delivery-count" => {
+                    delivery_count = amqp_number(other).unwrap_or(0);
+                }
+                _ => {}
+            }
+        }
+    }
+    Delivery {
+        payload: delivery.data.clone(),
+        message_id: properties.message_id().as_ref().map(|s| s.to_string()),
+        kind: properties.kind().as_ref().map(|s| s.to_string()),
+        headers,
+        redelivered: delivery.redelivered,
+        delivery_count,
+    }
+}
+
+fn amqp_number(value: &AMQPValue) -> Option<u64> {
+    match value {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+        _ => None,
+    }
+}
+
+/// 100 ms doubling to 10 s, with ±25 % jitter so restarted services do not reconnect
+/// in lockstep.
+fn backoff(failures: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << failures.min(7)).min(10_000);
+    let jitter = rand::rng().random_range(0.75..1.25);
+    Duration::from_millis((base as f64 * jitter) as u64)
+}
