@@ -1,0 +1,118 @@
+//! Names of written-back groups: anchor, CN and sAMAccountName (DESIGN.md §3).
+
+/// AD limit on the `cn` RDN value (ub-common-name).
+pub const CN_MAX_CHARS: usize = 64;
+/// `sAMAccountName` kept within the pre-Windows 2000 limit so every client can use it.
+pub const SAM_MAX_CHARS: usize = 20;
+/// Display-name part of the `<displayName>_<last 12>` template (Microsoft's rule).
+const DISPLAY_NAME_CHARS: usize = 51;
+
+/// Which CN Microsoft's writeback would use; we offer both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NameTemplate {
+    /// `Group_<objectId>` (Connect Sync's default).
+    #[default]
+    ObjectId,
+    /// `<displayName, at most 51 chars>_<last 12 hex chars of objectId>`.
+    DisplayName,
+}
+
+/// The anchor written to `adminDescription` / `msDS-ExternalDirectoryObjectId`.
+pub fn anchor(object_id: &str) -> String {
+    format!("Group_{}", object_id.to_ascii_lowercase())
+}
+
+/// Inverse of [`anchor`].
+pub fn object_id_from_anchor(anchor: &str) -> Option<&str> {
+    anchor.strip_prefix("Group_")
+}
+
+fn last_12(object_id: &str) -> String {
+    let hex: String = object_id.chars().filter(char::is_ascii_hexdigit).collect();
+    let start = hex.len().saturating_sub(12);
+    hex[start..].to_ascii_lowercase()
+}
+
+/// The CN (unescaped) for a group. Whitespace is trimmed as Microsoft's expression
+/// does, control characters are dropped (they have no business in a name), and the
+/// result always fits AD's 64-character limit.
+pub fn cn(template: NameTemplate, display_name: &str, object_id: &str) -> String {
+    match template {
+        NameTemplate::ObjectId => anchor(object_id),
+        NameTemplate::DisplayName => {
+            let cleaned: String = display_name.chars().filter(|c| !c.is_control()).collect();
+            let base: String = cleaned.trim().chars().take(DISPLAY_NAME_CHARS).collect();
+            let base = base.trim_end();
+            if base.is_empty() {
+                anchor(object_id)
+            } else {
+                format!("{base}_{}", last_12(object_id))
+            }
+        }
+    }
+}
+
+/// Characters AD refuses in sAMAccountName, plus control characters.
+fn sam_allowed(c: char) -> bool {
+    !(c.is_control() || "\"/\\[]:;|=,+*?<>@".contains(c))
+}
+
+/// Deterministic, readable sAMAccountName candidates, best first: the cleaned display
+/// name, then the name with growing slices of the objectId, then the objectId form.
+/// The writer takes the first one no other object uses.
+pub fn sam_account_name_candidates(display_name: &str, object_id: &str) -> Vec<String> {
+    let cleaned: String = display_name.chars().filter(|c| sam_allowed(*c)).collect();
+    // A trailing period is not allowed; leading/trailing spaces are confusing.
+    let cleaned = cleaned.trim().trim_end_matches('.').trim().to_string();
+    let id_hex = last_12(object_id);
+    let mut candidates = Vec::new();
+    if !cleaned.is_empty() {
+        candidates.push(truncate(&cleaned, SAM_MAX_CHARS));
+        for suffix_len in [4, 8, 12] {
+            let suffix = &id_hex[id_hex.len().saturating_sub(suffix_len)..];
+            let room = SAM_MAX_CHARS - suffix.len() - 1;
+            let base = truncate(&cleaned, room);
+            candidates.push(format!("{}_{suffix}", base.trim_end()));
+        }
+    }
+    // Always unique by construction: 7 + 12 = 19 characters.
+    candidates.push(format!("Group_{id_hex}"));
+    candidates.dedup();
+    candidates
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3A5C3221-0F1E-4B7D-9C8A-E9305786A271";
+
+    #[test]
+    fn templates() {
+        assert_eq!(cn(NameTemplate::ObjectId, "x", ID), "Group_3a5c3221-0f1e-4b7d-9c8a-e9305786a271");
+        assert_eq!(cn(NameTemplate::DisplayName, " Administrators ", ID), "Administrators_e9305786a271");
+        let long = "a".repeat(80);
+        let name = cn(NameTemplate::DisplayName, &long, ID);
+        assert_eq!(name.chars().count(), 51 + 13);
+        assert!(name.chars().count() <= CN_MAX_CHARS);
+        assert_eq!(cn(NameTemplate::DisplayName, "  \n ", ID), anchor(ID));
+        assert_eq!(cn(NameTemplate::DisplayName, "Équipe 🚀", ID), "Équipe 🚀_e9305786a271");
+    }
+
+    #[test]
+    fn sam_candidates_are_clean_bounded_and_end_unique() {
+        let c = sam_account_name_candidates("Sales, EMEA: \"Team\"", ID);
+        assert_eq!(c[0], "Sales EMEA Team");
+        assert!(c.iter().all(|s| s.chars().count() <= SAM_MAX_CHARS));
+        assert!(c.iter().all(|s| s.chars().all(sam_allowed)));
+        assert_eq!(c.last().map(String::as_str), Some("Group_e9305786a271"));
+        assert_eq!(c[1], "Sales EMEA Team_a271");
+        let only_bad = sam_account_name_candidates("@@@", ID);
+        assert_eq!(only_bad, vec!["Group_e9305786a271".to_string()]);
+        assert_eq!(sam_account_name_candidates("x", ID), sam_account_name_candidates("x", ID));
+    }
+}

@@ -1,0 +1,227 @@
+//! Which cloud groups are written back, as what, and where (DESIGN.md §3).
+
+use std::collections::BTreeSet;
+
+use crate::command::{GroupSpec, GroupType, MailAttributes};
+use crate::naming::{self, NameTemplate};
+
+/// A cloud group as the planner knows it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CloudGroup {
+    pub id: String,
+    pub display_name: String,
+    pub description: Option<String>,
+    pub mail_nickname: Option<String>,
+    pub mail: Option<String>,
+    pub mail_enabled: bool,
+    pub security_enabled: bool,
+    pub group_types: Vec<String>,
+    pub proxy_addresses: Vec<String>,
+    pub on_premises_sync_enabled: Option<bool>,
+    /// Beta `writebackConfiguration.isEnabled`.
+    pub writeback_enabled: Option<bool>,
+    /// Beta `writebackConfiguration.onPremisesGroupType`.
+    pub writeback_group_type: Option<String>,
+}
+
+impl CloudGroup {
+    pub fn is_microsoft_365(&self) -> bool {
+        self.group_types.iter().any(|t| t.eq_ignore_ascii_case("Unified"))
+    }
+}
+
+/// Scope rules: a group is in scope when any rule matches.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scope {
+    pub all_security_groups: bool,
+    pub all_microsoft_365_groups: bool,
+    pub group_ids: BTreeSet<String>,
+    pub display_name_prefixes: Vec<String>,
+}
+
+impl Scope {
+    fn matches(&self, group: &CloudGroup) -> bool {
+        (self.all_security_groups && group.security_enabled && !group.is_microsoft_365())
+            || (self.all_microsoft_365_groups && group.is_microsoft_365())
+            || self.group_ids.contains(&group.id.to_ascii_lowercase())
+            || self.display_name_prefixes.iter().any(|p| group.display_name.starts_with(p.as_str()))
+    }
+}
+
+/// Operator's per-group settings; each set field wins over everything else.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GroupOverride {
+    pub enabled: Option<bool>,
+    pub group_type: Option<GroupType>,
+    pub parent_dn: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub default_ou: String,
+    pub security_ou: Option<String>,
+    pub distribution_ou: Option<String>,
+    pub name_template: NameTemplate,
+}
+
+/// What the directory can hold, as the writer discovered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirectorySchema {
+    pub has_exchange: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Write(GroupSpec),
+    /// Not written back, with the reason shown to the operator.
+    Skip(String),
+}
+
+/// Decides one group. Order matters: loop prevention and Exchange gating can not be
+/// overridden; the operator's override beats Graph's writebackConfiguration, which
+/// beats the scope rules.
+pub fn decide(
+    group: &CloudGroup,
+    over: &GroupOverride,
+    scope: &Scope,
+    placement: &Placement,
+    schema: DirectorySchema,
+) -> Decision {
+    if group.on_premises_sync_enabled == Some(true) {
+        return Decision::Skip("synced from on-premises AD: writing it back would loop".into());
+    }
+    let is_m365 = group.is_microsoft_365();
+    if !is_m365 && group.mail_enabled && !group.security_enabled {
+        return Decision::Skip("cloud distribution lists are not written back (Microsoft 365 and security groups only)".into());
+    }
+    let enabled = over
+        .enabled
+        .map(|e| (e, "operator override"))
+        .or(group.writeback_enabled.map(|e| (e, "writebackConfiguration.isEnabled")))
+        .unwrap_or_else(|| (scope.matches(group), "scope rules"));
+    if !enabled.0 {
+        return Decision::Skip(format!("writeback not enabled for this group ({})", enabled.1));
+    }
+    let requested = over.group_type.or_else(|| {
+        group.writeback_group_type.as_deref().and_then(GroupType::from_graph_name)
+    });
+    let group_type = match requested {
+        Some(t) => t,
+        None if is_m365 => GroupType::UniversalDistribution,
+        None => GroupType::UniversalSecurity,
+    };
+    if !is_m365 && group_type != GroupType::UniversalSecurity {
+        return Decision::Skip(format!("a security group can only be written back as universalSecurityGroup, not {group_type}"));
+    }
+    if group_type.needs_exchange() && !schema.has_exchange {
+        return Decision::Skip(format!(
+            "writing back as {group_type} needs the Exchange schema in AD, and it was not found in the schema naming context; \
+             write it back as universalSecurityGroup or extend the schema"
+        ));
+    }
+    let parent_dn = over.parent_dn.clone().unwrap_or_else(|| {
+        let per_type = if group_type == GroupType::UniversalDistribution {
+            placement.distribution_ou.clone()
+        } else {
+            placement.security_ou.clone()
+        };
+        per_type.unwrap_or_else(|| placement.default_ou.clone())
+    });
+    let mail = group_type.needs_exchange().then(|| MailAttributes {
+        mail: group.mail.clone(),
+        mail_nickname: group.mail_nickname.clone(),
+        proxy_addresses: group.proxy_addresses.clone(),
+    });
+    Decision::Write(GroupSpec {
+        object_id: group.id.to_ascii_lowercase(),
+        anchor: naming::anchor(&group.id),
+        cn: naming::cn(placement.name_template, &group.display_name, &group.id),
+        parent_dn,
+        sam_account_name_candidates: naming::sam_account_name_candidates(&group.display_name, &group.id),
+        group_type,
+        display_name: group.display_name.clone(),
+        description: group.description.clone().filter(|d| !d.is_empty()),
+        mail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement() -> Placement {
+        Placement { default_ou: "OU=WB,DC=lab".into(), security_ou: None, distribution_ou: Some("OU=DL,DC=lab".into()), name_template: NameTemplate::ObjectId }
+    }
+
+    fn security(id: &str) -> CloudGroup {
+        CloudGroup { id: id.into(), display_name: "Sec".into(), security_enabled: true, ..Default::default() }
+    }
+
+    fn m365(id: &str) -> CloudGroup {
+        CloudGroup { id: id.into(), display_name: "Team".into(), mail_enabled: true, group_types: vec!["Unified".into()], ..Default::default() }
+    }
+
+    fn all_security() -> Scope {
+        Scope { all_security_groups: true, ..Default::default() }
+    }
+
+    #[test]
+    fn security_group_in_scope_is_written_as_universal_security() {
+        let Decision::Write(spec) = decide(&security("ID1"), &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()) else {
+            panic!("expected write")
+        };
+        assert_eq!(spec.group_type, GroupType::UniversalSecurity);
+        assert_eq!(spec.anchor, "Group_id1");
+        assert_eq!(spec.parent_dn, "OU=WB,DC=lab");
+        assert!(spec.mail.is_none());
+    }
+
+    #[test]
+    fn synced_from_ad_never_written_even_with_override() {
+        let mut g = security("a");
+        g.on_premises_sync_enabled = Some(true);
+        let over = GroupOverride { enabled: Some(true), ..Default::default() };
+        assert!(matches!(decide(&g, &over, &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(r) if r.contains("loop")));
+    }
+
+    #[test]
+    fn precedence_override_then_writeback_configuration_then_scope() {
+        let mut g = security("a");
+        g.writeback_enabled = Some(false);
+        assert!(matches!(decide(&g, &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(_)));
+        let over = GroupOverride { enabled: Some(true), ..Default::default() };
+        assert!(matches!(decide(&g, &over, &Scope::default(), &placement(), DirectorySchema::default()), Decision::Write(_)));
+        let out = GroupOverride { enabled: Some(false), ..Default::default() };
+        assert!(matches!(decide(&security("a"), &out, &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(r) if r.contains("operator")));
+    }
+
+    #[test]
+    fn microsoft_365_needs_exchange_for_distribution() {
+        let scope = Scope { all_microsoft_365_groups: true, ..Default::default() };
+        let refused = decide(&m365("b"), &GroupOverride::default(), &scope, &placement(), DirectorySchema { has_exchange: false });
+        assert!(matches!(&refused, Decision::Skip(r) if r.contains("Exchange schema")), "{refused:?}");
+        let Decision::Write(spec) = decide(&m365("b"), &GroupOverride::default(), &scope, &placement(), DirectorySchema { has_exchange: true }) else { panic!() };
+        assert_eq!(spec.group_type, GroupType::UniversalDistribution);
+        assert_eq!(spec.parent_dn, "OU=DL,DC=lab");
+        assert!(spec.mail.is_some());
+        let as_security = GroupOverride { group_type: Some(GroupType::UniversalSecurity), ..Default::default() };
+        assert!(matches!(decide(&m365("b"), &as_security, &scope, &placement(), DirectorySchema::default()), Decision::Write(_)));
+    }
+
+    #[test]
+    fn security_group_cannot_become_distribution_and_dls_are_refused() {
+        let over = GroupOverride { group_type: Some(GroupType::UniversalDistribution), ..Default::default() };
+        assert!(matches!(decide(&security("a"), &over, &all_security(), &placement(), DirectorySchema { has_exchange: true }), Decision::Skip(_)));
+        let dl = CloudGroup { id: "d".into(), mail_enabled: true, ..Default::default() };
+        assert!(matches!(decide(&dl, &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(r) if r.contains("distribution lists")));
+    }
+
+    #[test]
+    fn prefix_and_id_scopes() {
+        let scope = Scope { display_name_prefixes: vec!["Se".into()], ..Default::default() };
+        assert!(matches!(decide(&security("a"), &GroupOverride::default(), &scope, &placement(), DirectorySchema::default()), Decision::Write(_)));
+        let scope = Scope { group_ids: ["x".to_string()].into(), ..Default::default() };
+        assert!(matches!(decide(&security("X"), &GroupOverride::default(), &scope, &placement(), DirectorySchema::default()), Decision::Write(_)));
+        assert!(matches!(decide(&security("y"), &GroupOverride::default(), &scope, &placement(), DirectorySchema::default()), Decision::Skip(_)));
+    }
+}

@@ -1,0 +1,252 @@
+//! HTTP side: tokens, retries and error classification.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use gwb_runtime::secret::Secret;
+use rand::Rng;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::delta::{DeltaPage, Resource, parse_page};
+use crate::token::{AccessToken, request_token, without_url};
+use crate::{GraphConfig, GraphError};
+
+const GROUP_SELECT: &str = "id,displayName,description,mailNickname,mail,mailEnabled,securityEnabled,groupTypes,proxyAddresses,onPremisesSyncEnabled,members";
+const USER_SELECT: &str = "id,displayName,userPrincipalName,userType,onPremisesSecurityIdentifier,onPremisesSyncEnabled,onPremisesDistinguishedName,onPremisesSamAccountName";
+
+pub struct GraphClient {
+    config: GraphConfig,
+    secret: Secret,
+    http: reqwest::Client,
+    token: Mutex<Option<(AccessToken, Duration)>>,
+}
+
+impl GraphClient {
+    pub fn new(config: GraphConfig, secret: Secret) -> Result<Self, GraphError> {
+        for (key, value) in [("graph.login_endpoint", &config.login_endpoint), ("graph.graph_endpoint", &config.graph_endpoint)] {
+            url::Url::parse(value).map_err(|e| GraphError::Config(format!("{key} = {value:?}: {e}")))?;
+        }
+        if !matches!(config.api_version.as_str(), "v1.0" | "beta") {
+            return Err(GraphError::Config(format!("graph.api_version must be \"v1.0\" or \"beta\", not {:?}", config.api_version)));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.request_timeout_seconds.max(1)))
+            .user_agent(concat!("gwb-collector/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GraphError::Config(format!("HTTP client: {e}")))?;
+        Ok(GraphClient { config, secret, http, token: Mutex::new(None) })
+    }
+
+    /// First request of a full round. Query parameters go on this request only; every
+    /// later link is followed verbatim.
+    pub fn initial_url(&self, resource: Resource) -> String {
+        let select = match resource {
+            Resource::Users => USER_SELECT.to_string(),
+            Resource::Groups if self.config.is_beta() => format!("{GROUP_SELECT},writebackConfiguration"),
+            Resource::Groups => GROUP_SELECT.to_string(),
+        };
+        format!(
+            "{}/{}/{}/delta?$select={}",
+            self.config.graph_endpoint.trim_end_matches('/'),
+            self.config.api_version,
+            resource.path(),
+            select
+        )
+    }
+
+    /// Fetches one delta page, retrying throttling and transient faults.
+    pub async fn fetch_page(&self, resource: Resource, url: &str) -> Result<DeltaPage, GraphError> {
+        let body = self.get(url).await?;
+        parse_page(resource, &body).map_err(|reason| GraphError::Malformed { url: url.to_string(), reason })
+    }
+
+    async fn get(&self, url: &str) -> Result<Vec<u8>, GraphError> {
+        let mut attempts = 0u32;
+        let mut renewed_after_401 = false;
+        loop {
+            attempts += 1;
+            let token = self.access_token().await?;
+            let sent = self
+                .http
+                .get(url)
+                .bearer_auth(token.expose())
+                .header("client-request-id", request_id())
+                .send()
+                .await;
+            let response = match sent {
+                Ok(response) => response,
+                Err(error) => {
+                    let last = without_url(&error);
+                    self.pause_before_retry(attempts, None, &last).await?;
+                    continue;
+                }
+            };
+            let status = response.status();
+            let wait = retry_after(response.headers(), SystemTime::now());
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = match response.bytes().await {
+                Ok(body) => body.to_vec(),
+                Err(error) => {
+                    let last = without_url(&error);
+                    self.pause_before_retry(attempts, None, &last).await?;
+                    continue;
+                }
+            };
+            if status.is_success() {
+                return Ok(body);
+            }
+            let (code, message) = error_code(&body);
+            match status {
+                StatusCode::GONE => {
+                    return Err(GraphError::ResyncRequired { reason: "410 Gone".into(), location });
+                }
+                StatusCode::UNAUTHORIZED if !renewed_after_401 => {
+                    renewed_after_401 = true;
+                    *self.token.lock().await = None;
+                    attempts -= 1;
+                }
+                StatusCode::UNAUTHORIZED => {
+                    return Err(GraphError::Unauthorized(format!("Graph answered 401 after a token renewal: {code}: {message}")));
+                }
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
+                    let last = format!("{status} {code}");
+                    tracing::warn!(%status, retry_after_ms = wait.map(|w| w.as_millis() as u64), "Graph throttled or unavailable");
+                    self.pause_before_retry(attempts, wait, &last).await?;
+                }
+                s if s.is_client_error() && is_resync_code(&body) => {
+                    return Err(GraphError::ResyncRequired { reason: format!("{status} {code}"), location: None });
+                }
+                s if s.is_server_error() => {
+                    self.pause_before_retry(attempts, wait, &format!("{status} {code}")).await?;
+                }
+                _ => {
+                    return Err(GraphError::Rejected { status: status.as_u16(), code, message });
+                }
+            }
+        }
+    }
+
+    async fn pause_before_retry(&self, attempts: u32, wait: Option<Duration>, last: &str) -> Result<(), GraphError> {
+        if attempts > self.config.max_retries {
+            return Err(GraphError::Unavailable { attempts, last: last.to_string() });
+        }
+        let cap = Duration::from_secs(self.config.max_backoff_seconds.max(1));
+        let delay = wait.unwrap_or_else(|| backoff(attempts, cap));
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    async fn access_token(&self) -> Result<Secret, GraphError> {
+        let mut cached = self.token.lock().await;
+        let now = Instant::now();
+        if let Some((token, lifetime)) = cached.as_ref()
+            && token.is_fresh(now, *lifetime)
+        {
+            return Ok(token.value.clone());
+        }
+        let scope = self.config.scope();
+        let mut attempt = 0;
+        let fresh = loop {
+            attempt += 1;
+            match request_token(&self.http, &self.config.token_url(), &self.config.client_id, &self.secret, &scope, now).await {
+                Ok(fresh) => break fresh,
+                Err(GraphError::Unavailable { last, .. }) if attempt <= self.config.max_retries => {
+                    tracing::warn!(attempt, %last, "token endpoint unavailable");
+                    tokio::time::sleep(backoff(attempt, Duration::from_secs(self.config.max_backoff_seconds.max(1)))).await;
+                }
+                Err(other) => return Err(other),
+            }
+        };
+        let value = fresh.0.value.clone();
+        *cached = Some(fresh);
+        Ok(value)
+    }
+}
+
+fn request_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `Retry-After` as decimal seconds (Graph sends e.g. `2.128`) or an HTTP date.
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(3600.0)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO).min(Duration::from_secs(3600)))
+}
+
+/// Exponential backoff with full jitter: 0.5 s · 2^(attempt−1), capped.
+pub(crate) fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let exp = Duration::from_millis(500u64.saturating_mul(1 << attempt.saturating_sub(1).min(16)));
+    let ceiling = exp.min(cap);
+    ceiling.mul_f64(rand::rng().random_range(0.5..1.0))
+}
+
+/// Top-level `error.code` and `error.message`.
+fn error_code(body: &[u8]) -> (String, String) {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let code = error.and_then(|e| e.get("code")).and_then(Value::as_str).unwrap_or("unknown");
+    let message = error.and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("");
+    (code.to_string(), message.to_string())
+}
+
+/// `syncStateNotFound` / `resyncRequired` as the code or any nested inner code, any
+/// casing (`innererror` and `innerError` both occur).
+pub(crate) fn is_resync_code(body: &[u8]) -> bool {
+    let Ok(parsed) = serde_json::from_slice::<Value>(body) else { return false };
+    let mut current = parsed.get("error");
+    while let Some(error) = current {
+        if let Some(code) = error.get("code").and_then(Value::as_str)
+            && (code.eq_ignore_ascii_case("syncStateNotFound") || code.eq_ignore_ascii_case("resyncRequired"))
+        {
+            return true;
+        }
+        current = error.get("innererror").or_else(|| error.get("innerError"));
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_decimal_and_date() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("2.128"));
+        assert_eq!(retry_after(&headers, SystemTime::now()), Some(Duration::from_millis(2128)));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(5));
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(5)));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers, now), None);
+    }
+
+    #[test]
+    fn resync_codes_nested_any_case() {
+        assert!(is_resync_code(br#"{"error":{"code":"SyncStateNotFound"}}"#));
+        assert!(is_resync_code(br#"{"error":{"code":"badRequest","innerError":{"code":"x","innererror":{"code":"resyncrequired"}}}}"#));
+        assert!(!is_resync_code(br#"{"error":{"code":"badRequest","message":"syncStateNotFound"}}"#));
+        assert!(!is_resync_code(b"not json"));
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        for attempt in 1..40 {
+            assert!(backoff(attempt, Duration::from_secs(3)) <= Duration::from_secs(3));
+        }
+    }
+}

@@ -1,0 +1,63 @@
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `[graph]` section of the collector's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    /// Login authority; national clouds use their own (e.g. `https://login.microsoftonline.us`).
+    #[serde(default = "default_login")]
+    pub login_endpoint: String,
+    /// Graph root; e.g. `https://graph.microsoft.us`, or graph-sim's address.
+    #[serde(default = "default_graph")]
+    pub graph_endpoint: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    /// File holding the client secret (mode 0600).
+    pub client_secret_file: PathBuf,
+    /// `v1.0`, or `beta` to read the groups' `writebackConfiguration`.
+    #[serde(default = "default_version")]
+    pub api_version: String,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: u64,
+    /// Retries of one request on 429/503/504/network errors before the round fails.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Ceiling on the backoff between retries when Graph sends no `Retry-After`.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_seconds: u64,
+}
+
+fn default_login() -> String {
+    "https://login.microsoftonline.com".into()
+}
+fn default_graph() -> String {
+    "https://graph.microsoft.com".into()
+}
+fn default_version() -> String {
+    "v1.0".into()
+}
+fn default_request_timeout() -> u64 {
+    60
+}
+fn default_max_retries() -> u32 {
+    8
+}
+fn default_max_backoff() -> u64 {
+    60
+}
+
+impl GraphConfig {
+    pub fn is_beta(&self) -> bool {
+        self.api_version.eq_ignore_ascii_case("beta")
+    }
+
+    pub(crate) fn token_url(&self) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.login_endpoint.trim_end_matches('/'), self.tenant_id)
+    }
+
+    pub(crate) fn scope(&self) -> String {
+        format!("{}/.default", self.graph_endpoint.trim_end_matches('/'))
+    }
+}

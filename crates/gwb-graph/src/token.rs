@@ -1,0 +1,115 @@
+//! Client-credential access tokens, cached and renewed before they expire.
+
+use std::time::{Duration, Instant};
+
+use gwb_runtime::secret::Secret;
+use serde::Deserialize;
+
+use crate::GraphError;
+
+#[derive(Clone)]
+pub(crate) struct AccessToken {
+    pub value: Secret,
+    pub expires_at: Instant,
+}
+
+impl AccessToken {
+    /// Renew when less than 10 % of the lifetime (at least 60 s) is left, so a round
+    /// never starts with a token about to expire.
+    pub fn is_fresh(&self, now: Instant, lifetime: Duration) -> bool {
+        let margin = (lifetime / 10).max(Duration::from_secs(60)).min(lifetime / 2);
+        now + margin < self.expires_at
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct TokenError {
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+pub(crate) async fn request_token(
+    http: &reqwest::Client,
+    token_url: &str,
+    client_id: &str,
+    secret: &Secret,
+    scope: &str,
+    now: Instant,
+) -> Result<(AccessToken, Duration), GraphError> {
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", secret.expose()),
+        ("scope", scope),
+    ];
+    let response = http
+        .post(token_url)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| GraphError::Unavailable { attempts: 1, last: format!("token endpoint: {}", without_url(&e)) })?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| GraphError::Unavailable { attempts: 1, last: format!("token endpoint: {}", without_url(&e)) })?;
+    if status.is_success() {
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| GraphError::Malformed {
+            url: token_url.to_string(),
+            reason: e.to_string(),
+        })?;
+        let lifetime = Duration::from_secs(parsed.expires_in.max(1));
+        let token = AccessToken { value: Secret::new(parsed.access_token), expires_at: now + lifetime };
+        return Ok((token, lifetime));
+    }
+    if status.is_server_error() || status.as_u16() == 429 {
+        return Err(GraphError::Unavailable { attempts: 1, last: format!("token endpoint answered {status}") });
+    }
+    let detail = serde_json::from_slice::<TokenError>(&body)
+        .map(|e| format!("{}: {}", e.error, first_line(&e.error_description)))
+        .unwrap_or_else(|_| format!("HTTP {status}"));
+    Err(GraphError::Unauthorized(format!("token endpoint refused client {client_id}: {detail}")))
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+/// A short, secret-free description of a transport error (URLs carry no secrets here:
+/// credentials travel in form bodies and headers only).
+pub(crate) fn without_url(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    format!("{kind}: {error}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewed_before_expiry() {
+        let now = Instant::now();
+        let lifetime = Duration::from_secs(3600);
+        let token = AccessToken { value: Secret::new("t"), expires_at: now + lifetime };
+        assert!(token.is_fresh(now, lifetime));
+        assert!(token.is_fresh(now + Duration::from_secs(3000), lifetime));
+        assert!(!token.is_fresh(now + Duration::from_secs(3300), lifetime));
+        let short = Duration::from_secs(10);
+        let token = AccessToken { value: Secret::new("t"), expires_at: now + short };
+        assert!(token.is_fresh(now, short));
+        assert!(!token.is_fresh(now + Duration::from_secs(6), short));
+    }
+}
