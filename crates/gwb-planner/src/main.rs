@@ -1,1 +1,237 @@
-fn main() {}
+//! gwb-planner: consumes change events in order, keeps the desired state in SQLite,
+//! decides what AD must look like and emits writer commands through a transactional
+//! outbox; records the writer's outcomes; hosts the operator's gRPC control API.
+
+mod config;
+mod control;
+mod engine;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Parser;
+use prost::Message as _;
+use tokio::sync::Notify;
+
+use gwb_bus::{Delivery, Disposition, Message, Publisher, Route};
+use gwb_proto::commands::v1 as cmd;
+use gwb_proto::control::v1::operator_server::OperatorServer;
+use gwb_proto::events::v1 as ev;
+use gwb_runtime::shutdown::Shutdown;
+use gwb_runtime::{secret, shutdown, telemetry};
+
+use engine::{Engine, PolicySettings};
+
+#[derive(Parser)]
+#[command(name = "gwb-planner", version, about = "Planner and control API of Group Writeback")]
+struct Args {
+    /// TOML configuration file; `GWB_*` environment variables override it.
+    #[arg(long, env = "GWB_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+type SharedEngine = Arc<Mutex<Engine>>;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config: config::Config = gwb_runtime::config::load(args.config.as_deref())?;
+    config.validate()?;
+    telemetry::init_logging("gwb-planner", &config.log);
+
+    let token = match &config.control.token_file {
+        Some(path) => Some(secret::read_secret_file("control.token_file", path)?),
+        None => {
+            tracing::warn!(listen = %config.control.listen, "control.token_file is not set: the control API accepts unauthenticated calls on loopback");
+            None
+        }
+    };
+    let db = store::open(&config.planner.state_path)
+        .with_context(|| format!("planner.state_path {}", config.planner.state_path.display()))?;
+    let policy = PolicySettings {
+        scope: config.scope(),
+        placement: config.placement(),
+        member_batch_size: config.planner.member_batch_size,
+        on_leave_scope: config.planner.on_leave_scope,
+        on_soft_delete: config.planner.on_soft_delete,
+        retired_ou: config.planner.retired_ou.clone(),
+        partitions: config.bus.command_partitions.max(1),
+    };
+    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(db, policy)));
+    let publisher = Publisher::connect(config.bus.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(config.control.listen)
+        .await
+        .with_context(|| format!("control.listen {}", config.control.listen))?;
+    let shutdown = shutdown::on_signals();
+    let outbox_ready = Arc::new(Notify::new());
+
+    let topology = publisher.topology().clone();
+    let events = tokio::spawn(gwb_bus::consume(config.bus.clone(), topology.events_queue(), shutdown.clone(), {
+        let engine = engine.clone();
+        let ready = outbox_ready.clone();
+        move |delivery| handle_event(engine.clone(), ready.clone(), delivery)
+    }));
+    let outcomes = tokio::spawn(gwb_bus::consume(config.bus.clone(), topology.outcomes_queue(), shutdown.clone(), {
+        let engine = engine.clone();
+        let ready = outbox_ready.clone();
+        move |delivery| handle_outcome(engine.clone(), ready.clone(), delivery)
+    }));
+    let outbox = tokio::spawn(publish_outbox(engine.clone(), publisher, outbox_ready.clone(), shutdown.clone()));
+    let server = tokio::spawn(serve_control(listener, engine.clone(), control::TokenCheck::new(token), shutdown.clone()));
+    tracing::info!(listen = %config.control.listen, "planner running");
+
+    server.await??;
+    for task in [events, outcomes, outbox] {
+        task.await?;
+    }
+    tracing::info!("planner stopped");
+    Ok(())
+}
+
+async fn serve_control(
+    listener: tokio::net::TcpListener,
+    engine: SharedEngine,
+    token: control::TokenCheck,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<OperatorServer<control::ControlService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gwb_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let operator = OperatorServer::with_interceptor(control::ControlService::new(engine), move |request| token.check(request));
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(operator)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move { shutdown.triggered().await })
+        .await?;
+    Ok(())
+}
+
+async fn handle_event(engine: SharedEngine, outbox_ready: Arc<Notify>, delivery: Delivery) -> Disposition {
+    let event = match ev::ChangeEvent::decode(delivery.payload.as_slice()) {
+        Ok(event) if event.change.is_some() && !event.event_id.is_empty() => event,
+        Ok(_) | Err(_) => {
+            tracing::error!(message_id = ?delivery.message_id, "undecodable or empty change event dead-lettered");
+            return Disposition::DeadLetter;
+        }
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let mut engine = engine.lock().map_err(|_| anyhow::anyhow!("planner state lock poisoned"))?;
+        engine.apply_event(&event, now_ms()).map_err(anyhow::Error::from)
+    })
+    .await;
+    match result {
+        Ok(Ok(_)) => {
+            outbox_ready.notify_one();
+            Disposition::Ack
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%error, "applying a change event failed; it will be redelivered");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Disposition::Requeue
+        }
+        Err(error) => {
+            tracing::error!(%error, "planner task failed");
+            Disposition::Requeue
+        }
+    }
+}
+
+async fn handle_outcome(engine: SharedEngine, outbox_ready: Arc<Notify>, delivery: Delivery) -> Disposition {
+    let kind = delivery.kind.clone().unwrap_or_default();
+    let payload = delivery.payload;
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+        let mut engine = engine.lock().map_err(|_| anyhow::anyhow!("planner state lock poisoned"))?;
+        if kind == "gwb.commands.v1.WriterStatus" {
+            let Ok(status) = cmd::WriterStatus::decode(payload.as_slice()) else { return Ok(false) };
+            engine.apply_writer_status(&status, now_ms())?;
+        } else {
+            let Ok(outcome) = cmd::Outcome::decode(payload.as_slice()) else { return Ok(false) };
+            if outcome.command_id.is_empty() {
+                return Ok(false);
+            }
+            engine.apply_outcome(&outcome, now_ms())?;
+        }
+        Ok(true)
+    })
+    .await;
+    match result {
+        Ok(Ok(true)) => {
+            outbox_ready.notify_one();
+            Disposition::Ack
+        }
+        Ok(Ok(false)) => {
+            tracing::error!(message_id = ?delivery.message_id, "undecodable outcome dead-lettered");
+            Disposition::DeadLetter
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%error, "recording an outcome failed; it will be redelivered");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Disposition::Requeue
+        }
+        Err(error) => {
+            tracing::error!(%error, "planner task failed");
+            Disposition::Requeue
+        }
+    }
+}
+
+/// Publishes outbox rows in order with confirms, then deletes them. After a crash the
+/// rows are still there and are published again (the writer is idempotent).
+async fn publish_outbox(engine: SharedEngine, publisher: Publisher, ready: Arc<Notify>, shutdown: Shutdown) {
+    let mut last_prune = 0i64;
+    while !shutdown.is_triggered() {
+        let batch = {
+            let engine = engine.clone();
+            tokio::task::spawn_blocking(move || engine.lock().ok().and_then(|e| e.outbox_batch(1000).ok()).unwrap_or_default()).await.unwrap_or_default()
+        };
+        if batch.is_empty() {
+            let now = now_ms();
+            if now - last_prune > 3_600_000 {
+                last_prune = now;
+                if let Ok(mut engine) = engine.lock() {
+                    let _ = engine.prune_processed(now - 7 * 24 * 3_600_000);
+                }
+            }
+            tokio::select! {
+                _ = ready.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.triggered() => return,
+            }
+            continue;
+        }
+        let last_seq = batch.last().map(|row| row.0).unwrap_or(0);
+        let messages: Vec<(Route, Message)> = batch
+            .into_iter()
+            .map(|(_, partition, payload, command_id)| {
+                let message = Message { id: command_id, kind: "gwb.commands.v1.WriteCommand", payload, headers: Default::default(), timestamp_ms: now_ms() };
+                (Route::Command { partition }, message)
+            })
+            .collect();
+        match publisher.publish_all(&messages).await {
+            Ok(()) => {
+                if let Ok(mut engine) = engine.lock()
+                    && let Err(error) = engine.outbox_published(last_seq)
+                {
+                    tracing::error!(%error, "could not trim the outbox; commands will be published again");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "publishing commands failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.triggered() => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The operator's gRPC control API (`gwb.control.v1.Operator`).
+
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{OptionalExtension, params};
+use tonic::{Request, Response, Status};
+
+use gwb_proto::control::v1 as pb;
+use pb::operator_server::Operator;
+
+use crate::engine::{self, Engine, state};
+use crate::now_ms;
+
+pub struct ControlService {
+    engine: Arc<Mutex<Engine>>,
+}
+
+impl ControlService {
+    pub fn new(engine: Arc<Mutex<Engine>>) -> Self {
+        ControlService { engine }
+    }
+
+    async fn with_engine<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Engine) -> Result<T, engine::EngineError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = engine.lock().map_err(|_| Status::internal("planner state lock poisoned; restart the planner"))?;
+            work(&mut guard).map_err(|e| Status::internal(format!("planner store: {e}")))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("planner task failed: {e}")))?
+    }
+}
+
+#[tonic::async_trait]
+impl Operator for ControlService {
+    async fn get_status(&self, _request: Request<pb::GetStatusRequest>) -> Result<Response<pb::Status>, Status> {
+        self.with_engine(|engine| status(engine)).await.map(Response::new)
+    }
+
+    async fn enable_writeback(&self, _request: Request<pb::EnableWritebackRequest>) -> Result<Response<pb::Status>, Status> {
+        tracing::info!("operator enabled writeback");
+        self.with_engine(|engine| {
+            engine.set_writeback(true, false, now_ms())?;
+            status(engine)
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn disable_writeback(&self, request: Request<pb::DisableWritebackRequest>) -> Result<Response<pb::Status>, Status> {
+        let mode = pb::DisableMode::try_from(request.get_ref().mode).unwrap_or(pb::DisableMode::Unspecified);
+        let delete = match mode {
+            pb::DisableMode::Keep => false,
+            pb::DisableMode::Delete => true,
+            pb::DisableMode::Unspecified => {
+                return Err(Status::invalid_argument(
+                    "say what happens to the groups already written: mode KEEP leaves them in AD, mode DELETE deletes them",
+                ));
+            }
+        };
+        tracing::info!(delete, "operator disabled writeback");
+        self.with_engine(move |engine| {
+            engine.set_writeback(false, delete, now_ms())?;
+            status(engine)
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn list_groups(&self, request: Request<pb::ListGroupsRequest>) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = if request.page_size == 0 { 100 } else { request.page_size.min(1000) } as usize;
+        self.with_engine(move |engine| {
+            let db = engine.db();
+            let mut stmt = db.prepare(
+                "SELECT g.id, g.display_name, COALESCE(w.state, 'unknown'), COALESCE(w.dn, ''), COALESCE(w.last_error, ''),
+                        (SELECT COUNT(*) FROM planned_members p WHERE p.group_id = g.id),
+                        (SELECT COUNT(*) FROM skipped_members s WHERE s.group_id = g.id)
+                 FROM groups g LEFT JOIN writeback w ON w.group_id = g.id
+                 WHERE g.id > ?1 AND (?2 = '' OR COALESCE(w.state, 'unknown') = ?2)
+                 ORDER BY g.id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![request.page_token, request.state, page_size as i64 + 1], summary_row)?;
+            let mut groups: Vec<pb::GroupSummary> = rows.collect::<Result<_, _>>()?;
+            let next_page_token = if groups.len() > page_size {
+                groups.truncate(page_size);
+                groups.last().map(|g| g.id.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(pb::ListGroupsResponse { groups, next_page_token })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn get_group(&self, request: Request<pb::GetGroupRequest>) -> Result<Response<pb::GroupDetail>, Status> {
+        let id = request.into_inner().id.to_ascii_lowercase();
+        let wanted = id.clone();
+        let detail = self
+            .with_engine(move |engine| {
+                let db = engine.db();
+                let summary = db
+                    .query_row(
+                        "SELECT g.id, g.display_name, COALESCE(w.state, 'unknown'), COALESCE(w.dn, ''), COALESCE(w.last_error, ''),
+                                (SELECT COUNT(*) FROM planned_members p WHERE p.group_id = g.id),
+                                (SELECT COUNT(*) FROM skipped_members s WHERE s.group_id = g.id)
+                         FROM groups g LEFT JOIN writeback w ON w.group_id = g.id WHERE g.id = ?1",
+                        params![wanted],
+                        summary_row,
+                    )
+                    .optional()?;
+                let Some(summary) = summary else { return Ok(None) };
+                let (target_type, guid, sid, sam, reason): (String, String, String, String, String) = db
+                    .query_row(
+                        "SELECT COALESCE(target_type, ''), COALESCE(object_guid, ''), COALESCE(object_sid, ''), COALESCE(sam_account_name, ''), reason
+                         FROM writeback WHERE group_id = ?1",
+                        params![wanted],
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+                    )
+                    .optional()?
+                    .unwrap_or_default();
+                let members_written: Vec<String> = {
+                    let mut stmt = db.prepare("SELECT ref_key FROM planned_members WHERE group_id = ?1 ORDER BY ref_key LIMIT 10000")?;
+                    let rows = stmt.query_map(params![wanted], |row| row.get(0))?;
+                    rows.collect::<Result<_, _>>()?
+                };
+                let members_skipped: Vec<pb::SkippedMember> = {
+                    let mut stmt = db.prepare("SELECT member_id, member_kind, reason FROM skipped_members WHERE group_id = ?1 ORDER BY member_id LIMIT 10000")?;
+                    let rows = stmt.query_map(params![wanted], |row| Ok(pb::SkippedMember { member_id: row.get(0)?, kind: row.get(1)?, reason: row.get(2)? }))?;
+                    rows.collect::<Result<_, _>>()?
+                };
+                Ok(Some(pb::GroupDetail {
+                    summary: Some(summary),
+                    target_type,
+                    ad_object_guid: guid,
+                    ad_object_sid: sid,
+                    sam_account_name: sam,
+                    members_written,
+                    members_skipped,
+                    policy_reason: reason,
+                }))
+            })
+            .await?;
+        detail.map(Response::new).ok_or_else(|| Status::not_found(format!("no group {id} is known to the planner (has the collector seen it?)")))
+    }
+}
+
+fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<pb::GroupSummary> {
+    Ok(pb::GroupSummary {
+        id: row.get(0)?,
+        display_name: row.get(1)?,
+        state: row.get(2)?,
+        ad_dn: row.get(3)?,
+        last_error: row.get(4)?,
+        members_written: row.get::<_, i64>(5)? as u64,
+        members_skipped: row.get::<_, i64>(6)? as u64,
+    })
+}
+
+fn status(engine: &Engine) -> Result<pb::Status, engine::EngineError> {
+    let db = engine.db();
+    let now = now_ms();
+    let enabled = engine::writeback_enabled(db)?;
+    let last_disable_mode = match engine::meta(db, "last_disable_mode")?.as_deref() {
+        Some("delete") => pb::DisableMode::Delete,
+        Some("keep") => pb::DisableMode::Keep,
+        _ => pb::DisableMode::Unspecified,
+    };
+    let mut services = vec![pb::ServiceHealth {
+        service: "gwb-planner".into(),
+        healthy: true,
+        version: env!("CARGO_PKG_VERSION").into(),
+        detail: String::new(),
+        last_seen_ms: now,
+    }];
+    {
+        let mut stmt = db.prepare("SELECT name, healthy, version, detail, last_seen_ms FROM services ORDER BY name")?;
+        let rows = stmt.query_map([], |row| {
+            let last_seen: i64 = row.get(4)?;
+            let reported_healthy: bool = row.get(1)?;
+            // A service that stopped reporting is not healthy, whatever it said last.
+            let fresh = now - last_seen < 90_000;
+            let detail: String = row.get(3)?;
+            Ok(pb::ServiceHealth {
+                service: row.get(0)?,
+                healthy: reported_healthy && fresh,
+                version: row.get(2)?,
+                detail: if fresh { detail } else { format!("no report for {} s", (now - last_seen) / 1000) },
+                last_seen_ms: last_seen,
+            })
+        })?;
+        services.extend(rows.collect::<Result<Vec<_>, _>>()?);
+    }
+    let last_round: i64 = engine::meta(db, "last_round_completed_ms")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    if last_round > 0 {
+        let fresh = now - last_round < 300_000;
+        services.push(pb::ServiceHealth {
+            service: "gwb-collector".into(),
+            healthy: fresh,
+            version: String::new(),
+            detail: format!("last delta round completed {} s ago", (now - last_round) / 1000),
+            last_seen_ms: last_round,
+        });
+    }
+    let groups_by_state = {
+        let mut stmt = db.prepare("SELECT state, COUNT(*) FROM writeback GROUP BY state ORDER BY state")?;
+        let rows = stmt.query_map([], |row| Ok(pb::StateCount { state: row.get(0)?, count: row.get::<_, i64>(1)? as u64 }))?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    let count = |sql: &str| -> rusqlite::Result<u64> { db.query_row(sql, [], |row| row.get::<_, i64>(0)).map(|n| n as u64) };
+    let (in_flight, oldest): (i64, Option<i64>) = db.query_row("SELECT COUNT(*), MIN(planned_ms) FROM inflight", [], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let recent_errors = {
+        let mut stmt = db.prepare("SELECT message FROM errors ORDER BY id DESC LIMIT 10")?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        rows.collect::<Result<Vec<String>, _>>()?
+    };
+    Ok(pb::Status {
+        writeback_enabled: enabled,
+        last_disable_mode: last_disable_mode as i32,
+        services,
+        last_round_completed_ms: last_round,
+        groups_by_state,
+        users_known: count("SELECT COUNT(*) FROM users WHERE deleted = 0")?,
+        memberships_known: count("SELECT COUNT(*) FROM memberships")?,
+        commands_in_flight: in_flight as u64,
+        oldest_in_flight_ms: oldest.map(|t| (now - t).max(0)).unwrap_or(0),
+        held_deletions: count(&format!("SELECT COUNT(*) FROM writeback WHERE state = '{}'", state::HELD))?,
+        recent_errors,
+        planner_version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// Bearer-token check for the operator service. Health stays open for probes.
+#[derive(Clone)]
+pub struct TokenCheck {
+    expected: Option<Arc<gwb_runtime::secret::Secret>>,
+}
+
+impl TokenCheck {
+    pub fn new(expected: Option<gwb_runtime::secret::Secret>) -> Self {
+        TokenCheck { expected: expected.map(Arc::new) }
+    }
+
+    pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else { return Ok(request) };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`; gwbctl reads it from --token-file"))?;
+        if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("the control token is not valid"))
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (index, byte) in a.iter().enumerate() {
+        diff |= usize::from(byte ^ b.get(index % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq_matches_only_equal() {
+        use super::constant_time_eq as eq;
+        assert!(eq(b"token", b"token"));
+        assert!(!eq(b"token", b"tokeN"));
+        assert!(!eq(b"token", b"token2"));
+        assert!(!eq(b"", b"x"));
+        assert!(eq(b"", b""));
+    }
+}

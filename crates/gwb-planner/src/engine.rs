@@ -1,0 +1,843 @@
+//! The planning engine: applies events and outcomes to the store and writes the
+//! resulting commands into the outbox, each in one transaction.
+//!
+//! Cost model: a membership change touches one membership row and emits at most one
+//! command (O(change)); only a group's first write, a re-enable and a full-round sweep
+//! walk a whole group.
+
+use std::collections::{HashMap, HashSet};
+
+use prost::Message as _;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use gwb_core::command::{GroupSpec, GroupType, MemberRef};
+use gwb_core::members::{self, MemberKind, Resolution, UserAnchor};
+use gwb_core::policy::{self, CloudGroup, Decision, DirectorySchema, GroupOverride, Placement, Scope};
+use gwb_proto::commands::v1 as cmd;
+use gwb_proto::events::v1 as ev;
+
+use crate::config::RemovalAction;
+
+/// Writeback states of a group.
+pub mod state {
+    /// Commands sent, no successful create/update outcome yet.
+    pub const PENDING: &str = "pending";
+    pub const WRITTEN: &str = "written";
+    /// The last command failed permanently; the next change retries in full.
+    pub const ERROR: &str = "error";
+    /// Not written back, for the recorded reason.
+    pub const SKIPPED: &str = "skipped";
+    /// Written once, now frozen in AD (disabled with `keep`, left scope, soft-deleted).
+    pub const KEPT: &str = "kept";
+    pub const DELETING: &str = "deleting";
+    pub const DELETED: &str = "deleted";
+    pub const RETIRED: &str = "retired";
+    /// A deletion held by the deletion threshold until an operator decides.
+    pub const HELD: &str = "held";
+
+    /// States in which the AD object is ours and kept in step with the cloud.
+    pub fn is_active(state: &str) -> bool {
+        state == PENDING || state == WRITTEN
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("store: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("invalid event: {0}")]
+    Invalid(String),
+}
+
+pub struct PolicySettings {
+    pub scope: Scope,
+    pub placement: Placement,
+    pub member_batch_size: usize,
+    pub on_leave_scope: RemovalAction,
+    pub on_soft_delete: RemovalAction,
+    pub retired_ou: Option<String>,
+    pub partitions: u16,
+}
+
+pub struct Engine {
+    db: Connection,
+    policy: PolicySettings,
+}
+
+/// Why commands are being planned, carried into each command.
+struct Cause {
+    text: String,
+    observed_at_ms: i64,
+    now_ms: i64,
+}
+
+impl Engine {
+    pub fn new(db: Connection, policy: PolicySettings) -> Self {
+        Engine { db, policy }
+    }
+
+    pub fn db(&self) -> &Connection {
+        &self.db
+    }
+
+    /// Applies one change event. Returns false for an event id applied before.
+    pub fn apply_event(&mut self, event: &ev::ChangeEvent, now_ms: i64) -> Result<bool, EngineError> {
+        let tx = self.db.transaction()?;
+        let fresh = tx.execute(
+            "INSERT OR IGNORE INTO processed_events (event_id, at_ms) VALUES (?1, ?2)",
+            params![event.event_id, now_ms],
+        )? == 1;
+        if !fresh {
+            return Ok(false);
+        }
+        let cause = Cause { text: event.cause.clone(), observed_at_ms: event.observed_at_ms, now_ms };
+        let mut plan = Plan { tx: &tx, policy: &self.policy, cause };
+        let round = event.round_id.as_str();
+        use ev::change_event::Change;
+        match &event.change {
+            Some(Change::User(user)) => plan.user_upsert(user, round)?,
+            Some(Change::UserRemoved(removed)) => plan.user_removed(&removed.id)?,
+            Some(Change::Group(group)) => plan.group_upsert(group, round)?,
+            Some(Change::GroupRemoved(removed)) => {
+                let hard = removed.reason == ev::RemovalReason::Deleted as i32;
+                plan.group_removed(&removed.id, hard)?
+            }
+            Some(Change::RoundStarted(boundary)) => plan.round_started(boundary, round)?,
+            Some(Change::RoundCompleted(boundary)) => plan.round_completed(boundary, round)?,
+            None => return Err(EngineError::Invalid("event without a change".into())),
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    pub fn apply_outcome(&mut self, outcome: &cmd::Outcome, now_ms: i64) -> Result<(), EngineError> {
+        let tx = self.db.transaction()?;
+        let cause = Cause { text: format!("writer outcome {}", outcome.command_id), observed_at_ms: 0, now_ms };
+        let mut plan = Plan { tx: &tx, policy: &self.policy, cause };
+        plan.outcome(outcome)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn apply_writer_status(&mut self, status: &cmd::WriterStatus, now_ms: i64) -> Result<(), EngineError> {
+        let tx = self.db.transaction()?;
+        let detail = if status.directory_connected { status.detail.clone() } else { format!("directory unreachable: {}", status.detail) };
+        tx.execute(
+            "INSERT INTO services (name, healthy, version, detail, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET healthy = excluded.healthy, version = excluded.version, detail = excluded.detail, last_seen_ms = excluded.last_seen_ms",
+            params![format!("gwb-writer/{}", status.writer_id), status.directory_connected, status.version, detail, now_ms],
+        )?;
+        let previous = get_meta(&tx, "has_exchange_schema")?;
+        let current = if status.has_exchange_schema { "1" } else { "0" };
+        if status.directory_connected && previous.as_deref() != Some(current) {
+            set_meta(&tx, "has_exchange_schema", current)?;
+            let cause = Cause { text: "directory schema discovered".into(), observed_at_ms: 0, now_ms };
+            let mut plan = Plan { tx: &tx, policy: &self.policy, cause };
+            plan.reconcile_all()?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Global switch. Enabling plans every group; disabling freezes (`keep`) or deletes
+    /// every group this product wrote.
+    pub fn set_writeback(&mut self, enabled: bool, delete_on_disable: bool, now_ms: i64) -> Result<(), EngineError> {
+        let tx = self.db.transaction()?;
+        set_meta(&tx, "writeback_enabled", if enabled { "1" } else { "0" })?;
+        let cause_text = if enabled { "operator enabled writeback" } else if delete_on_disable { "operator disabled writeback (delete)" } else { "operator disabled writeback (keep)" };
+        let cause = Cause { text: cause_text.into(), observed_at_ms: 0, now_ms };
+        let mut plan = Plan { tx: &tx, policy: &self.policy, cause };
+        if enabled {
+            plan.reconcile_all()?;
+        } else {
+            set_meta(&tx, "last_disable_mode", if delete_on_disable { "delete" } else { "keep" })?;
+            let owned: Vec<String> = plan.group_ids_in_states(&[state::PENDING, state::WRITTEN, state::ERROR, state::KEPT, state::RETIRED])?;
+            for group_id in owned {
+                if delete_on_disable {
+                    plan.delete_group(&group_id, "writeback disabled by the operator (delete)")?;
+                } else {
+                    plan.set_state(&group_id, state::KEPT, "writeback disabled by the operator (keep)")?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Oldest outbox entries: (seq, partition, payload, command id).
+    pub fn outbox_batch(&self, limit: usize) -> Result<Vec<(i64, u16, Vec<u8>, String)>, EngineError> {
+        let mut stmt = self.db.prepare_cached("SELECT seq, partition, payload, command_id FROM outbox ORDER BY seq LIMIT ?1")?;
+        let rows = stmt.query_map(params![limit as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn outbox_published(&mut self, up_to_seq: i64) -> Result<(), EngineError> {
+        self.db.execute("DELETE FROM outbox WHERE seq <= ?1", params![up_to_seq])?;
+        Ok(())
+    }
+
+    /// Forgets processed event ids older than `before_ms` (replays older than that are
+    /// still harmless: every change is applied idempotently).
+    pub fn prune_processed(&mut self, before_ms: i64) -> Result<(), EngineError> {
+        self.db.execute("DELETE FROM processed_events WHERE at_ms < ?1", params![before_ms])?;
+        Ok(())
+    }
+}
+
+fn get_meta(tx: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    tx.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |row| row.get(0)).optional()
+}
+
+fn set_meta(tx: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+pub fn writeback_enabled(db: &Connection) -> rusqlite::Result<bool> {
+    Ok(get_meta(db, "writeback_enabled")?.as_deref() == Some("1"))
+}
+
+pub fn meta(db: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    get_meta(db, key)
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    let kind = ev::MemberKind::try_from(kind).unwrap_or(ev::MemberKind::Other);
+    match kind {
+        ev::MemberKind::User => MemberKind::User,
+        ev::MemberKind::Group => MemberKind::Group,
+        ev::MemberKind::Device => MemberKind::Device,
+        ev::MemberKind::OrgContact => MemberKind::OrgContact,
+        ev::MemberKind::ServicePrincipal => MemberKind::ServicePrincipal,
+        ev::MemberKind::Application => MemberKind::Application,
+        ev::MemberKind::Other | ev::MemberKind::Unspecified => MemberKind::Other,
+    }
+    .as_str()
+}
+
+struct Plan<'t> {
+    tx: &'t Transaction<'t>,
+    policy: &'t PolicySettings,
+    cause: Cause,
+}
+
+/// Member values to add and remove for one group, flushed as batched commands.
+#[derive(Default)]
+struct MemberDelta {
+    add: Vec<MemberRef>,
+    remove: Vec<MemberRef>,
+}
+
+impl Plan<'_> {
+    fn enabled(&self) -> rusqlite::Result<bool> {
+        writeback_enabled(self.tx)
+    }
+
+    fn schema(&self) -> rusqlite::Result<DirectorySchema> {
+        Ok(DirectorySchema { has_exchange: get_meta(self.tx, "has_exchange_schema")?.as_deref() == Some("1") })
+    }
+
+    // ----- users -------------------------------------------------------------------
+
+    fn user_anchor(&self, user_id: &str) -> rusqlite::Result<Option<UserAnchor>> {
+        self.tx
+            .prepare_cached("SELECT sid, sync_enabled, deleted FROM users WHERE id = ?1")?
+            .query_row(params![user_id], |row| {
+                Ok(UserAnchor { on_premises_sid: row.get(0)?, on_premises_sync_enabled: row.get(1)?, deleted: row.get(2)? })
+            })
+            .optional()
+    }
+
+    fn user_upsert(&mut self, user: &ev::UserUpsert, round: &str) -> Result<(), EngineError> {
+        let id = user.id.to_ascii_lowercase();
+        let before = self.user_anchor(&id)?;
+        self.tx.prepare_cached(
+            "INSERT INTO users (id, display_name, user_principal_name, sid, sync_enabled, deleted, seen_round)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
+             ON CONFLICT(id) DO UPDATE SET display_name = excluded.display_name, user_principal_name = excluded.user_principal_name,
+               sid = excluded.sid, sync_enabled = excluded.sync_enabled, deleted = 0, seen_round = excluded.seen_round",
+        )?
+        .execute(params![id, user.display_name, user.user_principal_name, user.on_premises_security_identifier, user.on_premises_sync_enabled, round])?;
+        let after = self.user_anchor(&id)?;
+        if members::resolve_user(before.as_ref()) != members::resolve_user(after.as_ref()) {
+            self.member_changed(&id)?;
+        }
+        Ok(())
+    }
+
+    fn user_removed(&mut self, user_id: &str) -> Result<(), EngineError> {
+        let id = user_id.to_ascii_lowercase();
+        // Both "changed" and "deleted" remove the user from our view. A soft-deleted
+        // user keeps its cloud memberships, but its AD account is no longer a synced
+        // identity we may vouch for; if it is restored it comes back as an upsert.
+        self.tx.execute(
+            "INSERT INTO users (id, deleted) VALUES (?1, 1) ON CONFLICT(id) DO UPDATE SET deleted = 1",
+            params![id],
+        )?;
+        self.member_changed(&id)
+    }
+
+    // ----- groups ------------------------------------------------------------------
+
+    fn group_upsert(&mut self, group: &ev::GroupUpsert, round: &str) -> Result<(), EngineError> {
+        let id = group.id.to_ascii_lowercase();
+        let was_removed: Option<Option<String>> = self
+            .tx
+            .prepare_cached("SELECT removed FROM groups WHERE id = ?1")?
+            .query_row(params![id], |row| row.get(0))
+            .optional()?;
+        let config = group.writeback_configuration.as_ref();
+        self.tx.prepare_cached(
+            "INSERT INTO groups (id, display_name, description, mail_nickname, mail, mail_enabled, security_enabled, group_types,
+                                 proxy_addresses, on_premises_sync_enabled, writeback_enabled, writeback_group_type, removed, seen_round)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, ?13)
+             ON CONFLICT(id) DO UPDATE SET display_name = excluded.display_name, description = excluded.description,
+               mail_nickname = excluded.mail_nickname, mail = excluded.mail, mail_enabled = excluded.mail_enabled,
+               security_enabled = excluded.security_enabled, group_types = excluded.group_types, proxy_addresses = excluded.proxy_addresses,
+               on_premises_sync_enabled = excluded.on_premises_sync_enabled, writeback_enabled = excluded.writeback_enabled,
+               writeback_group_type = excluded.writeback_group_type, removed = NULL, seen_round = excluded.seen_round",
+        )?
+        .execute(params![
+            id,
+            group.display_name.clone().unwrap_or_default(),
+            group.description,
+            group.mail_nickname,
+            group.mail,
+            group.mail_enabled.unwrap_or(false),
+            group.security_enabled.unwrap_or(false),
+            serde_json::to_string(&group.group_types).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_string(&group.proxy_addresses).unwrap_or_else(|_| "[]".into()),
+            group.on_premises_sync_enabled,
+            config.and_then(|c| c.is_enabled),
+            config.and_then(|c| c.on_premises_group_type.clone()),
+            round,
+        ])?;
+        let mut touched: Vec<String> = Vec::with_capacity(group.members_added.len() + group.members_removed.len());
+        {
+            let mut add = self.tx.prepare_cached(
+                "INSERT INTO memberships (group_id, member_id, member_kind, seen_round) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(group_id, member_id) DO UPDATE SET member_kind = excluded.member_kind, seen_round = excluded.seen_round",
+            )?;
+            for member in &group.members_added {
+                let member_id = member.id.to_ascii_lowercase();
+                add.execute(params![id, member_id, kind_name(member.kind), round])?;
+                touched.push(member_id);
+            }
+            let mut remove = self.tx.prepare_cached("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2")?;
+            for member in &group.members_removed {
+                let member_id = member.id.to_ascii_lowercase();
+                remove.execute(params![id, member_id])?;
+                touched.push(member_id);
+            }
+        }
+        let restored = matches!(was_removed, Some(Some(_)));
+        self.reconcile(&id, Some(&touched), restored)
+    }
+
+    fn group_removed(&mut self, group_id: &str, hard: bool) -> Result<(), EngineError> {
+        let id = group_id.to_ascii_lowercase();
+        self.tx.execute(
+            "INSERT INTO groups (id, removed) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET removed = excluded.removed",
+            params![id, if hard { "deleted" } else { "changed" }],
+        )?;
+        if hard {
+            self.tx.execute("DELETE FROM memberships WHERE group_id = ?1", params![id])?;
+            // AD drops links to a deleted object by itself.
+            self.tx.execute("DELETE FROM planned_members WHERE member_id = ?1", params![id])?;
+        }
+        if !self.enabled()? {
+            return Ok(());
+        }
+        let Some(current) = self.state_of(&id)? else { return Ok(()) };
+        let owned = state::is_active(&current) || current == state::ERROR || current == state::KEPT || current == state::RETIRED;
+        if !owned {
+            return Ok(());
+        }
+        if hard {
+            self.delete_group(&id, "group permanently deleted in the cloud")
+        } else {
+            self.remove_per_policy(&id, self.policy.on_soft_delete, "group soft-deleted in the cloud")
+        }
+    }
+
+    /// Re-decides one group. `touched` lists the members whose links changed (None: no
+    /// member change). `restored`: the group came back from a removal.
+    fn reconcile(&mut self, group_id: &str, touched: Option<&[String]>, restored: bool) -> Result<(), EngineError> {
+        if !self.enabled()? {
+            return Ok(());
+        }
+        let Some(group) = self.load_group(group_id)? else { return Ok(()) };
+        let over = self.load_override(group_id)?;
+        let decision = policy::decide(&group, &over, &self.policy.scope, &self.policy.placement, self.schema()?);
+        let current = self.state_of(group_id)?;
+        match decision {
+            Decision::Write(spec) => {
+                let spec_text = format!("{spec:?}");
+                let active = current.as_deref().is_some_and(state::is_active);
+                if !active || restored {
+                    self.ensure_row(group_id)?;
+                    self.tx.execute(
+                        "UPDATE writeback SET state = ?2, reason = 'in scope', spec = ?3, target_type = ?4, updated_ms = ?5 WHERE group_id = ?1",
+                        params![group_id, state::PENDING, spec_text, spec.group_type.graph_name(), self.cause.now_ms],
+                    )?;
+                    self.emit(group_id, cmd::write_command::Action::Upsert(spec_message(&spec)), "upsert")?;
+                    self.sync_all_members(group_id)?;
+                } else {
+                    let stored: Option<String> = self.tx.query_row("SELECT spec FROM writeback WHERE group_id = ?1", params![group_id], |row| row.get(0))?;
+                    if stored.as_deref() != Some(spec_text.as_str()) {
+                        self.tx.execute(
+                            "UPDATE writeback SET spec = ?2, target_type = ?3, updated_ms = ?4 WHERE group_id = ?1",
+                            params![group_id, spec_text, spec.group_type.graph_name(), self.cause.now_ms],
+                        )?;
+                        self.emit(group_id, cmd::write_command::Action::Upsert(spec_message(&spec)), "upsert")?;
+                    }
+                    if let Some(touched) = touched {
+                        let mut delta = MemberDelta::default();
+                        for member_id in touched {
+                            self.plan_member(group_id, member_id, &mut delta)?;
+                        }
+                        self.flush_members(group_id, delta)?;
+                    }
+                }
+            }
+            Decision::Skip(reason) => match current.as_deref() {
+                Some(s) if state::is_active(s) || s == state::ERROR => {
+                    self.remove_per_policy(group_id, self.policy.on_leave_scope, &format!("left writeback scope: {reason}"))?;
+                }
+                Some(state::KEPT) | Some(state::RETIRED) | Some(state::DELETING) => {}
+                _ => {
+                    self.ensure_row(group_id)?;
+                    self.set_state(group_id, state::SKIPPED, &reason)?;
+                }
+            },
+        }
+        Ok(())
+    }
+
+    fn reconcile_all(&mut self) -> Result<(), EngineError> {
+        let ids: Vec<String> = {
+            let mut stmt = self.tx.prepare("SELECT id FROM groups WHERE removed IS NULL ORDER BY id")?;
+            let rows = stmt.query_map([], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for id in ids {
+            self.reconcile(&id, None, false)?;
+        }
+        Ok(())
+    }
+
+    fn remove_per_policy(&mut self, group_id: &str, action: RemovalAction, reason: &str) -> Result<(), EngineError> {
+        match action {
+            RemovalAction::Keep => self.set_state(group_id, state::KEPT, reason).map_err(Into::into),
+            RemovalAction::Delete => self.delete_group(group_id, reason),
+            RemovalAction::Move => {
+                let Some(retired_ou) = self.policy.retired_ou.clone() else {
+                    return self.set_state(group_id, state::KEPT, reason).map_err(Into::into);
+                };
+                self.set_state(group_id, state::RETIRED, reason)?;
+                self.emit(group_id, cmd::write_command::Action::Retire(cmd::Retire { retired_ou }), "retire")
+            }
+        }
+    }
+
+    fn delete_group(&mut self, group_id: &str, reason: &str) -> Result<(), EngineError> {
+        self.ensure_row(group_id)?;
+        self.set_state(group_id, state::DELETING, reason)?;
+        self.tx.execute("DELETE FROM planned_members WHERE group_id = ?1", params![group_id])?;
+        self.tx.execute("DELETE FROM skipped_members WHERE group_id = ?1", params![group_id])?;
+        self.emit(group_id, cmd::write_command::Action::Delete(cmd::Delete {}), "delete")
+    }
+
+    // ----- members -----------------------------------------------------------------
+
+    fn resolve(&self, member_id: &str, kind: &str) -> rusqlite::Result<Resolution> {
+        Ok(match MemberKind::from_str_lossy(kind) {
+            MemberKind::User => members::resolve_user(self.user_anchor(member_id)?.as_ref()),
+            MemberKind::Group => {
+                let guid: Option<String> = self
+                    .tx
+                    .prepare_cached("SELECT object_guid FROM writeback WHERE group_id = ?1 AND state IN ('pending', 'written') AND object_guid IS NOT NULL")?
+                    .query_row(params![member_id], |row| row.get(0))
+                    .optional()?;
+                members::resolve_group(guid.as_deref())
+            }
+            other => members::resolve_other(other),
+        })
+    }
+
+    /// Plans one (group, member) pair against what was planned before.
+    fn plan_member(&self, group_id: &str, member_id: &str, delta: &mut MemberDelta) -> rusqlite::Result<()> {
+        let kind: Option<String> = self
+            .tx
+            .prepare_cached("SELECT member_kind FROM memberships WHERE group_id = ?1 AND member_id = ?2")?
+            .query_row(params![group_id, member_id], |row| row.get(0))
+            .optional()?;
+        let planned: Option<String> = self
+            .tx
+            .prepare_cached("SELECT ref_key FROM planned_members WHERE group_id = ?1 AND member_id = ?2")?
+            .query_row(params![group_id, member_id], |row| row.get(0))
+            .optional()?;
+        let resolution = match &kind {
+            Some(kind) => Some(self.resolve(member_id, kind)?),
+            None => None,
+        };
+        let wanted = match &resolution {
+            Some(Resolution::Write(reference)) => Some(reference.clone()),
+            _ => None,
+        };
+        if planned.as_deref() != wanted.as_ref().map(MemberRef::key).as_deref() {
+            if let Some(old) = planned.as_deref().and_then(MemberRef::from_key) {
+                delta.remove.push(old);
+                self.tx.prepare_cached("DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2")?.execute(params![group_id, member_id])?;
+            }
+            if let Some(new) = &wanted {
+                delta.add.push(new.clone());
+                self.tx
+                    .prepare_cached("INSERT OR REPLACE INTO planned_members (group_id, member_id, ref_key) VALUES (?1, ?2, ?3)")?
+                    .execute(params![group_id, member_id, new.key()])?;
+            }
+        }
+        match (resolution, kind) {
+            (Some(Resolution::Skip(reason)), Some(kind)) => {
+                self.tx
+                    .prepare_cached("INSERT OR REPLACE INTO skipped_members (group_id, member_id, member_kind, reason) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![group_id, member_id, kind, reason])?;
+            }
+            _ => {
+                self.tx.prepare_cached("DELETE FROM skipped_members WHERE group_id = ?1 AND member_id = ?2")?.execute(params![group_id, member_id])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Full member plan of one group (first write, re-enable, restore).
+    fn sync_all_members(&mut self, group_id: &str) -> Result<(), EngineError> {
+        let mut ids: Vec<String> = {
+            let mut stmt = self.tx.prepare_cached("SELECT member_id FROM memberships WHERE group_id = ?1")?;
+            let rows = stmt.query_map(params![group_id], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let present: HashSet<String> = ids.iter().cloned().collect();
+        let planned_only: Vec<String> = {
+            let mut stmt = self.tx.prepare_cached("SELECT member_id FROM planned_members WHERE group_id = ?1")?;
+            let rows = stmt.query_map(params![group_id], |row| row.get::<_, String>(0))?;
+            rows.filter_map(Result::ok).filter(|m| !present.contains(m)).collect()
+        };
+        ids.extend(planned_only);
+        let mut delta = MemberDelta::default();
+        for member_id in &ids {
+            self.plan_member(group_id, member_id, &mut delta)?;
+        }
+        self.flush_members(group_id, delta)
+    }
+
+    /// A member's resolvability changed (user synced/unsynced, nested group written or
+    /// deleted): re-plan it in every active group that contains it.
+    fn member_changed(&mut self, member_id: &str) -> Result<(), EngineError> {
+        if !self.enabled()? {
+            return Ok(());
+        }
+        let groups: Vec<String> = {
+            let mut stmt = self.tx.prepare_cached(
+                "SELECT m.group_id FROM memberships m JOIN writeback w ON w.group_id = m.group_id
+                 WHERE m.member_id = ?1 AND w.state IN ('pending', 'written')
+                 UNION SELECT p.group_id FROM planned_members p WHERE p.member_id = ?1",
+            )?;
+            let rows = stmt.query_map(params![member_id], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for group_id in groups {
+            let mut delta = MemberDelta::default();
+            self.plan_member(&group_id, member_id, &mut delta)?;
+            self.flush_members(&group_id, delta)?;
+        }
+        Ok(())
+    }
+
+    fn flush_members(&mut self, group_id: &str, delta: MemberDelta) -> Result<(), EngineError> {
+        let batch = self.policy.member_batch_size.max(1);
+        for chunk in delta.remove.chunks(batch) {
+            let change = cmd::MemberChange { members: chunk.iter().map(member_message).collect() };
+            self.emit(group_id, cmd::write_command::Action::RemoveMembers(change), "remove_members")?;
+        }
+        for chunk in delta.add.chunks(batch) {
+            let change = cmd::MemberChange { members: chunk.iter().map(member_message).collect() };
+            self.emit(group_id, cmd::write_command::Action::AddMembers(change), "add_members")?;
+        }
+        Ok(())
+    }
+
+    // ----- full rounds -------------------------------------------------------------
+
+    fn round_started(&mut self, boundary: &ev::RoundBoundary, round: &str) -> Result<(), EngineError> {
+        if boundary.full {
+            set_meta(self.tx, &format!("full_round.{}", boundary.resource), round)?;
+        }
+        Ok(())
+    }
+
+    /// End of a round. After a *complete* full round, whatever was not seen in it has
+    /// vanished (deleted while the delta token was lost) and is swept.
+    fn round_completed(&mut self, boundary: &ev::RoundBoundary, round: &str) -> Result<(), EngineError> {
+        set_meta(self.tx, "last_round_completed_ms", &self.cause.now_ms.to_string())?;
+        if !boundary.full {
+            return Ok(());
+        }
+        let key = format!("full_round.{}", boundary.resource);
+        if get_meta(self.tx, &key)?.as_deref() != Some(round) {
+            // Its start was not seen (or another full round began since): sweeping
+            // could delete what was merely not re-read. Never guess.
+            return Ok(());
+        }
+        self.tx.execute("DELETE FROM meta WHERE key = ?1", params![key])?;
+        if boundary.resource == ev::Resource::Users as i32 {
+            let vanished: Vec<String> = {
+                let mut stmt = self.tx.prepare("SELECT id FROM users WHERE deleted = 0 AND (seen_round IS NULL OR seen_round <> ?1)")?;
+                let rows = stmt.query_map(params![round], |row| row.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for id in vanished {
+                self.user_removed(&id)?;
+            }
+        } else if boundary.resource == ev::Resource::Groups as i32 {
+            let vanished: Vec<String> = {
+                let mut stmt = self.tx.prepare("SELECT id FROM groups WHERE removed IS NULL AND (seen_round IS NULL OR seen_round <> ?1)")?;
+                let rows = stmt.query_map(params![round], |row| row.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for id in vanished {
+                // Soft or hard is unknowable here; the soft-delete policy is the safe one.
+                self.group_removed(&id, false)?;
+            }
+            let stale: Vec<(String, String)> = {
+                let mut stmt = self.tx.prepare(
+                    "SELECT m.group_id, m.member_id FROM memberships m JOIN groups g ON g.id = m.group_id
+                     WHERE g.seen_round = ?1 AND (m.seen_round IS NULL OR m.seen_round <> ?1)",
+                )?;
+                let rows = stmt.query_map(params![round], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut by_group: HashMap<String, Vec<String>> = HashMap::new();
+            for (group_id, member_id) in stale {
+                self.tx.execute("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2", params![group_id, member_id])?;
+                by_group.entry(group_id).or_default().push(member_id);
+            }
+            for (group_id, touched) in by_group {
+                self.reconcile(&group_id, Some(&touched), false)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ----- outcomes ----------------------------------------------------------------
+
+    fn outcome(&mut self, outcome: &cmd::Outcome) -> Result<(), EngineError> {
+        self.tx.execute("DELETE FROM inflight WHERE command_id = ?1", params![outcome.command_id])?;
+        let group_id = outcome.group_id.to_ascii_lowercase();
+        let Some(current) = self.state_of(&group_id)? else { return Ok(()) };
+        let last: i64 = self.tx.query_row("SELECT last_outcome_sequence FROM writeback WHERE group_id = ?1", params![group_id], |row| row.get(0))?;
+        let sequence = i64::try_from(outcome.sequence).unwrap_or(i64::MAX);
+        if sequence < last {
+            return Ok(());
+        }
+        self.tx.execute("UPDATE writeback SET last_outcome_sequence = ?2 WHERE group_id = ?1", params![group_id, sequence])?;
+        let status = cmd::OutcomeStatus::try_from(outcome.status).unwrap_or(cmd::OutcomeStatus::Unspecified);
+        if status == cmd::OutcomeStatus::Failed {
+            let message = format!("{} failed (LDAP {}): {}", outcome.kind, outcome.ldap_code, outcome.message);
+            self.tx.execute(
+                "UPDATE writeback SET state = ?2, last_error = ?3, updated_ms = ?4 WHERE group_id = ?1",
+                params![group_id, state::ERROR, message, self.cause.now_ms],
+            )?;
+            self.tx.execute("INSERT INTO errors (at_ms, group_id, message) VALUES (?1, ?2, ?3)", params![self.cause.now_ms, group_id, message])?;
+            self.tx.execute("DELETE FROM errors WHERE id <= (SELECT MAX(id) - 200 FROM errors)", [])?;
+            return Ok(());
+        }
+        match outcome.kind.as_str() {
+            "upsert" | "retire" => {
+                if let Some(group) = &outcome.group {
+                    let previous_guid: Option<String> = self.tx.query_row("SELECT object_guid FROM writeback WHERE group_id = ?1", params![group_id], |row| row.get(0))?;
+                    self.tx.execute(
+                        "UPDATE writeback SET dn = ?2, object_guid = ?3, object_sid = ?4, sam_account_name = ?5, updated_ms = ?6 WHERE group_id = ?1",
+                        params![group_id, group.dn, group.object_guid.to_ascii_lowercase(), group.object_sid, group.sam_account_name, self.cause.now_ms],
+                    )?;
+                    if outcome.kind == "upsert" && (current == state::PENDING || current == state::ERROR) {
+                        self.tx.execute("UPDATE writeback SET state = ?2, last_error = NULL WHERE group_id = ?1", params![group_id, state::WRITTEN])?;
+                    }
+                    if previous_guid.as_deref() != Some(group.object_guid.to_ascii_lowercase().as_str()) {
+                        // Groups that nest this one can now reference it by objectGUID.
+                        self.member_changed(&group_id)?;
+                    }
+                }
+            }
+            "delete" => {
+                if current == state::DELETING {
+                    self.tx.execute(
+                        "UPDATE writeback SET state = ?2, dn = NULL, object_guid = NULL, object_sid = NULL, updated_ms = ?3 WHERE group_id = ?1",
+                        params![group_id, state::DELETED, self.cause.now_ms],
+                    )?;
+                }
+            }
+            _ => {}
+        }
+        for rejected in &outcome.members_rejected {
+            let Some(reference) = rejected.member.as_ref().and_then(member_from_message) else { continue };
+            let key = reference.key();
+            let member: Option<String> = self
+                .tx
+                .query_row("SELECT member_id FROM planned_members WHERE group_id = ?1 AND ref_key = ?2", params![group_id, key], |row| row.get(0))
+                .optional()?;
+            if let Some(member_id) = member {
+                self.tx.execute("DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2", params![group_id, member_id])?;
+                let kind: String = self
+                    .tx
+                    .query_row("SELECT member_kind FROM memberships WHERE group_id = ?1 AND member_id = ?2", params![group_id, member_id], |row| row.get(0))
+                    .optional()?
+                    .unwrap_or_else(|| "user".into());
+                self.tx.execute(
+                    "INSERT OR REPLACE INTO skipped_members (group_id, member_id, member_kind, reason) VALUES (?1, ?2, ?3, ?4)",
+                    params![group_id, member_id, kind, format!("AD refused the member: {}", rejected.reason)],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    // ----- rows and commands -------------------------------------------------------
+
+    fn load_group(&self, group_id: &str) -> rusqlite::Result<Option<CloudGroup>> {
+        self.tx
+            .prepare_cached(
+                "SELECT id, display_name, description, mail_nickname, mail, mail_enabled, security_enabled, group_types, proxy_addresses,
+                        on_premises_sync_enabled, writeback_enabled, writeback_group_type
+                 FROM groups WHERE id = ?1 AND removed IS NULL",
+            )?
+            .query_row(params![group_id], |row| {
+                let group_types: String = row.get(7)?;
+                let proxy_addresses: String = row.get(8)?;
+                Ok(CloudGroup {
+                    id: row.get(0)?,
+                    display_name: row.get(1)?,
+                    description: row.get(2)?,
+                    mail_nickname: row.get(3)?,
+                    mail: row.get(4)?,
+                    mail_enabled: row.get(5)?,
+                    security_enabled: row.get(6)?,
+                    group_types: serde_json::from_str(&group_types).unwrap_or_default(),
+                    proxy_addresses: serde_json::from_str(&proxy_addresses).unwrap_or_default(),
+                    on_premises_sync_enabled: row.get(9)?,
+                    writeback_enabled: row.get(10)?,
+                    writeback_group_type: row.get(11)?,
+                })
+            })
+            .optional()
+    }
+
+    fn load_override(&self, group_id: &str) -> rusqlite::Result<GroupOverride> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT enabled, group_type, parent_dn FROM group_overrides WHERE group_id = ?1")?
+            .query_row(params![group_id], |row| {
+                let group_type: Option<String> = row.get(1)?;
+                Ok(GroupOverride { enabled: row.get(0)?, group_type: group_type.as_deref().and_then(GroupType::from_graph_name), parent_dn: row.get(2)? })
+            })
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    fn state_of(&self, group_id: &str) -> rusqlite::Result<Option<String>> {
+        self.tx.prepare_cached("SELECT state FROM writeback WHERE group_id = ?1")?.query_row(params![group_id], |row| row.get(0)).optional()
+    }
+
+    fn group_ids_in_states(&self, states: &[&str]) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.tx.prepare("SELECT group_id, state FROM writeback ORDER BY group_id")?;
+        let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?;
+        let mut ids = Vec::new();
+        for row in rows {
+            let (id, state) = row?;
+            if states.contains(&state.as_str()) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn ensure_row(&self, group_id: &str) -> rusqlite::Result<()> {
+        self.tx
+            .prepare_cached("INSERT OR IGNORE INTO writeback (group_id, state, updated_ms) VALUES (?1, ?2, ?3)")?
+            .execute(params![group_id, state::SKIPPED, self.cause.now_ms])?;
+        Ok(())
+    }
+
+    fn set_state(&self, group_id: &str, new_state: &str, reason: &str) -> rusqlite::Result<()> {
+        self.tx
+            .prepare_cached("UPDATE writeback SET state = ?2, reason = ?3, updated_ms = ?4 WHERE group_id = ?1")?
+            .execute(params![group_id, new_state, reason, self.cause.now_ms])?;
+        Ok(())
+    }
+
+    fn emit(&mut self, group_id: &str, action: cmd::write_command::Action, kind: &str) -> Result<(), EngineError> {
+        let sequence: i64 = self.tx.query_row(
+            "UPDATE writeback SET next_sequence = next_sequence + 1 WHERE group_id = ?1 RETURNING next_sequence",
+            params![group_id],
+            |row| row.get(0),
+        )?;
+        let command_id = uuid::Uuid::new_v4().to_string();
+        let command = cmd::WriteCommand {
+            command_id: command_id.clone(),
+            group_id: group_id.to_string(),
+            sequence: u64::try_from(sequence).unwrap_or(0),
+            cause: self.cause.text.clone(),
+            observed_at_ms: self.cause.observed_at_ms,
+            planned_at_ms: self.cause.now_ms,
+            anchor: gwb_core::naming::anchor(group_id),
+            action: Some(action),
+        };
+        let partition = gwb_bus::partition_of(group_id, self.policy.partitions);
+        self.tx
+            .prepare_cached("INSERT INTO outbox (command_id, partition, payload) VALUES (?1, ?2, ?3)")?
+            .execute(params![command_id, partition, command.encode_to_vec()])?;
+        self.tx
+            .prepare_cached("INSERT INTO inflight (command_id, group_id, kind, planned_ms) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![command_id, group_id, kind, self.cause.now_ms])?;
+        Ok(())
+    }
+}
+
+pub fn member_message(reference: &MemberRef) -> cmd::MemberRef {
+    let reference = match reference {
+        MemberRef::Sid(sid) => cmd::member_ref::Reference::Sid(sid.clone()),
+        MemberRef::Guid(guid) => cmd::member_ref::Reference::Guid(guid.clone()),
+    };
+    cmd::MemberRef { reference: Some(reference) }
+}
+
+pub fn member_from_message(reference: &cmd::MemberRef) -> Option<MemberRef> {
+    match reference.reference.as_ref()? {
+        cmd::member_ref::Reference::Sid(sid) => Some(MemberRef::Sid(sid.clone())),
+        cmd::member_ref::Reference::Guid(guid) => Some(MemberRef::Guid(guid.clone())),
+    }
+}
+
+fn spec_message(spec: &GroupSpec) -> cmd::GroupSpec {
+    let group_type = match spec.group_type {
+        GroupType::UniversalSecurity => cmd::GroupType::UniversalSecurity,
+        GroupType::UniversalDistribution => cmd::GroupType::UniversalDistribution,
+        GroupType::UniversalMailEnabledSecurity => cmd::GroupType::UniversalMailEnabledSecurity,
+    };
+    cmd::GroupSpec {
+        cn: spec.cn.clone(),
+        parent_dn: spec.parent_dn.clone(),
+        sam_account_name_candidates: spec.sam_account_name_candidates.clone(),
+        group_type: group_type as i32,
+        display_name: spec.display_name.clone(),
+        description: spec.description.clone(),
+        mail: spec.mail.as_ref().map(|mail| cmd::MailAttributes {
+            mail: mail.mail.clone(),
+            mail_nickname: mail.mail_nickname.clone(),
+            proxy_addresses: mail.proxy_addresses.clone(),
+        }),
+    }
+}

@@ -1,0 +1,145 @@
+//! The planner's SQLite store: schema, migrations and connection settings.
+//!
+//! Everything the planner decides from lives here (not in RAM), so memory stays
+//! bounded however large the tenant is, and a restart resumes exactly.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+/// Ordered schema migrations; `PRAGMA user_version` records how many were applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    display_name TEXT,
+    user_principal_name TEXT,
+    sid TEXT,
+    sync_enabled INTEGER,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    seen_round TEXT
+);
+
+CREATE TABLE groups (
+    id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL DEFAULT '',
+    description TEXT,
+    mail_nickname TEXT,
+    mail TEXT,
+    mail_enabled INTEGER NOT NULL DEFAULT 0,
+    security_enabled INTEGER NOT NULL DEFAULT 0,
+    group_types TEXT NOT NULL DEFAULT '[]',
+    proxy_addresses TEXT NOT NULL DEFAULT '[]',
+    on_premises_sync_enabled INTEGER,
+    writeback_enabled INTEGER,
+    writeback_group_type TEXT,
+    removed TEXT,
+    seen_round TEXT
+);
+
+CREATE TABLE memberships (
+    group_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    member_kind TEXT NOT NULL,
+    seen_round TEXT,
+    PRIMARY KEY (group_id, member_id)
+) WITHOUT ROWID;
+CREATE INDEX memberships_by_member ON memberships (member_id);
+
+CREATE TABLE group_overrides (
+    group_id TEXT PRIMARY KEY,
+    enabled INTEGER,
+    group_type TEXT,
+    parent_dn TEXT
+);
+
+-- What the planner has asked the writer to make true, and what the writer reported.
+CREATE TABLE writeback (
+    group_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    spec TEXT,
+    target_type TEXT,
+    next_sequence INTEGER NOT NULL DEFAULT 0,
+    last_outcome_sequence INTEGER NOT NULL DEFAULT -1,
+    dn TEXT,
+    object_guid TEXT,
+    object_sid TEXT,
+    sam_account_name TEXT,
+    last_error TEXT,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX writeback_by_state ON writeback (state);
+
+CREATE TABLE planned_members (
+    group_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    ref_key TEXT NOT NULL,
+    PRIMARY KEY (group_id, member_id)
+) WITHOUT ROWID;
+
+CREATE TABLE skipped_members (
+    group_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    member_kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (group_id, member_id)
+) WITHOUT ROWID;
+
+-- Transactional outbox: commands are written with the state change that caused them
+-- and published (with confirms) afterwards, so a crash can't lose or invent one.
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    command_id TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+
+CREATE TABLE inflight (
+    command_id TEXT PRIMARY KEY,
+    group_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    planned_ms INTEGER NOT NULL
+);
+
+CREATE TABLE processed_events (event_id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);
+
+CREATE TABLE services (
+    name TEXT PRIMARY KEY,
+    healthy INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+
+CREATE TABLE errors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    group_id TEXT,
+    message TEXT NOT NULL
+);
+"#];
+
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let mut db = Connection::open(path)?;
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    // NORMAL in WAL mode: a commit survives a process crash; only an OS crash can
+    // lose the last transactions, which the at-least-once bus redelivers anyway.
+    db.pragma_update(None, "synchronous", "NORMAL")?;
+    db.pragma_update(None, "cache_size", -16_000)?;
+    migrate(&mut db)?;
+    Ok(db)
+}
+
+fn migrate(db: &mut Connection) -> rusqlite::Result<()> {
+    let applied: usize = db.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = db.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "planner store migrated");
+    }
+    Ok(())
+}
