@@ -1,1 +1,277 @@
-fn main() {}
+//! gwb-writer: consumes writeback commands (one partition at a time, in order),
+//! applies them to AD through gwb-ldap and publishes an outcome for each. A command is
+//! acked only after its outcome is confirmed by the broker; transient directory errors
+//! are retried in place so a partition never applies a later command before an
+//! earlier one.
+
+mod config;
+mod convert;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use prost::Message as _;
+use rand::Rng;
+use tokio::sync::Mutex;
+
+use gwb_bus::{Delivery, Disposition, Message, Publisher, Route};
+use gwb_core::command::{ApplyReport, FailureClass};
+use gwb_ldap::{Directory, DirectoryConfig, DirectoryError};
+use gwb_proto::commands::v1 as cmd;
+use gwb_runtime::shutdown::Shutdown;
+use gwb_runtime::{secret, shutdown, telemetry};
+
+#[derive(Parser)]
+#[command(name = "gwb-writer", version, about = "AD writer of Group Writeback")]
+struct Args {
+    /// TOML configuration file; `GWB_*` environment variables override it.
+    #[arg(long, env = "GWB_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+struct Shared {
+    writer_id: String,
+    dry_run: bool,
+    directory_config: DirectoryConfig,
+    publisher: Publisher,
+    shutdown: Shutdown,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config: config::Config = gwb_runtime::config::load(args.config.as_deref())?;
+    telemetry::init_logging("gwb-writer", &config.log);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let password = secret::read_secret_file("directory.bind_password_file", &config.directory.bind_password_file)?;
+    let mut directory_config = DirectoryConfig::new(
+        config.directory.url.clone(),
+        config.directory.ca_file.clone(),
+        config.directory.bind_dn.clone(),
+        password.expose(),
+        config.directory.managed_ous.clone(),
+    );
+    directory_config.starttls = config.directory.starttls;
+    directory_config.operation_timeout = Duration::from_secs(config.directory.operation_timeout_seconds.max(1));
+    directory_config.member_batch_size = config.directory.member_batch_size;
+    anyhow::ensure!(!config.directory.managed_ous.is_empty(), "directory.managed_ous must list at least one OU");
+
+    let writer_id = config.writer.id.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let publisher = Publisher::connect(config.bus.clone()).await?;
+    let topology = publisher.topology().clone();
+    let shutdown = shutdown::on_signals();
+    let shared = Arc::new(Shared { writer_id, dry_run: config.writer.dry_run, directory_config, publisher, shutdown: shutdown.clone() });
+
+    let partitions: Vec<u16> = if config.writer.partitions.is_empty() {
+        (0..topology.partitions()).collect()
+    } else {
+        config.writer.partitions.clone()
+    };
+    let mut tasks = Vec::new();
+    for partition in partitions {
+        anyhow::ensure!(partition < topology.partitions(), "writer.partitions: {partition} is not below bus.command_partitions ({})", topology.partitions());
+        let shared = shared.clone();
+        let directory: Arc<Mutex<Option<Directory>>> = Arc::new(Mutex::new(None));
+        tasks.push(tokio::spawn(gwb_bus::consume(config.bus.clone(), topology.command_queue(partition), shutdown.clone(), move |delivery| {
+            handle_command(shared.clone(), directory.clone(), delivery)
+        })));
+    }
+    tasks.push(tokio::spawn(report_status(shared.clone(), Duration::from_secs(config.writer.status_interval_seconds.max(1)))));
+    tracing::info!(writer_id = %shared.writer_id, dry_run = shared.dry_run, "writer running");
+    for task in tasks {
+        task.await?;
+    }
+    tracing::info!("writer stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "writer".into())
+}
+
+async fn handle_command(shared: Arc<Shared>, directory: Arc<Mutex<Option<Directory>>>, delivery: Delivery) -> Disposition {
+    let Ok(command) = cmd::WriteCommand::decode(delivery.payload.as_slice()) else {
+        tracing::error!(message_id = ?delivery.message_id, "undecodable command dead-lettered");
+        return Disposition::DeadLetter;
+    };
+    let mut outcome = cmd::Outcome {
+        command_id: command.command_id.clone(),
+        group_id: command.group_id.clone(),
+        sequence: command.sequence,
+        observed_at_ms: command.observed_at_ms,
+        writer_id: shared.writer_id.clone(),
+        ..Default::default()
+    };
+    let domain = match convert::to_domain(&command) {
+        Ok(domain) => domain,
+        Err(reason) => {
+            tracing::error!(command_id = %command.command_id, %reason, "impossible command dead-lettered");
+            outcome.kind = "invalid".into();
+            outcome.status = cmd::OutcomeStatus::Failed as i32;
+            outcome.message = format!("invalid command: {reason}");
+            return finish(&shared, outcome, Disposition::DeadLetter).await;
+        }
+    };
+    outcome.kind = domain.kind().to_string();
+    if shared.dry_run {
+        outcome.status = cmd::OutcomeStatus::DryRun as i32;
+        outcome.completed_at_ms = now_ms();
+        return finish(&shared, outcome, Disposition::Ack).await;
+    }
+    let mut guard = directory.lock().await;
+    let mut failures = 0u32;
+    loop {
+        if shared.shutdown.is_triggered() {
+            // Unacked: the broker hands it to the next writer.
+            return Disposition::Requeue;
+        }
+        let result = match guard.as_mut() {
+            Some(directory) => directory.apply(&domain).await,
+            None => match Directory::connect(shared.directory_config.clone()).await {
+                Ok(connected) => {
+                    let directory = guard.insert(connected);
+                    directory.apply(&domain).await
+                }
+                Err(error) => Err(error),
+            },
+        };
+        match result {
+            Ok(report) => {
+                fill_report(&mut outcome, report);
+                outcome.status = cmd::OutcomeStatus::Applied as i32;
+                outcome.completed_at_ms = now_ms();
+                tracing::debug!(command_id = %command.command_id, kind = %outcome.kind, group = %command.group_id, changed = outcome.changed, "applied");
+                return finish(&shared, outcome, Disposition::Ack).await;
+            }
+            Err(error) if error.class == FailureClass::Transient => {
+                failures += 1;
+                let delay = backoff(failures);
+                tracing::warn!(%error, kind = %outcome.kind, group = %command.group_id, retry_in_ms = delay.as_millis() as u64, "directory unavailable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shared.shutdown.triggered() => {}
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, kind = %outcome.kind, group = %command.group_id, "command failed permanently; dead-lettered");
+                fill_failure(&mut outcome, &error);
+                return finish(&shared, outcome, Disposition::DeadLetter).await;
+            }
+        }
+    }
+}
+
+fn fill_report(outcome: &mut cmd::Outcome, report: ApplyReport) {
+    outcome.group = report.group.map(|g| cmd::AppliedGroup { dn: g.dn, object_guid: g.object_guid, object_sid: g.object_sid, sam_account_name: g.sam_account_name });
+    outcome.members_added = report.members_added;
+    outcome.members_removed = report.members_removed;
+    outcome.members_unchanged = report.members_unchanged;
+    outcome.members_rejected = report
+        .members_rejected
+        .into_iter()
+        .map(|(member, reason)| cmd::RejectedMember { member: Some(convert::member_message(&member)), reason })
+        .collect();
+    outcome.changed = report.changed;
+}
+
+fn fill_failure(outcome: &mut cmd::Outcome, error: &DirectoryError) {
+    outcome.status = cmd::OutcomeStatus::Failed as i32;
+    outcome.ldap_code = error.code.unwrap_or(0);
+    outcome.message = error.message.clone();
+    outcome.completed_at_ms = now_ms();
+}
+
+/// Publishes the outcome, then settles the command. If the outcome can't be
+/// published the command is requeued: applying it again is harmless.
+async fn finish(shared: &Shared, outcome: cmd::Outcome, disposition: Disposition) -> Disposition {
+    let message = Message {
+        id: format!("outcome-{}", outcome.command_id),
+        kind: "gwb.commands.v1.Outcome",
+        payload: outcome.encode_to_vec(),
+        headers: Default::default(),
+        timestamp_ms: now_ms(),
+    };
+    match shared.publisher.publish(&Route::Outcomes, &message).await {
+        Ok(()) => disposition,
+        Err(error) => {
+            tracing::warn!(%error, "could not publish an outcome; the command will be applied again");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Disposition::Requeue
+        }
+    }
+}
+
+/// Periodic health and capability report to the planner.
+async fn report_status(shared: Arc<Shared>, every: Duration) {
+    let mut directory: Option<Directory> = None;
+    while !shared.shutdown.is_triggered() {
+        let mut status = cmd::WriterStatus {
+            writer_id: shared.writer_id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            dry_run: shared.dry_run,
+            at_ms: now_ms(),
+            ..Default::default()
+        };
+        if shared.dry_run {
+            status.directory_connected = true;
+            status.detail = "dry run: no directory connection".into();
+        } else {
+            let healthy = match directory.as_mut() {
+                Some(existing) => existing.check_health().await,
+                None => match Directory::connect(shared.directory_config.clone()).await {
+                    Ok(connected) => {
+                        directory = Some(connected);
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                },
+            };
+            match (healthy, directory.as_ref()) {
+                (Ok(()), Some(connected)) => {
+                    let caps = connected.capabilities();
+                    status.directory_connected = true;
+                    status.has_exchange_schema = caps.has_exchange_schema;
+                    status.has_external_directory_object_id = caps.has_external_directory_object_id;
+                    status.supports_permissive_modify = caps.supports_permissive_modify;
+                    status.missing_ous = caps.missing_ous.clone();
+                    status.detail = if caps.missing_ous.is_empty() {
+                        format!("connected to {}", caps.dns_host_name)
+                    } else {
+                        format!("connected to {}; managed OUs missing: {}", caps.dns_host_name, caps.missing_ous.join("; "))
+                    };
+                }
+                (Ok(()), None) => status.detail = "not connected".into(),
+                (Err(error), _) => {
+                    status.detail = error.to_string();
+                    directory = None;
+                }
+            }
+        }
+        let message = Message {
+            id: format!("status-{}-{}", shared.writer_id, status.at_ms),
+            kind: "gwb.commands.v1.WriterStatus",
+            payload: status.encode_to_vec(),
+            headers: Default::default(),
+            timestamp_ms: status.at_ms,
+        };
+        if let Err(error) = shared.publisher.publish(&Route::Outcomes, &message).await {
+            tracing::warn!(%error, "could not publish writer status");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shared.shutdown.triggered() => {}
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let base = 200u64.saturating_mul(1 << failures.min(8)).min(30_000);
+    Duration::from_millis((base as f64 * rand::rng().random_range(0.5..1.0)) as u64)
+}

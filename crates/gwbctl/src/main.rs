@@ -1,1 +1,284 @@
-fn main() {}
+//! gwbctl: the operator's command line over the planner's gRPC control API.
+//!
+//! Exit codes: 0 success, 1 the planner refused or failed the request, 2 usage error,
+//! 3 the planner is unreachable, 4 authentication failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use gwb_proto::control::v1 as pb;
+use pb::operator_client::OperatorClient;
+
+#[derive(Parser)]
+#[command(name = "gwbctl", version, about = "Operate Group Writeback (Entra ID groups → Active Directory)")]
+struct Cli {
+    /// Planner control API address.
+    #[arg(long, env = "GWB_CONTROL_ENDPOINT", default_value = "http://127.0.0.1:50051", global = true)]
+    endpoint: String,
+    /// File holding the control bearer token.
+    #[arg(long, env = "GWB_CONTROL_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Global switch, service health, counts, lag and recent errors.
+    Status,
+    /// Switch writeback on: every group in scope is written to AD.
+    Enable,
+    /// Switch writeback off; --mode says what happens to the groups already written.
+    Disable {
+        #[arg(long, value_enum)]
+        mode: Mode,
+    },
+    /// List groups with their writeback state.
+    Groups {
+        /// Only groups in this state (written, pending, error, skipped, kept, deleted…).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        /// Continue from a previous page's token.
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Show one group: AD identity, members written and skipped with reasons.
+    Group { id: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Leave the written groups in AD, frozen.
+    Keep,
+    /// Delete every group Group Writeback wrote.
+    Delete,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, message }) => {
+            eprintln!("gwbctl: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        let code = match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => 4,
+            Code::Unavailable => 3,
+            _ => 1,
+        };
+        let hint = match status.code() {
+            Code::Unauthenticated => " (check --token-file / GWB_CONTROL_TOKEN_FILE)",
+            Code::Unavailable => " (is gwb-planner running and is --endpoint right?)",
+            _ => "",
+        };
+        Failure { code, message: format!("{}{hint}", status.message()) }
+    }
+}
+
+async fn run(cli: &Cli) -> Result<(), Failure> {
+    let token = match &cli.token_file {
+        Some(path) => Some(
+            gwb_runtime::secret::read_secret_file("--token-file", path)
+                .map_err(|e| Failure { code: 2, message: e.to_string() })?,
+        ),
+        None => None,
+    };
+    let channel = Channel::from_shared(cli.endpoint.clone())
+        .map_err(|e| Failure { code: 2, message: format!("--endpoint {}: {e}", cli.endpoint) })?
+        .connect()
+        .await
+        .map_err(|e| Failure { code: 3, message: format!("cannot reach the planner at {}: {e}", cli.endpoint) })?;
+    let bearer: Option<MetadataValue<_>> = match &token {
+        Some(token) => Some(
+            format!("Bearer {}", token.expose())
+                .parse()
+                .map_err(|_| Failure { code: 2, message: "the token file holds characters not allowed in a header".into() })?,
+        ),
+        None => None,
+    };
+    let mut client = OperatorClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+        if let Some(value) = &bearer {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    });
+    match &cli.command {
+        Command::Status => {
+            let status = client.get_status(pb::GetStatusRequest {}).await?.into_inner();
+            print_status(&status, cli.json);
+        }
+        Command::Enable => {
+            let status = client.enable_writeback(pb::EnableWritebackRequest {}).await?.into_inner();
+            if !cli.json {
+                println!("Writeback is ON. Groups in scope are being written to AD.\n");
+            }
+            print_status(&status, cli.json);
+        }
+        Command::Disable { mode } => {
+            let mode = match mode {
+                Mode::Keep => pb::DisableMode::Keep,
+                Mode::Delete => pb::DisableMode::Delete,
+            };
+            let status = client.disable_writeback(pb::DisableWritebackRequest { mode: mode as i32 }).await?.into_inner();
+            if !cli.json {
+                match mode {
+                    pb::DisableMode::Delete => println!("Writeback is OFF. Written groups are being deleted from AD.\n"),
+                    _ => println!("Writeback is OFF. Written groups stay in AD, frozen.\n"),
+                }
+            }
+            print_status(&status, cli.json);
+        }
+        Command::Groups { state, page_size, page_token } => {
+            let request = pb::ListGroupsRequest {
+                state: state.clone().unwrap_or_default(),
+                page_size: *page_size,
+                page_token: page_token.clone().unwrap_or_default(),
+            };
+            let response = client.list_groups(request).await?.into_inner();
+            print_groups(&response, cli.json);
+        }
+        Command::Group { id } => {
+            let detail = client.get_group(pb::GetGroupRequest { id: id.clone() }).await?.into_inner();
+            print_group(&detail, cli.json);
+        }
+    }
+    Ok(())
+}
+
+fn print_json(value: Value) {
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+}
+
+fn disable_mode(mode: i32) -> &'static str {
+    match pb::DisableMode::try_from(mode) {
+        Ok(pb::DisableMode::Keep) => "keep",
+        Ok(pb::DisableMode::Delete) => "delete",
+        _ => "",
+    }
+}
+
+fn print_status(status: &pb::Status, as_json: bool) {
+    if as_json {
+        print_json(json!({
+            "writeback_enabled": status.writeback_enabled,
+            "last_disable_mode": disable_mode(status.last_disable_mode),
+            "services": status.services.iter().map(|s| json!({"service": s.service, "healthy": s.healthy, "version": s.version, "detail": s.detail, "last_seen_ms": s.last_seen_ms})).collect::<Vec<_>>(),
+            "last_round_completed_ms": status.last_round_completed_ms,
+            "groups_by_state": status.groups_by_state.iter().map(|c| (c.state.clone(), json!(c.count))).collect::<serde_json::Map<_, _>>(),
+            "users_known": status.users_known,
+            "memberships_known": status.memberships_known,
+            "commands_in_flight": status.commands_in_flight,
+            "oldest_in_flight_ms": status.oldest_in_flight_ms,
+            "held_deletions": status.held_deletions,
+            "recent_errors": status.recent_errors,
+            "planner_version": status.planner_version,
+        }));
+        return;
+    }
+    let switch = if status.writeback_enabled { "ON".to_string() } else { format!("OFF{}", match disable_mode(status.last_disable_mode) { "" => String::new(), m => format!(" (last disable: {m})") }) };
+    println!("Writeback:          {switch}");
+    println!("Users known:        {}", status.users_known);
+    println!("Memberships known:  {}", status.memberships_known);
+    println!("Commands in flight: {} (oldest {} ms)", status.commands_in_flight, status.oldest_in_flight_ms);
+    println!("Held deletions:     {}", status.held_deletions);
+    println!();
+    println!("{:<28} {:<8} {:<8} DETAIL", "SERVICE", "HEALTHY", "VERSION");
+    for service in &status.services {
+        println!("{:<28} {:<8} {:<8} {}", service.service, if service.healthy { "yes" } else { "NO" }, service.version, service.detail);
+    }
+    println!();
+    println!("{:<14} GROUPS", "STATE");
+    for count in &status.groups_by_state {
+        println!("{:<14} {}", count.state, count.count);
+    }
+    if !status.recent_errors.is_empty() {
+        println!("\nRecent errors:");
+        for error in &status.recent_errors {
+            println!("  - {error}");
+        }
+    }
+}
+
+fn print_groups(response: &pb::ListGroupsResponse, as_json: bool) {
+    if as_json {
+        print_json(json!({
+            "groups": response.groups.iter().map(summary_json).collect::<Vec<_>>(),
+            "next_page_token": response.next_page_token,
+        }));
+        return;
+    }
+    println!("{:<36}  {:<9} {:>7} {:>7}  {:<30} AD DN", "ID", "STATE", "WRITTEN", "SKIPPED", "NAME");
+    for group in &response.groups {
+        println!("{:<36}  {:<9} {:>7} {:>7}  {:<30} {}", group.id, group.state, group.members_written, group.members_skipped, truncate(&group.display_name, 30), group.ad_dn);
+    }
+    if !response.next_page_token.is_empty() {
+        println!("\nMore: gwbctl groups --page-token {}", response.next_page_token);
+    }
+}
+
+fn summary_json(group: &pb::GroupSummary) -> Value {
+    json!({"id": group.id, "display_name": group.display_name, "state": group.state, "ad_dn": group.ad_dn,
+           "members_written": group.members_written, "members_skipped": group.members_skipped, "last_error": group.last_error})
+}
+
+fn print_group(detail: &pb::GroupDetail, as_json: bool) {
+    let summary = detail.summary.clone().unwrap_or_default();
+    if as_json {
+        print_json(json!({
+            "summary": summary_json(&summary),
+            "target_type": detail.target_type,
+            "ad_object_guid": detail.ad_object_guid,
+            "ad_object_sid": detail.ad_object_sid,
+            "sam_account_name": detail.sam_account_name,
+            "members_written": detail.members_written,
+            "members_skipped": detail.members_skipped.iter().map(|m| json!({"member_id": m.member_id, "kind": m.kind, "reason": m.reason})).collect::<Vec<_>>(),
+            "policy_reason": detail.policy_reason,
+        }));
+        return;
+    }
+    println!("Group:        {} ({})", summary.display_name, summary.id);
+    println!("State:        {} — {}", summary.state, detail.policy_reason);
+    println!("Target type:  {}", detail.target_type);
+    println!("AD DN:        {}", summary.ad_dn);
+    println!("objectGUID:   {}", detail.ad_object_guid);
+    println!("objectSid:    {}", detail.ad_object_sid);
+    println!("sAMAccount:   {}", detail.sam_account_name);
+    if !summary.last_error.is_empty() {
+        println!("Last error:   {}", summary.last_error);
+    }
+    println!("\nMembers written ({}):", detail.members_written.len());
+    for member in &detail.members_written {
+        println!("  {member}");
+    }
+    println!("\nMembers skipped ({}):", detail.members_skipped.len());
+    for member in &detail.members_skipped {
+        println!("  {:<36} {:<8} {}", member.member_id, member.kind, member.reason);
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max { text.to_string() } else { format!("{}…", text.chars().take(max - 1).collect::<String>()) }
+}
