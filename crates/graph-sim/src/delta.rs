@@ -337,6 +337,8 @@ pub struct Round {
     /// repetition carries the same values.
     rendered: IdxMap<Map<String, Value>>,
     last_used: Instant,
+    /// Entries and member links held, to bound the memory of all held rounds.
+    weight: usize,
 }
 
 impl Round {
@@ -354,6 +356,7 @@ impl Round {
             items.shuffle(&mut rng);
         }
         let layout = layout(&items, paging, &mut rng);
+        let weight = layout.entries.len() + items.iter().map(|i| i.members.len()).sum::<usize>();
         Round {
             resource,
             api,
@@ -364,6 +367,7 @@ impl Round {
             layout,
             rendered: IdxMap::default(),
             last_used: Instant::now(),
+            weight,
         }
     }
 
@@ -452,16 +456,22 @@ pub struct Rounds {
     map: HashMap<u64, Round>,
 }
 
-/// Bound on held rounds; the least recently used is dropped beyond it.
-const MAX_ROUNDS: usize = 512;
+/// Bounds on held rounds (count, and entries plus member links, about 4–12 bytes
+/// each); the least recently used rounds are dropped beyond them.
+const MAX_ROUNDS: usize = 256;
+const MAX_WEIGHT: usize = 40_000_000;
 
 impl Rounds {
     pub fn insert(&mut self, round: Round, ttl: Duration) -> u64 {
         self.purge(ttl);
-        if self.map.len() >= MAX_ROUNDS
-            && let Some((&oldest, _)) = self.map.iter().min_by_key(|(_, r)| r.last_used) {
-                self.map.remove(&oldest);
+        let mut held: usize = self.map.values().map(|r| r.weight).sum();
+        while self.map.len() >= MAX_ROUNDS || (held + round.weight > MAX_WEIGHT && !self.map.is_empty()) {
+            let Some((&oldest, _)) = self.map.iter().min_by_key(|(_, r)| r.last_used) else { break };
+            if let Some(r) = self.map.remove(&oldest) {
+                held = held.saturating_sub(r.weight);
+                tracing::warn!(round = oldest, "dropping a held delta round to bound memory");
             }
+        }
         loop {
             let id: u64 = rand::random();
             if let std::collections::hash_map::Entry::Vacant(v) = self.map.entry(id) {

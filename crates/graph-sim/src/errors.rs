@@ -57,17 +57,17 @@ impl ApiError {
     }
 }
 
-/// The Graph error envelope. `nested` goes inside `innerError` (with its own casing).
-pub fn graph_error_body(code: &str, message: &str, ids: &RequestIds, nested: Option<(&str, Value)>) -> Value {
-    let mut inner = json!({
+/// The Graph error envelope; `inner` adds members to `innerError`.
+pub fn graph_error_body(code: &str, message: &str, ids: &RequestIds, inner: Option<Value>) -> Value {
+    let mut inner_error = json!({
         "date": time::graph_error_date(time::now_ms()),
         "request-id": ids.request_id,
         "client-request-id": ids.client_request_id,
     });
-    if let (Some((key, value)), Some(map)) = (nested, inner.as_object_mut()) {
-        map.insert(key.to_owned(), value);
+    if let (Some(Value::Object(extra)), Some(map)) = (inner, inner_error.as_object_mut()) {
+        map.extend(extra);
     }
-    json!({ "error": { "code": code, "message": message, "innerError": inner } })
+    json!({ "error": { "code": code, "message": message, "innerError": inner_error } })
 }
 
 pub fn json_response(status: StatusCode, body: &Value, content_type: &'static str) -> Response {

@@ -24,7 +24,7 @@ pub enum ErrorVariant {
     /// `error.code` is the code.
     #[default]
     Top,
-    /// `error.code` is `badRequest`; the code sits two levels down in `innerError`.
+    /// `error.code` is `badRequest`; the code sits in `innerError.innerError`.
     Nested,
     /// Like `Nested` with lowercase `innererror` keys.
     NestedLowercase,
@@ -209,14 +209,14 @@ pub fn sync_error_body(
             "badRequest",
             message,
             ids,
-            Some(("innerError", json!({ "code": "invalidRequest", "innerError": { "code": code } }))),
+            Some(json!({ "code": "invalidRequest", "innerError": { "code": code } })),
         ),
         ErrorVariant::NestedLowercase => {
             let mut body = graph_error_body(
                 "badRequest",
                 message,
                 ids,
-                Some(("innererror", json!({ "code": "invalidRequest", "innererror": { "code": code } }))),
+                Some(json!({ "code": "invalidRequest", "innererror": { "code": code } })),
             );
             // The outer level uses the lowercase key too.
             if let Some(err) = body.get_mut("error").and_then(|e| e.as_object_mut())

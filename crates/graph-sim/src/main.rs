@@ -111,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let config = SimConfig {
@@ -138,13 +139,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
+    // The address file comes first, so that whoever sees the stdout line finds it.
+    if let Some(path) = &args.addr_file {
+        write_addr_file(path, &url)?;
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {url}")?;
         out.flush()?;
-    }
-    if let Some(path) = &args.addr_file {
-        write_addr_file(path, &url)?;
     }
     tracing::info!(%url, tenant_id = %config.tenant_id, client_id = %config.client_id, "graph-sim listening");
     graph_sim::serve(listener, config, shutdown_signal()).await?;

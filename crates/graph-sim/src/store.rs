@@ -513,12 +513,12 @@ impl Tenant {
         for gi in 0..self.groups.len() {
             let g = self.groups[gi];
             if self.objects[g as usize].members.remove(&idx) {
-                self.memberships -= 1;
+                self.memberships = self.memberships.saturating_sub(1);
                 self.log(Change::Link { group: g, member: idx });
             }
         }
         let obj = &mut self.objects[idx as usize];
-        self.memberships -= obj.members.len();
+        self.memberships = self.memberships.saturating_sub(obj.members.len());
         obj.members = IdxSet::default();
         obj.props = Vec::new();
         obj.life = Life::HardDeleted;
@@ -578,7 +578,7 @@ impl Tenant {
         for m in idxs {
             if self.objects[g as usize].members.remove(&m) {
                 removed += 1;
-                self.memberships -= 1;
+                self.memberships = self.memberships.saturating_sub(1);
                 self.log(Change::Link { group: g, member: m });
             }
         }
