@@ -7,8 +7,7 @@ use serde_json::{Value, json};
 use crate::time;
 
 /// Content type Graph sends with JSON bodies.
-pub const GRAPH_JSON: &str =
-    "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
+pub const GRAPH_JSON: &str = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
 
 /// Ids of one request: `request-id` is ours, `client-request-id` echoes the
 /// client's header or repeats `request-id`, as Graph does.
@@ -28,7 +27,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -58,7 +61,12 @@ impl ApiError {
 }
 
 /// The Graph error envelope; `inner` adds members to `innerError`.
-pub fn graph_error_body(code: &str, message: &str, ids: &RequestIds, inner: Option<Value>) -> Value {
+pub fn graph_error_body(
+    code: &str,
+    message: &str,
+    ids: &RequestIds,
+    inner: Option<Value>,
+) -> Value {
     let mut inner_error = json!({
         "date": time::graph_error_date(time::now_ms()),
         "request-id": ids.request_id,

@@ -116,7 +116,11 @@ pub struct FaultRule {
 
 impl FaultRule {
     pub fn new(matches: FaultMatch, kind: FaultKind, count: u32) -> Self {
-        FaultRule { matches, kind, count }
+        FaultRule {
+            matches,
+            kind,
+            count,
+        }
     }
 }
 
@@ -138,7 +142,8 @@ impl FaultQueue {
     pub fn add(&mut self, rules: Vec<FaultRule>) -> Result<(), String> {
         for r in &rules {
             match &r.kind {
-                FaultKind::SyncStateNotFound { status, .. } | FaultKind::ResyncRequired { status, .. }
+                FaultKind::SyncStateNotFound { status, .. }
+                | FaultKind::ResyncRequired { status, .. }
                     if !(400..500).contains(status) =>
                 {
                     return Err(format!("status {status} is not a 4xx status"));
@@ -220,9 +225,10 @@ pub fn sync_error_body(
             );
             // The outer level uses the lowercase key too.
             if let Some(err) = body.get_mut("error").and_then(|e| e.as_object_mut())
-                && let Some(inner) = err.remove("innerError") {
-                    err.insert("innererror".into(), inner);
-                }
+                && let Some(inner) = err.remove("innerError")
+            {
+                err.insert("innererror".into(), inner);
+            }
             body
         }
     }
@@ -243,14 +249,22 @@ mod tests {
             {"match": "any", "kind": "resyncRequired", "variant": "nestedLowercase"},
         ]))
         .unwrap();
-        assert_eq!(rules[0].kind, FaultKind::Throttle { retry_after: Some("2.128".into()) });
+        assert_eq!(
+            rules[0].kind,
+            FaultKind::Throttle {
+                retry_after: Some("2.128".into())
+            }
+        );
         assert_eq!(rules[0].count, 2);
         assert_eq!(rules[1].count, 1);
         assert_eq!(rules[2].kind, FaultKind::Throttle { retry_after: None });
         assert_eq!(rules[3].kind, FaultKind::Delay { ms: 10 });
         assert_eq!(
             rules[4].kind,
-            FaultKind::ResyncRequired { variant: ErrorVariant::NestedLowercase, status: 400 }
+            FaultKind::ResyncRequired {
+                variant: ErrorVariant::NestedLowercase,
+                status: 400
+            }
         );
         let back = serde_json::to_value(&rules[0]).unwrap();
         assert_eq!(back["match"], "groups/delta");

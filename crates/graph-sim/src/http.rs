@@ -38,28 +38,46 @@ pub fn router(app: Arc<App>) -> Router {
     r.route("/admin/users", post(admin::create_user))
         .route(
             "/admin/users/{id}",
-            get(admin::get_user).patch(admin::patch_user).delete(admin::delete_user),
+            get(admin::get_user)
+                .patch(admin::patch_user)
+                .delete(admin::delete_user),
         )
         .route("/admin/users/{id}/restore", post(admin::restore_user))
         .route("/admin/groups", post(admin::create_group))
         .route(
             "/admin/groups/{id}",
-            get(admin::get_group).patch(admin::patch_group).delete(admin::delete_group),
+            get(admin::get_group)
+                .patch(admin::patch_group)
+                .delete(admin::delete_group),
         )
         .route("/admin/groups/{id}/restore", post(admin::restore_group))
         .route("/admin/groups/{id}/members", post(admin::add_members))
-        .route("/admin/groups/{id}/members/remove", post(admin::remove_members))
-        .route("/admin/groups/{id}/members/{member}", delete(admin::remove_member))
+        .route(
+            "/admin/groups/{id}/members/remove",
+            post(admin::remove_members),
+        )
+        .route(
+            "/admin/groups/{id}/members/{member}",
+            delete(admin::remove_member),
+        )
         .route("/admin/objects", post(admin::create_object))
-        .route("/admin/objects/{id}", delete(admin::delete_directory_object))
+        .route(
+            "/admin/objects/{id}",
+            delete(admin::delete_directory_object),
+        )
         .route("/admin/stats", get(admin::stats))
         .route("/admin/seed", post(admin::seed))
         .route("/admin/generate", post(admin::generate))
         .route(
             "/admin/faults",
-            get(admin::get_faults).post(admin::add_faults).delete(admin::clear_faults),
+            get(admin::get_faults)
+                .post(admin::add_faults)
+                .delete(admin::clear_faults),
         )
-        .route("/admin/settings", get(admin::get_settings).patch(admin::patch_settings))
+        .route(
+            "/admin/settings",
+            get(admin::get_settings).patch(admin::patch_settings),
+        )
         .route("/admin/reset", post(admin::reset))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -81,11 +99,17 @@ async fn request_context(State(app): State<Arc<App>>, mut req: Request, next: Ne
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let ids = RequestIds { request_id, client_request_id };
+    let ids = RequestIds {
+        request_id,
+        client_request_id,
+    };
     req.extensions_mut().insert(ids.clone());
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    for (name, value) in [("request-id", &ids.request_id), ("client-request-id", &ids.client_request_id)] {
+    for (name, value) in [
+        ("request-id", &ids.request_id),
+        ("client-request-id", &ids.client_request_id),
+    ] {
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(name, v);
         }
@@ -96,7 +120,9 @@ async fn request_context(State(app): State<Arc<App>>, mut req: Request, next: Ne
 
 async fn fallback(Extension(ids): Extension<RequestIds>, uri: Uri) -> Response {
     let path = uri.path();
-    let graph = ["/v1.0/", "/beta/"].iter().find_map(|p| path.strip_prefix(p));
+    let graph = ["/v1.0/", "/beta/"]
+        .iter()
+        .find_map(|p| path.strip_prefix(p));
     match graph {
         Some(rest) => ApiError::new(
             StatusCode::BAD_REQUEST,

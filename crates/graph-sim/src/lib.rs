@@ -44,9 +44,10 @@ pub use client::{AdminClient, AdminError};
 pub use config::{PagingConfig, Settings, SettingsPatch, SimConfig};
 pub use faults::{ErrorVariant, FaultKind, FaultMatch, FaultRule};
 pub use model::{
-    Committed, GenerateResult, GenerateSpec, GeneratedGroupKind, GroupFields, GroupMutation, GroupView, IdList,
-    MemberRef, MembersMutation, NewDirectoryObject, NewGroup, NewUser, ObjectCounts, ObjectKind, ObjectMutation,
-    ObjectState, RequestCount, Seed, SeedResult, Stats, UserFields, UserMutation, UserView, WritebackConfiguration,
+    Committed, GenerateResult, GenerateSpec, GeneratedGroupKind, GroupFields, GroupMutation,
+    GroupView, IdList, MemberRef, MembersMutation, NewDirectoryObject, NewGroup, NewUser,
+    ObjectCounts, ObjectKind, ObjectMutation, ObjectState, RequestCount, Seed, SeedResult, Stats,
+    UserFields, UserMutation, UserView, WritebackConfiguration,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -70,14 +71,17 @@ fn validate(config: &SimConfig) -> Result<(), ServeError> {
         }
     }
     if let Some(url) = &config.public_url {
-        let parsed = url::Url::parse(url).map_err(|e| ServeError::Config(format!("public URL '{url}': {e}")))?;
+        let parsed = url::Url::parse(url)
+            .map_err(|e| ServeError::Config(format!("public URL '{url}': {e}")))?;
         if parsed.path() != "/" || parsed.query().is_some() {
             return Err(ServeError::Config(format!(
                 "public URL '{url}' must be scheme://host[:port] without a path"
             )));
         }
     }
-    config::Settings::from_config(config).validate().map_err(ServeError::Config)
+    config::Settings::from_config(config)
+        .validate()
+        .map_err(ServeError::Config)
 }
 
 fn build(config: SimConfig) -> Result<Arc<app::App>, ServeError> {
@@ -85,8 +89,15 @@ fn build(config: SimConfig) -> Result<Arc<app::App>, ServeError> {
     let mut tenant = store::Tenant::new();
     if let Some(seed) = &config.seed {
         let value = serde_json::to_value(seed).map_err(|e| ServeError::Seed(e.to_string()))?;
-        let r = tenant.seed(&value).map_err(|e| ServeError::Seed(e.message))?;
-        tracing::info!(users = r.user_ids.len(), groups = r.group_ids.len(), memberships = r.memberships, "seed loaded");
+        let r = tenant
+            .seed(&value)
+            .map_err(|e| ServeError::Seed(e.message))?;
+        tracing::info!(
+            users = r.user_ids.len(),
+            groups = r.group_ids.len(),
+            memberships = r.memberships,
+            "seed loaded"
+        );
     }
     Ok(Arc::new(app::App::new(config, tenant)))
 }
@@ -96,7 +107,9 @@ async fn run(
     app: Arc<app::App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, http::router(app))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }
 
@@ -127,7 +140,11 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, ServeError> {
         // A dropped sender also stops the server.
         let _ = rx.await;
     }));
-    Ok(RunningSim { base_url: format!("http://{addr}"), shutdown: Some(tx), task })
+    Ok(RunningSim {
+        base_url: format!("http://{addr}"),
+        shutdown: Some(tx),
+        task,
+    })
 }
 
 impl RunningSim {

@@ -69,15 +69,18 @@ fn read_secret(path: &Path) -> anyhow::Result<String> {
 }
 
 fn read_seed(path: &Path) -> anyhow::Result<Seed> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the seed file {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("the seed file {} is not a valid seed", path.display()))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the seed file {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("the seed file {} is not a valid seed", path.display()))
 }
 
 /// Written to a temporary name first so that a watcher never reads half a URL.
 fn write_addr_file(path: &Path, url: &str) -> anyhow::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, url).with_context(|| format!("cannot write {}", Path::new(&tmp).display()))?;
+    std::fs::write(&tmp, url)
+        .with_context(|| format!("cannot write {}", Path::new(&tmp).display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -109,7 +112,9 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?,
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -70,7 +70,12 @@ pub struct PropDef {
 }
 
 const fn prop(name: &'static str, ty: PropType, default: bool) -> PropDef {
-    PropDef { name, ty, default, beta_only: false }
+    PropDef {
+        name,
+        ty,
+        default,
+        beta_only: false,
+    }
 }
 
 // Per the v1.0 user docs, accountEnabled, userType and every onPremises* property are
@@ -105,7 +110,12 @@ pub const GROUP_PROPS: &[PropDef] = &[
     prop("createdDateTime", PropType::DateTime, true),
     prop("membershipRule", PropType::Str, true),
     // Whether beta returns it by default is undocumented; it is treated as $select-only.
-    PropDef { name: "writebackConfiguration", ty: PropType::Writeback, default: false, beta_only: true },
+    PropDef {
+        name: "writebackConfiguration",
+        ty: PropType::Writeback,
+        default: false,
+        beta_only: true,
+    },
 ];
 
 // Schema indices the store fills in itself (checked by `indices_match_names`).
@@ -200,7 +210,9 @@ fn validate_writeback(value: &Value) -> Result<Value, String> {
             "isEnabled" if v.is_boolean() || v.is_null() => is_enabled = v.clone(),
             "onPremisesGroupType" => match v {
                 Value::Null => {}
-                Value::String(s) if ONPREM_GROUP_TYPES.contains(&s.as_str()) => group_type = v.clone(),
+                Value::String(s) if ONPREM_GROUP_TYPES.contains(&s.as_str()) => {
+                    group_type = v.clone()
+                }
                 _ => {
                     return Err(format!(
                         "writebackConfiguration.onPremisesGroupType must be null or one of {}",
@@ -223,7 +235,9 @@ fn validate_writeback(value: &Value) -> Result<Value, String> {
 }
 
 fn check_semantics(name: &str, value: &Value) -> Result<(), String> {
-    let Some(s) = value.as_str() else { return Ok(()) };
+    let Some(s) = value.as_str() else {
+        return Ok(());
+    };
     match name {
         "mailNickname"
             // Characters Graph refuses in mailNickname (group docs).
@@ -276,8 +290,14 @@ mod tests {
         assert_eq!(USER_PROPS[USER_PRINCIPAL_NAME].name, "userPrincipalName");
         assert_eq!(USER_PROPS[USER_ACCOUNT_ENABLED].name, "accountEnabled");
         assert_eq!(USER_PROPS[USER_TYPE].name, "userType");
-        assert_eq!(USER_PROPS[USER_ONPREM_SID].name, "onPremisesSecurityIdentifier");
-        assert_eq!(USER_PROPS[USER_ONPREM_SYNC_ENABLED].name, "onPremisesSyncEnabled");
+        assert_eq!(
+            USER_PROPS[USER_ONPREM_SID].name,
+            "onPremisesSecurityIdentifier"
+        );
+        assert_eq!(
+            USER_PROPS[USER_ONPREM_SYNC_ENABLED].name,
+            "onPremisesSyncEnabled"
+        );
         assert_eq!(USER_PROPS[USER_ONPREM_SAM].name, "onPremisesSamAccountName");
         assert_eq!(GROUP_PROPS[GROUP_DISPLAY_NAME].name, "displayName");
         assert_eq!(GROUP_PROPS[GROUP_MAIL_NICKNAME].name, "mailNickname");
@@ -285,11 +305,17 @@ mod tests {
         assert_eq!(GROUP_PROPS[GROUP_TYPES].name, "groupTypes");
         assert_eq!(GROUP_PROPS[GROUP_VISIBILITY].name, "visibility");
         assert_eq!(GROUP_PROPS[GROUP_CREATED].name, "createdDateTime");
-        assert_eq!(GROUP_PROPS[GROUP_SECURITY_IDENTIFIER].name, "securityIdentifier");
+        assert_eq!(
+            GROUP_PROPS[GROUP_SECURITY_IDENTIFIER].name,
+            "securityIdentifier"
+        );
         assert_eq!(GROUP_PROPS[GROUP_MAIL_ENABLED].name, "mailEnabled");
         assert_eq!(GROUP_PROPS[GROUP_SECURITY_ENABLED].name, "securityEnabled");
         assert_eq!(GROUP_PROPS[GROUP_PROXY_ADDRESSES].name, "proxyAddresses");
-        assert!(GROUP_PROPS.len() < 30 && USER_PROPS.len() < 30, "masks use bits 30 and 31");
+        assert!(
+            GROUP_PROPS.len() < 30 && USER_PROPS.len() < 30,
+            "masks use bits 30 and 31"
+        );
     }
 
     #[test]
