@@ -16,6 +16,9 @@ pub struct GraphConfig {
     pub client_id: String,
     /// File holding the client secret (mode 0600).
     pub client_secret_file: PathBuf,
+    /// OAuth scope; defaults to `<graph_endpoint>/.default`. Set it when Graph is
+    /// reached through another address (graph-sim, a proxy) than its resource URI.
+    pub scope: Option<String>,
     /// `v1.0`, or `beta` to read the groups' `writebackConfiguration`.
     #[serde(default = "default_version")]
     pub api_version: String,
@@ -58,6 +61,6 @@ impl GraphConfig {
     }
 
     pub(crate) fn scope(&self) -> String {
-        format!("{}/.default", self.graph_endpoint.trim_end_matches('/'))
+        self.scope.clone().unwrap_or_else(|| format!("{}/.default", self.graph_endpoint.trim_end_matches('/')))
     }
 }

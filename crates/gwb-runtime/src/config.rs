@@ -53,11 +53,43 @@ pub fn load_with_env<T: DeserializeOwned>(
         .collect();
     // Deterministic order, so the outcome never depends on the environment's order.
     env.sort();
-    for (name, value) in env {
-        overlay_env(&mut table, &name, &value)?;
+    for (name, value) in &env {
+        overlay_env(&mut table, name, value)?;
     }
     let text = toml::to_string(&table).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    toml::from_str(&text).map_err(|e| ConfigError::Invalid(e.to_string()))
+    toml::from_str(&text).map_err(|e| {
+        let mut message = e.message().to_string();
+        if let Some(key) = e.span().and_then(|span| key_at(&text, span.start)) {
+            message = format!("`{key}`: {message}");
+        }
+        if !env.is_empty() {
+            let names: Vec<&str> = env.iter().map(|(name, _)| name.as_str()).collect();
+            message.push_str(&format!(" (environment overrides applied: {})", names.join(", ")));
+        }
+        ConfigError::Invalid(message)
+    })
+}
+
+/// The dotted key (`section.key`) of the line holding byte `offset` of `text`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let mut section = String::new();
+    let mut position = 0;
+    for line in text.lines() {
+        let end = position + line.len();
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            section = trimmed.trim_matches(|c| c == '[' || c == ']').to_string();
+        }
+        if offset <= end {
+            let key = trimmed.split('=').next()?.trim().trim_matches('"');
+            if trimmed.starts_with('[') || key.is_empty() {
+                return None;
+            }
+            return Some(if section.is_empty() { key.to_string() } else { format!("{section}.{key}") });
+        }
+        position = end + 1;
+    }
+    None
 }
 
 fn overlay_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError> {
@@ -153,8 +185,8 @@ mod tests {
     #[test]
     fn unknown_and_mistyped_keys_are_named() {
         let err = load_with_env::<Sample>(None, env(&[("GWB_INNER__PROT", "2")])).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("prot"), "{err}");
+        assert!(err.contains("`inner.prot`"), "{err}");
         let err = load_with_env::<Sample>(None, env(&[("GWB_INNER__PORT", "\"x\"")])).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("port"), "{err}");
+        assert!(err.contains("`inner.port`") && err.contains("GWB_INNER__PORT"), "{err}");
     }
 }
