@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "gwb/events/v1/events.proto",
         "gwb/commands/v1/commands.proto",
         "gwb/control/v1/control.proto",
+        "gwb/control/v1/internal.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
