@@ -1,0 +1,642 @@
+//! Connection handling, discovery, the timed LDAP primitives and anchor lookup.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use gwb_core::command::{AppliedGroup, ApplyReport, WriteCommand};
+use gwb_core::escape::filter_value;
+use ldap3::controls::RawControl;
+use ldap3::{
+    Ldap, LdapConnAsync, LdapConnSettings, LdapResult, Mod, Scope, SearchEntry, SearchResult,
+};
+use rustls::ClientConfig;
+use tokio::task::JoinHandle;
+use tokio::time::{error::Elapsed, timeout};
+
+use crate::codec::{is_at_or_below, is_below, is_privileged_sid};
+use crate::config::DirectoryConfig;
+use crate::error::{DirectoryError, NO_SUCH_OBJECT};
+use crate::group::{self, GroupEntry};
+use crate::members::MemberOp;
+use crate::observe::{OperationKind, OperationObserver, OperationOutcome, OperationRecord};
+use crate::tls;
+
+/// Permissive modify: AD then accepts adding a present value / deleting an absent one.
+pub(crate) const PERMISSIVE_MODIFY_OID: &str = "1.2.840.113556.1.4.1413";
+/// Extended DN: DN values come back as `<GUID=…>;<SID=…>;CN=…`.
+pub(crate) const EXTENDED_DN_OID: &str = "1.2.840.113556.1.4.529";
+
+/// What the directory offers, learnt at connect time (and on `rediscover`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub default_naming_context: String,
+    pub schema_naming_context: String,
+    pub dns_host_name: String,
+    /// The schema has `msDS-ExternalDirectoryObjectId` (Windows Server 2016 schema and
+    /// later), so the anchor is written there too.
+    pub has_external_directory_object_id: bool,
+    /// The schema has Exchange's recipient attributes (`msExchRecipientTypeDetails`);
+    /// without them distribution and mail-enabled groups are refused.
+    pub has_exchange_schema: bool,
+    /// rootDSE lists the permissive-modify control.
+    pub supports_permissive_modify: bool,
+    /// rootDSE lists the extended-DN control.
+    pub supports_extended_dn: bool,
+    /// Configured managed OUs that do not exist (writes under them fail).
+    pub missing_ous: Vec<String>,
+}
+
+/// A member of a group as AD reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AdMember {
+    pub dn: String,
+    /// Lower-case hyphenated objectGUID.
+    pub guid: String,
+    /// `S-1-5-…`; absent for objects without a SID (contacts).
+    pub sid: Option<String>,
+}
+
+struct Session {
+    ldap: Ldap,
+    driver: JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // The driver owns the socket; stopping it closes the connection at once
+        // instead of waiting for every handle clone to go.
+        self.driver.abort();
+    }
+}
+
+/// The writer's connection to AD. One LDAP connection, re-established on demand.
+pub struct Directory {
+    pub(crate) config: DirectoryConfig,
+    tls: Arc<ClientConfig>,
+    pub(crate) caps: Capabilities,
+    session: Option<Session>,
+    observer: Option<OperationObserver>,
+}
+
+impl fmt::Debug for Directory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Directory")
+            .field("config", &self.config)
+            .field("caps", &self.caps)
+            .field("connected", &self.session.is_some())
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
+}
+
+impl Directory {
+    /// Connects over TLS (verified against `ca_file` only), binds, and discovers the
+    /// directory's capabilities.
+    pub async fn connect(config: DirectoryConfig) -> Result<Directory, DirectoryError> {
+        config.validate()?;
+        let tls = tls::client_config(&config.ca_file)?;
+        let mut directory = Directory {
+            config,
+            tls,
+            caps: Capabilities::default(),
+            session: None,
+            observer: None,
+        };
+        directory.caps = directory.discover().await?;
+        Ok(directory)
+    }
+
+    /// Reports every LDAP operation from now on (for metrics).
+    pub fn set_observer(&mut self, observer: OperationObserver) {
+        self.observer = Some(observer);
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Reads rootDSE and the schema again (after a schema extension, say).
+    pub async fn rediscover(&mut self) -> Result<&Capabilities, DirectoryError> {
+        self.caps = self.discover().await?;
+        Ok(&self.caps)
+    }
+
+    /// A rootDSE read: proves the connection (re-established if needed) and the bind.
+    pub async fn check_health(&mut self) -> Result<(), DirectoryError> {
+        self.search(
+            "",
+            Scope::Base,
+            "(objectClass=*)",
+            &["dnsHostName"],
+            Vec::new(),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Applies one command. Every command is idempotent: applying it again after
+    /// success (or after a failure half-way) converges to the same state.
+    pub async fn apply(&mut self, command: &WriteCommand) -> Result<ApplyReport, DirectoryError> {
+        match command {
+            WriteCommand::Upsert(spec) => self.upsert(spec).await,
+            WriteCommand::AddMembers { anchor, members } => {
+                self.change_members(anchor, members, MemberOp::Add).await
+            }
+            WriteCommand::RemoveMembers { anchor, members } => {
+                self.change_members(anchor, members, MemberOp::Remove).await
+            }
+            WriteCommand::Delete { anchor } => self.delete_group(anchor).await,
+            WriteCommand::Retire { anchor, retired_ou } => self.retire(anchor, retired_ou).await,
+        }
+    }
+
+    /// The group carrying `anchor` in the managed OUs, if any. Read-only, so no safety
+    /// refusal applies; more than one match is still an error.
+    pub async fn find_group(
+        &mut self,
+        anchor: &str,
+    ) -> Result<Option<AppliedGroup>, DirectoryError> {
+        Ok(self.find_in_managed(anchor).await?.map(|g| g.applied()))
+    }
+
+    /// Every member of the group carrying `anchor` (ranged retrieval, any size).
+    pub async fn read_members(&mut self, anchor: &str) -> Result<Vec<AdMember>, DirectoryError> {
+        let group = self.find_in_managed(anchor).await?.ok_or_else(|| {
+            DirectoryError::permanent(format!(
+                "no group carries anchor {anchor} in the managed OUs"
+            ))
+        })?;
+        self.read_members_of(&group.dn).await
+    }
+
+    async fn discover(&mut self) -> Result<Capabilities, DirectoryError> {
+        let root = self
+            .search(
+                "",
+                Scope::Base,
+                "(objectClass=*)",
+                &[
+                    "defaultNamingContext",
+                    "schemaNamingContext",
+                    "dnsHostName",
+                    "supportedControl",
+                ],
+                Vec::new(),
+            )
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DirectoryError::permanent("the server returned no rootDSE"))?;
+        let default_naming_context = first_value(&root, "defaultNamingContext").ok_or_else(|| {
+            DirectoryError::permanent(
+                "rootDSE has no defaultNamingContext: the server is not an AD domain controller",
+            )
+        })?;
+        let schema_naming_context = first_value(&root, "schemaNamingContext")
+            .ok_or_else(|| DirectoryError::permanent("rootDSE has no schemaNamingContext"))?;
+        let controls: HashSet<String> = values(&root, "supportedControl").into_iter().collect();
+
+        let schema_filter = format!(
+            "(|(lDAPDisplayName={})(lDAPDisplayName={}))",
+            group::EXTERNAL_ID,
+            group::RECIPIENT_TYPE_DETAILS
+        );
+        let found: HashSet<String> = self
+            .search(
+                &schema_naming_context,
+                Scope::OneLevel,
+                &schema_filter,
+                &["lDAPDisplayName"],
+                Vec::new(),
+            )
+            .await?
+            .iter()
+            .filter_map(|e| first_value(e, "lDAPDisplayName"))
+            .map(|name| name.to_ascii_lowercase())
+            .collect();
+
+        let mut missing_ous = Vec::new();
+        for ou in self.config.managed_ous.clone() {
+            if !self.exists(&ou).await? {
+                tracing::warn!(ou = %ou, "managed OU does not exist");
+                missing_ous.push(ou);
+            }
+        }
+        Ok(Capabilities {
+            default_naming_context,
+            schema_naming_context,
+            dns_host_name: first_value(&root, "dnsHostName").unwrap_or_default(),
+            has_external_directory_object_id: found
+                .contains(&group::EXTERNAL_ID.to_ascii_lowercase()),
+            has_exchange_schema: found
+                .contains(&group::RECIPIENT_TYPE_DETAILS.to_ascii_lowercase()),
+            supports_permissive_modify: controls.contains(PERMISSIVE_MODIFY_OID),
+            supports_extended_dn: controls.contains(EXTENDED_DN_OID),
+            missing_ous,
+        })
+    }
+
+    // ---- anchor lookup and safety -------------------------------------------------
+
+    pub(crate) async fn find_in_managed(
+        &mut self,
+        anchor: &str,
+    ) -> Result<Option<GroupEntry>, DirectoryError> {
+        if anchor.trim().is_empty() {
+            return Err(DirectoryError::permanent("empty anchor"));
+        }
+        let filter = anchor_filter(anchor);
+        let attrs = group::attributes_to_read(&self.caps);
+        let mut found: Vec<GroupEntry> = Vec::new();
+        for ou in self.config.managed_ous.clone() {
+            let entries = match self
+                .search(&ou, Scope::Subtree, &filter, &attrs, Vec::new())
+                .await
+            {
+                Err(e) if e.code == Some(NO_SUCH_OBJECT) => continue,
+                other => other?,
+            };
+            for entry in entries {
+                let group = GroupEntry::from_search(entry)?;
+                // Nested managed OUs return the same object twice.
+                if !found.iter().any(|f| f.guid == group.guid) {
+                    found.push(group);
+                }
+            }
+        }
+        if found.len() > 1 {
+            let dns: Vec<&str> = found.iter().map(|g| g.dn.as_str()).collect();
+            return Err(DirectoryError::permanent(format!(
+                "{} groups carry anchor {anchor} ({}); refusing to guess which one is the \
+                 written-back group: clear adminDescription on all but one",
+                found.len(),
+                dns.join("; ")
+            )));
+        }
+        Ok(found.pop())
+    }
+
+    /// The group a write command may act on: found by anchor in the managed OUs and
+    /// passing every safety check. `None` when no object in the domain carries the
+    /// anchor; an error when one does but lies outside the managed OUs.
+    pub(crate) async fn locate_for_write(
+        &mut self,
+        anchor: &str,
+    ) -> Result<Option<GroupEntry>, DirectoryError> {
+        if let Some(group) = self.find_in_managed(anchor).await? {
+            self.check_safe(&group, anchor)?;
+            return Ok(Some(group));
+        }
+        let base = self.caps.default_naming_context.clone();
+        let elsewhere = self
+            .search(
+                &base,
+                Scope::Subtree,
+                &anchor_filter(anchor),
+                &["1.1"],
+                Vec::new(),
+            )
+            .await?;
+        if let Some(entry) = elsewhere.first() {
+            return Err(DirectoryError::permanent(format!(
+                "refusing to act on anchor {anchor}: the group carrying it is {}, outside the \
+                 managed OUs ({}); move it into a managed OU to hand it over, or clear its \
+                 adminDescription",
+                entry.dn,
+                self.config.managed_ous.join("; ")
+            )));
+        }
+        Ok(None)
+    }
+
+    fn check_safe(&self, group: &GroupEntry, anchor: &str) -> Result<(), DirectoryError> {
+        let refuse = |why: String| {
+            Err(DirectoryError::permanent(format!(
+                "refusing to modify {}: {why}",
+                group.dn
+            )))
+        };
+        if !self
+            .config
+            .managed_ous
+            .iter()
+            .any(|ou| is_below(&group.dn, ou))
+        {
+            return refuse("it is outside the managed OUs".into());
+        }
+        if !group
+            .admin_description
+            .as_deref()
+            .is_some_and(|d| d.trim().eq_ignore_ascii_case(anchor.trim()))
+        {
+            return refuse(format!("it does not carry the anchor {anchor}"));
+        }
+        if group.admin_count {
+            return refuse("adminCount=1 (a protected, privileged group)".into());
+        }
+        if group.critical {
+            return refuse("isCriticalSystemObject=TRUE".into());
+        }
+        match &group.sid {
+            None => refuse("it has no objectSid".into()),
+            Some(sid) if is_privileged_sid(sid) => {
+                refuse(format!("its SID {sid} is well-known or privileged"))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Targets for creates and moves must be a managed OU or lie below one.
+    pub(crate) fn check_target_ou(&self, dn: &str, what: &str) -> Result<(), DirectoryError> {
+        if self
+            .config
+            .managed_ous
+            .iter()
+            .any(|ou| is_at_or_below(dn, ou))
+        {
+            Ok(())
+        } else {
+            Err(DirectoryError::permanent(format!(
+                "refusing to write to {what} {dn}: it is not inside the managed OUs ({})",
+                self.config.managed_ous.join("; ")
+            )))
+        }
+    }
+
+    pub(crate) async fn read_group(&mut self, dn: &str) -> Result<GroupEntry, DirectoryError> {
+        let attrs = group::attributes_to_read(&self.caps);
+        let entry = self
+            .search(dn, Scope::Base, "(objectClass=group)", &attrs, Vec::new())
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DirectoryError::permanent(format!("{dn} is not a group")))?;
+        GroupEntry::from_search(entry)
+    }
+
+    pub(crate) async fn exists(&mut self, dn: &str) -> Result<bool, DirectoryError> {
+        match self
+            .search(dn, Scope::Base, "(objectClass=*)", &["1.1"], Vec::new())
+            .await
+        {
+            Ok(entries) => Ok(!entries.is_empty()),
+            Err(e) if e.code == Some(NO_SUCH_OBJECT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- timed primitives ---------------------------------------------------------
+
+    async fn ldap(&mut self) -> Result<Ldap, DirectoryError> {
+        if self.session.as_mut().is_some_and(|s| s.ldap.is_closed()) {
+            tracing::debug!(url = %self.config.url, "LDAP connection closed; reconnecting");
+            self.session = None;
+        }
+        if let Some(session) = &self.session {
+            return Ok(session.ldap.clone());
+        }
+        let started = Instant::now();
+        let opened = open_session(&self.config, &self.tls).await;
+        self.record(OperationKind::Connect, started, &opened);
+        let session = opened?;
+        let ldap = session.ldap.clone();
+        self.session = Some(session);
+        Ok(ldap)
+    }
+
+    /// Turns a timed ldap3 outcome into ours, dropping the connection when it can no
+    /// longer be trusted (timeouts leave a response in flight; I/O errors kill it).
+    fn settle<T>(
+        &mut self,
+        context: &str,
+        outcome: Result<ldap3::result::Result<T>, Elapsed>,
+    ) -> Result<T, DirectoryError> {
+        match outcome {
+            Err(_) => {
+                self.session = None;
+                Err(DirectoryError::timeout(context))
+            }
+            Ok(Err(err)) => {
+                let (err, drop_connection) = DirectoryError::from_ldap(context, err);
+                if drop_connection {
+                    self.session = None;
+                }
+                Err(err)
+            }
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+
+    fn record<T>(&self, kind: OperationKind, started: Instant, result: &Result<T, DirectoryError>) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
+        let outcome = match result {
+            Ok(_) => OperationOutcome::Success,
+            Err(DirectoryError {
+                code: Some(code), ..
+            }) => OperationOutcome::Ldap(*code),
+            Err(_) => OperationOutcome::NoAnswer,
+        };
+        observer(&OperationRecord {
+            kind,
+            outcome,
+            duration: started.elapsed(),
+        });
+    }
+
+    fn checked(context: &str, result: LdapResult) -> Result<(), DirectoryError> {
+        if result.rc == 0 {
+            Ok(())
+        } else {
+            Err(DirectoryError::from_result(
+                context,
+                result.rc,
+                &result.text,
+            ))
+        }
+    }
+
+    pub(crate) async fn search(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        controls: Vec<RawControl>,
+    ) -> Result<Vec<SearchEntry>, DirectoryError> {
+        let context = format!("search {base:?} for {filter}");
+        let mut ldap = self.ldap().await?;
+        let started = Instant::now();
+        if !controls.is_empty() {
+            ldap.with_controls(controls);
+        }
+        let outcome = timeout(
+            self.config.operation_timeout,
+            ldap.search(base, scope, filter, attrs.to_vec()),
+        )
+        .await;
+        let result = self
+            .settle(&context, outcome)
+            .and_then(|SearchResult(entries, result)| {
+                Self::checked(&context, result).map(|()| entries)
+            });
+        self.record(OperationKind::Search, started, &result);
+        Ok(result?
+            .into_iter()
+            // Continuation references point at other partitions; never ours to follow.
+            .filter(|e| !e.is_ref() && !e.is_intermediate())
+            .map(SearchEntry::construct)
+            .collect())
+    }
+
+    pub(crate) async fn add(
+        &mut self,
+        dn: &str,
+        attrs: Vec<(String, HashSet<String>)>,
+    ) -> Result<(), DirectoryError> {
+        let context = format!("add {dn}");
+        let mut ldap = self.ldap().await?;
+        let started = Instant::now();
+        let outcome = timeout(self.config.operation_timeout, ldap.add(dn, attrs)).await;
+        let result = self
+            .settle(&context, outcome)
+            .and_then(|r| Self::checked(&context, r));
+        self.record(OperationKind::Add, started, &result);
+        result
+    }
+
+    pub(crate) async fn modify(
+        &mut self,
+        dn: &str,
+        mods: Vec<Mod<String>>,
+        controls: Vec<RawControl>,
+        context: &str,
+    ) -> Result<(), DirectoryError> {
+        let mut ldap = self.ldap().await?;
+        if !controls.is_empty() {
+            ldap.with_controls(controls);
+        }
+        let started = Instant::now();
+        let outcome = timeout(self.config.operation_timeout, ldap.modify(dn, mods)).await;
+        let result = self
+            .settle(context, outcome)
+            .and_then(|r| Self::checked(context, r));
+        self.record(OperationKind::Modify, started, &result);
+        result
+    }
+
+    pub(crate) async fn modify_dn(
+        &mut self,
+        dn: &str,
+        new_rdn: &str,
+        new_superior: Option<&str>,
+    ) -> Result<(), DirectoryError> {
+        let context = match new_superior {
+            Some(sup) => format!("move {dn} to {new_rdn},{sup}"),
+            None => format!("rename {dn} to {new_rdn}"),
+        };
+        let mut ldap = self.ldap().await?;
+        let started = Instant::now();
+        let outcome = timeout(
+            self.config.operation_timeout,
+            ldap.modifydn(dn, new_rdn, true, new_superior),
+        )
+        .await;
+        let result = self
+            .settle(&context, outcome)
+            .and_then(|r| Self::checked(&context, r));
+        self.record(OperationKind::ModifyDn, started, &result);
+        result
+    }
+
+    pub(crate) async fn delete(&mut self, dn: &str) -> Result<(), DirectoryError> {
+        let context = format!("delete {dn}");
+        let mut ldap = self.ldap().await?;
+        let started = Instant::now();
+        let outcome = timeout(self.config.operation_timeout, ldap.delete(dn)).await;
+        let result = self
+            .settle(&context, outcome)
+            .and_then(|r| Self::checked(&context, r));
+        self.record(OperationKind::Delete, started, &result);
+        result
+    }
+}
+
+async fn open_session(
+    config: &DirectoryConfig,
+    tls: &Arc<ClientConfig>,
+) -> Result<Session, DirectoryError> {
+    let context = format!("connect to {}", config.url);
+    let settings = LdapConnSettings::new()
+        .set_conn_timeout(config.operation_timeout)
+        .set_starttls(config.starttls)
+        .set_config(Arc::clone(tls));
+    let connected = timeout(
+        config.operation_timeout,
+        LdapConnAsync::with_settings(settings, &config.url),
+    )
+    .await;
+    let (conn, ldap) = match connected {
+        Err(_) => return Err(DirectoryError::timeout(&context)),
+        Ok(Err(err)) => return Err(DirectoryError::from_ldap(&context, err).0),
+        Ok(Ok(pair)) => pair,
+    };
+    let driver = tokio::spawn(async move {
+        if let Err(err) = conn.drive().await {
+            tracing::debug!(error = %err, "LDAP connection ended");
+        }
+    });
+    let mut session = Session { ldap, driver };
+    let context = format!("bind to {} as {}", config.url, config.bind_dn);
+    let bound = timeout(
+        config.operation_timeout,
+        session
+            .ldap
+            .simple_bind(&config.bind_dn, &config.bind_password),
+    )
+    .await;
+    match bound {
+        Err(_) => Err(DirectoryError::timeout(&context)),
+        Ok(Err(err)) => Err(DirectoryError::from_ldap(&context, err).0),
+        Ok(Ok(result)) => Directory::checked(&context, result).map(|()| session),
+    }
+}
+
+fn anchor_filter(anchor: &str) -> String {
+    format!(
+        "(&(objectClass=group)(adminDescription={}))",
+        filter_value(anchor)
+    )
+}
+
+pub(crate) fn values(entry: &SearchEntry, name: &str) -> Vec<String> {
+    entry
+        .attrs
+        .iter()
+        .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+        .flat_map(|(_, values)| values.iter().cloned())
+        .collect()
+}
+
+pub(crate) fn first_value(entry: &SearchEntry, name: &str) -> Option<String> {
+    values(entry, name).into_iter().next()
+}
+
+pub(crate) fn permissive_modify() -> RawControl {
+    RawControl {
+        ctype: PERMISSIVE_MODIFY_OID.to_string(),
+        crit: false,
+        val: None,
+    }
+}
+
+pub(crate) fn extended_dn() -> RawControl {
+    RawControl {
+        ctype: EXTENDED_DN_OID.to_string(),
+        crit: true,
+        val: Some(crate::codec::EXTENDED_DN_STRING_FORM.to_vec()),
+    }
+}
