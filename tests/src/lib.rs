@@ -1,1 +1,2 @@
 pub mod ad;
+pub mod pipeline;

@@ -5,6 +5,7 @@
 //! wire format, AMQP, LDAP libraries or SQLite. Time is passed in as a parameter.
 
 pub mod command;
+pub mod deletion;
 pub mod escape;
 pub mod members;
 pub mod naming;

@@ -18,6 +18,10 @@ pub struct Config {
     #[serde(default)]
     pub control: ControlSettings,
     #[serde(default)]
+    pub coordination: CoordinationSettings,
+    #[serde(default)]
+    pub deletion: DeletionSettings,
+    #[serde(default)]
     pub bus: BusConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -45,6 +49,46 @@ pub struct PlannerSettings {
     /// What happens to a written group that is soft-deleted in the cloud.
     #[serde(default)]
     pub on_soft_delete: RemovalAction,
+    /// Plan everything, send nothing: commands are recorded in the audit log as
+    /// `staged` instead of reaching the writer.
+    #[serde(default)]
+    pub staging: bool,
+}
+
+/// How the planner reaches the collector and the writers (`gwbctl sync`, `pause`…).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinationSettings {
+    /// e.g. `http://127.0.0.1:50052`.
+    pub collector_endpoint: Option<String>,
+    /// Every writer instance, e.g. `["http://127.0.0.1:50053"]`.
+    #[serde(default)]
+    pub writer_endpoints: Vec<String>,
+    /// Bearer token presented to them (mode 0600).
+    pub token_file: Option<PathBuf>,
+}
+
+/// Deletion threshold (DESIGN.md §3): a cycle with more deletions is held.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletionSettings {
+    #[serde(default = "default_max_groups")]
+    pub max_groups: u64,
+    #[serde(default = "default_max_percent")]
+    pub max_percent: u64,
+}
+
+impl Default for DeletionSettings {
+    fn default() -> Self {
+        DeletionSettings { max_groups: default_max_groups(), max_percent: default_max_percent() }
+    }
+}
+
+fn default_max_groups() -> u64 {
+    100
+}
+fn default_max_percent() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use gwb_core::command::{GroupSpec, GroupType, MemberRef};
+use gwb_core::deletion::{self, DeletionThreshold};
 use gwb_core::members::{self, MemberKind, Resolution, UserAnchor};
 use gwb_core::policy::{self, CloudGroup, Decision, DirectorySchema, GroupOverride, Placement, Scope};
 use gwb_proto::commands::v1 as cmd;
@@ -57,6 +58,7 @@ pub struct PolicySettings {
     pub on_soft_delete: RemovalAction,
     pub retired_ou: Option<String>,
     pub partitions: u16,
+    pub threshold: DeletionThreshold,
 }
 
 pub struct Engine {
@@ -69,6 +71,18 @@ struct Cause {
     text: String,
     observed_at_ms: i64,
     now_ms: i64,
+    /// An operator's explicit request: its deletions are not held by the threshold.
+    operator: bool,
+}
+
+impl Cause {
+    fn cloud(text: impl Into<String>, observed_at_ms: i64, now_ms: i64) -> Self {
+        Cause { text: text.into(), observed_at_ms, now_ms, operator: false }
+    }
+
+    fn operator(text: impl Into<String>, now_ms: i64) -> Self {
+        Cause { text: text.into(), observed_at_ms: 0, now_ms, operator: true }
+    }
 }
 
 impl Engine {
@@ -90,8 +104,8 @@ impl Engine {
         if !fresh {
             return Ok(false);
         }
-        let cause = Cause { text: event.cause.clone(), observed_at_ms: event.observed_at_ms, now_ms };
-        let mut plan = Plan { tx: &tx, policy: &self.policy, cause };
+        let cause = Cause::cloud(event.cause.clone(), event.observed_at_ms, now_ms);
+        let mut plan = Plan { tx: &tx, policy: &self.policy, cause, ignore_switch: false };
         let round = event.round_id.as_str();
         use ev::change_event::Change;
         match &event.change {
@@ -112,8 +126,8 @@ impl Engine {
 
     pub fn apply_outcome(&mut self, outcome: &cmd::Outcome, now_ms: i64) -> Result<(), EngineError> {
         let tx = self.db.transaction()?;
-        let cause = Cause { text: format!("writer outcome {}", outcome.command_id), observed_at_ms: 0, now_ms };
-        let mut plan = Plan { tx: &tx, policy: &self.policy, cause };
+        let cause = Cause::cloud(format!("writer outcome {}", outcome.command_id), 0, now_ms);
+        let mut plan = Plan { tx: &tx, policy: &self.policy, cause, ignore_switch: false };
         plan.outcome(outcome)?;
         tx.commit()?;
         Ok(())
@@ -131,8 +145,8 @@ impl Engine {
         let current = if status.has_exchange_schema { "1" } else { "0" };
         if status.directory_connected && previous.as_deref() != Some(current) {
             set_meta(&tx, "has_exchange_schema", current)?;
-            let cause = Cause { text: "directory schema discovered".into(), observed_at_ms: 0, now_ms };
-            let mut plan = Plan { tx: &tx, policy: &self.policy, cause };
+            let cause = Cause::cloud("directory schema discovered", 0, now_ms);
+            let mut plan = Plan { tx: &tx, policy: &self.policy, cause, ignore_switch: false };
             plan.reconcile_all()?;
         }
         tx.commit()?;
@@ -145,13 +159,13 @@ impl Engine {
         let tx = self.db.transaction()?;
         set_meta(&tx, "writeback_enabled", if enabled { "1" } else { "0" })?;
         let cause_text = if enabled { "operator enabled writeback" } else if delete_on_disable { "operator disabled writeback (delete)" } else { "operator disabled writeback (keep)" };
-        let cause = Cause { text: cause_text.into(), observed_at_ms: 0, now_ms };
-        let mut plan = Plan { tx: &tx, policy: &self.policy, cause };
+        let cause = Cause::operator(cause_text, now_ms);
+        let mut plan = Plan { tx: &tx, policy: &self.policy, cause, ignore_switch: false };
         if enabled {
             plan.reconcile_all()?;
         } else {
             set_meta(&tx, "last_disable_mode", if delete_on_disable { "delete" } else { "keep" })?;
-            let owned: Vec<String> = plan.group_ids_in_states(&[state::PENDING, state::WRITTEN, state::ERROR, state::KEPT, state::RETIRED])?;
+            let owned: Vec<String> = plan.group_ids_in_states(&[state::PENDING, state::WRITTEN, state::ERROR, state::KEPT, state::RETIRED, state::HELD])?;
             for group_id in owned {
                 if delete_on_disable {
                     plan.delete_group(&group_id, "writeback disabled by the operator (delete)")?;
@@ -162,6 +176,117 @@ impl Engine {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Operator decision on held deletions (`approve`: delete now; otherwise keep the
+    /// AD groups, frozen). Empty `group_ids` means all. Returns how many were affected.
+    pub fn decide_held(&mut self, group_ids: &[String], approve: bool, now_ms: i64) -> Result<u64, EngineError> {
+        let tx = self.db.transaction()?;
+        let text = if approve { "operator approved held deletions" } else { "operator discarded held deletions" };
+        let mut plan = Plan { tx: &tx, policy: &self.policy, cause: Cause::operator(text, now_ms), ignore_switch: false };
+        let held = plan.group_ids_in_states(&[state::HELD])?;
+        let wanted: Vec<String> = if group_ids.is_empty() {
+            held
+        } else {
+            let requested: HashSet<String> = group_ids.iter().map(|id| id.to_ascii_lowercase()).collect();
+            held.into_iter().filter(|id| requested.contains(id)).collect()
+        };
+        for group_id in &wanted {
+            if approve {
+                plan.emit_delete(group_id, "deletion approved by the operator")?;
+            } else {
+                plan.set_state(group_id, state::KEPT, "deletion discarded by the operator; the AD group is kept")?;
+                plan.audit(group_id, "", "delete", "discarded", "")?;
+            }
+        }
+        tx.commit()?;
+        Ok(wanted.len() as u64)
+    }
+
+    /// Sets (or clears) the operator's override of one group and re-plans it.
+    pub fn set_override(&mut self, group_id: &str, over: Option<&GroupOverride>, now_ms: i64) -> Result<(), EngineError> {
+        let id = group_id.to_ascii_lowercase();
+        let tx = self.db.transaction()?;
+        match over {
+            Some(over) => {
+                tx.execute(
+                    "INSERT INTO group_overrides (group_id, enabled, group_type, parent_dn) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(group_id) DO UPDATE SET enabled = excluded.enabled, group_type = excluded.group_type, parent_dn = excluded.parent_dn",
+                    params![id, over.enabled, over.group_type.map(|t| t.graph_name()), over.parent_dn],
+                )?;
+            }
+            None => {
+                tx.execute("DELETE FROM group_overrides WHERE group_id = ?1", params![id])?;
+            }
+        }
+        let mut plan = Plan { tx: &tx, policy: &self.policy, cause: Cause::operator("operator changed the group's writeback settings", now_ms), ignore_switch: false };
+        plan.reconcile(&id, None, false)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether the directory, as the writer last reported it, has the Exchange schema.
+    pub fn has_exchange_schema(&self) -> Result<bool, EngineError> {
+        Ok(get_meta(&self.db, "has_exchange_schema")?.as_deref() == Some("1"))
+    }
+
+    /// The plan for one group, computed exactly as for real inside a transaction that
+    /// is then rolled back: what would go to the writer now, and which members would
+    /// be skipped.
+    pub fn preview(&mut self, group_id: &str, now_ms: i64) -> Result<Option<Preview>, EngineError> {
+        let id = group_id.to_ascii_lowercase();
+        let tx = self.db.transaction()?;
+        let before: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM outbox", [], |row| row.get(0))?;
+        let mut plan = Plan { tx: &tx, policy: &self.policy, cause: Cause::operator("preview", now_ms), ignore_switch: true };
+        let Some(group) = plan.load_group(&id)? else { return Ok(None) };
+        let over = plan.load_override(&id)?;
+        let decision = policy::decide(&group, &over, &plan.policy.scope, &plan.policy.placement, plan.schema()?);
+        plan.reconcile(&id, None, false)?;
+        if plan.state_of(&id)?.as_deref().is_some_and(state::is_active) {
+            plan.sync_all_members(&id)?;
+        }
+        let commands: Vec<(String, String)> = {
+            let mut stmt = tx.prepare("SELECT payload FROM outbox WHERE seq > ?1 ORDER BY seq")?;
+            let rows = stmt.query_map(params![before], |row| row.get::<_, Vec<u8>>(0))?;
+            rows.filter_map(Result::ok)
+                .filter_map(|payload| cmd::WriteCommand::decode(payload.as_slice()).ok())
+                .filter_map(|command| command.action)
+                .map(|action| (action_kind(&action).to_string(), describe_action(&action)))
+                .collect()
+        };
+        let members_to_write: i64 = tx.query_row("SELECT COUNT(*) FROM planned_members WHERE group_id = ?1", params![id], |row| row.get(0))?;
+        let skipped: Vec<(String, String, String)> = {
+            let mut stmt = tx.prepare("SELECT member_id, member_kind, reason FROM skipped_members WHERE group_id = ?1 ORDER BY member_id LIMIT 10000")?;
+            let rows = stmt.query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        // Dropping the transaction rolls every change back: nothing was planned.
+        drop(tx);
+        Ok(Some(Preview { decision, commands, members_to_write: members_to_write.max(0) as u64, skipped }))
+    }
+
+    /// Staging mode: record the outbox as `staged` in the audit log instead of sending it.
+    pub fn stage_outbox(&mut self, now_ms: i64) -> Result<usize, EngineError> {
+        let tx = self.db.transaction()?;
+        let rows: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = tx.prepare("SELECT seq, payload FROM outbox ORDER BY seq LIMIT 1000")?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (seq, payload) in &rows {
+            if let Ok(command) = cmd::WriteCommand::decode(payload.as_slice()) {
+                let detail = command.action.as_ref().map(describe_action).unwrap_or_default();
+                let kind = command.action.as_ref().map(action_kind).unwrap_or("unknown");
+                tx.execute(
+                    "INSERT INTO audit (at_ms, group_id, command_id, kind, result, cause, detail) VALUES (?1, ?2, ?3, ?4, 'staged', ?5, ?6)",
+                    params![now_ms, command.group_id, command.command_id, kind, command.cause, detail],
+                )?;
+                tx.execute("DELETE FROM inflight WHERE command_id = ?1", params![command.command_id])?;
+            }
+            tx.execute("DELETE FROM outbox WHERE seq = ?1", params![seq])?;
+        }
+        tx.commit()?;
+        Ok(rows.len())
     }
 
     /// Oldest outbox entries: (seq, partition, payload, command id).
@@ -222,6 +347,8 @@ struct Plan<'t> {
     tx: &'t Transaction<'t>,
     policy: &'t PolicySettings,
     cause: Cause,
+    /// Plan as if writeback were on (previews).
+    ignore_switch: bool,
 }
 
 /// Member values to add and remove for one group, flushed as batched commands.
@@ -233,7 +360,7 @@ struct MemberDelta {
 
 impl Plan<'_> {
     fn enabled(&self) -> rusqlite::Result<bool> {
-        writeback_enabled(self.tx)
+        Ok(self.ignore_switch || writeback_enabled(self.tx)?)
     }
 
     fn schema(&self) -> rusqlite::Result<DirectorySchema> {
@@ -375,6 +502,8 @@ impl Plan<'_> {
         let current = self.state_of(group_id)?;
         match decision {
             Decision::Write(spec) => {
+                // Back in scope or restored before its deletion went out: keep it.
+                self.tx.execute("DELETE FROM pending_deletions WHERE group_id = ?1", params![group_id])?;
                 let spec_text = format!("{spec:?}");
                 let active = current.as_deref().is_some_and(state::is_active);
                 if !active || restored {
@@ -383,7 +512,7 @@ impl Plan<'_> {
                         "UPDATE writeback SET state = ?2, reason = 'in scope', spec = ?3, target_type = ?4, updated_ms = ?5 WHERE group_id = ?1",
                         params![group_id, state::PENDING, spec_text, spec.group_type.graph_name(), self.cause.now_ms],
                     )?;
-                    self.emit(group_id, cmd::write_command::Action::Upsert(spec_message(&spec)), "upsert")?;
+                    self.emit(group_id, cmd::write_command::Action::Upsert(spec_message(&spec)))?;
                     self.sync_all_members(group_id)?;
                 } else {
                     let stored: Option<String> = self.tx.query_row("SELECT spec FROM writeback WHERE group_id = ?1", params![group_id], |row| row.get(0))?;
@@ -392,7 +521,7 @@ impl Plan<'_> {
                             "UPDATE writeback SET spec = ?2, target_type = ?3, updated_ms = ?4 WHERE group_id = ?1",
                             params![group_id, spec_text, spec.group_type.graph_name(), self.cause.now_ms],
                         )?;
-                        self.emit(group_id, cmd::write_command::Action::Upsert(spec_message(&spec)), "upsert")?;
+                        self.emit(group_id, cmd::write_command::Action::Upsert(spec_message(&spec)))?;
                     }
                     if let Some(touched) = touched {
                         let mut delta = MemberDelta::default();
@@ -407,7 +536,7 @@ impl Plan<'_> {
                 Some(s) if state::is_active(s) || s == state::ERROR => {
                     self.remove_per_policy(group_id, self.policy.on_leave_scope, &format!("left writeback scope: {reason}"))?;
                 }
-                Some(state::KEPT) | Some(state::RETIRED) | Some(state::DELETING) => {}
+                Some(state::KEPT) | Some(state::RETIRED) | Some(state::DELETING) | Some(state::HELD) => {}
                 _ => {
                     self.ensure_row(group_id)?;
                     self.set_state(group_id, state::SKIPPED, &reason)?;
@@ -438,17 +567,65 @@ impl Plan<'_> {
                     return self.set_state(group_id, state::KEPT, reason).map_err(Into::into);
                 };
                 self.set_state(group_id, state::RETIRED, reason)?;
-                self.emit(group_id, cmd::write_command::Action::Retire(cmd::Retire { retired_ou }), "retire")
+                self.emit(group_id, cmd::write_command::Action::Retire(cmd::Retire { retired_ou }))
             }
         }
     }
 
+    /// Deletes the group's AD object: at once for an operator's request, else at the
+    /// end of the cycle, through the deletion threshold.
     fn delete_group(&mut self, group_id: &str, reason: &str) -> Result<(), EngineError> {
+        if self.cause.operator {
+            return self.emit_delete(group_id, reason);
+        }
+        self.tx.execute(
+            "INSERT INTO pending_deletions (group_id, reason, requested_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(group_id) DO UPDATE SET reason = excluded.reason",
+            params![group_id, reason, self.cause.now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// End of a cycle: the pending deletions go ahead together, or are all held.
+    fn settle_deletions(&mut self) -> Result<(), EngineError> {
+        let pending: Vec<(String, String)> = {
+            let mut stmt = self.tx.prepare("SELECT group_id, reason FROM pending_deletions ORDER BY group_id")?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.tx.execute("DELETE FROM pending_deletions", [])?;
+        let written_back: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM writeback WHERE state IN ('pending', 'written', 'error', 'kept', 'retired', 'held')",
+            [],
+            |row| row.get(0),
+        )?;
+        match deletion::must_hold(pending.len() as u64, written_back.max(0) as u64, self.policy.threshold) {
+            Some(why) => {
+                tracing::warn!(deletions = pending.len(), %why, "deletions held for an operator");
+                set_meta(self.tx, "held_reason", &why)?;
+                for (group_id, reason) in pending {
+                    self.set_state(&group_id, state::HELD, &format!("{reason}; held: {why}"))?;
+                    self.audit(&group_id, "", "delete", "held", &why)?;
+                }
+            }
+            None => {
+                for (group_id, reason) in pending {
+                    self.emit_delete(&group_id, &reason)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_delete(&mut self, group_id: &str, reason: &str) -> Result<(), EngineError> {
         self.ensure_row(group_id)?;
         self.set_state(group_id, state::DELETING, reason)?;
         self.tx.execute("DELETE FROM planned_members WHERE group_id = ?1", params![group_id])?;
         self.tx.execute("DELETE FROM skipped_members WHERE group_id = ?1", params![group_id])?;
-        self.emit(group_id, cmd::write_command::Action::Delete(cmd::Delete {}), "delete")
+        self.emit(group_id, cmd::write_command::Action::Delete(cmd::Delete {}))
     }
 
     // ----- members -----------------------------------------------------------------
@@ -561,11 +738,11 @@ impl Plan<'_> {
         let batch = self.policy.member_batch_size.max(1);
         for chunk in delta.remove.chunks(batch) {
             let change = cmd::MemberChange { members: chunk.iter().map(member_message).collect() };
-            self.emit(group_id, cmd::write_command::Action::RemoveMembers(change), "remove_members")?;
+            self.emit(group_id, cmd::write_command::Action::RemoveMembers(change))?;
         }
         for chunk in delta.add.chunks(batch) {
             let change = cmd::MemberChange { members: chunk.iter().map(member_message).collect() };
-            self.emit(group_id, cmd::write_command::Action::AddMembers(change), "add_members")?;
+            self.emit(group_id, cmd::write_command::Action::AddMembers(change))?;
         }
         Ok(())
     }
@@ -583,6 +760,11 @@ impl Plan<'_> {
     /// vanished (deleted while the delta token was lost) and is swept.
     fn round_completed(&mut self, boundary: &ev::RoundBoundary, round: &str) -> Result<(), EngineError> {
         set_meta(self.tx, "last_round_completed_ms", &self.cause.now_ms.to_string())?;
+        self.sweep_full_round(boundary, round)?;
+        self.settle_deletions()
+    }
+
+    fn sweep_full_round(&mut self, boundary: &ev::RoundBoundary, round: &str) -> Result<(), EngineError> {
         if !boundary.full {
             return Ok(());
         }
@@ -645,6 +827,22 @@ impl Plan<'_> {
         }
         self.tx.execute("UPDATE writeback SET last_outcome_sequence = ?2 WHERE group_id = ?1", params![group_id, sequence])?;
         let status = cmd::OutcomeStatus::try_from(outcome.status).unwrap_or(cmd::OutcomeStatus::Unspecified);
+        let (result, detail) = match status {
+            cmd::OutcomeStatus::Failed => ("failed", format!("LDAP {}: {}", outcome.ldap_code, outcome.message)),
+            cmd::OutcomeStatus::DryRun => ("dry_run", String::new()),
+            _ => (
+                "applied",
+                format!(
+                    "{}changed; members +{} -{} ={} refused {}",
+                    if outcome.changed { "" } else { "un" },
+                    outcome.members_added,
+                    outcome.members_removed,
+                    outcome.members_unchanged,
+                    outcome.members_rejected.len()
+                ),
+            ),
+        };
+        self.audit(&group_id, &outcome.command_id, &outcome.kind, result, &detail)?;
         if status == cmd::OutcomeStatus::Failed {
             let message = format!("{} failed (LDAP {}): {}", outcome.kind, outcome.ldap_code, outcome.message);
             self.tx.execute(
@@ -778,7 +976,8 @@ impl Plan<'_> {
         Ok(())
     }
 
-    fn emit(&mut self, group_id: &str, action: cmd::write_command::Action, kind: &str) -> Result<(), EngineError> {
+    fn emit(&mut self, group_id: &str, action: cmd::write_command::Action) -> Result<(), EngineError> {
+        let kind = action_kind(&action);
         let sequence: i64 = self.tx.query_row(
             "UPDATE writeback SET next_sequence = next_sequence + 1 WHERE group_id = ?1 RETURNING next_sequence",
             params![group_id],
@@ -802,7 +1001,64 @@ impl Plan<'_> {
         self.tx
             .prepare_cached("INSERT INTO inflight (command_id, group_id, kind, planned_ms) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![command_id, group_id, kind, self.cause.now_ms])?;
+        let detail = command.action.as_ref().map(describe_action).unwrap_or_default();
+        self.audit(group_id, &command_id, kind, "planned", &detail)?;
         Ok(())
+    }
+
+    fn audit(&self, group_id: &str, command_id: &str, kind: &str, result: &str, detail: &str) -> rusqlite::Result<()> {
+        self.tx
+            .prepare_cached("INSERT INTO audit (at_ms, group_id, command_id, kind, result, cause, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+            .execute(params![self.cause.now_ms, group_id, command_id, kind, result, self.cause.text, detail])?;
+        Ok(())
+    }
+}
+
+/// One line describing a command, for the audit log and previews.
+pub fn describe_action(action: &cmd::write_command::Action) -> String {
+    use cmd::write_command::Action;
+    let members = |change: &cmd::MemberChange| {
+        let shown: Vec<String> = change
+            .members
+            .iter()
+            .take(5)
+            .filter_map(member_from_message)
+            .map(|m| m.ldap_value())
+            .collect();
+        let more = change.members.len().saturating_sub(shown.len());
+        if more > 0 { format!("{} values: {} … (+{more})", change.members.len(), shown.join(" ")) } else { format!("{} values: {}", change.members.len(), shown.join(" ")) }
+    };
+    match action {
+        Action::Upsert(spec) => format!(
+            "{} ({}, sAMAccountName {})",
+            gwb_core::escape::child_dn(&spec.cn, &spec.parent_dn),
+            cmd::GroupType::try_from(spec.group_type).map(|t| t.as_str_name()).unwrap_or("?"),
+            spec.sam_account_name_candidates.first().map(String::as_str).unwrap_or("?")
+        ),
+        Action::AddMembers(change) | Action::RemoveMembers(change) => members(change),
+        Action::Delete(_) => "delete the AD group".into(),
+        Action::Retire(retire) => format!("move to {}", retire.retired_ou),
+    }
+}
+
+/// What [`Engine::preview`] found.
+pub struct Preview {
+    pub decision: Decision,
+    /// (kind, description) of each command that would be sent.
+    pub commands: Vec<(String, String)>,
+    pub members_to_write: u64,
+    /// (member id, kind, reason).
+    pub skipped: Vec<(String, String, String)>,
+}
+
+pub fn action_kind(action: &cmd::write_command::Action) -> &'static str {
+    use cmd::write_command::Action;
+    match action {
+        Action::Upsert(_) => "upsert",
+        Action::AddMembers(_) => "add_members",
+        Action::RemoveMembers(_) => "remove_members",
+        Action::Delete(_) => "delete",
+        Action::Retire(_) => "retire",
     }
 }
 

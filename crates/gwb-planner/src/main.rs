@@ -4,6 +4,7 @@
 
 mod config;
 mod control;
+mod coordination;
 mod engine;
 mod store;
 
@@ -63,7 +64,17 @@ async fn main() -> anyhow::Result<()> {
         on_soft_delete: config.planner.on_soft_delete,
         retired_ou: config.planner.retired_ou.clone(),
         partitions: config.bus.command_partitions.max(1),
+        threshold: gwb_core::deletion::DeletionThreshold { max_groups: config.deletion.max_groups, max_percent: config.deletion.max_percent },
     };
+    let coordination_token = match &config.coordination.token_file {
+        Some(path) => Some(secret::read_secret_file("coordination.token_file", path)?),
+        None => None,
+    };
+    let coordinator = coordination::Coordinator::new(
+        config.coordination.collector_endpoint.clone(),
+        config.coordination.writer_endpoints.clone(),
+        coordination_token,
+    );
     let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(db, policy)));
     let publisher = Publisher::connect(config.bus.clone()).await?;
     let listener = tokio::net::TcpListener::bind(config.control.listen)
@@ -83,8 +94,12 @@ async fn main() -> anyhow::Result<()> {
         let ready = outbox_ready.clone();
         move |delivery| handle_outcome(engine.clone(), ready.clone(), delivery)
     }));
-    let outbox = tokio::spawn(publish_outbox(engine.clone(), publisher, outbox_ready.clone(), shutdown.clone()));
-    let server = tokio::spawn(serve_control(listener, engine.clone(), control::TokenCheck::new(token), shutdown.clone()));
+    let staging = config.planner.staging;
+    if staging {
+        tracing::warn!("staging mode: commands are planned and audited, never sent to the writer");
+    }
+    let outbox = tokio::spawn(publish_outbox(engine.clone(), publisher, outbox_ready.clone(), staging, shutdown.clone()));
+    let server = tokio::spawn(serve_control(listener, engine.clone(), coordinator, control::TokenCheck::new(token), shutdown.clone()));
     tracing::info!(listen = %config.control.listen, "planner running");
 
     server.await??;
@@ -98,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve_control(
     listener: tokio::net::TcpListener,
     engine: SharedEngine,
+    coordinator: coordination::Coordinator,
     token: control::TokenCheck,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -106,7 +122,7 @@ async fn serve_control(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(gwb_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let operator = OperatorServer::with_interceptor(control::ControlService::new(engine), move |request| token.check(request));
+    let operator = OperatorServer::with_interceptor(control::ControlService::new(engine, coordinator), move |request| token.check(request));
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -187,9 +203,23 @@ async fn handle_outcome(engine: SharedEngine, outbox_ready: Arc<Notify>, deliver
 
 /// Publishes outbox rows in order with confirms, then deletes them. After a crash the
 /// rows are still there and are published again (the writer is idempotent).
-async fn publish_outbox(engine: SharedEngine, publisher: Publisher, ready: Arc<Notify>, shutdown: Shutdown) {
+async fn publish_outbox(engine: SharedEngine, publisher: Publisher, ready: Arc<Notify>, staging: bool, shutdown: Shutdown) {
     let mut last_prune = 0i64;
     while !shutdown.is_triggered() {
+        if staging {
+            let staged = {
+                let engine = engine.clone();
+                tokio::task::spawn_blocking(move || engine.lock().ok().and_then(|mut e| e.stage_outbox(now_ms()).ok()).unwrap_or(0)).await.unwrap_or(0)
+            };
+            if staged == 0 {
+                tokio::select! {
+                    _ = ready.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.triggered() => return,
+                }
+            }
+            continue;
+        }
         let batch = {
             let engine = engine.clone();
             tokio::task::spawn_blocking(move || engine.lock().ok().and_then(|e| e.outbox_batch(1000).ok()).unwrap_or_default()).await.unwrap_or_default()

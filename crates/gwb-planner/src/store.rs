@@ -119,6 +119,27 @@ CREATE TABLE errors (
     group_id TEXT,
     message TEXT NOT NULL
 );
+"#, r#"
+-- Every AD change planned, with its cause, and what became of it.
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    group_id TEXT NOT NULL,
+    command_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    result TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_by_group ON audit (group_id, id);
+
+-- Deletions caused by cloud changes wait here until the cycle ends, then pass the
+-- deletion threshold or are held for an operator.
+CREATE TABLE pending_deletions (
+    group_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    requested_ms INTEGER NOT NULL
+);
 "#];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
