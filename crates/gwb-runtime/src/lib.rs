@@ -1,7 +1,8 @@
 //! Shared service runtime: configuration layering, secrets from files, logging and
-//! shutdown. Knows nothing about Graph, AMQP or LDAP.
+//! traces, metrics, shutdown. Knows nothing about Graph, AMQP or LDAP.
 
 pub mod config;
+pub mod metrics;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
