@@ -23,6 +23,8 @@ use crate::model::{
 };
 use crate::schema::Resource;
 use crate::store::{Tenant, parse_id};
+use crate::subscriptions;
+use crate::assertion::RegisteredCertificate;
 
 const JSON: &str = "application/json";
 
@@ -75,8 +77,18 @@ fn mutate<T>(
 ) -> Result<(T, Committed), ApiError> {
     let lifetime = app.settings().delta_token_lifetime_ms;
     let mut t = write(&app.tenant);
+    let before = t.version();
     let out = f(&mut t)?;
     let c = t.commit();
+    // Notifications are worked out only when someone subscribed: bulk changes
+    // (generate) would otherwise pay for them in every test and benchmark.
+    if c.version != before && !lock(&app.subscriptions).is_empty() {
+        let notices = subscriptions::notices_since(&t, before);
+        if !notices.is_empty() {
+            // The deliverer is gone only while the server shuts down.
+            let _ = app.notices.send(notices);
+        }
+    }
     t.compact(lifetime);
     Ok((out, c))
 }
@@ -462,4 +474,37 @@ pub async fn reset(State(app): State<Arc<App>>) -> Reply {
     lock(&app.rounds).clear();
     tracing::info!("tenant reset");
     ok(StatusCode::OK, &c)
+}
+
+#[derive(serde::Deserialize)]
+struct CertificateUpload {
+    pem: String,
+}
+
+/// `POST /admin/certificates` `{"pem": "-----BEGIN CERTIFICATE-----…"}`: registers a
+/// certificate on the app, as uploading it to the app registration does.
+pub async fn add_certificate(
+    State(app): State<Arc<App>>,
+    Extension(ids): Extension<RequestIds>,
+    body: Bytes,
+) -> Reply {
+    let upload: CertificateUpload = body_as(&body).map_err(fail(&ids))?;
+    let cert = RegisteredCertificate::from_pem(&upload.pem)
+        .map_err(|e| fail(&ids)(ApiError::bad_request(e)))?;
+    let mut certs = lock(&app.certificates);
+    if !certs.contains(&cert) {
+        certs.push(cert.clone());
+    }
+    tracing::info!(x5t_s256 = %cert.thumbprint_s256, "certificate registered");
+    ok(StatusCode::CREATED, &cert)
+}
+
+pub async fn get_certificates(State(app): State<Arc<App>>) -> Reply {
+    let certs = lock(&app.certificates).clone();
+    ok(StatusCode::OK, &certs)
+}
+
+pub async fn clear_certificates(State(app): State<Arc<App>>) -> Reply {
+    lock(&app.certificates).clear();
+    ok(StatusCode::OK, &serde_json::json!({}))
 }

@@ -3,12 +3,16 @@
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
+use crate::assertion::RegisteredCertificate;
 use crate::auth::TokenStore;
 use crate::config::{Settings, SimConfig};
 use crate::delta::Rounds;
 use crate::faults::{Endpoint, FaultKind, FaultQueue};
 use crate::stats::RequestStats;
 use crate::store::Tenant;
+use crate::subscriptions::{Notice, Subscriptions};
 
 pub struct App {
     pub config: SimConfig,
@@ -18,6 +22,13 @@ pub struct App {
     pub tokens: Mutex<TokenStore>,
     pub faults: Mutex<FaultQueue>,
     pub stats: Mutex<RequestStats>,
+    /// Certificates registered on the app for client assertions.
+    pub certificates: Mutex<Vec<RegisteredCertificate>>,
+    pub subscriptions: Mutex<Subscriptions>,
+    /// Committed changes on their way to the notification deliverer.
+    pub notices: mpsc::UnboundedSender<Vec<Notice>>,
+    /// Client for validation handshakes and notification deliveries.
+    pub http: reqwest::Client,
 }
 
 // A panic while a lock is held cannot leave these structures half-updated in a way
@@ -35,8 +46,18 @@ pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 impl App {
-    pub fn new(config: SimConfig, tenant: Tenant) -> App {
+    pub fn new(
+        config: SimConfig,
+        tenant: Tenant,
+        certificates: Vec<RegisteredCertificate>,
+        notices: mpsc::UnboundedSender<Vec<Notice>>,
+        http: reqwest::Client,
+    ) -> App {
         App {
+            certificates: Mutex::new(certificates),
+            subscriptions: Mutex::new(Subscriptions::default()),
+            notices,
+            http,
             settings: RwLock::new(Settings::from_config(&config)),
             config,
             tenant: RwLock::new(tenant),

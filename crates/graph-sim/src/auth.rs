@@ -15,6 +15,7 @@ use rand::RngCore;
 use serde_json::{Value, json};
 
 use crate::app::{App, lock};
+use crate::assertion;
 use crate::errors::{ApiError, RequestIds, json_response};
 use crate::faults::{Endpoint, FaultKind};
 use crate::time;
@@ -285,14 +286,27 @@ fn issue(
         (None, Some(_)) if !form.contains_key("client_assertion") => {
             Err(missing("client_assertion"))
         }
-        // graph-sim registers no certificate for the app, so Entra's answer to any
-        // assertion is that its signing certificate is unknown.
-        (None, Some(_)) => Err(aad(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            700_027,
-            "Client assertion failed signature validation. The certificate with identifier used to sign the client assertion is not registered on application.",
-        )),
+        (None, Some(_)) => {
+            let jwt = form.get("client_assertion").map_or("", String::as_str);
+            let audiences = token_audiences(app, headers, tenant);
+            let certificates = lock(&app.certificates).clone();
+            let now = time::now_ms() / 1000;
+            match assertion::validate(jwt, &client_id, &audiences, &certificates, now) {
+                Ok(()) => Ok(issue_token(app)),
+                Err(refusal) if refusal.malformed => Err(aad(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    refusal.code,
+                    refusal.description,
+                )),
+                Err(refusal) => Err(aad(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    refusal.code,
+                    refusal.description,
+                )),
+            }
+        }
         (None, None) => Err(aad(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -307,17 +321,33 @@ fn issue(
                 "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
             ),
         )),
-        (Some(_), None) => {
-            let lifetime = app.settings().token_lifetime_secs;
-            let token = lock(&app.tokens).issue(lifetime);
-            Ok(json!({
-                "token_type": "Bearer",
-                "expires_in": lifetime,
-                "ext_expires_in": lifetime,
-                "access_token": token,
-            }))
-        }
+        (Some(_), None) => Ok(issue_token(app)),
     }
+}
+
+fn issue_token(app: &App) -> Value {
+    let lifetime = app.settings().token_lifetime_secs;
+    let token = lock(&app.tokens).issue(lifetime);
+    json!({
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": token,
+    })
+}
+
+/// Audiences an assertion may name: this token endpoint as the client reached it
+/// (or the public URL), and Entra's public-cloud endpoint for the same tenant.
+fn token_audiences(app: &App, headers: &HeaderMap, tenant: &str) -> Vec<String> {
+    let path = format!("/{tenant}/oauth2/v2.0/token");
+    let mut audiences = vec![format!("https://login.microsoftonline.com{path}")];
+    if let Some(public) = &app.config.public_url {
+        audiences.push(format!("{}{path}", public.trim_end_matches('/')));
+    }
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        audiences.push(format!("http://{host}{path}"));
+    }
+    audiences
 }
 
 /// `POST /{tenant}/oauth2/v2.0/token`.
@@ -395,7 +425,8 @@ async fn token_fault(fault: FaultKind, ids: &RequestIds) -> Option<Response> {
         FaultKind::Reset
         | FaultKind::SyncStateNotFound { .. }
         | FaultKind::ResyncRequired { .. }
-        | FaultKind::Duplicate => {
+        | FaultKind::Duplicate
+        | FaultKind::NextLinkLoop => {
             return None;
         }
     })

@@ -8,6 +8,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::assertion::RegisteredCertificate;
+use crate::subscriptions::SubscriptionView;
 use crate::config::{Settings, SettingsPatch};
 use crate::faults::FaultRule;
 use crate::model::{
@@ -43,7 +45,7 @@ impl AdminError {
 
 /// The workspace builds reqwest with rustls but without a default crypto provider,
 /// and a client cannot be built until one is installed.
-fn ensure_crypto_provider() {
+pub(crate) fn ensure_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Err means another part of the process installed one first: fine.
@@ -297,6 +299,42 @@ impl AdminClient {
 
     pub async fn update_settings(&self, patch: &SettingsPatch) -> Result<Settings, AdminError> {
         self.send(Method::PATCH, "/admin/settings", patch).await
+    }
+
+    /// Registers a PEM certificate on the app for client assertions.
+    pub async fn register_certificate(
+        &self,
+        pem: &str,
+    ) -> Result<RegisteredCertificate, AdminError> {
+        self.send(
+            Method::POST,
+            "/admin/certificates",
+            &serde_json::json!({ "pem": pem }),
+        )
+        .await
+    }
+
+    /// The app's change-notification subscriptions that have not expired.
+    pub async fn subscriptions(&self) -> Result<Vec<SubscriptionView>, AdminError> {
+        self.call(Method::GET, "/admin/subscriptions", None).await
+    }
+
+    /// Sends a lifecycle notification (`reauthorizationRequired`, …) for subscription
+    /// `id` now; true when its lifecycle URL accepted it.
+    pub async fn send_lifecycle_notification(
+        &self,
+        id: Uuid,
+        lifecycle_event: &str,
+    ) -> Result<bool, AdminError> {
+        let body = serde_json::json!({ "lifecycleEvent": lifecycle_event });
+        let answer: Value = self
+            .send(
+                Method::POST,
+                &format!("/admin/subscriptions/{id}/lifecycle"),
+                &body,
+            )
+            .await?;
+        Ok(answer["delivered"].as_bool().unwrap_or(false))
     }
 
     /// Empties the tenant; earlier delta tokens then answer `syncStateNotFound`.

@@ -73,6 +73,9 @@ pub struct SimConfig {
     pub public_url: Option<String>,
     /// Tenant content loaded before the listener accepts requests.
     pub seed: Option<Seed>,
+    /// PEM certificates registered on the app for client assertions (more can be
+    /// added through `POST /admin/certificates`).
+    pub client_certificates: Vec<String>,
 }
 
 // Hand-written so that the secret never reaches a log line.
@@ -91,6 +94,7 @@ impl std::fmt::Debug for SimConfig {
                 &self.soft_deleted_in_initial_sync,
             )
             .field("public_url", &self.public_url)
+            .field("client_certificates", &self.client_certificates.len())
             .field(
                 "seed",
                 &self
@@ -131,6 +135,7 @@ impl Default for SimConfig {
             soft_deleted_in_initial_sync: false,
             public_url: None,
             seed: None,
+            client_certificates: Vec::new(),
         }
     }
 }

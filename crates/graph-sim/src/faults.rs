@@ -83,6 +83,9 @@ pub enum FaultKind {
     Unauthorized,
     /// Serves the page normally but lists every object twice (Graph allows duplicates).
     Duplicate,
+    /// 200 with an empty page whose `@odata.nextLink` is the request's own URL: the
+    /// never-ending chain reported in docs issue #4263 (graph-api.md §1.4).
+    NextLinkLoop,
 }
 
 impl FaultKind {
@@ -92,7 +95,8 @@ impl FaultKind {
             FaultKind::Reset
             | FaultKind::SyncStateNotFound { .. }
             | FaultKind::ResyncRequired { .. }
-            | FaultKind::Duplicate => endpoint != Endpoint::Token,
+            | FaultKind::Duplicate
+            | FaultKind::NextLinkLoop => endpoint != Endpoint::Token,
             _ => true,
         }
     }

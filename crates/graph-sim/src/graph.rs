@@ -63,6 +63,8 @@ fn parse_options(query: Option<&str>) -> Result<Options, ApiError> {
 struct LinkBase {
     base: String,
     path: String,
+    /// The request's own URL, for the nextLink-loop fault.
+    current: String,
 }
 
 impl LinkBase {
@@ -77,9 +79,14 @@ impl LinkBase {
                 format!("http://{host}")
             }
         };
+        let current = format!(
+            "{base}{}",
+            uri.path_and_query().map_or_else(|| uri.path(), |p| p.as_str())
+        );
         LinkBase {
             base,
             path: uri.path().to_owned(),
+            current,
         }
     }
 
@@ -325,6 +332,14 @@ async fn apply_fault(
         FaultKind::Unauthorized => {
             auth::unauthorized("Lifetime validation failed, the token is expired.", ids)
         }
+        FaultKind::NextLinkLoop => graph_json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "@odata.context": links.context(api, resource, ""),
+                "@odata.nextLink": links.current,
+                "value": [],
+            }),
+        ),
     })
 }
 

@@ -14,6 +14,7 @@ use crate::app::{App, lock};
 use crate::auth;
 use crate::errors::{ApiError, RequestIds};
 use crate::graph;
+use crate::subscriptions;
 use crate::schema::{ApiVersion, Resource};
 
 /// Admin bodies (seeds) can be large; Graph requests have none worth limiting.
@@ -34,6 +35,19 @@ pub fn router(app: Arc<App>) -> Router {
                 r = r.route(&path, get(handler));
             }
         }
+        let base = format!("/{}/subscriptions", api.segment());
+        r = r
+            .route(&base, get(subscriptions::list).post(subscriptions::create))
+            .route(
+                &format!("{base}/{{id}}"),
+                get(subscriptions::get)
+                    .patch(subscriptions::renew)
+                    .delete(subscriptions::delete),
+            )
+            .route(
+                &format!("{base}/{{id}}/reauthorize"),
+                post(subscriptions::reauthorize),
+            );
     }
     r.route("/admin/users", post(admin::create_user))
         .route(
@@ -79,6 +93,17 @@ pub fn router(app: Arc<App>) -> Router {
             get(admin::get_settings).patch(admin::patch_settings),
         )
         .route("/admin/reset", post(admin::reset))
+        .route(
+            "/admin/certificates",
+            get(admin::get_certificates)
+                .post(admin::add_certificate)
+                .delete(admin::clear_certificates),
+        )
+        .route("/admin/subscriptions", get(subscriptions::admin_list))
+        .route(
+            "/admin/subscriptions/{id}/lifecycle",
+            post(subscriptions::admin_lifecycle),
+        )
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(app.clone(), request_context))
@@ -128,7 +153,7 @@ async fn fallback(Extension(ids): Extension<RequestIds>, uri: Uri) -> Response {
             StatusCode::BAD_REQUEST,
             "BadRequest",
             format!(
-                "Resource not found for the segment '{}'. (graph-sim implements only /groups/delta and /users/delta.)",
+                "Resource not found for the segment '{}'. (graph-sim implements only /groups/delta, /users/delta and /subscriptions.)",
                 rest.rsplit('/').find(|s| !s.is_empty()).unwrap_or(rest)
             ),
         )

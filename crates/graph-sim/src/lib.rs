@@ -18,6 +18,7 @@
 
 mod admin;
 mod app;
+mod assertion;
 mod auth;
 mod client;
 mod config;
@@ -30,6 +31,7 @@ mod model;
 mod schema;
 mod stats;
 mod store;
+mod subscriptions;
 mod time;
 mod tokens;
 
@@ -42,6 +44,8 @@ use tokio::task::JoinHandle;
 
 pub use client::{AdminClient, AdminError};
 pub use config::{PagingConfig, Settings, SettingsPatch, SimConfig};
+pub use assertion::RegisteredCertificate;
+pub use subscriptions::SubscriptionView;
 pub use faults::{ErrorVariant, FaultKind, FaultMatch, FaultRule};
 pub use model::{
     Committed, GenerateResult, GenerateSpec, GeneratedGroupKind, GroupFields, GroupMutation,
@@ -84,8 +88,25 @@ fn validate(config: &SimConfig) -> Result<(), ServeError> {
         .map_err(ServeError::Config)
 }
 
-fn build(config: SimConfig) -> Result<Arc<app::App>, ServeError> {
+type Built = (
+    Arc<app::App>,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<subscriptions::Notice>>,
+);
+
+fn build(config: SimConfig) -> Result<Built, ServeError> {
     validate(&config)?;
+    let certificates = config
+        .client_certificates
+        .iter()
+        .map(|pem| assertion::RegisteredCertificate::from_pem(pem))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServeError::Config(format!("client certificate: {e}")))?;
+    client::ensure_crypto_provider();
+    let http = reqwest::Client::builder()
+        .user_agent("graph-sim-notifications")
+        .build()
+        .map_err(|e| ServeError::Config(format!("notification HTTP client: {e}")))?;
+    let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tenant = store::Tenant::new();
     if let Some(seed) = &config.seed {
         let value = serde_json::to_value(seed).map_err(|e| ServeError::Seed(e.to_string()))?;
@@ -99,17 +120,21 @@ fn build(config: SimConfig) -> Result<Arc<app::App>, ServeError> {
             "seed loaded"
         );
     }
-    Ok(Arc::new(app::App::new(config, tenant)))
+    let app = Arc::new(app::App::new(config, tenant, certificates, notices, http));
+    Ok((app, notices_rx))
 }
 
 async fn run(
     listener: TcpListener,
-    app: Arc<app::App>,
+    (app, notices): Built,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, http::router(app))
+    let deliverer = tokio::spawn(subscriptions::deliver(app.clone(), notices));
+    let served = axum::serve(listener, http::router(app))
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+    deliverer.abort();
+    served?;
     Ok(())
 }
 
@@ -132,11 +157,11 @@ pub struct RunningSim {
 
 /// Binds `127.0.0.1:0` and serves `config` in a background task.
 pub async fn start(config: SimConfig) -> Result<RunningSim, ServeError> {
-    let app = build(config)?;
+    let built = build(config)?;
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, app, async move {
+    let task = tokio::spawn(run(listener, built, async move {
         // A dropped sender also stops the server.
         let _ = rx.await;
     }));

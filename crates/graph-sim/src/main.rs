@@ -26,6 +26,9 @@ struct Args {
     /// File holding the app's client secret (a trailing newline is ignored).
     #[arg(long, env = "GRAPH_SIM_CLIENT_SECRET_FILE")]
     client_secret_file: PathBuf,
+    /// PEM certificate registered on the app for client assertions (repeatable).
+    #[arg(long = "client-certificate-file", env = "GRAPH_SIM_CLIENT_CERTIFICATE_FILE", value_delimiter = ',')]
+    client_certificate_files: Vec<PathBuf>,
     /// JSON tenant (users, groups, objects) loaded before serving.
     #[arg(long, env = "GRAPH_SIM_SEED")]
     seed: Option<PathBuf>,
@@ -134,6 +137,14 @@ async fn main() -> anyhow::Result<()> {
         },
         public_url: args.public_url,
         seed: args.seed.as_deref().map(read_seed).transpose()?,
+        client_certificates: args
+            .client_certificate_files
+            .iter()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the certificate file {}", p.display()))
+            })
+            .collect::<anyhow::Result<_>>()?,
         ..SimConfig::default()
     };
 

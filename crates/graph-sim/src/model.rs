@@ -298,6 +298,11 @@ pub struct GenerateSpec {
     /// Return every user id (large for big tenants).
     #[serde(default)]
     pub return_user_ids: bool,
+    /// Member counts of additional large security groups (e.g. `[250000]`). Their
+    /// members are the generated users; when a count exceeds `users`, more users are
+    /// generated (as member-only users) so the group can be that large.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub large_groups: Vec<u32>,
 }
 
 fn hundred() -> u8 {
@@ -320,6 +325,7 @@ impl Default for GenerateSpec {
             name_prefix: default_name_prefix(),
             seed: None,
             return_user_ids: false,
+            large_groups: Vec::new(),
         }
     }
 }

@@ -826,10 +826,18 @@ impl Tenant {
         };
         let prefix = &spec.name_prefix;
         let n_users = spec.users as usize;
-        self.objects.reserve(n_users + spec.groups as usize);
-        self.index.reserve(n_users + spec.groups as usize);
-        let mut user_idx = Vec::with_capacity(n_users);
-        for i in 0..n_users {
+        // Large groups may need more member users than `users`.
+        let total_users = spec
+            .large_groups
+            .iter()
+            .map(|&n| n as usize)
+            .fold(n_users, usize::max);
+        self.objects
+            .reserve(total_users + spec.groups as usize + spec.large_groups.len());
+        self.index
+            .reserve(total_users + spec.groups as usize + spec.large_groups.len());
+        let mut user_idx = Vec::with_capacity(total_users);
+        for i in 0..total_users {
             let mut u = Obj::new(next_id(&self.index), ObjectKind::User);
             u.set(
                 schema::USER_DISPLAY_NAME,
@@ -901,6 +909,31 @@ impl Tenant {
             self.insert(o);
             group_ids.push(id);
         }
+        for (k, &size) in spec.large_groups.iter().enumerate() {
+            let id = next_id(&self.index);
+            let mut o = Obj::new(id, ObjectKind::Group);
+            o.set(
+                schema::GROUP_DISPLAY_NAME,
+                format!("{prefix} Large Group {k}").into(),
+            );
+            o.set(
+                schema::GROUP_MAIL_NICKNAME,
+                format!("{prefix}-large-{k}").into(),
+            );
+            o.set(schema::GROUP_MAIL_ENABLED, false.into());
+            o.set(schema::GROUP_SECURITY_ENABLED, true.into());
+            o.set(schema::GROUP_TYPES, json!([]));
+            o.set(schema::GROUP_PROXY_ADDRESSES, json!([]));
+            o.set(
+                schema::GROUP_SECURITY_IDENTIFIER,
+                schema::cloud_sid(&id).into(),
+            );
+            o.set(schema::GROUP_CREATED, created.clone().into());
+            o.members.extend(user_idx.iter().take(size as usize).copied());
+            memberships += o.members.len();
+            self.insert(o);
+            group_ids.push(id);
+        }
         self.memberships += memberships;
         let c = self.commit();
         let user_ids = spec
@@ -909,7 +942,7 @@ impl Tenant {
         Ok(GenerateResult {
             version: c.version,
             committed_at_ms: c.committed_at_ms,
-            users: n_users,
+            users: total_users,
             groups: group_ids.len(),
             memberships,
             group_ids,
@@ -935,7 +968,13 @@ fn validate_generate(spec: &GenerateSpec) -> Result<(), ApiError> {
             "membersPerGroup cannot exceed users (a group has no duplicate members)",
         ));
     }
-    if u64::from(spec.groups) * u64::from(spec.members_per_group) > MAX_LINKS {
+    let large_links: u64 = spec.large_groups.iter().map(|&n| u64::from(n)).sum();
+    if spec.large_groups.len() > 100 || spec.large_groups.iter().any(|&n| n > MAX_USERS) {
+        return Err(ApiError::bad_request(format!(
+            "at most 100 largeGroups of at most {MAX_USERS} members each"
+        )));
+    }
+    if u64::from(spec.groups) * u64::from(spec.members_per_group) + large_links > MAX_LINKS {
         return Err(ApiError::bad_request(format!(
             "groups × membersPerGroup must be at most {MAX_LINKS}"
         )));

@@ -65,6 +65,44 @@ pub fn aad_timestamp(ms: u64) -> String {
     iso8601(ms).replacen('T', " ", 1)
 }
 
+/// Unix ms of an ISO 8601 instant (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`).
+pub fn parse_iso8601(s: &str) -> Option<u64> {
+    if !is_iso8601(s) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil algorithm.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut rest = &s[19..];
+    let mut millis = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        let digits: String = frac[..n].chars().chain("000".chars()).take(3).collect();
+        millis = digits.parse().ok()?;
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        tz => {
+            let sign = if tz.starts_with('-') { -1 } else { 1 };
+            sign * (tz.get(1..3)?.parse::<i64>().ok()? * 3600 + tz.get(4..6)?.parse::<i64>().ok()? * 60)
+        }
+    };
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
 /// Accepts `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
 pub fn is_iso8601(s: &str) -> bool {
     let b = s.as_bytes();
@@ -117,6 +155,14 @@ mod tests {
         assert_eq!(iso8601(1_714_566_896_000), "2024-05-01T12:34:56Z");
         assert_eq!(aad_timestamp(1_714_566_896_000), "2024-05-01 12:34:56Z");
         assert_eq!(graph_error_date(1_714_566_896_000), "2024-05-01T12:34:56");
+    }
+
+    #[test]
+    fn parses_iso8601() {
+        assert_eq!(parse_iso8601("2024-05-01T12:34:56Z"), Some(1_714_566_896_000));
+        assert_eq!(parse_iso8601("2000-02-29T00:00:00.5Z"), Some(951_782_400_500));
+        assert_eq!(parse_iso8601("2024-05-01T14:34:56+02:00"), Some(1_714_566_896_000));
+        assert_eq!(parse_iso8601("2024-13-01T00:00:00Z"), None);
     }
 
     #[test]
