@@ -1,6 +1,11 @@
 //! Supervised consumption: (re)connect with backoff, declare the topology, consume one
 //! queue with bounded prefetch, hand each delivery to the handler *in order*, and
 //! ack/reject after the handler's side effects are durable.
+//!
+//! Each handler call runs inside a consumer span whose parent is the trace context the
+//! publisher put in the headers, so whatever the handler logs, spans or publishes
+//! belongs to the trace of the cloud change that caused the message. Queue lag,
+//! dispositions and dead letters are recorded in the process's installed metrics.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,10 +15,13 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use rand::Rng;
+use tracing::Instrument;
 
 use gwb_runtime::shutdown::Shutdown;
+use gwb_runtime::telemetry;
+use gwb_runtime::telemetry::opentelemetry;
 
-use crate::publisher::connect;
+use crate::publisher::{PUBLISHED_AT_HEADER, connect, now_ms};
 use crate::{BusConfig, BusError, Topology};
 
 /// A received message.
@@ -28,6 +36,32 @@ pub struct Delivery {
     pub delivery_count: u64,
 }
 
+impl Delivery {
+    /// The remote parent carried by the `traceparent`/`tracestate` headers (empty when
+    /// absent or malformed). `consume` already parents its handler span with it; use
+    /// this when the work happens elsewhere (e.g. a batch handled after the ack).
+    pub fn trace_parent(&self) -> opentelemetry::Context {
+        telemetry::extract(&self.headers)
+    }
+
+    /// Makes `span` a child of the publisher's span. Call before entering `span`.
+    pub fn set_parent_of(&self, span: &tracing::Span) {
+        telemetry::set_parent_from(span, &self.headers);
+    }
+
+    /// When the message was published (Unix ms), from the publisher's header.
+    pub fn published_at_ms(&self) -> Option<i64> {
+        self.headers.get(PUBLISHED_AT_HEADER)?.parse().ok()
+    }
+
+    /// How long the message waited between publish and now (zero if clocks disagree).
+    pub fn queue_lag(&self) -> Option<Duration> {
+        let published = self.published_at_ms()?;
+        let waited = now_ms().saturating_sub(published).max(0);
+        Some(Duration::from_millis(u64::try_from(waited).unwrap_or(0)))
+    }
+}
+
 /// What to do with a delivery once the handler is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -39,6 +73,17 @@ pub enum Disposition {
     /// Could not be processed now; the broker redelivers it (counted against the
     /// delivery limit).
     Requeue,
+}
+
+impl Disposition {
+    /// Label value of `gwb_messages_consumed_total{disposition}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Ack => "ack",
+            Disposition::DeadLetter => "dead_letter",
+            Disposition::Requeue => "requeue",
+        }
+    }
 }
 
 /// Consumes `queue` until shutdown, calling `handler` for one delivery at a time.
@@ -107,7 +152,22 @@ where
         };
         let delivery = next.map_err(|source| BusError::Amqp { operation: "basic.deliver", source })?;
         let received = to_delivery(&delivery);
-        let disposition = handler(received).await;
+        let span = consumer_span(queue, &received);
+        if let Some(metrics) = gwb_runtime::metrics::global()
+            && let Some(lag) = received.queue_lag()
+        {
+            metrics.queue_lag(queue, lag);
+        }
+        // The handler is called inside the span too: work it does before its first
+        // await (and the future's construction) belongs to the same trace.
+        let disposition = span.in_scope(|| handler(received)).instrument(span.clone()).await;
+        span.record("gwb.disposition", disposition.as_str());
+        if let Some(metrics) = gwb_runtime::metrics::global() {
+            metrics.message_consumed(queue, disposition.as_str());
+            if disposition == Disposition::DeadLetter {
+                metrics.dead_lettered(queue);
+            }
+        }
         let acker = &delivery.acker;
         let result = match disposition {
             Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
@@ -118,26 +178,25 @@ where
     }
 }
 
+/// The span a delivery is handled in: a child of the publisher's span.
+pub(crate) fn consumer_span(queue: &str, delivery: &Delivery) -> tracing::Span {
+    let span = tracing::info_span!(
+        "amqp.consume",
+        otel.name = format!("{queue} process"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.destination.name = queue,
+        messaging.message.id = delivery.message_id.as_deref().unwrap_or_default(),
+        messaging.rabbitmq.delivery_count = delivery.delivery_count,
+        gwb.disposition = tracing::field::Empty,
+    );
+    delivery.set_parent_of(&span);
+    span
+}
+
 fn to_delivery(delivery: &lapin::message::Delivery) -> Delivery {
     let properties = &delivery.properties;
-    let mut headers = BTreeMap::new();
-    let mut delivery_count = 0;
-    if let Some(table) = properties.headers() {
-        for (name, value) in table.inner() {
-            match value {
-                AMQPValue::LongString(text) => {
-                    headers.insert(name.to_string(), text.to_string());
-                }
-                AMQPValue::ShortString(text) => {
-                    headers.insert(name.to_string(), text.to_string());
-                }
-                other if name.as_str() == "x-delivery-count" => {
-                    delivery_count = amqp_number(other).unwrap_or(0);
-                }
-                _ => {}
-            }
-        }
-    }
+    let (headers, delivery_count) = properties.headers().as_ref().map(read_headers).unwrap_or_default();
     Delivery {
         payload: delivery.data.clone(),
         message_id: properties.message_id().as_ref().map(|s| s.to_string()),
@@ -146,6 +205,27 @@ fn to_delivery(delivery: &lapin::message::Delivery) -> Delivery {
         redelivered: delivery.redelivered,
         delivery_count,
     }
+}
+
+/// String headers, and the quorum queue's `x-delivery-count`.
+pub(crate) fn read_headers(table: &FieldTable) -> (BTreeMap<String, String>, u64) {
+    let mut headers = BTreeMap::new();
+    let mut delivery_count = 0;
+    for (name, value) in table.inner() {
+        match value {
+            AMQPValue::LongString(text) => {
+                headers.insert(name.to_string(), text.to_string());
+            }
+            AMQPValue::ShortString(text) => {
+                headers.insert(name.to_string(), text.to_string());
+            }
+            other if name.as_str() == "x-delivery-count" => {
+                delivery_count = amqp_number(other).unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    (headers, delivery_count)
 }
 
 fn amqp_number(value: &AMQPValue) -> Option<u64> {

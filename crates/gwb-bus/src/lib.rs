@@ -14,7 +14,7 @@ mod topology;
 
 pub use config::BusConfig;
 pub use consumer::{Delivery, Disposition, consume};
-pub use publisher::{Message, Publisher};
+pub use publisher::{Message, PUBLISHED_AT_HEADER, Publisher};
 pub use topology::{Route, Topology, delete_topology, partition_of};
 
 #[derive(Debug, thiserror::Error)]

@@ -157,19 +157,6 @@ pub fn partition_of(group_id: &str, partitions: u16) -> u16 {
     (hash % u32::from(partitions.max(1))) as u16
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn partition_is_stable_and_case_insensitive() {
-        let a = partition_of("3A5C3221-0000-4000-8000-000000000001", 4);
-        assert_eq!(a, partition_of("3a5c3221-0000-4000-8000-000000000001", 4));
-        assert!(a < 4);
-        assert_eq!(partition_of("x", 0), 0);
-    }
-}
-
 /// Deletes every queue and exchange of the namespace (test and demo clean-up).
 pub async fn delete_topology(config: &BusConfig) -> Result<(), BusError> {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
@@ -193,4 +180,17 @@ pub async fn delete_topology(config: &BusConfig) -> Result<(), BusError> {
     }
     let _ = connection.close(200, "clean-up".into()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_is_stable_and_case_insensitive() {
+        let a = partition_of("3A5C3221-0000-4000-8000-000000000001", 4);
+        assert_eq!(a, partition_of("3a5c3221-0000-4000-8000-000000000001", 4));
+        assert!(a < 4);
+        assert_eq!(partition_of("x", 0), 0);
+    }
 }

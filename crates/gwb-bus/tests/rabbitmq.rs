@@ -1,5 +1,7 @@
 //! Against the real RabbitMQ at 127.0.0.1:5672 (scripts/ensure-rabbitmq.sh starts it).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

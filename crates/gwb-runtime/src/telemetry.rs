@@ -122,10 +122,10 @@ fn tracer_provider(service: &'static str, endpoint: Option<&str>) -> (SdkTracerP
 /// Exports the spans still buffered. Call before `main` returns; without it the last
 /// few seconds of spans are lost at exit.
 pub fn flush_traces() {
-    if let Some(provider) = TRACER_PROVIDER.get() {
-        if let Err(error) = provider.shutdown() {
-            tracing::warn!(%error, "flushing traces");
-        }
+    if let Some(provider) = TRACER_PROVIDER.get()
+        && let Err(error) = provider.shutdown()
+    {
+        tracing::warn!(%error, "flushing traces");
     }
 }
 
