@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -30,6 +31,15 @@ pub struct CollectorSettings {
     /// Guard against a nextLink chain that never reaches a deltaLink.
     #[serde(default = "default_max_pages")]
     pub max_pages_per_round: u64,
+    /// A round (one resource, first page to deltaLink) that takes longer is abandoned:
+    /// its cursor stays where it was and the next round re-reads.
+    #[serde(default = "default_round_timeout")]
+    pub round_timeout_seconds: u64,
+    /// Graph change notifications; absent = polling only.
+    #[serde(default)]
+    pub notifications: Option<NotificationSettings>,
+    #[serde(default)]
+    pub control: ControlSettings,
 }
 
 impl Default for CollectorSettings {
@@ -38,6 +48,9 @@ impl Default for CollectorSettings {
             poll_interval_seconds: default_poll(),
             state_path: default_state(),
             max_pages_per_round: default_max_pages(),
+            round_timeout_seconds: default_round_timeout(),
+            notifications: None,
+            control: ControlSettings::default(),
         }
     }
 }
@@ -52,6 +65,45 @@ impl CollectorSettings {
     }
 }
 
+/// `[collector.notifications]`: the receiver Graph posts change notifications to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationSettings {
+    /// Where the receiver listens.
+    pub listen: SocketAddr,
+    /// How Graph reaches that listener (HTTPS in production, e.g. through a reverse
+    /// proxy): notifications go to `<public_url>/notifications`, lifecycle
+    /// notifications to `<public_url>/lifecycle`.
+    pub public_url: String,
+    /// File (mode 0600) with the `clientState` secret Graph echoes in every
+    /// notification (at most 128 characters).
+    pub client_state_file: PathBuf,
+    /// Lifetime requested for each subscription; Graph allows at most 41,760 minutes
+    /// for users and groups. Renewed when a third of it is left.
+    #[serde(default = "default_subscription_minutes")]
+    pub subscription_minutes: u64,
+    /// Subscribed resources.
+    #[serde(default = "default_resources")]
+    pub resources: Vec<String>,
+}
+
+/// `[collector.control]`: the internal gRPC service the planner calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSettings {
+    #[serde(default = "default_control_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token (mode 0600); required unless listening on loopback.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings { listen: default_control_listen(), token_file: None }
+    }
+}
+
 fn default_poll() -> f64 {
     30.0
 }
@@ -60,4 +112,16 @@ fn default_state() -> PathBuf {
 }
 fn default_max_pages() -> u64 {
     1_000_000
+}
+fn default_round_timeout() -> u64 {
+    3600
+}
+fn default_subscription_minutes() -> u64 {
+    4320
+}
+fn default_resources() -> Vec<String> {
+    vec!["/groups".into(), "/users".into()]
+}
+fn default_control_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50052))
 }

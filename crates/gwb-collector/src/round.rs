@@ -2,6 +2,7 @@
 //! next deltaLink, publishing each page's events with confirms before reading on.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
@@ -12,10 +13,11 @@ use gwb_proto::events::v1 as pb;
 use pb::change_event::Change;
 
 use crate::cursor::CursorStore;
+use crate::error::CollectorError;
 use crate::events;
 
 pub struct Collector {
-    graph: GraphClient,
+    graph: Arc<GraphClient>,
     publisher: Publisher,
     cursors: CursorStore,
     max_pages: u64,
@@ -26,14 +28,22 @@ pub fn now_ms() -> i64 {
 }
 
 impl Collector {
-    pub fn new(graph: GraphClient, publisher: Publisher, cursors: CursorStore, max_pages: u64) -> Self {
+    pub fn new(graph: Arc<GraphClient>, publisher: Publisher, cursors: CursorStore, max_pages: u64) -> Self {
         Collector { graph, publisher, cursors, max_pages }
+    }
+
+    /// Forgets every cursor, so the next rounds are full rounds (FullResync).
+    pub fn forget_cursors(&self) -> Result<(), CollectorError> {
+        for resource in [Resource::Users, Resource::Groups] {
+            self.cursors.forget(resource)?;
+        }
+        Ok(())
     }
 
     /// Runs one round of `resource`. On `ResyncRequired` the cursor is dropped and the
     /// round restarts once as a full round; any other failure leaves the cursor where
     /// it was, so the next attempt re-reads (Graph replays are harmless downstream).
-    pub async fn run_round(&mut self, resource: Resource) -> anyhow::Result<()> {
+    pub async fn run_round(&mut self, resource: Resource) -> Result<(), CollectorError> {
         let stored = self.cursors.delta_link(resource)?;
         let (url, full) = match stored {
             Some(link) => (link, false),
@@ -44,9 +54,9 @@ impl Collector {
                 tracing::warn!(resource = resource.path(), %reason, "delta token lost: starting a full round");
                 self.cursors.forget(resource)?;
                 let url = location.filter(|l| !l.is_empty()).unwrap_or_else(|| self.graph.initial_url(resource));
-                self.follow(resource, url, true).await.map_err(RoundFailure::into_anyhow)
+                self.follow(resource, url, true).await.map_err(RoundFailure::into_error)
             }
-            other => other.map_err(RoundFailure::into_anyhow),
+            other => other.map_err(RoundFailure::into_error),
         }
     }
 
@@ -63,10 +73,11 @@ impl Collector {
         loop {
             pages += 1;
             if pages > self.max_pages || !visited.insert(url.clone()) {
-                return Err(RoundFailure::Other(anyhow::anyhow!(
-                    "{} delta round {round_id} is looping (page {pages}, link seen before or page cap reached); abandoning it",
-                    resource.path()
-                )));
+                return Err(RoundFailure::Other(CollectorError::Loop {
+                    resource: resource.path(),
+                    round_id,
+                    page: pages,
+                }));
             }
             let page = match self.graph.fetch_page(resource, &url).await {
                 Ok(page) => page,
@@ -138,13 +149,13 @@ impl Collector {
 
 enum RoundFailure {
     Resync { reason: String, location: Option<String> },
-    Other(anyhow::Error),
+    Other(CollectorError),
 }
 
 impl RoundFailure {
-    fn into_anyhow(self) -> anyhow::Error {
+    fn into_error(self) -> CollectorError {
         match self {
-            RoundFailure::Resync { reason, .. } => anyhow::anyhow!("Graph asked for a resync again during a full round: {reason}"),
+            RoundFailure::Resync { reason, .. } => CollectorError::ResyncLoop(reason),
             RoundFailure::Other(error) => error,
         }
     }

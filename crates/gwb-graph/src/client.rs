@@ -4,12 +4,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use gwb_runtime::secret::Secret;
 use rand::Rng;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::credential::Credential;
 use crate::delta::{DeltaPage, Resource, parse_page};
+use crate::subscription::{NewSubscription, Subscription, rfc3339};
 use crate::token::{AccessToken, request_token, without_url};
 use crate::{GraphConfig, GraphError};
 
@@ -18,13 +20,13 @@ const USER_SELECT: &str = "id,displayName,userPrincipalName,userType,onPremisesS
 
 pub struct GraphClient {
     config: GraphConfig,
-    secret: Secret,
+    credential: Credential,
     http: reqwest::Client,
     token: Mutex<Option<(AccessToken, Duration)>>,
 }
 
 impl GraphClient {
-    pub fn new(config: GraphConfig, secret: Secret) -> Result<Self, GraphError> {
+    pub fn new(config: GraphConfig, credential: Credential) -> Result<Self, GraphError> {
         for (key, value) in [("graph.login_endpoint", &config.login_endpoint), ("graph.graph_endpoint", &config.graph_endpoint)] {
             url::Url::parse(value).map_err(|e| GraphError::Config(format!("{key} = {value:?}: {e}")))?;
         }
@@ -36,7 +38,7 @@ impl GraphClient {
             .user_agent(concat!("gwb-collector/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GraphError::Config(format!("HTTP client: {e}")))?;
-        Ok(GraphClient { config, secret, http, token: Mutex::new(None) })
+        Ok(GraphClient { config, credential, http, token: Mutex::new(None) })
     }
 
     /// First request of a full round. Query parameters go on this request only; every
@@ -58,23 +60,63 @@ impl GraphClient {
 
     /// Fetches one delta page, retrying throttling and transient faults.
     pub async fn fetch_page(&self, resource: Resource, url: &str) -> Result<DeltaPage, GraphError> {
-        let body = self.get(url).await?;
+        let body = self.send(Method::GET, url, None).await?;
         parse_page(resource, &body).map_err(|reason| GraphError::Malformed { url: url.to_string(), reason })
     }
 
-    async fn get(&self, url: &str) -> Result<Vec<u8>, GraphError> {
+    fn subscriptions_url(&self) -> String {
+        // Subscriptions are a v1.0 feature for users and groups, whatever version the
+        // delta rounds read.
+        format!("{}/v1.0/subscriptions", self.config.graph_endpoint.trim_end_matches('/'))
+    }
+
+    /// `POST /subscriptions`: Graph validates both URLs with a handshake before it
+    /// answers, so the receiver must already be listening.
+    pub async fn create_subscription(&self, new: &NewSubscription<'_>) -> Result<Subscription, GraphError> {
+        let mut body = serde_json::json!({
+            "changeType": new.change_type,
+            "notificationUrl": new.notification_url,
+            "resource": new.resource,
+            "expirationDateTime": rfc3339(new.expiration),
+            "clientState": new.client_state.expose(),
+        });
+        if let Some(lifecycle) = new.lifecycle_notification_url {
+            body["lifecycleNotificationUrl"] = lifecycle.into();
+        }
+        let url = self.subscriptions_url();
+        let answer = self.send(Method::POST, &url, Some(&body)).await?;
+        serde_json::from_slice(&answer).map_err(|e| GraphError::Malformed { url, reason: e.to_string() })
+    }
+
+    /// `PATCH /subscriptions/{id}` with a new expiration (renewal, also the answer to
+    /// `reauthorizationRequired`).
+    pub async fn renew_subscription(&self, id: &str, expiration: SystemTime) -> Result<Subscription, GraphError> {
+        let url = format!("{}/{}", self.subscriptions_url(), url_segment(id));
+        let body = serde_json::json!({"expirationDateTime": rfc3339(expiration)});
+        let answer = self.send(Method::PATCH, &url, Some(&body)).await?;
+        serde_json::from_slice(&answer).map_err(|e| GraphError::Malformed { url, reason: e.to_string() })
+    }
+
+    pub async fn delete_subscription(&self, id: &str) -> Result<(), GraphError> {
+        let url = format!("{}/{}", self.subscriptions_url(), url_segment(id));
+        self.send(Method::DELETE, &url, None).await.map(drop)
+    }
+
+    async fn send(&self, method: Method, url: &str, body: Option<&Value>) -> Result<Vec<u8>, GraphError> {
         let mut attempts = 0u32;
         let mut renewed_after_401 = false;
         loop {
             attempts += 1;
             let token = self.access_token().await?;
-            let sent = self
+            let mut request = self
                 .http
-                .get(url)
+                .request(method.clone(), url)
                 .bearer_auth(token.expose())
-                .header("client-request-id", request_id())
-                .send()
-                .await;
+                .header("client-request-id", request_id());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let sent = request.send().await;
             let response = match sent {
                 Ok(response) => response,
                 Err(error) => {
@@ -154,7 +196,7 @@ impl GraphClient {
         let mut attempt = 0;
         let fresh = loop {
             attempt += 1;
-            match request_token(&self.http, &self.config.token_url(), &self.config.client_id, &self.secret, &scope, now).await {
+            match request_token(&self.http, &self.config.token_url(), &self.config.client_id, &self.credential, &scope, now).await {
                 Ok(fresh) => break fresh,
                 Err(GraphError::Unavailable { last, .. }) if attempt <= self.config.max_retries => {
                     tracing::warn!(attempt, %last, "token endpoint unavailable");
@@ -167,6 +209,12 @@ impl GraphClient {
         *cached = Some(fresh);
         Ok(value)
     }
+}
+
+/// A subscription id as one path segment (Graph's ids are GUIDs; anything else is
+/// escaped rather than trusted).
+fn url_segment(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
 }
 
 fn request_id() -> String {

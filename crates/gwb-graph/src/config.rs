@@ -1,6 +1,10 @@
 use std::path::PathBuf;
 
+use gwb_runtime::secret::read_secret_file;
 use serde::Deserialize;
+
+use crate::GraphError;
+use crate::credential::{CertificateCredential, Credential};
 
 /// `[graph]` section of the collector's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -14,8 +18,12 @@ pub struct GraphConfig {
     pub graph_endpoint: String,
     pub tenant_id: String,
     pub client_id: String,
-    /// File holding the client secret (mode 0600).
-    pub client_secret_file: PathBuf,
+    /// File holding the client secret (mode 0600). Set this, or the certificate pair.
+    pub client_secret_file: Option<PathBuf>,
+    /// PEM certificate registered on the app registration (certificate credential).
+    pub client_certificate_file: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8 or PKCS#1 RSA, mode 0600).
+    pub client_private_key_file: Option<PathBuf>,
     /// OAuth scope; defaults to `<graph_endpoint>/.default`. Set it when Graph is
     /// reached through another address (graph-sim, a proxy) than its resource URI.
     pub scope: Option<String>,
@@ -52,11 +60,31 @@ fn default_max_backoff() -> u64 {
 }
 
 impl GraphConfig {
+    /// Reads the one configured credential: a client secret, or a certificate and its
+    /// private key. Both or neither is a configuration error naming the keys.
+    pub fn load_credential(&self) -> Result<Credential, GraphError> {
+        match (&self.client_secret_file, &self.client_certificate_file, &self.client_private_key_file) {
+            (Some(secret), None, None) => read_secret_file("graph.client_secret_file", secret)
+                .map(Credential::Secret)
+                .map_err(|e| GraphError::Config(e.to_string())),
+            (None, Some(certificate), Some(key)) => {
+                CertificateCredential::load(certificate, key).map(|c| Credential::Certificate(Box::new(c)))
+            }
+            (None, Some(_), None) | (None, None, Some(_)) => Err(GraphError::Config(
+                "graph.client_certificate_file and graph.client_private_key_file must be set together".into(),
+            )),
+            (None, None, None) | (Some(_), _, _) => Err(GraphError::Config(
+                "set exactly one credential: graph.client_secret_file, or graph.client_certificate_file with graph.client_private_key_file".into(),
+            )),
+        }
+    }
+
     pub fn is_beta(&self) -> bool {
         self.api_version.eq_ignore_ascii_case("beta")
     }
 
-    pub(crate) fn token_url(&self) -> String {
+    /// The token endpoint; also the `aud` of certificate assertions.
+    pub fn token_url(&self) -> String {
         format!("{}/{}/oauth2/v2.0/token", self.login_endpoint.trim_end_matches('/'), self.tenant_id)
     }
 

@@ -1,16 +1,22 @@
 //! The product's only Microsoft Graph client (used by gwb-collector).
 //!
-//! It turns Graph's HTTP surface into typed delta pages and classified errors:
+//! It authenticates with a client secret or a certificate (PS256 client assertion),
+//! manages change-notification subscriptions, and turns Graph's HTTP surface into
+//! typed delta pages and classified errors:
 //! throttling and transient faults are retried here (honouring `Retry-After`), a lost
 //! delta token becomes [`GraphError::ResyncRequired`], anything else is permanent.
 
 mod client;
 mod config;
+mod credential;
 mod delta;
 mod error;
+mod subscription;
 mod token;
 
 pub use client::GraphClient;
 pub use config::GraphConfig;
 pub use delta::{DeltaItem, DeltaPage, GroupChange, MemberChange, MemberType, PageLink, RemovedReason, Resource, UserChange};
+pub use credential::{CertificateCredential, Credential};
 pub use error::GraphError;
+pub use subscription::{MAX_SUBSCRIPTION_LIFETIME, NewSubscription, Subscription, rfc3339};

@@ -1,11 +1,14 @@
 //! Client-credential access tokens, cached and renewed before they expire.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use gwb_runtime::secret::Secret;
 use serde::Deserialize;
 
 use crate::GraphError;
+use crate::credential::Credential;
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 #[derive(Clone)]
 pub(crate) struct AccessToken {
@@ -39,16 +42,25 @@ pub(crate) async fn request_token(
     http: &reqwest::Client,
     token_url: &str,
     client_id: &str,
-    secret: &Secret,
+    credential: &Credential,
     scope: &str,
     now: Instant,
 ) -> Result<(AccessToken, Duration), GraphError> {
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", client_id),
-        ("client_secret", secret.expose()),
-        ("scope", scope),
-    ];
+    // A certificate signs a fresh assertion per request: an assertion expires within
+    // minutes, and each carries its own `jti`.
+    let assertion = match credential {
+        Credential::Secret(_) => None,
+        Credential::Certificate(certificate) => Some(certificate.assertion(client_id, token_url, SystemTime::now())?),
+    };
+    let mut form = vec![("grant_type", "client_credentials"), ("client_id", client_id), ("scope", scope)];
+    match (credential, &assertion) {
+        (_, Some(assertion)) => {
+            form.push(("client_assertion_type", JWT_BEARER));
+            form.push(("client_assertion", assertion.expose()));
+        }
+        (Credential::Secret(secret), None) => form.push(("client_secret", secret.expose())),
+        (Credential::Certificate(_), None) => {}
+    }
     let response = http
         .post(token_url)
         .form(&form)

@@ -1,0 +1,22 @@
+/// Why a round or the collector failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    Graph(#[from] gwb_graph::GraphError),
+    #[error("publishing events failed: {0}")]
+    Bus(#[from] gwb_bus::BusError),
+    #[error("cursor store: {0}")]
+    Cursor(#[from] rusqlite::Error),
+    #[error("{resource} delta round {round_id} is looping (page {page}: link seen before or collector.max_pages_per_round reached); abandoning it")]
+    Loop { resource: &'static str, round_id: String, page: u64 },
+    #[error("Graph asked for a resync again during a full round: {0}")]
+    ResyncLoop(String),
+    #[error("{resource} delta round exceeded collector.round_timeout_seconds ({seconds} s); abandoning it")]
+    RoundTimeout { resource: &'static str, seconds: u64 },
+    #[error("{0}")]
+    Config(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("control API: {0}")]
+    Control(String),
+}

@@ -1,0 +1,207 @@
+//! gwb-collector: polls Microsoft Graph's group and user deltas and publishes what
+//! changed as protobuf events, with publisher confirms. A round's deltaLink is stored
+//! only after every event of the round is confirmed, so a crash means re-reading,
+//! never a gap.
+//!
+//! Rounds run every `poll_interval_seconds`, and at once when Graph sends a change
+//! notification or the planner calls `SyncNow` (requests during a round coalesce into
+//! one more round). [`run`] is the whole service; the binary only loads the
+//! configuration and waits for a signal.
+
+pub mod config;
+mod control;
+mod cursor;
+mod error;
+mod events;
+mod notifications;
+mod round;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use gwb_bus::Publisher;
+use gwb_graph::{GraphClient, Resource};
+use gwb_runtime::secret::{self, Secret};
+use gwb_runtime::shutdown::Shutdown;
+
+pub use config::Config;
+pub use error::CollectorError;
+
+/// Listeners bound by the caller (tests bind port 0 and pass them in); `None` binds
+/// the configured address.
+#[derive(Default)]
+pub struct Listeners {
+    pub control: Option<TcpListener>,
+    pub notifications: Option<TcpListener>,
+}
+
+/// What `GetCollectorStatus` reports.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Status {
+    pub users_round_completed_ms: i64,
+    pub groups_round_completed_ms: i64,
+    pub last_error: String,
+    pub rounds_completed: u64,
+    pub rounds_failed: u64,
+    pub notifications_active: bool,
+}
+
+/// State shared by the round loop, the notification receiver and the control API.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    /// A permit wakes the round loop now; several wake-ups before it runs are one.
+    pub wake: Arc<Notify>,
+    /// Set by FullResync: forget the cursors before the next round.
+    pub full_resync: Arc<AtomicBool>,
+    pub running: Arc<AtomicBool>,
+    pub status: Arc<Mutex<Status>>,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            wake: Arc::new(Notify::new()),
+            full_resync: Arc::new(AtomicBool::new(false)),
+            running: Arc::new(AtomicBool::new(false)),
+            status: Arc::new(Mutex::new(Status::default())),
+        }
+    }
+
+    /// The status is plain data: a panic elsewhere cannot leave it inconsistent in a
+    /// way worth refusing reads for.
+    pub fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+async fn bind(listener: Option<TcpListener>, address: std::net::SocketAddr, key: &str) -> Result<TcpListener, CollectorError> {
+    match listener {
+        Some(listener) => Ok(listener),
+        None => TcpListener::bind(address)
+            .await
+            .map_err(|source| CollectorError::Io { context: format!("{key} {address}"), source }),
+    }
+}
+
+/// Runs the collector until `shutdown`: the delta loop, the control API and, when
+/// configured, the change-notification receiver with its subscriptions.
+pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), CollectorError> {
+    let credential = config.graph.load_credential()?;
+    let graph = Arc::new(GraphClient::new(config.graph.clone(), credential)?);
+    let settings = &config.collector;
+    let cursors = cursor::CursorStore::open(&settings.state_path)?;
+    let control_token = match &settings.control.token_file {
+        Some(path) => Some(secret::read_secret_file("collector.control.token_file", path).map_err(|e| CollectorError::Config(e.to_string()))?),
+        None if settings.control.listen.ip().is_loopback() => {
+            tracing::warn!(listen = %settings.control.listen, "collector.control.token_file is not set: the control API accepts unauthenticated calls on loopback");
+            None
+        }
+        None => {
+            return Err(CollectorError::Config(format!(
+                "collector.control.token_file is required when collector.control.listen ({}) is not a loopback address",
+                settings.control.listen
+            )));
+        }
+    };
+    let notification_secret: Option<Secret> = match &settings.notifications {
+        Some(n) => {
+            let state = secret::read_secret_file("collector.notifications.client_state_file", &n.client_state_file)
+                .map_err(|e| CollectorError::Config(e.to_string()))?;
+            if state.expose().chars().count() > 128 {
+                return Err(CollectorError::Config("collector.notifications.client_state_file: clientState must be at most 128 characters".into()));
+            }
+            Some(state)
+        }
+        None => None,
+    };
+    let publisher = Publisher::connect(config.bus.clone()).await?;
+    let shared = Shared::new();
+
+    let control_listener = bind(listeners.control, settings.control.listen, "collector.control.listen").await?;
+    let control_task = tokio::spawn(control::serve(control_listener, shared.clone(), control::TokenCheck::new(control_token), shutdown.clone()));
+
+    let mut background = Vec::new();
+    if let (Some(n), Some(client_state)) = (&settings.notifications, notification_secret) {
+        let listener = bind(listeners.notifications, n.listen, "collector.notifications.listen").await?;
+        let (lifecycle_tx, lifecycle_rx) = tokio::sync::mpsc::unbounded_channel();
+        let receiver = notifications::Receiver::new(shared.clone(), client_state.clone(), lifecycle_tx);
+        background.push(tokio::spawn(notifications::serve(listener, receiver, shutdown.clone())));
+        let manager = notifications::Manager::new(graph.clone(), n.clone(), client_state, shared.clone());
+        background.push(tokio::spawn(manager.run(lifecycle_rx, shutdown.clone())));
+    }
+
+    let mut collector = round::Collector::new(graph, publisher, cursors, settings.max_pages_per_round);
+    let interval = Duration::from_millis(settings.poll_interval_ms());
+    let round_timeout = Duration::from_secs(settings.round_timeout_seconds.max(1));
+    tracing::info!(poll_interval_ms = interval.as_millis() as u64, control = %settings.control.listen, "collector running");
+    while !shutdown.is_triggered() {
+        tokio::select! {
+            () = run_rounds(&mut collector, &shared, round_timeout) => {}
+            () = shutdown.triggered() => break,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shared.wake.notified() => tracing::debug!("round requested"),
+            () = shutdown.triggered() => {}
+        }
+    }
+    for task in background {
+        let _ = task.await;
+    }
+    match control_task.await {
+        Ok(result) => result?,
+        Err(e) => return Err(CollectorError::Control(e.to_string())),
+    }
+    tracing::info!("collector stopped");
+    Ok(())
+}
+
+/// Users, then groups: the planner resolves a group's members from what it knows about
+/// users, so fresh anchors should arrive before the groups using them.
+async fn run_rounds(collector: &mut round::Collector, shared: &Shared, round_timeout: Duration) {
+    shared.running.store(true, Ordering::SeqCst);
+    if shared.full_resync.swap(false, Ordering::SeqCst) {
+        match collector.forget_cursors() {
+            Ok(()) => tracing::info!("full resync requested: delta cursors forgotten"),
+            Err(error) => {
+                // Try again before the next round rather than lose the request.
+                shared.full_resync.store(true, Ordering::SeqCst);
+                record_failure(shared, &error);
+            }
+        }
+    }
+    for resource in [Resource::Users, Resource::Groups] {
+        let outcome = match tokio::time::timeout(round_timeout, collector.run_round(resource)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(CollectorError::RoundTimeout { resource: resource.path(), seconds: round_timeout.as_secs() }),
+        };
+        match outcome {
+            Ok(_) => {
+                let mut status = shared.status();
+                status.rounds_completed += 1;
+                status.last_error.clear();
+                let now = round::now_ms();
+                match resource {
+                    Resource::Users => status.users_round_completed_ms = now,
+                    Resource::Groups => status.groups_round_completed_ms = now,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, resource = resource.path(), "delta round failed; the cursor did not advance and the round will be retried");
+                record_failure(shared, &error);
+                break;
+            }
+        }
+    }
+    shared.running.store(false, Ordering::SeqCst);
+}
+
+fn record_failure(shared: &Shared, error: &CollectorError) {
+    let mut status = shared.status();
+    status.rounds_failed += 1;
+    status.last_error = error.to_string();
+}
