@@ -104,9 +104,6 @@ pub fn validate(
     };
     let header = json_part(h, "header")?;
     let claims = json_part(c, "payload")?;
-    let signature = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| malformed("The signature is not base64url."))?;
     let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
     let (thumbprint, algorithm): (_, &dyn rustls_pki_types::SignatureVerificationAlgorithm) =
         match alg {
@@ -144,6 +141,12 @@ pub fn validate(
                 ),
             )
         })?;
+    let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| {
+        refuse(
+            700_027,
+            "Client assertion failed signature validation. [Reason - The signature is not base64url.]",
+        )
+    })?;
     let der = CertificateDer::from(registered.der.as_slice());
     let cert = webpki::EndEntityCert::try_from(&der)
         .map_err(|_| refuse(700_027, "The registered certificate cannot be used."))?;

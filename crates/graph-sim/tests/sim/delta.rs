@@ -806,3 +806,28 @@ async fn select_on_a_delta_link_and_soft_deleted_in_initial_sync() {
         vec![json!({"id": g.to_string(), "@removed": {"reason": "changed"}})]
     );
 }
+
+#[tokio::test]
+async fn generator_adds_a_large_group_beyond_the_user_count() {
+    let s = sim_with(paging(50, 100, 500, None)).await;
+    let r = s
+        .admin
+        .generate(&graph_sim::GenerateSpec {
+            users: 100,
+            groups: 10,
+            members_per_group: 5,
+            large_groups: vec![2_500],
+            seed: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((r.users, r.groups, r.memberships), (2_500, 11, 10 * 5 + 2_500));
+    let round = s
+        .round(&s.url("/v1.0/groups/delta?$select=displayName,members"))
+        .await;
+    let merged = round.merged();
+    let large = merged.get(&r.group_ids[10].to_string()).unwrap();
+    assert_eq!(large.added_members.len(), 2_500);
+    assert!(large.occurrences >= 5, "2,500 members in slices of 500");
+}

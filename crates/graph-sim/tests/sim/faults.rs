@@ -259,3 +259,17 @@ async fn token_endpoint_faults() {
     s.admin.clear_faults().await.unwrap();
     assert!(s.admin.faults().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn next_link_loop_points_the_page_at_itself() {
+    let s = sim().await;
+    let url = s.url("/v1.0/groups/delta?$select=displayName");
+    s.admin
+        .add_faults(&[rule(FaultMatch::GroupsDelta, FaultKind::NextLinkLoop, 2)])
+        .await
+        .unwrap();
+    let page: Value = s.get(&url).await.json().await.unwrap();
+    assert_eq!(page["@odata.nextLink"].as_str(), Some(url.as_str()));
+    assert_eq!(page["value"].as_array().map(Vec::len), Some(0));
+    assert!(page.get("@odata.deltaLink").is_none());
+}

@@ -5,6 +5,8 @@
 mod admin;
 mod auth;
 mod binary;
+mod certificates;
 mod common;
 mod delta;
 mod faults;
+mod subscriptions;
