@@ -92,3 +92,39 @@ impl GraphConfig {
         self.scope.clone().unwrap_or_else(|| format!("{}/.default", self.graph_endpoint.trim_end_matches('/')))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(secret: bool, certificate: bool, key: bool) -> GraphConfig {
+        GraphConfig {
+            login_endpoint: default_login(),
+            graph_endpoint: default_graph(),
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            client_secret_file: secret.then(|| PathBuf::from("/nonexistent/secret")),
+            client_certificate_file: certificate.then(|| PathBuf::from("/nonexistent/cert.pem")),
+            client_private_key_file: key.then(|| PathBuf::from("/nonexistent/key.pem")),
+            scope: None,
+            api_version: default_version(),
+            request_timeout_seconds: 1,
+            max_retries: 0,
+            max_backoff_seconds: 1,
+        }
+    }
+
+    #[test]
+    fn exactly_one_credential_and_errors_name_the_keys() {
+        for (secret, certificate, key) in [(false, false, false), (true, true, true), (true, true, false)] {
+            let error = config(secret, certificate, key).load_credential().unwrap_err().to_string();
+            assert!(error.contains("graph.client_secret_file") && error.contains("graph.client_certificate_file"), "{error}");
+        }
+        let error = config(false, true, false).load_credential().unwrap_err().to_string();
+        assert!(error.contains("graph.client_private_key_file"), "{error}");
+        let error = config(false, false, true).load_credential().unwrap_err().to_string();
+        assert!(error.contains("graph.client_certificate_file"), "{error}");
+        let error = config(false, true, true).load_credential().unwrap_err().to_string();
+        assert!(error.contains("graph.client_certificate_file"), "{error}");
+    }
+}
