@@ -40,7 +40,22 @@ pub struct Options {
     pub scope_toml: String,
     /// Extra `[planner]` TOML lines.
     pub planner_toml: String,
+    /// Extra planner sections (e.g. `[deletion]`), appended verbatim.
+    pub planner_sections: String,
     pub poll_interval_seconds: f64,
+}
+
+impl Options {
+    /// Security groups in scope, writing to `target_ou`, 0.5 s polls.
+    pub fn new(target_ou: &str) -> Self {
+        Options {
+            target_ou: target_ou.to_string(),
+            scope_toml: "security_groups = true".into(),
+            planner_toml: String::new(),
+            planner_sections: String::new(),
+            poll_interval_seconds: 0.5,
+        }
+    }
 }
 
 pub struct Pipeline {
@@ -89,6 +104,8 @@ impl Pipeline {
         let bus = BusConfig { namespace: namespace.clone(), command_partitions: 2, ..BusConfig::default() };
         let control_port = free_port()?;
         let control_endpoint = format!("http://127.0.0.1:{control_port}");
+        let writer_port = free_port()?;
+        let collector_port = free_port()?;
         let ldap_url = std::env::var("GWB_LAB_LDAP_URL")?;
         let ca_file = std::env::var("GWB_LAB_LDAP_CA_FILE")?;
         let bind_dn = std::env::var("GWB_LAB_LDAP_BIND_DN")?;
@@ -97,24 +114,30 @@ impl Pipeline {
         let collector = format!(
             "[graph]\nlogin_endpoint = \"{sim_url}\"\ngraph_endpoint = \"{sim_url}\"\nscope = \"https://graph.microsoft.com/.default\"\n\
              tenant_id = \"{TENANT_ID}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"{}\"\napi_version = \"beta\"\n\
-             max_backoff_seconds = 2\n\n[collector]\npoll_interval_seconds = {}\nstate_path = \"{}\"\n\n{bus_toml}",
+             max_backoff_seconds = 2\n\n[collector]\npoll_interval_seconds = {}\nstate_path = \"{}\"\n\n\
+             [collector.control]\nlisten = \"127.0.0.1:{collector_port}\"\ntoken_file = \"{}\"\n\n{bus_toml}",
             secret_file.display(),
             options.poll_interval_seconds,
             dir.join("collector.db").display(),
+            token_file.display(),
         );
         let planner = format!(
-            "[planner]\nstate_path = \"{}\"\ndefault_ou = \"{}\"\n{}\n\n[scope]\n{}\n\n[control]\nlisten = \"127.0.0.1:{control_port}\"\ntoken_file = \"{}\"\n\n{bus_toml}",
+            "[planner]\nstate_path = \"{}\"\ndefault_ou = \"{}\"\n{}\n\n[scope]\n{}\n\n[control]\nlisten = \"127.0.0.1:{control_port}\"\ntoken_file = \"{}\"\n\n\
+             [coordination]\ncollector_endpoint = \"http://127.0.0.1:{collector_port}\"\nwriter_endpoints = [\"http://127.0.0.1:{writer_port}\"]\ntoken_file = \"{}\"\n\n{}\n\n{bus_toml}",
             dir.join("planner.db").display(),
             options.target_ou,
             options.planner_toml,
             options.scope_toml,
             token_file.display(),
+            token_file.display(),
+            options.planner_sections,
         );
         let writer = format!(
             "[directory]\nurl = \"{ldap_url}\"\nca_file = \"{ca_file}\"\nbind_dn = \"{bind_dn}\"\nbind_password_file = \"{}\"\nmanaged_ous = [\"{}\"]\n\n\
-             [writer]\nid = \"{namespace}\"\nstatus_interval_seconds = 2\n\n{bus_toml}",
+             [writer]\nid = \"{namespace}\"\nstatus_interval_seconds = 2\ncontrol_listen = \"127.0.0.1:{writer_port}\"\ncontrol_token_file = \"{}\"\n\n{bus_toml}",
             password_file.display(),
             options.target_ou,
+            token_file.display(),
         );
         for (name, text) in [("gwb-planner", planner), ("gwb-writer", writer), ("gwb-collector", collector)] {
             let config = dir.join(format!("{name}.toml"));

@@ -40,13 +40,7 @@ async fn cloud_group_is_written_back_and_follows_the_cloud() -> anyhow::Result<(
     let (_, bob_sid) = ad.create_user(&users_ou, &unique("bob")).await?;
     let before = without_volatile(ad.snapshot_outside(&root).await?);
 
-    let pipeline = Pipeline::start(Options {
-        target_ou: groups_ou.clone(),
-        scope_toml: "security_groups = true".into(),
-        planner_toml: "name_template = \"display_name\"".into(),
-        poll_interval_seconds: 0.5,
-    })
-    .await?;
+    let pipeline = Pipeline::start(Options { planner_toml: "name_template = \"display_name\"".into(), ..Options::new(&groups_ou) }).await?;
     let result = scenario(&ad, &pipeline, &groups_ou, &alice_sid, &bob_sid).await;
     let after = without_volatile(ad.snapshot_outside(&root).await?);
     let logs = pipeline.log_tails();

@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("staging mode: commands are planned and audited, never sent to the writer");
     }
     let outbox = tokio::spawn(publish_outbox(engine.clone(), publisher, outbox_ready.clone(), staging, shutdown.clone()));
-    let server = tokio::spawn(serve_control(listener, engine.clone(), coordinator, control::TokenCheck::new(token), shutdown.clone()));
+    let server = tokio::spawn(serve_control(listener, engine.clone(), coordinator, gwb_proto::auth::TokenCheck::new(token.map(|t| t.expose().to_string())), shutdown.clone()));
     tracing::info!(listen = %config.control.listen, "planner running");
 
     server.await??;
@@ -114,7 +114,7 @@ async fn serve_control(
     listener: tokio::net::TcpListener,
     engine: SharedEngine,
     coordinator: coordination::Coordinator,
-    token: control::TokenCheck,
+    token: gwb_proto::auth::TokenCheck,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

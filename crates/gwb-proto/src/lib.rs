@@ -1,5 +1,7 @@
-//! Wire types of group writeback, generated from `proto/`. Field documentation lives
-//! in the `.proto` files.
+//! Wire types of group writeback, generated from `proto/`, and the control protocol's
+//! token check. Field documentation lives in the `.proto` files.
+
+pub mod auth;
 
 pub mod events {
     pub mod v1 {

@@ -1,3 +1,4 @@
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -51,12 +52,28 @@ pub struct WriterSettings {
     pub dry_run: bool,
     #[serde(default = "default_status_interval")]
     pub status_interval_seconds: u64,
+    /// gRPC `gwb.control.v1.Writer` (pause, resume, state) for the planner.
+    #[serde(default = "default_control_listen")]
+    pub control_listen: SocketAddr,
+    /// Bearer token callers must present (mode 0600); required off loopback.
+    pub control_token_file: Option<PathBuf>,
 }
 
 impl Default for WriterSettings {
     fn default() -> Self {
-        WriterSettings { id: None, partitions: Vec::new(), dry_run: false, status_interval_seconds: default_status_interval() }
+        WriterSettings {
+            id: None,
+            partitions: Vec::new(),
+            dry_run: false,
+            status_interval_seconds: default_status_interval(),
+            control_listen: default_control_listen(),
+            control_token_file: None,
+        }
     }
+}
+
+fn default_control_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50053))
 }
 
 fn default_timeout() -> u64 {

@@ -5,6 +5,7 @@
 //! earlier one.
 
 mod config;
+mod control;
 mod convert;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ struct Shared {
     directory_config: DirectoryConfig,
     publisher: Publisher,
     shutdown: Shutdown,
+    pause: control::PauseSwitch,
+    snapshot: control::DirectorySnapshot,
 }
 
 #[tokio::main]
@@ -67,7 +70,29 @@ async fn main() -> anyhow::Result<()> {
     let publisher = Publisher::connect(config.bus.clone()).await?;
     let topology = publisher.topology().clone();
     let shutdown = shutdown::on_signals();
-    let shared = Arc::new(Shared { writer_id, dry_run: config.writer.dry_run, directory_config, publisher, shutdown: shutdown.clone() });
+    let control_token = match &config.writer.control_token_file {
+        Some(path) => Some(secret::read_secret_file("writer.control_token_file", path)?.expose().to_string()),
+        None => {
+            anyhow::ensure!(
+                config.writer.control_listen.ip().is_loopback(),
+                "writer.control_token_file is required when writer.control_listen ({}) is not a loopback address",
+                config.writer.control_listen
+            );
+            None
+        }
+    };
+    let control_listener = tokio::net::TcpListener::bind(config.writer.control_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("writer.control_listen {}: {e}", config.writer.control_listen))?;
+    let shared = Arc::new(Shared {
+        writer_id,
+        dry_run: config.writer.dry_run,
+        directory_config,
+        publisher,
+        shutdown: shutdown.clone(),
+        pause: control::PauseSwitch::new(),
+        snapshot: Arc::new(std::sync::Mutex::new(cmd_state_default())),
+    });
 
     let partitions: Vec<u16> = if config.writer.partitions.is_empty() {
         (0..topology.partitions()).collect()
@@ -84,11 +109,35 @@ async fn main() -> anyhow::Result<()> {
         })));
     }
     tasks.push(tokio::spawn(report_status(shared.clone(), Duration::from_secs(config.writer.status_interval_seconds.max(1)))));
+    let server = tokio::spawn(serve_control(control_listener, shared.clone(), gwb_proto::auth::TokenCheck::new(control_token)));
     tracing::info!(writer_id = %shared.writer_id, dry_run = shared.dry_run, "writer running");
     for task in tasks {
         task.await?;
     }
+    server.await??;
     tracing::info!("writer stopped");
+    Ok(())
+}
+
+fn cmd_state_default() -> gwb_proto::control::v1::WriterState {
+    gwb_proto::control::v1::WriterState { version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }
+}
+
+async fn serve_control(listener: tokio::net::TcpListener, shared: Arc<Shared>, token: gwb_proto::auth::TokenCheck) -> anyhow::Result<()> {
+    use gwb_proto::control::v1::writer_server::WriterServer;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<WriterServer<control::WriterService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gwb_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let service = control::WriterService { pause: shared.pause.clone(), snapshot: shared.snapshot.clone() };
+    let shutdown = shared.shutdown.clone();
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(WriterServer::with_interceptor(service, move |request| token.check(request)))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move { shutdown.triggered().await })
+        .await?;
     Ok(())
 }
 
@@ -124,6 +173,12 @@ async fn handle_command(shared: Arc<Shared>, directory: Arc<Mutex<Option<Directo
         outcome.status = cmd::OutcomeStatus::DryRun as i32;
         outcome.completed_at_ms = now_ms();
         return finish(&shared, outcome, Disposition::Ack).await;
+    }
+    if shared.pause.reason().is_some() {
+        tokio::select! {
+            _ = shared.pause.wait_until_running() => {}
+            _ = shared.shutdown.triggered() => return Disposition::Requeue,
+        }
     }
     let mut guard = directory.lock().await;
     let mut failures = 0u32;
@@ -253,6 +308,22 @@ async fn report_status(shared: Arc<Shared>, every: Duration) {
                     directory = None;
                 }
             }
+        }
+        status.paused = shared.pause.reason().is_some();
+        if let Ok(mut snapshot) = shared.snapshot.lock() {
+            *snapshot = gwb_proto::control::v1::WriterState {
+                writer_id: status.writer_id.clone(),
+                version: status.version.clone(),
+                paused: status.paused,
+                pause_reason: String::new(),
+                directory_connected: status.directory_connected,
+                detail: status.detail.clone(),
+                has_exchange_schema: status.has_exchange_schema,
+                has_external_directory_object_id: status.has_external_directory_object_id,
+                supports_permissive_modify: status.supports_permissive_modify,
+                missing_ous: status.missing_ous.clone(),
+                dry_run: status.dry_run,
+            };
         }
         let message = Message {
             id: format!("status-{}-{}", shared.writer_id, status.at_ms),

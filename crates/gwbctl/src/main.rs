@@ -55,6 +55,58 @@ enum Command {
     },
     /// Show one group: AD identity, members written and skipped with reasons.
     Group { id: String },
+    /// Override one group's writeback settings (wins over Graph and the scope rules).
+    SetGroup {
+        id: String,
+        /// Write this group back.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Do not write this group back (what happens to its AD group follows on_leave_scope).
+        #[arg(long)]
+        disable: bool,
+        /// Target type: security, distribution or mail-enabled-security.
+        #[arg(long = "type", value_enum)]
+        target_type: Option<Target>,
+        /// Target OU (a DN inside the writer's managed OUs).
+        #[arg(long)]
+        ou: Option<String>,
+        /// Remove every override of this group.
+        #[arg(long, conflicts_with_all = ["enable", "disable", "target_type", "ou"])]
+        clear: bool,
+    },
+    /// Show what would be sent to AD for a group now, without sending it.
+    Preview { id: String },
+    /// Ask the collector for a delta round now (--full: read everything again).
+    Sync {
+        #[arg(long)]
+        full: bool,
+    },
+    /// Stop the writers applying commands (they wait in RabbitMQ).
+    Pause {
+        #[arg(long, default_value = "paused by the operator")]
+        reason: String,
+    },
+    /// Let the writers apply commands again.
+    Resume,
+    /// Deletions held by the deletion threshold.
+    Held,
+    /// Carry out held deletions (all, or the listed groups).
+    Approve { ids: Vec<String> },
+    /// Drop held deletions (all, or the listed groups); their AD groups are kept.
+    Discard { ids: Vec<String> },
+    /// Every AD change planned for a group, with cause and result.
+    Audit {
+        id: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    Security,
+    Distribution,
+    MailEnabledSecurity,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -164,8 +216,144 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             let detail = client.get_group(pb::GetGroupRequest { id: id.clone() }).await?.into_inner();
             print_group(&detail, cli.json);
         }
+        Command::SetGroup { id, enable, disable, target_type, ou, clear } => {
+            if !(*enable || *disable || target_type.is_some() || ou.is_some() || *clear) {
+                return Err(Failure { code: 2, message: "say what to change: --enable, --disable, --type, --ou or --clear".into() });
+            }
+            let target_type = match target_type {
+                None => pb::TargetType::Unspecified,
+                Some(Target::Security) => pb::TargetType::UniversalSecurity,
+                Some(Target::Distribution) => pb::TargetType::UniversalDistribution,
+                Some(Target::MailEnabledSecurity) => pb::TargetType::UniversalMailEnabledSecurity,
+            };
+            let request = pb::SetGroupWritebackRequest {
+                id: id.clone(),
+                enabled: if *enable { Some(true) } else if *disable { Some(false) } else { None },
+                target_type: target_type as i32,
+                ou: ou.clone().unwrap_or_default(),
+                clear: *clear,
+            };
+            let detail = client.set_group_writeback(request).await?.into_inner();
+            print_group(&detail, cli.json);
+        }
+        Command::Preview { id } => {
+            let plan = client.preview_group(pb::PreviewGroupRequest { id: id.clone() }).await?.into_inner();
+            print_plan(&plan, cli.json);
+        }
+        Command::Sync { full } => {
+            let response = if *full {
+                client.full_resync(pb::FullResyncRequest {}).await?
+            } else {
+                client.sync_now(pb::SyncNowRequest {}).await?
+            };
+            print_lines(&response.into_inner().results, cli.json);
+        }
+        Command::Pause { reason } => {
+            let response = client.pause_writer(pb::PauseWriterRequest { reason: reason.clone() }).await?;
+            print_lines(&response.into_inner().results, cli.json);
+        }
+        Command::Resume => {
+            let response = client.resume_writer(pb::ResumeWriterRequest {}).await?;
+            print_lines(&response.into_inner().results, cli.json);
+        }
+        Command::Held => {
+            let held = client.list_held_deletions(pb::ListHeldDeletionsRequest {}).await?.into_inner();
+            print_held(&held, cli.json);
+        }
+        Command::Approve { ids } | Command::Discard { ids } => {
+            let approve = matches!(cli.command, Command::Approve { .. });
+            let request = pb::DeletionDecisionRequest { group_ids: ids.clone() };
+            let response = if approve { client.approve_deletions(request).await? } else { client.discard_deletions(request).await? };
+            let affected = response.into_inner().affected;
+            if cli.json {
+                print_json(json!({ "affected": affected }));
+            } else if approve {
+                println!("{affected} held deletion(s) approved: the AD groups are being deleted.");
+            } else {
+                println!("{affected} held deletion(s) discarded: the AD groups are kept, frozen.");
+            }
+        }
+        Command::Audit { id, limit } => {
+            let audit = client.list_audit(pb::ListAuditRequest { group_id: id.clone(), limit: *limit }).await?.into_inner();
+            print_audit(&audit, cli.json);
+        }
     }
     Ok(())
+}
+
+fn print_lines(lines: &[String], as_json: bool) {
+    if as_json {
+        print_json(json!({ "results": lines }));
+    } else {
+        for line in lines {
+            println!("{line}");
+        }
+    }
+}
+
+fn print_plan(plan: &pb::GroupPlan, as_json: bool) {
+    if as_json {
+        print_json(json!({
+            "id": plan.id, "decision": plan.decision, "reason": plan.reason, "target_type": plan.target_type, "dn": plan.dn,
+            "sam_account_name_candidates": plan.sam_account_name_candidates,
+            "commands": plan.commands.iter().map(|c| json!({"kind": c.kind, "detail": c.detail})).collect::<Vec<_>>(),
+            "members_to_write": plan.members_to_write,
+            "members_skipped": plan.members_skipped.iter().map(|m| json!({"member_id": m.member_id, "kind": m.kind, "reason": m.reason})).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    println!("Group:      {}", plan.id);
+    println!("Decision:   {} — {}", plan.decision, plan.reason);
+    if plan.decision == "write" {
+        println!("DN:         {}", plan.dn);
+        println!("Type:       {}", plan.target_type);
+        println!("sAMAccount: {}", plan.sam_account_name_candidates.join(" | "));
+        println!("Members:    {} to write, {} skipped", plan.members_to_write, plan.members_skipped.len());
+    }
+    if plan.commands.is_empty() {
+        println!("\nNothing to send: AD already has (or has been sent) this state.");
+    } else {
+        println!("\nCommands that would be sent now:");
+        for command in &plan.commands {
+            println!("  {:<15} {}", command.kind, command.detail);
+        }
+    }
+    for member in &plan.members_skipped {
+        println!("  skipped {:<36} {:<8} {}", member.member_id, member.kind, member.reason);
+    }
+}
+
+fn print_held(held: &pb::ListHeldDeletionsResponse, as_json: bool) {
+    if as_json {
+        print_json(json!({
+            "threshold_reason": held.threshold_reason,
+            "deletions": held.deletions.iter().map(|d| json!({"group_id": d.group_id, "display_name": d.display_name, "ad_dn": d.ad_dn, "reason": d.reason, "held_at_ms": d.held_at_ms})).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    if held.deletions.is_empty() {
+        println!("No deletions are held.");
+        return;
+    }
+    println!("{} deletion(s) held: {}\n", held.deletions.len(), held.threshold_reason);
+    println!("{:<36}  {:<30} AD DN", "ID", "NAME");
+    for deletion in &held.deletions {
+        println!("{:<36}  {:<30} {}", deletion.group_id, truncate(&deletion.display_name, 30), deletion.ad_dn);
+    }
+    println!("\nDecide: gwbctl approve [ID…]  or  gwbctl discard [ID…]");
+}
+
+fn print_audit(audit: &pb::ListAuditResponse, as_json: bool) {
+    if as_json {
+        print_json(json!({
+            "entries": audit.entries.iter().map(|e| json!({"at_ms": e.at_ms, "command_id": e.command_id, "kind": e.kind, "result": e.result, "cause": e.cause, "detail": e.detail})).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    println!("{:<14} {:<15} {:<9} {:<50} DETAIL", "AT (unix ms)", "KIND", "RESULT", "CAUSE");
+    for entry in &audit.entries {
+        println!("{:<14} {:<15} {:<9} {:<50} {}", entry.at_ms, entry.kind, entry.result, truncate(&entry.cause, 50), entry.detail);
+    }
 }
 
 fn print_json(value: Value) {
