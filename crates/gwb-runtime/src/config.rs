@@ -12,6 +12,10 @@ use toml::{Table, Value};
 
 pub const ENV_PREFIX: &str = "GWB_";
 
+/// The variable naming the config file itself (the services' `--config`). It shares
+/// the prefix but is not a setting, so the overlay skips it.
+pub const CONFIG_PATH_ENV: &str = "GWB_CONFIG";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -49,7 +53,7 @@ pub fn load_with_env<T: DeserializeOwned>(
     };
     let mut env: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name != CONFIG_PATH_ENV)
         .collect();
     // Deterministic order, so the outcome never depends on the environment's order.
     env.sort();
@@ -178,7 +182,7 @@ mod tests {
         let got: Sample = load_with_env(None, env(&[("GWB_NAME", "contoso.com"), ("GWB_INNER__TAGS", r#"["a","b"]"#)])).ok().unwrap_or_else(|| panic!("load"));
         assert_eq!(got.name, "contoso.com");
         assert_eq!(got.inner.tags, vec!["a", "b"]);
-        let defaults: Sample = load_with_env(None, env(&[("OTHER", "x")])).ok().unwrap_or_else(|| panic!("load"));
+        let defaults: Sample = load_with_env(None, env(&[("OTHER", "x"), (CONFIG_PATH_ENV, "/etc/gwb/x.toml")])).ok().unwrap_or_else(|| panic!("load"));
         assert_eq!(defaults.name, "default");
     }
 
