@@ -39,6 +39,9 @@ fi
 
 start=$(date +%s)
 scripts/ensure-rabbitmq.sh
+# Every run starts from a fresh lab domain and tenant, so what you see is this run's.
+stop_services
+scripts/lab-ad.sh down demo >/dev/null 2>&1 || true
 scripts/lab-ad.sh up demo >/dev/null
 set -a; . "$(scripts/lab-ad.sh env demo)"; set +a
 
