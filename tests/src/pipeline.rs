@@ -42,6 +42,8 @@ pub struct Options {
     pub planner_toml: String,
     /// Extra planner sections (e.g. `[deletion]`), appended verbatim.
     pub planner_sections: String,
+    /// OU for groups moved away (`move` actions); also managed by the writer.
+    pub retired_ou: Option<String>,
     pub poll_interval_seconds: f64,
 }
 
@@ -53,6 +55,7 @@ impl Options {
             scope_toml: "security_groups = true".into(),
             planner_toml: String::new(),
             planner_sections: String::new(),
+            retired_ou: None,
             poll_interval_seconds: 0.5,
         }
     }
@@ -122,10 +125,11 @@ impl Pipeline {
             token_file.display(),
         );
         let planner = format!(
-            "[planner]\nstate_path = \"{}\"\ndefault_ou = \"{}\"\n{}\n\n[scope]\n{}\n\n[control]\nlisten = \"127.0.0.1:{control_port}\"\ntoken_file = \"{}\"\n\n\
+            "[planner]\nstate_path = \"{}\"\ndefault_ou = \"{}\"\n{}{}\n\n[scope]\n{}\n\n[control]\nlisten = \"127.0.0.1:{control_port}\"\ntoken_file = \"{}\"\n\n\
              [coordination]\ncollector_endpoint = \"http://127.0.0.1:{collector_port}\"\nwriter_endpoints = [\"http://127.0.0.1:{writer_port}\"]\ntoken_file = \"{}\"\n\n{}\n\n{bus_toml}",
             dir.join("planner.db").display(),
             options.target_ou,
+            options.retired_ou.as_ref().map(|ou| format!("retired_ou = \"{ou}\"\n")).unwrap_or_default(),
             options.planner_toml,
             options.scope_toml,
             token_file.display(),
@@ -133,17 +137,15 @@ impl Pipeline {
             options.planner_sections,
         );
         let writer = format!(
-            "[directory]\nurl = \"{ldap_url}\"\nca_file = \"{ca_file}\"\nbind_dn = \"{bind_dn}\"\nbind_password_file = \"{}\"\nmanaged_ous = [\"{}\"]\n\n\
+            "[directory]\nurl = \"{ldap_url}\"\nca_file = \"{ca_file}\"\nbind_dn = \"{bind_dn}\"\nbind_password_file = \"{}\"\nmanaged_ous = [{}]\n\n\
              [writer]\nid = \"{namespace}\"\nstatus_interval_seconds = 2\ncontrol_listen = \"127.0.0.1:{writer_port}\"\ncontrol_token_file = \"{}\"\n\n{bus_toml}",
             password_file.display(),
-            options.target_ou,
+            std::iter::once(&options.target_ou).chain(options.retired_ou.as_ref()).map(|ou| format!("\"{ou}\"")).collect::<Vec<_>>().join(", "),
             token_file.display(),
         );
         for (name, text) in [("gwb-planner", planner), ("gwb-writer", writer), ("gwb-collector", collector)] {
-            let config = dir.join(format!("{name}.toml"));
-            std::fs::write(&config, text)?;
-            let child = spawn(name, &dir, Command::new(binary(name)?).arg("--config").arg(&config))?;
-            children.push((name.to_string(), child));
+            std::fs::write(dir.join(format!("{name}.toml")), text)?;
+            children.push((name.to_string(), spawn_service(name, &dir)?));
         }
         let pipeline = Pipeline { dir, sim: sim_admin, sim_url, bus, control_endpoint, token_file, children };
         pipeline
@@ -154,6 +156,27 @@ impl Pipeline {
             })
             .await?;
         Ok(pipeline)
+    }
+
+    /// Kills one service (SIGKILL: no clean shutdown) and starts it again with the same
+    /// configuration and state.
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self.children.iter().position(|(n, _)| n == name).with_context(|| format!("no service {name}"))?;
+        let child = &mut self.children[index].1;
+        child.kill().await?;
+        child.wait().await?;
+        let previous = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        std::fs::write(self.dir.join(format!("{name}.previous.log")), previous)?;
+        self.children[index].1 = spawn_service(name, &self.dir)?;
+        if name == "gwb-planner" {
+            self.eventually("the restarted planner answers", Duration::from_secs(30), || async {
+                let out = self.gwbctl(&["status"]).await?;
+                anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Runs gwbctl against this pipeline's planner with its token.
@@ -231,6 +254,10 @@ impl Pipeline {
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
     }
+}
+
+fn spawn_service(name: &str, dir: &Path) -> anyhow::Result<Child> {
+    spawn(name, dir, Command::new(binary(name)?).arg("--config").arg(dir.join(format!("{name}.toml"))))
 }
 
 fn spawn(name: &str, dir: &Path, command: &mut Command) -> anyhow::Result<Child> {
