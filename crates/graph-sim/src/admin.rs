@@ -14,6 +14,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::app::{App, lock, read, write};
+use crate::assertion::RegisteredCertificate;
 use crate::config::SettingsPatch;
 use crate::errors::{ApiError, RequestIds, json_response};
 use crate::faults::FaultRule;
@@ -24,7 +25,6 @@ use crate::model::{
 use crate::schema::Resource;
 use crate::store::{Tenant, parse_id};
 use crate::subscriptions;
-use crate::assertion::RegisteredCertificate;
 
 const JSON: &str = "application/json";
 

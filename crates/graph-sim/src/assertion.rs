@@ -98,7 +98,8 @@ pub fn validate(
     now_secs: u64,
 ) -> Result<(), Refusal> {
     let mut parts = jwt.split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(malformed("A JWS has three dot-separated parts."));
     };
@@ -165,7 +166,10 @@ pub fn validate(
             "Client assertion application identifier doesn't match 'client_id' parameter.",
         ));
     }
-    if !audiences.iter().any(|a| a.eq_ignore_ascii_case(claim("aud"))) {
+    if !audiences
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(claim("aud")))
+    {
         return Err(refuse(
             700_212,
             format!(
@@ -179,7 +183,11 @@ pub fn validate(
     }
     let exp = number(&claims, "exp")?;
     let nbf = claims.get("nbf").and_then(Value::as_u64).unwrap_or(0);
-    let start = claims.get("iat").and_then(Value::as_u64).unwrap_or(nbf).max(nbf);
+    let start = claims
+        .get("iat")
+        .and_then(Value::as_u64)
+        .unwrap_or(nbf)
+        .max(nbf);
     if exp + SKEW_SECS < now_secs || nbf > now_secs + SKEW_SECS {
         return Err(refuse(
             700_024,

@@ -9,7 +9,6 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::assertion::RegisteredCertificate;
-use crate::subscriptions::SubscriptionView;
 use crate::config::{Settings, SettingsPatch};
 use crate::faults::FaultRule;
 use crate::model::{
@@ -17,6 +16,7 @@ use crate::model::{
     MembersMutation, NewDirectoryObject, NewGroup, NewUser, ObjectMutation, Seed, SeedResult,
     Stats, UserFields, UserMutation, UserView,
 };
+use crate::subscriptions::SubscriptionView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {

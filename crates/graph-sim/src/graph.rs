@@ -81,7 +81,8 @@ impl LinkBase {
         };
         let current = format!(
             "{base}{}",
-            uri.path_and_query().map_or_else(|| uri.path(), |p| p.as_str())
+            uri.path_and_query()
+                .map_or_else(|| uri.path(), |p| p.as_str())
         );
         LinkBase {
             base,

@@ -14,8 +14,8 @@ use crate::app::{App, lock};
 use crate::auth;
 use crate::errors::{ApiError, RequestIds};
 use crate::graph;
-use crate::subscriptions;
 use crate::schema::{ApiVersion, Resource};
+use crate::subscriptions;
 
 /// Admin bodies (seeds) can be large; Graph requests have none worth limiting.
 const BODY_LIMIT: usize = 512 * 1024 * 1024;

@@ -42,10 +42,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use assertion::RegisteredCertificate;
 pub use client::{AdminClient, AdminError};
 pub use config::{PagingConfig, Settings, SettingsPatch, SimConfig};
-pub use assertion::RegisteredCertificate;
-pub use subscriptions::SubscriptionView;
 pub use faults::{ErrorVariant, FaultKind, FaultMatch, FaultRule};
 pub use model::{
     Committed, GenerateResult, GenerateSpec, GeneratedGroupKind, GroupFields, GroupMutation,
@@ -53,6 +52,7 @@ pub use model::{
     ObjectCounts, ObjectKind, ObjectMutation, ObjectState, RequestCount, Seed, SeedResult, Stats,
     UserFields, UserMutation, UserView, WritebackConfiguration,
 };
+pub use subscriptions::SubscriptionView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -27,7 +27,11 @@ struct Args {
     #[arg(long, env = "GRAPH_SIM_CLIENT_SECRET_FILE")]
     client_secret_file: PathBuf,
     /// PEM certificate registered on the app for client assertions (repeatable).
-    #[arg(long = "client-certificate-file", env = "GRAPH_SIM_CLIENT_CERTIFICATE_FILE", value_delimiter = ',')]
+    #[arg(
+        long = "client-certificate-file",
+        env = "GRAPH_SIM_CLIENT_CERTIFICATE_FILE",
+        value_delimiter = ','
+    )]
     client_certificate_files: Vec<PathBuf>,
     /// JSON tenant (users, groups, objects) loaded before serving.
     #[arg(long, env = "GRAPH_SIM_SEED")]

@@ -929,7 +929,8 @@ impl Tenant {
                 schema::cloud_sid(&id).into(),
             );
             o.set(schema::GROUP_CREATED, created.clone().into());
-            o.members.extend(user_idx.iter().take(size as usize).copied());
+            o.members
+                .extend(user_idx.iter().take(size as usize).copied());
             memberships += o.members.len();
             self.insert(o);
             group_ids.push(id);

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::{Extension, Json};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -301,13 +301,19 @@ async fn handshake(app: &App, url: &str) -> Result<(), String> {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/plain"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/plain")
+        });
     let body = response.text().await.unwrap_or_default();
     if status != reqwest::StatusCode::OK {
         return Err(format!("{url} answered {status} to the validation request"));
     }
     if !text_plain {
-        return Err(format!("{url} did not answer the validation request with text/plain"));
+        return Err(format!(
+            "{url} did not answer the validation request with text/plain"
+        ));
     }
     if body != token {
         return Err(format!("{url} did not echo the validation token"));
@@ -326,11 +332,13 @@ fn validation_failed(message: String) -> ApiError {
 }
 
 fn parse_expiration(value: Option<&Value>) -> Result<u64, ApiError> {
-    let text = value.and_then(Value::as_str).ok_or_else(|| {
-        ApiError::bad_request("expirationDateTime is required (ISO 8601, UTC)")
-    })?;
+    let text = value
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("expirationDateTime is required (ISO 8601, UTC)"))?;
     let ms = time::parse_iso8601(text).ok_or_else(|| {
-        ApiError::bad_request(format!("expirationDateTime '{text}' is not an ISO 8601 date"))
+        ApiError::bad_request(format!(
+            "expirationDateTime '{text}' is not an ISO 8601 date"
+        ))
     })?;
     let now = time::now_ms();
     if ms <= now {
@@ -361,8 +369,8 @@ fn graph_reply(status: StatusCode, body: &Value) -> Response {
     json_response(status, body, GRAPH_JSON)
 }
 
-fn authorized(app: &App, headers: &HeaderMap, ids: &RequestIds) -> Result<(), Response> {
-    auth::check_bearer(app, headers).map_err(|m| auth::unauthorized(m, ids))
+fn authorized(app: &App, headers: &HeaderMap, ids: &RequestIds) -> Result<(), Box<Response>> {
+    auth::check_bearer(app, headers).map_err(|m| Box::new(auth::unauthorized(m, ids)))
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -381,13 +389,16 @@ pub async fn create(
     body: Bytes,
 ) -> Response {
     if let Err(r) = authorized(&app, &headers, &ids) {
-        return r;
+        return *r;
     }
     match create_inner(&app, &body).await {
         Ok(sub) => {
             tracing::info!(subscription = %sub.id, resource = %sub.resource, "subscription created");
             let mut v = sub.to_graph(&app);
-            v["@odata.context"] = json!(format!("{}/v1.0/$metadata#subscriptions/$entity", app_base(&headers, &app)));
+            v["@odata.context"] = json!(format!(
+                "{}/v1.0/$metadata#subscriptions/$entity",
+                app_base(&headers, &app)
+            ));
             graph_reply(StatusCode::CREATED, &v)
         }
         Err(e) => e.into_graph_response(&ids),
@@ -439,7 +450,10 @@ async fn create_inner(app: &App, body: &Bytes) -> Result<Subscription, ApiError>
         check_url("lifecycleNotificationUrl", l)?;
     }
     let client_state = field("clientState").map(str::to_owned);
-    if client_state.as_ref().is_some_and(|c| c.chars().count() > 128) {
+    if client_state
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > 128)
+    {
         return Err(ApiError::bad_request(
             "clientState must be at most 128 characters",
         ));
@@ -454,7 +468,9 @@ async fn create_inner(app: &App, body: &Bytes) -> Result<Subscription, ApiError>
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "ExtensionError",
-            format!("The subscription quota of {MAX_PER_APP} per application and tenant is used up."),
+            format!(
+                "The subscription quota of {MAX_PER_APP} per application and tenant is used up."
+            ),
         ));
     }
     handshake(app, &notification_url)
@@ -486,7 +502,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorized(&app, &headers, &ids) {
-        return r;
+        return *r;
     }
     let subs = lock(&app.subscriptions).active();
     let value: Vec<Value> = subs.iter().map(|s| s.to_graph(&app)).collect();
@@ -501,7 +517,7 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorized(&app, &headers, &ids) {
-        return r;
+        return *r;
     }
     let found = Uuid::parse_str(&id)
         .ok()
@@ -522,7 +538,7 @@ pub async fn renew(
     body: Bytes,
 ) -> Response {
     if let Err(r) = authorized(&app, &headers, &ids) {
-        return r;
+        return *r;
     }
     let result = serde_json::from_slice::<Value>(&body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
@@ -551,7 +567,7 @@ pub async fn reauthorize(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorized(&app, &headers, &ids) {
-        return r;
+        return *r;
     }
     let mut subs = lock(&app.subscriptions);
     match Uuid::parse_str(&id).ok().and_then(|u| subs.get(u)) {
@@ -571,7 +587,7 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorized(&app, &headers, &ids) {
-        return r;
+        return *r;
     }
     let removed = Uuid::parse_str(&id).ok().and_then(|u| {
         let mut subs = lock(&app.subscriptions);
@@ -622,7 +638,6 @@ pub async fn admin_list(State(app): State<Arc<App>>) -> Response {
     Json(views).into_response()
 }
 
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct LifecycleRequest {
@@ -659,8 +674,10 @@ pub async fn admin_lifecycle(
         request.lifecycle_event.as_str(),
         "reauthorizationRequired" | "subscriptionRemoved" | "missed"
     ) {
-        return ApiError::bad_request("lifecycleEvent must be reauthorizationRequired, subscriptionRemoved or missed")
-            .into_graph_response(&ids);
+        return ApiError::bad_request(
+            "lifecycleEvent must be reauthorizationRequired, subscriptionRemoved or missed",
+        )
+        .into_graph_response(&ids);
     }
     let sub = {
         let mut subs = lock(&app.subscriptions);
@@ -698,8 +715,14 @@ mod tests {
         let id = Uuid::new_v4();
         assert_eq!(parse_resource("/groups"), Some(Target::AllGroups));
         assert_eq!(parse_resource("users"), Some(Target::AllUsers));
-        assert_eq!(parse_resource(&format!("/groups/{id}/members")), Some(Target::GroupMembers(id)));
-        assert_eq!(parse_resource(&format!("/users/{id}")), Some(Target::User(id)));
+        assert_eq!(
+            parse_resource(&format!("/groups/{id}/members")),
+            Some(Target::GroupMembers(id))
+        );
+        assert_eq!(
+            parse_resource(&format!("/users/{id}")),
+            Some(Target::User(id))
+        );
         assert_eq!(parse_resource("/me/messages"), None);
     }
 }

@@ -73,7 +73,12 @@ pub fn parse_iso8601(s: &str) -> Option<u64> {
     let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     // Howard Hinnant's days-from-civil algorithm.
@@ -96,7 +101,8 @@ pub fn parse_iso8601(s: &str) -> Option<u64> {
         "Z" | "z" => 0,
         tz => {
             let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (tz.get(1..3)?.parse::<i64>().ok()? * 3600 + tz.get(4..6)?.parse::<i64>().ok()? * 60)
+            sign * (tz.get(1..3)?.parse::<i64>().ok()? * 3600
+                + tz.get(4..6)?.parse::<i64>().ok()? * 60)
         }
     };
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
@@ -159,9 +165,18 @@ mod tests {
 
     #[test]
     fn parses_iso8601() {
-        assert_eq!(parse_iso8601("2024-05-01T12:34:56Z"), Some(1_714_566_896_000));
-        assert_eq!(parse_iso8601("2000-02-29T00:00:00.5Z"), Some(951_782_400_500));
-        assert_eq!(parse_iso8601("2024-05-01T14:34:56+02:00"), Some(1_714_566_896_000));
+        assert_eq!(
+            parse_iso8601("2024-05-01T12:34:56Z"),
+            Some(1_714_566_896_000)
+        );
+        assert_eq!(
+            parse_iso8601("2000-02-29T00:00:00.5Z"),
+            Some(951_782_400_500)
+        );
+        assert_eq!(
+            parse_iso8601("2024-05-01T14:34:56+02:00"),
+            Some(1_714_566_896_000)
+        );
         assert_eq!(parse_iso8601("2024-13-01T00:00:00Z"), None);
     }
 

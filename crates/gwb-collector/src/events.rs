@@ -46,7 +46,7 @@ fn user_upsert(user: UserChange) -> pb::UserUpsert {
 }
 
 fn group_upsert(group: GroupChange) -> pb::GroupUpsert {
-    let writeback_configuration = group.has_writeback_configuration.then(|| pb::WritebackConfiguration {
+    let writeback_configuration = group.has_writeback_configuration.then_some(pb::WritebackConfiguration {
         is_enabled: group.writeback_enabled,
         on_premises_group_type: group.writeback_group_type,
     });

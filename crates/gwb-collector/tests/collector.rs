@@ -289,7 +289,7 @@ async fn lost_delta_token_410_or_sync_state_codes_runs_a_full_round() {
     t.wait_for("a third full groups round after ResyncRequired", |e| completed(e, ev::Resource::Groups, true) >= 3).await;
     // Each full round carries every group again, so the planner can sweep.
     let events = t.snapshot();
-    let last = boundaries(&events, true).into_iter().filter(|(_, r, f)| *r == resource(ev::Resource::Groups) && *f).last().unwrap();
+    let last = boundaries(&events, true).into_iter().rfind(|(_, r, f)| *r == resource(ev::Resource::Groups) && *f).unwrap();
     assert_eq!(groups_in_round(&events, &last.0).len(), groups.len());
     running.stop().await.unwrap();
     t.finish().await;

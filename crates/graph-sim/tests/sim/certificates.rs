@@ -54,8 +54,13 @@ fn sign(header: &Value, claims: &Value, key_pem: &str) -> String {
     } else {
         &RSA_PSS_SHA256
     };
-    key.sign(alg, &ring::rand::SystemRandom::new(), input.as_bytes(), &mut sig)
-        .unwrap();
+    key.sign(
+        alg,
+        &ring::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
@@ -119,7 +124,12 @@ async fn assertions_are_refused_like_entra_refuses_them() {
     // Signed by another key while naming the registered certificate.
     let (status, body) = present(&s, &sign(&ps256_header(CERT), &claims(&s), OTHER_KEY)).await;
     assert_eq!((status, aadsts(&body)), (401, 700_027), "{body}");
-    assert!(body["error_description"].as_str().unwrap().contains("signature"));
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("signature")
+    );
 
     // A certificate that is not registered.
     let (status, body) =
@@ -146,7 +156,11 @@ async fn assertions_are_refused_like_entra_refuses_them() {
     let mut c = claims(&s);
     c["exp"] = json!(now() + 3600);
     let (status, body) = present(&s, &sign(&ps256_header(CERT), &c, KEY)).await;
-    assert_eq!((status, aadsts(&body)), (401, 700_024), "lifetime over 10 min: {body}");
+    assert_eq!(
+        (status, aadsts(&body)),
+        (401, 700_024),
+        "lifetime over 10 min: {body}"
+    );
 
     // Tampered payload: the signature no longer matches.
     let good = sign(&ps256_header(CERT), &claims(&s), KEY);

@@ -822,7 +822,10 @@ async fn generator_adds_a_large_group_beyond_the_user_count() {
         })
         .await
         .unwrap();
-    assert_eq!((r.users, r.groups, r.memberships), (2_500, 11, 10 * 5 + 2_500));
+    assert_eq!(
+        (r.users, r.groups, r.memberships),
+        (2_500, 11, 10 * 5 + 2_500)
+    );
     let round = s
         .round(&s.url("/v1.0/groups/delta?$select=displayName,members"))
         .await;

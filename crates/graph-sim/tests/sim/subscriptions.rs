@@ -34,7 +34,11 @@ async fn receive(
         if !r.echo {
             return (StatusCode::OK, "wrong").into_response();
         }
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], token.clone())
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain")],
+            token.clone(),
+        )
             .into_response();
     }
     r.received
@@ -122,14 +126,26 @@ async fn subscription_is_created_only_after_both_urls_pass_the_validation_handsh
     assert_eq!(created["resource"], "/groups");
     assert_eq!(created["clientState"], "s3cret-state");
     let validations = r.validations.lock().unwrap().clone();
-    assert_eq!(validations.len(), 2, "notification and lifecycle URL are validated");
-    assert!(validations[0].contains(' '), "the token arrives URL-decoded");
+    assert_eq!(
+        validations.len(),
+        2,
+        "notification and lifecycle URL are validated"
+    );
+    assert!(
+        validations[0].contains(' '),
+        "the token arrives URL-decoded"
+    );
 
     let (bad_url, _) = receiver(false).await;
     let resp = subscribe(&s, request(&bad_url, "/groups", in_minutes(60))).await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("validation"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("validation")
+    );
 
     let resp = subscribe(&s, request(&url, "/groups", in_minutes(41_761))).await;
     assert_eq!(resp.status(), 400, "over 41,760 minutes");
@@ -201,12 +217,13 @@ async fn changes_notify_the_callback_with_client_state_until_deleted() {
         .await
         .unwrap();
     assert_eq!(deleted.status(), 204);
-    s.admin
-        .create_group(&NewGroup::default())
-        .await
-        .unwrap();
+    s.admin.create_group(&NewGroup::default()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(r.received.lock().unwrap().len(), 2, "no notification after DELETE");
+    assert_eq!(
+        r.received.lock().unwrap().len(),
+        2,
+        "no notification after DELETE"
+    );
 }
 
 #[tokio::test]
@@ -225,17 +242,32 @@ async fn expired_subscriptions_stop_and_lifecycle_notifications_reach_the_lifecy
         .await
         .unwrap();
     let long_id: uuid::Uuid = long["id"].as_str().unwrap().parse().unwrap();
-    assert!(s.admin.send_lifecycle_notification(long_id, "reauthorizationRequired").await.unwrap());
+    assert!(
+        s.admin
+            .send_lifecycle_notification(long_id, "reauthorizationRequired")
+            .await
+            .unwrap()
+    );
     let lifecycle = r.received.lock().unwrap()[0].clone();
-    assert_eq!(lifecycle["value"][0]["lifecycleEvent"], "reauthorizationRequired");
+    assert_eq!(
+        lifecycle["value"][0]["lifecycleEvent"],
+        "reauthorizationRequired"
+    );
     assert_eq!(lifecycle["value"][0]["clientState"], "s3cret-state");
     let views = s.admin.subscriptions().await.unwrap();
-    assert!(views.iter().any(|v| v.id == long_id && v.reauthorization_required));
+    assert!(
+        views
+            .iter()
+            .any(|v| v.id == long_id && v.reauthorization_required)
+    );
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let gone = s
         .http
-        .get(s.url(&format!("/v1.0/subscriptions/{}", short["id"].as_str().unwrap())))
+        .get(s.url(&format!(
+            "/v1.0/subscriptions/{}",
+            short["id"].as_str().unwrap()
+        )))
         .bearer_auth(&s.token)
         .send()
         .await
@@ -246,5 +278,9 @@ async fn expired_subscriptions_stop_and_lifecycle_notifications_reach_the_lifecy
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(r.received.lock().unwrap().len(), 1, "no user notification after expiry");
+    assert_eq!(
+        r.received.lock().unwrap().len(),
+        1,
+        "no user notification after expiry"
+    );
 }
