@@ -116,3 +116,69 @@ mod tests {
         assert_eq!(sam_account_name_candidates("x", ID), sam_account_name_candidates("x", ID));
     }
 }
+
+#[cfg(test)]
+mod hostile_names {
+    use super::*;
+    use crate::escape::{dn_value, filter_value};
+
+    const ID: &str = "0d6a8e1c-1111-2222-3333-444455556666";
+
+    /// Display names an attacker (or an unlucky user) can give a cloud group.
+    const HOSTILE: &[&str] = &[
+        "Domain Admins",
+        "Enterprise Admins",
+        "Administrators",
+        "krbtgt",
+        ",+\"\\<>;=",
+        "#leading hash",
+        " leading and trailing spaces ",
+        "trailing.",
+        "NUL\0inside",
+        "tab\tand\nnewline\r",
+        "\u{202e}right-to-left override",
+        "שלום עולם",
+        "emoji 🚀🔥 group",
+        "e\u{301}\u{302}\u{303} combining",
+        "*)(objectClass=*",
+        "admin)(|(cn=*",
+        "\\2a escaped star",
+        "CN=Evil,OU=x,DC=lab",
+        "",
+        "   ",
+        "@@@@",
+        "very long ",
+    ];
+
+    #[test]
+    fn every_hostile_name_yields_bounded_escaped_deterministic_names() {
+        let long = "x".repeat(300);
+        let names: Vec<&str> = HOSTILE.iter().copied().chain(std::iter::once(long.as_str())).collect();
+        for name in names {
+            for template in [NameTemplate::ObjectId, NameTemplate::DisplayName] {
+                let cn = cn(template, name, ID);
+                assert!(cn.chars().count() <= CN_MAX_CHARS, "{name:?}: {cn:?}");
+                assert!(!cn.chars().any(char::is_control), "{name:?}: {cn:?}");
+                assert!(!cn.trim().is_empty(), "{name:?}");
+                // The CN always ends with (part of) the objectId: it can never equal
+                // a well-known name such as "Domain Admins".
+                assert!(cn.ends_with(&ID[ID.len() - 12..]), "{name:?}: {cn:?}");
+                let escaped = dn_value(&cn);
+                assert!(!escaped.starts_with('#') && !escaped.starts_with(' '), "{escaped:?}");
+                for special in [",", "+", "\"", "<", ">", ";", "="] {
+                    assert_eq!(escaped.matches(special).count(), escaped.matches(&format!("\\{special}")).count(), "{escaped:?}");
+                }
+                assert_eq!(cn, super::cn(template, name, ID), "not deterministic");
+            }
+            let sams = sam_account_name_candidates(name, ID);
+            assert!(!sams.is_empty());
+            for sam in &sams {
+                assert!(sam.chars().count() <= SAM_MAX_CHARS, "{sam:?}");
+                assert!(sam.chars().all(sam_allowed), "{sam:?}");
+                assert!(!sam.ends_with('.') && sam.trim() == sam, "{sam:?}");
+            }
+            let filter = filter_value(name);
+            assert!(!filter.contains('*') && !filter.contains('(') && !filter.contains(')') && !filter.contains('\0'), "{filter:?}");
+        }
+    }
+}

@@ -1097,3 +1097,187 @@ fn spec_message(spec: &GroupSpec) -> cmd::GroupSpec {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gwb_core::naming::NameTemplate;
+
+    const SID: &str = "S-1-5-21-1-2-3-";
+
+    fn engine(threshold: DeletionThreshold) -> Engine {
+        let db = crate::store::open(std::path::Path::new(":memory:")).unwrap();
+        let policy = PolicySettings {
+            scope: Scope { all_security_groups: true, ..Default::default() },
+            placement: Placement { default_ou: "OU=G,DC=lab".into(), security_ou: None, distribution_ou: None, name_template: NameTemplate::ObjectId },
+            member_batch_size: 500,
+            on_leave_scope: RemovalAction::Keep,
+            on_soft_delete: RemovalAction::Keep,
+            retired_ou: None,
+            partitions: 4,
+            threshold,
+        };
+        let mut engine = Engine::new(db, policy);
+        engine.set_writeback(true, false, 0).unwrap();
+        engine
+    }
+
+    fn event(change: ev::change_event::Change) -> ev::ChangeEvent {
+        ev::ChangeEvent { event_id: uuid::Uuid::new_v4().to_string(), cause: "test".into(), observed_at_ms: 1, round_id: "r1".into(), round_position: 0, change: Some(change) }
+    }
+
+    fn user(n: u32) -> ev::ChangeEvent {
+        event(ev::change_event::Change::User(ev::UserUpsert {
+            id: format!("u{n}"),
+            on_premises_security_identifier: Some(format!("{SID}{}", 1000 + n)),
+            on_premises_sync_enabled: Some(true),
+            ..Default::default()
+        }))
+    }
+
+    fn group(id: &str, added: impl IntoIterator<Item = u32>, removed: impl IntoIterator<Item = u32>) -> ev::ChangeEvent {
+        let link = |n: u32| ev::MemberLink { id: format!("u{n}"), kind: ev::MemberKind::User as i32 };
+        event(ev::change_event::Change::Group(ev::GroupUpsert {
+            id: id.into(),
+            display_name: Some(id.to_uppercase()),
+            security_enabled: Some(true),
+            mail_enabled: Some(false),
+            members_added: added.into_iter().map(link).collect(),
+            members_removed: removed.into_iter().map(link).collect(),
+            ..Default::default()
+        }))
+    }
+
+    fn removed(id: &str, hard: bool) -> ev::ChangeEvent {
+        let reason = if hard { ev::RemovalReason::Deleted } else { ev::RemovalReason::Changed };
+        event(ev::change_event::Change::GroupRemoved(ev::ObjectRemoved { id: id.into(), reason: reason as i32 }))
+    }
+
+    fn round_completed() -> ev::ChangeEvent {
+        event(ev::change_event::Change::RoundCompleted(ev::RoundBoundary { resource: ev::Resource::Groups as i32, full: false }))
+    }
+
+    /// Takes the outbox: (kind, number of member values) per command.
+    fn drain(engine: &mut Engine) -> Vec<(String, usize)> {
+        let rows = engine.outbox_batch(100_000).unwrap();
+        if let Some(last) = rows.last() {
+            engine.outbox_published(last.0).unwrap();
+        }
+        rows.iter()
+            .map(|(_, _, payload, _)| {
+                let command = cmd::WriteCommand::decode(payload.as_slice()).unwrap();
+                let action = command.action.unwrap();
+                let values = match &action {
+                    cmd::write_command::Action::AddMembers(c) | cmd::write_command::Action::RemoveMembers(c) => c.members.len(),
+                    _ => 0,
+                };
+                (action_kind(&action).to_string(), values)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_membership_change_costs_one_command_whatever_the_group_size() {
+        let mut engine = engine(DeletionThreshold::default());
+        for n in 0..2000 {
+            engine.apply_event(&user(n), 0).unwrap();
+        }
+        engine.apply_event(&group("g1", 0..1999, []), 0).unwrap();
+        let first = drain(&mut engine);
+        assert_eq!(first[0], ("upsert".to_string(), 0));
+        assert_eq!(first[1..].iter().map(|(_, n)| n).sum::<usize>(), 1999);
+        assert!(first[1..].iter().all(|(kind, n)| kind == "add_members" && *n <= 500), "{first:?}");
+        engine.apply_event(&group("g1", [1999], []), 0).unwrap();
+        assert_eq!(drain(&mut engine), vec![("add_members".to_string(), 1)]);
+        engine.apply_event(&group("g1", [], [5]), 0).unwrap();
+        assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 1)]);
+    }
+
+    #[test]
+    fn replays_and_duplicates_change_nothing() {
+        let mut engine = engine(DeletionThreshold::default());
+        engine.apply_event(&user(1), 0).unwrap();
+        let created = group("g1", [1], []);
+        assert!(engine.apply_event(&created, 0).unwrap());
+        assert_eq!(drain(&mut engine).len(), 2);
+        assert!(!engine.apply_event(&created, 0).unwrap(), "same event id applied twice");
+        // Graph replays the same content under a new event id: nothing to do.
+        engine.apply_event(&group("g1", [1], []), 0).unwrap();
+        assert!(drain(&mut engine).is_empty());
+    }
+
+    #[test]
+    fn cloud_deletions_wait_for_the_end_of_the_cycle_and_pass_the_threshold() {
+        let mut engine = engine(DeletionThreshold { max_groups: 2, max_percent: 100 });
+        for id in ["a", "b", "c", "d"] {
+            engine.apply_event(&group(id, [], []), 0).unwrap();
+        }
+        drain(&mut engine);
+        engine.apply_event(&removed("a", true), 0).unwrap();
+        assert!(drain(&mut engine).is_empty(), "deleted before the cycle ended");
+        engine.apply_event(&round_completed(), 0).unwrap();
+        assert_eq!(drain(&mut engine), vec![("delete".to_string(), 0)]);
+        for id in ["b", "c", "d"] {
+            engine.apply_event(&removed(id, true), 0).unwrap();
+        }
+        engine.apply_event(&round_completed(), 0).unwrap();
+        assert!(drain(&mut engine).is_empty(), "3 deletions > 2 must be held");
+        assert_eq!(engine.decide_held(&["c".into()], true, 0).unwrap(), 1);
+        assert_eq!(drain(&mut engine), vec![("delete".to_string(), 0)]);
+        assert_eq!(engine.decide_held(&[], false, 0).unwrap(), 2);
+        assert!(drain(&mut engine).is_empty());
+    }
+
+    #[test]
+    fn a_group_restored_before_its_cycle_ends_is_not_deleted() {
+        let mut engine = engine(DeletionThreshold::default());
+        engine.apply_event(&group("a", [], []), 0).unwrap();
+        drain(&mut engine);
+        engine.apply_event(&removed("a", false), 0).unwrap();
+        engine.apply_event(&group("a", [], []), 0).unwrap();
+        engine.apply_event(&round_completed(), 0).unwrap();
+        assert!(drain(&mut engine).iter().all(|(kind, _)| kind != "delete"));
+    }
+
+    #[test]
+    fn only_a_complete_full_round_sweeps() {
+        let mut engine = engine(DeletionThreshold { max_groups: 100, max_percent: 100 });
+        engine.apply_event(&user(1), 0).unwrap();
+        engine.apply_event(&group("keep", [1], []), 0).unwrap();
+        engine.apply_event(&group("gone", [1], []), 0).unwrap();
+        drain(&mut engine);
+        let boundary = ev::RoundBoundary { resource: ev::Resource::Groups as i32, full: true };
+        let in_round = |change| ev::ChangeEvent { round_id: "full-1".into(), ..event(change) };
+        engine.apply_event(&in_round(ev::change_event::Change::RoundStarted(boundary)), 0).unwrap();
+        let mut seen = group("keep", [], []);
+        seen.round_id = "full-1".into();
+        engine.apply_event(&seen, 0).unwrap();
+        // A completion for another round (its start never seen) sweeps nothing.
+        let mut other = event(ev::change_event::Change::RoundCompleted(boundary));
+        other.round_id = "full-0".into();
+        engine.apply_event(&other, 0).unwrap();
+        assert!(drain(&mut engine).is_empty());
+        engine.apply_event(&in_round(ev::change_event::Change::RoundCompleted(boundary)), 0).unwrap();
+        // "gone" vanished (soft-delete policy: keep) and "keep" lost its member, which
+        // the full round no longer listed.
+        assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 1)]);
+        let state: String = engine.db().query_row("SELECT state FROM writeback WHERE group_id = 'gone'", [], |r| r.get(0)).unwrap();
+        assert_eq!(state, state::KEPT);
+    }
+
+    #[test]
+    fn switched_off_plans_nothing_and_preview_changes_nothing() {
+        let mut engine = engine(DeletionThreshold::default());
+        engine.set_writeback(false, false, 0).unwrap();
+        engine.apply_event(&user(1), 0).unwrap();
+        engine.apply_event(&group("g", [1], []), 0).unwrap();
+        assert!(drain(&mut engine).is_empty());
+        let preview = engine.preview("g", 0).unwrap().unwrap();
+        let kinds: Vec<&str> = preview.commands.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kinds, ["upsert", "add_members"]);
+        assert_eq!(preview.members_to_write, 1);
+        assert!(drain(&mut engine).is_empty(), "preview left commands behind");
+        let planned: i64 = engine.db().query_row("SELECT COUNT(*) FROM planned_members", [], |r| r.get(0)).unwrap();
+        assert_eq!(planned, 0, "preview left planned state behind");
+    }
+}
