@@ -161,6 +161,18 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     let detail = expect_state(p, first, "written").await?;
     let guid = detail["ad_object_guid"].as_str().unwrap_or_default().to_string();
     ensure!(!guid.is_empty(), "{detail}");
+    let listed = p.gwbctl_json(&["groups", "--state", "written", "--page-size", "1"]).await?;
+    ensure!(listed["groups"].as_array().map(Vec::len) == Some(1) && !listed["next_page_token"].as_str().unwrap_or_default().is_empty(), "{listed}");
+    let token = listed["next_page_token"].as_str().unwrap_or_default().to_string();
+    let rest = p.gwbctl_json(&["groups", "--state", "written", "--page-token", &token]).await?;
+    ensure!(rest["groups"].as_array().map(Vec::len) == Some(1) && rest["groups"][0]["id"] != listed["groups"][0]["id"], "{rest}");
+
+    // A full resync re-reads everything and deletes nothing that still exists.
+    let resync = run_ok(p, &["sync", "--full"]).await?;
+    ensure!(resync.contains("full resync"), "{resync}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    expect_members(p, &f.ad, first, &[alice_sid], "first group intact after a full resync").await?;
+    expect_members(p, &f.ad, second, &[bob_sid], "second group intact after a full resync").await?;
 
     // Audit: the create and the member add, planned and applied, with their cause.
     let audit = p.gwbctl_json(&["audit", &first_id]).await?;
@@ -224,8 +236,9 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
 async fn mass_deletion_is_held_until_an_operator_decides() -> anyhow::Result<()> {
     let options = |ou: &str| Options {
         planner_sections: "[deletion]\nmax_groups = 1\nmax_percent = 100\n".into(),
-        // Long enough between rounds that the two deletions below land in one cycle.
-        poll_interval_seconds: 3.0,
+        // Rounds only when asked (`gwbctl sync`), so the two deletions below are
+        // certain to land in one cycle.
+        poll_interval_seconds: 3600.0,
         ..Options::new(ou)
     };
     let (fixture, pipeline) = fixture(options, 1).await?;
@@ -240,11 +253,14 @@ async fn held_deletions(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     let approved = security_group(p, "Held Two", vec![user]).await?;
     let untouched = security_group(p, "Held Three", vec![user]).await?;
     run_ok(p, &["enable"]).await?;
+    let synced = run_ok(p, &["sync"]).await?;
+    ensure!(synced.contains("gwb-collector"), "{synced}");
     for group in [kept, approved, untouched] {
         expect_members(p, &f.ad, group, &[sid], "written").await?;
     }
     p.sim.delete_group(kept, false).await?;
     p.sim.delete_group(approved, false).await?;
+    run_ok(p, &["sync"]).await?;
     p.eventually("both deletions are held", WAIT, || async {
         let held = p.gwbctl_json(&["held"]).await?;
         ensure!(held["deletions"].as_array().map(Vec::len) == Some(2), "{held}");
