@@ -42,7 +42,10 @@ impl ControlService {
 #[tonic::async_trait]
 impl Operator for ControlService {
     async fn get_status(&self, _request: Request<pb::GetStatusRequest>) -> Result<Response<pb::Status>, Status> {
-        self.with_engine(|engine| status(engine)).await.map(Response::new)
+        let mut status = self.with_engine(|engine| status(engine)).await?;
+        // Live answers from the services the planner coordinates, when it knows them.
+        status.services.extend(self.coordinator.live_health().await);
+        Ok(Response::new(status))
     }
 
     async fn enable_writeback(&self, _request: Request<pb::EnableWritebackRequest>) -> Result<Response<pb::Status>, Status> {

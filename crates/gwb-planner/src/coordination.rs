@@ -61,6 +61,54 @@ impl Coordinator {
         Ok(pb::CoordinationResponse { results: vec![line] })
     }
 
+    /// Asks the collector and every writer for their state over gRPC (2 s each), so
+    /// `GetStatus` shows what they say now, not only what they last published.
+    pub async fn live_health(&self) -> Vec<pb::ServiceHealth> {
+        let now = crate::now_ms();
+        let mut services = Vec::new();
+        if let Some(endpoint) = &self.collector {
+            let answer = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut client = pb::collector_client::CollectorClient::new(Self::channel(endpoint).await?);
+                Ok::<_, Status>(client.get_collector_status(self.authorize(tonic::Request::new(pb::GetCollectorStatusRequest {}))?).await?.into_inner())
+            })
+            .await;
+            services.push(match answer {
+                Ok(Ok(state)) => pb::ServiceHealth {
+                    service: format!("gwb-collector@{endpoint}"),
+                    healthy: state.last_error.is_empty(),
+                    version: state.version,
+                    detail: if state.last_error.is_empty() {
+                        format!("{} rounds completed, {} failed", state.rounds_completed, state.rounds_failed)
+                    } else {
+                        format!("last round failed: {}", state.last_error)
+                    },
+                    last_seen_ms: now,
+                },
+                Ok(Err(status)) => unreachable(format!("gwb-collector@{endpoint}"), status.message()),
+                Err(_) => unreachable(format!("gwb-collector@{endpoint}"), "no answer within 2 s"),
+            });
+        }
+        for endpoint in &self.writers {
+            let answer = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut client = pb::writer_client::WriterClient::new(Self::channel(endpoint).await?);
+                Ok::<_, Status>(client.get_writer_state(self.authorize(tonic::Request::new(pb::GetWriterStateRequest {}))?).await?.into_inner())
+            })
+            .await;
+            services.push(match answer {
+                Ok(Ok(state)) => pb::ServiceHealth {
+                    service: format!("gwb-writer@{endpoint}"),
+                    healthy: state.directory_connected,
+                    version: state.version,
+                    detail: if state.paused { format!("paused: {}; {}", state.pause_reason, state.detail) } else { state.detail },
+                    last_seen_ms: now,
+                },
+                Ok(Err(status)) => unreachable(format!("gwb-writer@{endpoint}"), status.message()),
+                Err(_) => unreachable(format!("gwb-writer@{endpoint}"), "no answer within 2 s"),
+            });
+        }
+        services
+    }
+
     /// Pauses (`Some(reason)`) or resumes (`None`) every configured writer. Fails if
     /// any writer could not be reached, after trying them all.
     pub async fn pause_writers(&self, pause: Option<String>) -> Result<pb::CoordinationResponse, Status> {
@@ -94,4 +142,8 @@ impl Coordinator {
             Err(Status::unavailable(format!("not every writer was reached ({}); reached: {}", failures.join("; "), results.join("; "))))
         }
     }
+}
+
+fn unreachable(service: String, why: &str) -> pb::ServiceHealth {
+    pb::ServiceHealth { service, healthy: false, version: String::new(), detail: format!("unreachable: {why}"), last_seen_ms: 0 }
 }
