@@ -17,6 +17,8 @@ pub struct Config {
     pub collector: CollectorSettings,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: gwb_runtime::metrics::MetricsConfig,
 }
 
 #[derive(Debug, Deserialize)]

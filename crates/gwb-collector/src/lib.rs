@@ -179,8 +179,12 @@ async fn run_rounds(collector: &mut round::Collector, shared: &Shared, round_tim
             Ok(outcome) => outcome,
             Err(_) => Err(CollectorError::RoundTimeout { resource: resource.path(), seconds: round_timeout.as_secs() }),
         };
+        let metrics = gwb_runtime::metrics::global();
         match outcome {
             Ok(_) => {
+                if let Some(metrics) = metrics {
+                    metrics.delta_round(resource.path(), "completed");
+                }
                 let mut status = shared.status();
                 status.rounds_completed += 1;
                 status.last_error.clear();
@@ -191,6 +195,9 @@ async fn run_rounds(collector: &mut round::Collector, shared: &Shared, round_tim
                 }
             }
             Err(error) => {
+                if let Some(metrics) = metrics {
+                    metrics.delta_round(resource.path(), "failed");
+                }
                 tracing::warn!(%error, resource = resource.path(), "delta round failed; the cursor did not advance and the round will be retried");
                 record_failure(shared, &error);
                 break;

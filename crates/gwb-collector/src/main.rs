@@ -21,6 +21,11 @@ async fn main() -> anyhow::Result<()> {
     let config: gwb_collector::Config = gwb_runtime::config::load(args.config.as_deref())?;
     telemetry::init_logging("gwb-collector", &config.log);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    gwb_collector::run(config, gwb_collector::Listeners::default(), shutdown::on_signals()).await?;
+    let shutdown = shutdown::on_signals();
+    let metrics = gwb_runtime::metrics::Metrics::install("gwb-collector")?;
+    gwb_runtime::metrics::start(&config.metrics, &metrics, shutdown.clone()).await?;
+    let result = gwb_collector::run(config, gwb_collector::Listeners::default(), shutdown).await;
+    telemetry::flush_traces();
+    result?;
     Ok(())
 }

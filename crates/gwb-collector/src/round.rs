@@ -143,7 +143,12 @@ impl Collector {
                 (Route::Events, message)
             })
             .collect();
-        self.publisher.publish_all(&batch).await.map_err(|e| RoundFailure::Other(e.into()))
+        let count = batch.len() as u64;
+        self.publisher.publish_all(&batch).await.map_err(|e| RoundFailure::Other(e.into()))?;
+        if let Some(metrics) = gwb_runtime::metrics::global() {
+            metrics.events_published(count);
+        }
+        Ok(())
     }
 }
 

@@ -117,6 +117,10 @@ impl GraphClient {
                 request = request.json(body);
             }
             let sent = request.send().await;
+            let metrics = gwb_runtime::metrics::global();
+            if let Some(metrics) = metrics {
+                metrics.graph_request(sent.as_ref().ok().map(|r| r.status().as_u16()));
+            }
             let response = match sent {
                 Ok(response) => response,
                 Err(error) => {

@@ -289,11 +289,36 @@ impl Engine {
         Ok(rows.len())
     }
 
-    /// Oldest outbox entries: (seq, partition, payload, command id).
-    pub fn outbox_batch(&self, limit: usize) -> Result<Vec<(i64, u16, Vec<u8>, String)>, EngineError> {
-        let mut stmt = self.db.prepare_cached("SELECT seq, partition, payload, command_id FROM outbox ORDER BY seq LIMIT ?1")?;
-        let rows = stmt.query_map(params![limit as i64], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?;
+    /// Oldest outbox entries, in order.
+    pub fn outbox_batch(&self, limit: usize) -> Result<Vec<OutboxRow>, EngineError> {
+        let mut stmt = self.db.prepare_cached("SELECT seq, partition, payload, command_id, headers FROM outbox ORDER BY seq LIMIT ?1")?;
+        let rows = stmt.query_map(params![limit as i64], |row| {
+            let headers: String = row.get(4)?;
+            Ok(OutboxRow {
+                seq: row.get(0)?,
+                partition: row.get(1)?,
+                payload: row.get(2)?,
+                command_id: row.get(3)?,
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Held deletions and skipped members by reason category, for the gauges.
+    pub fn gauges(&self) -> Result<(u64, Vec<(String, u64)>), EngineError> {
+        let held: i64 = self.db.query_row("SELECT COUNT(*) FROM writeback WHERE state = ?1", params![state::HELD], |row| row.get(0))?;
+        let mut stmt = self.db.prepare_cached("SELECT reason, COUNT(*) FROM skipped_members GROUP BY reason")?;
+        let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+        let mut by_category: HashMap<String, u64> = HashMap::new();
+        for row in rows {
+            let (reason, count) = row?;
+            // Reasons may carry details (a server message, a value); the category before
+            // them keeps the label set small.
+            let category = reason.split([':', '(']).next().unwrap_or_default().trim().to_string();
+            *by_category.entry(category).or_default() += count.max(0) as u64;
+        }
+        Ok((held.max(0) as u64, by_category.into_iter().collect()))
     }
 
     pub fn outbox_published(&mut self, up_to_seq: i64) -> Result<(), EngineError> {
@@ -995,9 +1020,15 @@ impl Plan<'_> {
             action: Some(action),
         };
         let partition = gwb_bus::partition_of(group_id, self.policy.partitions);
+        let mut trace = std::collections::BTreeMap::new();
+        gwb_runtime::telemetry::inject_current(&mut trace);
+        let headers = serde_json::to_string(&trace).unwrap_or_else(|_| "{}".into());
         self.tx
-            .prepare_cached("INSERT INTO outbox (command_id, partition, payload) VALUES (?1, ?2, ?3)")?
-            .execute(params![command_id, partition, command.encode_to_vec()])?;
+            .prepare_cached("INSERT INTO outbox (command_id, partition, payload, headers) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![command_id, partition, command.encode_to_vec(), headers])?;
+        if let Some(metrics) = gwb_runtime::metrics::global() {
+            metrics.command(kind, "planned");
+        }
         self.tx
             .prepare_cached("INSERT INTO inflight (command_id, group_id, kind, planned_ms) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![command_id, group_id, kind, self.cause.now_ms])?;
@@ -1039,6 +1070,16 @@ pub fn describe_action(action: &cmd::write_command::Action) -> String {
         Action::Delete(_) => "delete the AD group".into(),
         Action::Retire(retire) => format!("move to {}", retire.retired_ou),
     }
+}
+
+/// One command waiting in the outbox.
+pub struct OutboxRow {
+    pub seq: i64,
+    pub partition: u16,
+    pub payload: Vec<u8>,
+    pub command_id: String,
+    /// Trace context of the change that caused it.
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// What [`Engine::preview`] found.
@@ -1161,11 +1202,11 @@ mod tests {
     fn drain(engine: &mut Engine) -> Vec<(String, usize)> {
         let rows = engine.outbox_batch(100_000).unwrap();
         if let Some(last) = rows.last() {
-            engine.outbox_published(last.0).unwrap();
+            engine.outbox_published(last.seq).unwrap();
         }
         rows.iter()
-            .map(|(_, _, payload, _)| {
-                let command = cmd::WriteCommand::decode(payload.as_slice()).unwrap();
+            .map(|row| {
+                let command = cmd::WriteCommand::decode(row.payload.as_slice()).unwrap();
                 let action = command.action.unwrap();
                 let values = match &action {
                     cmd::write_command::Action::AddMembers(c) | cmd::write_command::Action::RemoveMembers(c) => c.members.len(),

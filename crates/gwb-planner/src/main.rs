@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let config: config::Config = gwb_runtime::config::load(args.config.as_deref())?;
     config.validate()?;
     telemetry::init_logging("gwb-planner", &config.log);
+    let metrics = gwb_runtime::metrics::Metrics::install("gwb-planner")?;
 
     let token = match &config.control.token_file {
         Some(path) => Some(secret::read_secret_file("control.token_file", path)?),
@@ -81,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("control.listen {}", config.control.listen))?;
     let shutdown = shutdown::on_signals();
+    gwb_runtime::metrics::start(&config.metrics, &metrics, shutdown.clone()).await?;
     let outbox_ready = Arc::new(Notify::new());
 
     let topology = publisher.topology().clone();
@@ -107,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         task.await?;
     }
     tracing::info!("planner stopped");
+    telemetry::flush_traces();
     Ok(())
 }
 
@@ -140,7 +143,11 @@ async fn handle_event(engine: SharedEngine, outbox_ready: Arc<Notify>, delivery:
             return Disposition::DeadLetter;
         }
     };
+    // The handler's span (a child of the collector's publish) follows the work onto
+    // the blocking thread, so the commands it plans carry the same trace.
+    let span = tracing::Span::current();
     let result = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
         let mut engine = engine.lock().map_err(|_| anyhow::anyhow!("planner state lock poisoned"))?;
         engine.apply_event(&event, now_ms()).map_err(anyhow::Error::from)
     })
@@ -201,10 +208,21 @@ async fn handle_outcome(engine: SharedEngine, outbox_ready: Arc<Notify>, deliver
     }
 }
 
+fn update_gauges(engine: &SharedEngine) {
+    let (Some(metrics), Ok(engine)) = (gwb_runtime::metrics::global(), engine.lock()) else { return };
+    if let Ok((held, skipped)) = engine.gauges() {
+        metrics.held_deletions(held);
+        for (reason, count) in skipped {
+            metrics.skipped_members(&reason, count);
+        }
+    }
+}
+
 /// Publishes outbox rows in order with confirms, then deletes them. After a crash the
 /// rows are still there and are published again (the writer is idempotent).
 async fn publish_outbox(engine: SharedEngine, publisher: Publisher, ready: Arc<Notify>, staging: bool, shutdown: Shutdown) {
     let mut last_prune = 0i64;
+    let mut last_gauges = 0i64;
     while !shutdown.is_triggered() {
         if staging {
             let staged = {
@@ -226,6 +244,10 @@ async fn publish_outbox(engine: SharedEngine, publisher: Publisher, ready: Arc<N
         };
         if batch.is_empty() {
             let now = now_ms();
+            if now - last_gauges > 5_000 {
+                last_gauges = now;
+                update_gauges(&engine);
+            }
             if now - last_prune > 3_600_000 {
                 last_prune = now;
                 if let Ok(mut engine) = engine.lock() {
@@ -239,12 +261,12 @@ async fn publish_outbox(engine: SharedEngine, publisher: Publisher, ready: Arc<N
             }
             continue;
         }
-        let last_seq = batch.last().map(|row| row.0).unwrap_or(0);
+        let last_seq = batch.last().map(|row| row.seq).unwrap_or(0);
         let messages: Vec<(Route, Message)> = batch
             .into_iter()
-            .map(|(_, partition, payload, command_id)| {
-                let message = Message { id: command_id, kind: "gwb.commands.v1.WriteCommand", payload, headers: Default::default(), timestamp_ms: now_ms() };
-                (Route::Command { partition }, message)
+            .map(|row| {
+                let message = Message { id: row.command_id, kind: "gwb.commands.v1.WriteCommand", payload: row.payload, headers: row.headers, timestamp_ms: now_ms() };
+                (Route::Command { partition: row.partition }, message)
             })
             .collect();
         match publisher.publish_all(&messages).await {

@@ -140,6 +140,10 @@ CREATE TABLE pending_deletions (
     reason TEXT NOT NULL,
     requested_ms INTEGER NOT NULL
 );
+"#, r#"
+-- W3C trace context of the change that caused each command, so one cloud change is
+-- one trace from the collector to the writer.
+ALTER TABLE outbox ADD COLUMN headers TEXT NOT NULL DEFAULT '{}';
 "#];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {

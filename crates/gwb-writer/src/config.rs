@@ -16,6 +16,8 @@ pub struct Config {
     pub bus: BusConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: gwb_runtime::metrics::MetricsConfig,
 }
 
 #[derive(Debug, Deserialize)]

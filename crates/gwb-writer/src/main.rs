@@ -44,6 +44,8 @@ struct Shared {
     shutdown: Shutdown,
     pause: control::PauseSwitch,
     snapshot: control::DirectorySnapshot,
+    /// gRPC health of the writer service: serving only while the directory answers.
+    health: tonic_health::server::HealthReporter,
 }
 
 #[tokio::main]
@@ -51,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config: config::Config = gwb_runtime::config::load(args.config.as_deref())?;
     telemetry::init_logging("gwb-writer", &config.log);
+    let metrics = gwb_runtime::metrics::Metrics::install("gwb-writer")?;
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let password = secret::read_secret_file("directory.bind_password_file", &config.directory.bind_password_file)?;
@@ -70,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let publisher = Publisher::connect(config.bus.clone()).await?;
     let topology = publisher.topology().clone();
     let shutdown = shutdown::on_signals();
+    gwb_runtime::metrics::start(&config.metrics, &metrics, shutdown.clone()).await?;
     let control_token = match &config.writer.control_token_file {
         Some(path) => Some(secret::read_secret_file("writer.control_token_file", path)?.expose().to_string()),
         None => {
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let control_listener = tokio::net::TcpListener::bind(config.writer.control_listen)
         .await
         .map_err(|e| anyhow::anyhow!("writer.control_listen {}: {e}", config.writer.control_listen))?;
@@ -92,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         pause: control::PauseSwitch::new(),
         snapshot: Arc::new(std::sync::Mutex::new(cmd_state_default())),
+        health: health_reporter,
     });
 
     let partitions: Vec<u16> = if config.writer.partitions.is_empty() {
@@ -109,13 +115,14 @@ async fn main() -> anyhow::Result<()> {
         })));
     }
     tasks.push(tokio::spawn(report_status(shared.clone(), Duration::from_secs(config.writer.status_interval_seconds.max(1)))));
-    let server = tokio::spawn(serve_control(control_listener, shared.clone(), gwb_proto::auth::TokenCheck::new(control_token)));
+    let server = tokio::spawn(serve_control(control_listener, health_service, shared.clone(), gwb_proto::auth::TokenCheck::new(control_token)));
     tracing::info!(writer_id = %shared.writer_id, dry_run = shared.dry_run, "writer running");
     for task in tasks {
         task.await?;
     }
     server.await??;
     tracing::info!("writer stopped");
+    telemetry::flush_traces();
     Ok(())
 }
 
@@ -123,10 +130,13 @@ fn cmd_state_default() -> gwb_proto::control::v1::WriterState {
     gwb_proto::control::v1::WriterState { version: env!("CARGO_PKG_VERSION").into(), ..Default::default() }
 }
 
-async fn serve_control(listener: tokio::net::TcpListener, shared: Arc<Shared>, token: gwb_proto::auth::TokenCheck) -> anyhow::Result<()> {
+async fn serve_control(
+    listener: tokio::net::TcpListener,
+    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    shared: Arc<Shared>,
+    token: gwb_proto::auth::TokenCheck,
+) -> anyhow::Result<()> {
     use gwb_proto::control::v1::writer_server::WriterServer;
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<WriterServer<control::WriterService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(gwb_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -190,7 +200,8 @@ async fn handle_command(shared: Arc<Shared>, directory: Arc<Mutex<Option<Directo
         let result = match guard.as_mut() {
             Some(directory) => directory.apply(&domain).await,
             None => match Directory::connect(shared.directory_config.clone()).await {
-                Ok(connected) => {
+                Ok(mut connected) => {
+                    connected.set_observer(Arc::new(observe_ldap));
                     let directory = guard.insert(connected);
                     directory.apply(&domain).await
                 }
@@ -243,9 +254,35 @@ fn fill_failure(outcome: &mut cmd::Outcome, error: &DirectoryError) {
     outcome.completed_at_ms = now_ms();
 }
 
+/// LDAP operations by kind and result, with their duration.
+fn observe_ldap(record: &gwb_ldap::OperationRecord) {
+    if let Some(metrics) = gwb_runtime::metrics::global() {
+        metrics.ldap_operation(record.kind.as_str(), &record.outcome.label(), record.duration);
+    }
+}
+
+fn record_outcome(outcome: &cmd::Outcome) {
+    let Some(metrics) = gwb_runtime::metrics::global() else { return };
+    let result = match cmd::OutcomeStatus::try_from(outcome.status) {
+        Ok(cmd::OutcomeStatus::Applied) => "applied",
+        Ok(cmd::OutcomeStatus::DryRun) => "dry_run",
+        _ => "failed",
+    };
+    metrics.command(&outcome.kind, result);
+    if result == "applied" {
+        metrics.members_written(u64::from(outcome.members_added));
+        if outcome.observed_at_ms > 0 {
+            // From the moment the collector saw the change in Graph to this AD write.
+            let latency = (outcome.completed_at_ms - outcome.observed_at_ms).max(0) as u64;
+            metrics.end_to_end_latency(Duration::from_millis(latency));
+        }
+    }
+}
+
 /// Publishes the outcome, then settles the command. If the outcome can't be
 /// published the command is requeued: applying it again is harmless.
 async fn finish(shared: &Shared, outcome: cmd::Outcome, disposition: Disposition) -> Disposition {
+    record_outcome(&outcome);
     let message = Message {
         id: format!("outcome-{}", outcome.command_id),
         kind: "gwb.commands.v1.Outcome",
@@ -310,6 +347,11 @@ async fn report_status(shared: Arc<Shared>, every: Duration) {
             }
         }
         status.paused = shared.pause.reason().is_some();
+        if let Some(metrics) = gwb_runtime::metrics::global() {
+            metrics.set_healthy(status.directory_connected);
+        }
+        let serving = if status.directory_connected { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+        shared.health.set_service_status("gwb.control.v1.Writer", serving).await;
         if let Ok(mut snapshot) = shared.snapshot.lock() {
             *snapshot = gwb_proto::control::v1::WriterState {
                 writer_id: status.writer_id.clone(),
