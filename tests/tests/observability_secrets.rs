@@ -59,7 +59,7 @@ impl Lab {
 /// Runs `program --config config` until it exits or `run_for` passes (then SIGTERM),
 /// returning everything it printed.
 async fn run(program: &Path, config: &Path, run_for: Duration) -> String {
-    let child = Command::new(program)
+    let child = gwb_tests::pipeline::without_gwb_env(&mut Command::new(program))
         .arg("--config")
         .arg(config)
         .env_remove("RUST_LOG")
