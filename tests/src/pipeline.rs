@@ -77,6 +77,8 @@ pub struct Pipeline {
     pub bus: BusConfig,
     pub control_endpoint: String,
     pub token_file: PathBuf,
+    /// Where each service serves `/metrics`: (service, address).
+    pub metrics: Vec<(String, std::net::SocketAddr)>,
     children: Vec<(String, Child)>,
 }
 
@@ -157,11 +159,14 @@ impl Pipeline {
             token_file.display(),
             options.writer_sections,
         );
+        let mut metrics = Vec::new();
         for (name, text) in [("gwb-planner", planner), ("gwb-writer", writer), ("gwb-collector", collector)] {
-            std::fs::write(dir.join(format!("{name}.toml")), text)?;
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            std::fs::write(dir.join(format!("{name}.toml")), format!("{text}\n[metrics]\nlisten = \"{addr}\"\n"))?;
             children.push((name.to_string(), spawn_service(name, &dir)?));
+            metrics.push((name.to_string(), addr));
         }
-        let pipeline = Pipeline { dir, sim: sim_admin, sim_url, bus, control_endpoint, token_file, children };
+        let pipeline = Pipeline { dir, sim: sim_admin, sim_url, bus, control_endpoint, token_file, metrics, children };
         pipeline
             .eventually("the planner's control API answers", Duration::from_secs(30), || async {
                 let out = pipeline.gwbctl(&["status"]).await?;

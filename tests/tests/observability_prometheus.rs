@@ -293,3 +293,70 @@ async fn real_prometheus_scrapes_gwb_metrics_and_evaluates_alerts_and_dashboard(
 
     trigger.trigger();
 }
+
+/// The real services, during an end-to-end run, scraped by the real Prometheus: the key
+/// series of every service return data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_prometheus_scrapes_the_running_services_during_an_end_to_end_run() {
+    let Some(binary) = ensure_prometheus() else { return };
+    let ad = gwb_tests::ad::LabAd::from_env().await.unwrap();
+    let root = ad.create_ou(&gwb_tests::pipeline::unique("e2e")).await.unwrap();
+    let users_ou = ad.create_ou_in(&root, "Users").await.unwrap();
+    let groups_ou = ad.create_ou_in(&root, "Groups").await.unwrap();
+    let (_, sid) = ad.create_user(&users_ou, &gwb_tests::pipeline::unique("p")).await.unwrap();
+    let pipeline = gwb_tests::pipeline::Pipeline::start(gwb_tests::pipeline::Options::new(&groups_ou)).await.unwrap();
+    let user = pipeline
+        .sim
+        .create_user(&graph_sim::NewUser {
+            id: None,
+            fields: graph_sim::UserFields { on_premises_security_identifier: Some(sid), on_premises_sync_enabled: Some(true), ..Default::default() },
+        })
+        .await
+        .unwrap()
+        .user
+        .id;
+    let fields = graph_sim::GroupFields { display_name: Some("Scraped".into()), security_enabled: Some(true), mail_enabled: Some(false), group_types: Some(vec![]), ..Default::default() };
+    let group = pipeline.sim.create_group(&graph_sim::NewGroup { id: None, fields, members: vec![user] }).await.unwrap().group.id;
+    assert!(pipeline.gwbctl(&["enable"]).await.unwrap().status.success());
+    pipeline
+        .eventually("the group is written", Duration::from_secs(60), || async {
+            anyhow::ensure!(!ad.find_groups_by_anchor(&format!("Group_{group}")).await?.is_empty(), "not yet");
+            Ok(())
+        })
+        .await
+        .unwrap();
+
+    let targets: Vec<Target> = pipeline
+        .metrics
+        .iter()
+        .map(|(name, addr)| {
+            let job = match name.as_str() {
+                "gwb-planner" => "gwb-planner",
+                "gwb-writer" => "gwb-writer",
+                _ => "gwb-collector",
+            };
+            Target { job, addr: *addr }
+        })
+        .collect();
+    let prometheus = Prometheus::start(&binary, &targets).await.unwrap();
+    prometheus
+        .wait_for("up{job=~\"gwb-.*\"}", |samples| samples.len() == 3 && samples.iter().all(|(_, v)| *v == 1.0))
+        .await
+        .unwrap();
+    for expr in [
+        "gwb_graph_requests_total{job=\"gwb-collector\",status=\"200\"}",
+        "gwb_delta_rounds_total{job=\"gwb-collector\",result=\"completed\"}",
+        "gwb_events_published_total{job=\"gwb-collector\"}",
+        "gwb_commands_total{job=\"gwb-planner\",result=\"planned\"}",
+        "gwb_commands_total{job=\"gwb-writer\",result=\"applied\"}",
+        "gwb_ldap_operation_duration_seconds_count{job=\"gwb-writer\"}",
+        "gwb_members_written_total{job=\"gwb-writer\"}",
+        "gwb_end_to_end_latency_seconds_count{job=\"gwb-writer\"}",
+    ] {
+        let samples = prometheus.wait_for(expr, |samples| samples.iter().any(|(_, v)| *v > 0.0)).await.unwrap();
+        assert!(!samples.is_empty(), "{expr}");
+    }
+    drop(prometheus);
+    pipeline.stop().await.unwrap();
+    ad.delete_subtree(&root).await.unwrap();
+}
