@@ -46,6 +46,9 @@ pub struct Capabilities {
     pub supports_extended_dn: bool,
     /// Configured managed OUs that do not exist (writes under them fail).
     pub missing_ous: Vec<String>,
+    /// Managed OUs that exist but where the bind account may not create groups
+    /// (`allowedChildClassesEffective` lacks `group`).
+    pub unwritable_ous: Vec<String>,
 }
 
 /// A member of a group as AD reports it.
@@ -218,10 +221,14 @@ impl Directory {
             .collect();
 
         let mut missing_ous = Vec::new();
+        let mut unwritable_ous = Vec::new();
         for ou in self.config.managed_ous.clone() {
             if !self.exists(&ou).await? {
                 tracing::warn!(ou = %ou, "managed OU does not exist");
                 missing_ous.push(ou);
+            } else if !self.may_create_groups_in(&ou).await? {
+                tracing::warn!(ou = %ou, "the bind account may not create groups in this managed OU");
+                unwritable_ous.push(ou);
             }
         }
         Ok(Capabilities {
@@ -235,6 +242,7 @@ impl Directory {
             supports_permissive_modify: controls.contains(PERMISSIVE_MODIFY_OID),
             supports_extended_dn: controls.contains(EXTENDED_DN_OID),
             missing_ous,
+            unwritable_ous,
         })
     }
 
@@ -374,6 +382,22 @@ impl Directory {
             .next()
             .ok_or_else(|| DirectoryError::permanent(format!("{dn} is not a group")))?;
         GroupEntry::from_search(entry)
+    }
+
+    /// AD computes `allowedChildClassesEffective` from the bind account's rights: the
+    /// object classes it may create under `dn`.
+    async fn may_create_groups_in(&mut self, dn: &str) -> Result<bool, DirectoryError> {
+        let entries = self
+            .search(dn, Scope::Base, "(objectClass=*)", &["allowedChildClassesEffective"], Vec::new())
+            .await?;
+        Ok(entries.iter().any(|entry| {
+            entry
+                .attrs
+                .iter()
+                .filter(|(name, _)| name.eq_ignore_ascii_case("allowedChildClassesEffective"))
+                .flat_map(|(_, values)| values)
+                .any(|class| class.eq_ignore_ascii_case("group"))
+        }))
     }
 
     pub(crate) async fn exists(&mut self, dn: &str) -> Result<bool, DirectoryError> {

@@ -123,7 +123,9 @@ fn sids(users: &[(String, String)]) -> Vec<MemberRef> {
 async fn connect_reports_capabilities() -> anyhow::Result<()> {
     let f = fixture().await?;
     let missing = format!("OU=missing-{},{}", f.id, f.lab.base_dn);
-    let mut dir = Directory::connect(f.config(vec![f.ou.clone(), missing.clone()])).await?;
+    // A user object exists but can never hold groups: it must be reported unwritable.
+    let (not_an_ou, _) = f.lab.create_user(&f.ou, &format!("c{}", f.id)).await?;
+    let mut dir = Directory::connect(f.config(vec![f.ou.clone(), missing.clone(), not_an_ou.clone()])).await?;
     let caps = dir.capabilities().clone();
     ensure!(
         caps.default_naming_context
@@ -147,6 +149,7 @@ async fn connect_reports_capabilities() -> anyhow::Result<()> {
     ensure!(caps.has_external_directory_object_id, "{caps:?}");
     ensure!(!caps.has_exchange_schema, "{caps:?}");
     ensure!(caps.missing_ous == vec![missing], "{caps:?}");
+    ensure!(caps.unwritable_ous == vec![not_an_ou], "the test OU is writable, the user object is not: {caps:?}");
     dir.check_health().await?;
     ensure!(*dir.rediscover().await? == caps);
     ensure!(

@@ -333,11 +333,15 @@ async fn report_status(shared: Arc<Shared>, every: Duration) {
                     status.has_external_directory_object_id = caps.has_external_directory_object_id;
                     status.supports_permissive_modify = caps.supports_permissive_modify;
                     status.missing_ous = caps.missing_ous.clone();
-                    status.detail = if caps.missing_ous.is_empty() {
-                        format!("connected to {}", caps.dns_host_name)
-                    } else {
-                        format!("connected to {}; managed OUs missing: {}", caps.dns_host_name, caps.missing_ous.join("; "))
-                    };
+                    status.unwritable_ous = caps.unwritable_ous.clone();
+                    let mut detail = format!("connected to {}", caps.dns_host_name);
+                    if !caps.missing_ous.is_empty() {
+                        detail.push_str(&format!("; managed OUs missing: {}", caps.missing_ous.join("; ")));
+                    }
+                    if !caps.unwritable_ous.is_empty() {
+                        detail.push_str(&format!("; the bind account may not create groups in: {}", caps.unwritable_ous.join("; ")));
+                    }
+                    status.detail = detail;
                 }
                 (Ok(()), None) => status.detail = "not connected".into(),
                 (Err(error), _) => {
@@ -365,6 +369,7 @@ async fn report_status(shared: Arc<Shared>, every: Duration) {
                 supports_permissive_modify: status.supports_permissive_modify,
                 missing_ous: status.missing_ous.clone(),
                 dry_run: status.dry_run,
+                unwritable_ous: status.unwritable_ous.clone(),
             };
         }
         let message = Message {
