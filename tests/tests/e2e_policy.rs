@@ -240,3 +240,34 @@ async fn deletion_modes(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_mode_plans_and_audits_but_writes_nothing() -> anyhow::Result<()> {
+    let lab = lab().await?;
+    let pipeline = Pipeline::start(Options { planner_toml: "staging = true".into(), ..Options::new(&lab.groups_ou) }).await?;
+    let result = staging(&lab, &pipeline).await;
+    finish(lab, pipeline, result).await
+}
+
+async fn staging(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
+    let (_, sid) = lab.ad.create_user(&lab.users_ou, &unique("st")).await?;
+    let user = synced_user(p, &sid).await?;
+    let group = p.sim.create_group(&NewGroup { id: None, fields: security("Staged Group"), members: vec![user] }).await?.group.id;
+    let out = p.gwbctl(&["enable"]).await?;
+    ensure!(out.status.success(), "{out:?}");
+    p.eventually("the plan is staged in the audit log", WAIT, || async {
+        let audit = p.gwbctl_json(&["audit", &group.to_string()]).await?;
+        let entries = audit["entries"].as_array().context("entries")?;
+        for kind in ["upsert", "add_members"] {
+            ensure!(entries.iter().any(|e| e["kind"] == kind && e["result"] == "staged"), "no staged {kind}: {audit}");
+        }
+        ensure!(entries[0]["detail"].as_str().is_some(), "{audit}");
+        Ok(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ensure!(group_in_ad(&lab.ad, group).await?.is_none(), "staging mode wrote to AD");
+    let status = p.gwbctl_json(&["status"]).await?;
+    ensure!(status["commands_in_flight"] == 0, "{status}");
+    Ok(())
+}
