@@ -13,6 +13,10 @@ mod publisher;
 mod topology;
 
 pub use config::BusConfig;
+
+/// AMQP `type` of writer commands, shared by the planner (publisher) and the writer
+/// (which refuses anything else).
+pub const COMMAND_TYPE: &str = "gwb.commands.v1.WriteCommand";
 pub use consumer::{Delivery, Disposition, consume};
 pub use publisher::{Message, PUBLISHED_AT_HEADER, Publisher};
 pub use topology::{Route, Topology, delete_topology, partition_of};

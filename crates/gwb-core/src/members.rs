@@ -65,8 +65,11 @@ pub fn resolve_user(user: Option<&UserAnchor>) -> Resolution {
         return Resolution::Skip("user deleted in the cloud".into());
     }
     match (&user.on_premises_sid, user.on_premises_sync_enabled) {
-        (Some(sid), Some(true)) if is_sid(sid) => Resolution::Write(MemberRef::Sid(sid.clone())),
-        (Some(sid), Some(true)) => Resolution::Skip(format!("onPremisesSecurityIdentifier {sid:?} is not a SID")),
+        (Some(sid), Some(true)) if !is_sid(sid) => Resolution::Skip(format!("onPremisesSecurityIdentifier {sid:?} is not a SID")),
+        (Some(sid), Some(true)) if is_privileged_sid(sid) => {
+            Resolution::Skip(format!("{sid} is a well-known or privileged SID; it is never written as a member"))
+        }
+        (Some(sid), Some(true)) => Resolution::Write(MemberRef::Sid(sid.clone())),
         (Some(_), _) => Resolution::Skip("user is no longer synced from AD (onPremisesSyncEnabled is not true)".into()),
         (None, _) => Resolution::Skip("cloud-only user (no onPremisesSecurityIdentifier)".into()),
     }
@@ -82,6 +85,15 @@ pub fn resolve_group(written_guid: Option<&str>) -> Resolution {
 
 pub fn resolve_other(kind: MemberKind) -> Resolution {
     Resolution::Skip(format!("{} members are not written back", kind.as_str()))
+}
+
+/// Anything but an ordinary domain account (`S-1-5-21-a-b-c-RID` with RID ≥ 1000):
+/// builtin groups (`S-1-5-32-…`), well-known SIDs and the domain's privileged RIDs
+/// (Administrator 500, Domain Admins 512, krbtgt 502…).
+pub fn is_privileged_sid(sid: &str) -> bool {
+    let Some(rest) = sid.strip_prefix("S-1-5-21-") else { return true };
+    let parts: Vec<&str> = rest.split('-').collect();
+    parts.len() < 4 || parts.last().and_then(|rid| rid.parse::<u64>().ok()).is_none_or(|rid| rid < 1000)
 }
 
 /// `S-1-<authority>-<sub>…`, digits only: anything else would be refused by AD or,
@@ -116,6 +128,10 @@ mod tests {
         let hostile = UserAnchor { on_premises_sid: Some("S-1-5-21>;<GUID=x".into()), on_premises_sync_enabled: Some(true), deleted: false };
         assert!(matches!(resolve_user(Some(&hostile)), Resolution::Skip(r) if r.contains("not a SID")));
         assert!(matches!(resolve_group(None), Resolution::Skip(_)));
+        for privileged in ["S-1-5-32-544", "S-1-5-21-1-2-3-512", "S-1-5-21-1-2-3-500", "S-1-5-18", "S-1-1-0"] {
+            let user = UserAnchor { on_premises_sid: Some(privileged.into()), on_premises_sync_enabled: Some(true), deleted: false };
+            assert!(matches!(resolve_user(Some(&user)), Resolution::Skip(r) if r.contains("privileged")), "{privileged}");
+        }
         assert!(matches!(resolve_other(MemberKind::Device), Resolution::Skip(r) if r.starts_with("device")));
     }
 }

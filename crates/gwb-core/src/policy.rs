@@ -77,6 +77,15 @@ pub enum Decision {
     Skip(String),
 }
 
+/// AD's `rangeUpper` of `displayName` and `description`: longer values are refused
+/// with a constraint violation, so they are cut here.
+pub const DISPLAY_NAME_MAX_CHARS: usize = 256;
+pub const DESCRIPTION_MAX_CHARS: usize = 1024;
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
 /// Decides one group. Order matters: loop prevention and Exchange gating can not be
 /// overridden; the operator's override beats Graph's writebackConfiguration, which
 /// beats the scope rules.
@@ -139,8 +148,8 @@ pub fn decide(
         parent_dn,
         sam_account_name_candidates: naming::sam_account_name_candidates(&group.display_name, &group.id),
         group_type,
-        display_name: group.display_name.clone(),
-        description: group.description.clone().filter(|d| !d.is_empty()),
+        display_name: truncate(&group.display_name, DISPLAY_NAME_MAX_CHARS),
+        description: group.description.as_deref().filter(|d| !d.is_empty()).map(|d| truncate(d, DESCRIPTION_MAX_CHARS)),
         mail,
     })
 }
@@ -214,6 +223,16 @@ mod tests {
         assert!(matches!(decide(&security("a"), &over, &all_security(), &placement(), DirectorySchema { has_exchange: true }), Decision::Skip(_)));
         let dl = CloudGroup { id: "d".into(), mail_enabled: true, ..Default::default() };
         assert!(matches!(decide(&dl, &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(r) if r.contains("distribution lists")));
+    }
+
+    #[test]
+    fn over_long_attributes_are_cut_to_ad_limits() {
+        let mut g = security("a");
+        g.display_name = "n".repeat(400);
+        g.description = Some("d".repeat(2000));
+        let Decision::Write(spec) = decide(&g, &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()) else { panic!() };
+        assert_eq!(spec.display_name.chars().count(), DISPLAY_NAME_MAX_CHARS);
+        assert_eq!(spec.description.map(|d| d.chars().count()), Some(DESCRIPTION_MAX_CHARS));
     }
 
     #[test]

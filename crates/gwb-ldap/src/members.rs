@@ -129,7 +129,17 @@ impl Directory {
             group: Some(group.applied()),
             ..ApplyReport::default()
         };
-        let unique = dedupe(members);
+        // Never nest a privileged or well-known principal (BUILTIN\Administrators,
+        // Domain Admins…) into a group: adding it would change that principal's
+        // memberships, whoever asked. Removing one is harmless and allowed.
+        let (refused, allowed): (Vec<MemberRef>, Vec<MemberRef>) = dedupe(members)
+            .into_iter()
+            .partition(|m| op == MemberOp::Add && matches!(m, MemberRef::Sid(sid) if crate::codec::is_privileged_sid(sid)));
+        for member in refused {
+            tracing::warn!(anchor, member = ?member, "refusing to add a well-known or privileged SID as a member");
+            report.members_rejected.push((member, "well-known or privileged SID: never added as a member".into()));
+        }
+        let unique = allowed;
         let batch_size = self.config.member_batch_size.max(1);
         // A stack, so bisected halves are retried before the remaining batches.
         let mut pending: Vec<Vec<MemberRef>> = unique

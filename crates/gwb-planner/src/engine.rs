@@ -870,9 +870,12 @@ impl Plan<'_> {
         self.audit(&group_id, &outcome.command_id, &outcome.kind, result, &detail)?;
         if status == cmd::OutcomeStatus::Failed {
             let message = format!("{} failed (LDAP {}): {}", outcome.kind, outcome.ldap_code, outcome.message);
+            // The first failure is the cause; member commands failing after a failed
+            // upsert ("no group carries anchor…") must not hide it.
+            let keep_cause = current == state::ERROR && outcome.kind != "upsert";
             self.tx.execute(
-                "UPDATE writeback SET state = ?2, last_error = ?3, updated_ms = ?4 WHERE group_id = ?1",
-                params![group_id, state::ERROR, message, self.cause.now_ms],
+                "UPDATE writeback SET state = ?2, last_error = CASE WHEN ?5 THEN last_error ELSE ?3 END, updated_ms = ?4 WHERE group_id = ?1",
+                params![group_id, state::ERROR, message, self.cause.now_ms, keep_cause],
             )?;
             self.tx.execute("INSERT INTO errors (at_ms, group_id, message) VALUES (?1, ?2, ?3)", params![self.cause.now_ms, group_id, message])?;
             self.tx.execute("DELETE FROM errors WHERE id <= (SELECT MAX(id) - 200 FROM errors)", [])?;

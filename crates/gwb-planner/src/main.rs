@@ -135,7 +135,17 @@ async fn serve_control(
     Ok(())
 }
 
+const EVENT_TYPE: &str = "gwb.events.v1.ChangeEvent";
+const OUTCOME_TYPE: &str = "gwb.commands.v1.Outcome";
+const WRITER_STATUS_TYPE: &str = "gwb.commands.v1.WriterStatus";
+
 async fn handle_event(engine: SharedEngine, outbox_ready: Arc<Notify>, delivery: Delivery) -> Disposition {
+    // Bytes of another message type or version may well decode as this one (protobuf
+    // is lenient): the declared type decides, never a successful decode.
+    if delivery.kind.as_deref() != Some(EVENT_TYPE) {
+        tracing::error!(message_id = ?delivery.message_id, kind = ?delivery.kind, "event of an unknown type or version dead-lettered");
+        return Disposition::DeadLetter;
+    }
     let event = match ev::ChangeEvent::decode(delivery.payload.as_slice()) {
         Ok(event) if event.change.is_some() && !event.event_id.is_empty() => event,
         Ok(_) | Err(_) => {
@@ -171,10 +181,14 @@ async fn handle_event(engine: SharedEngine, outbox_ready: Arc<Notify>, delivery:
 
 async fn handle_outcome(engine: SharedEngine, outbox_ready: Arc<Notify>, delivery: Delivery) -> Disposition {
     let kind = delivery.kind.clone().unwrap_or_default();
+    if kind != OUTCOME_TYPE && kind != WRITER_STATUS_TYPE {
+        tracing::error!(message_id = ?delivery.message_id, %kind, "outcome of an unknown type or version dead-lettered");
+        return Disposition::DeadLetter;
+    }
     let payload = delivery.payload;
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
         let mut engine = engine.lock().map_err(|_| anyhow::anyhow!("planner state lock poisoned"))?;
-        if kind == "gwb.commands.v1.WriterStatus" {
+        if kind == WRITER_STATUS_TYPE {
             let Ok(status) = cmd::WriterStatus::decode(payload.as_slice()) else { return Ok(false) };
             engine.apply_writer_status(&status, now_ms())?;
         } else {
@@ -265,7 +279,7 @@ async fn publish_outbox(engine: SharedEngine, publisher: Publisher, ready: Arc<N
         let messages: Vec<(Route, Message)> = batch
             .into_iter()
             .map(|row| {
-                let message = Message { id: row.command_id, kind: "gwb.commands.v1.WriteCommand", payload: row.payload, headers: row.headers, timestamp_ms: now_ms() };
+                let message = Message { id: row.command_id, kind: gwb_bus::COMMAND_TYPE, payload: row.payload, headers: row.headers, timestamp_ms: now_ms() };
                 (Route::Command { partition: row.partition }, message)
             })
             .collect();

@@ -156,6 +156,10 @@ fn hostname() -> String {
 }
 
 async fn handle_command(shared: Arc<Shared>, directory: Arc<Mutex<Option<Directory>>>, delivery: Delivery) -> Disposition {
+    if delivery.kind.as_deref() != Some(gwb_bus::COMMAND_TYPE) {
+        tracing::error!(message_id = ?delivery.message_id, kind = ?delivery.kind, "command of an unknown type or version dead-lettered");
+        return Disposition::DeadLetter;
+    }
     let Ok(command) = cmd::WriteCommand::decode(delivery.payload.as_slice()) else {
         tracing::error!(message_id = ?delivery.message_id, "undecodable command dead-lettered");
         return Disposition::DeadLetter;
