@@ -122,22 +122,7 @@ where
     H: FnMut(Delivery) -> F,
     F: Future<Output = Disposition>,
 {
-    let connection = connect(config).await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|source| BusError::Amqp { operation: "channel.open", source })?;
-    topology.declare(&channel).await?;
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(|source| BusError::Amqp { operation: "basic.qos", source })?;
-    let tag = format!("{}-{}", queue, std::process::id());
-    let mut consumer = channel
-        .basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .map_err(|source| BusError::Amqp { operation: "basic.consume", source })?;
-    tracing::info!(queue, "consuming");
+    let (connection, mut consumer) = open_consumer(config, topology, queue).await?;
     loop {
         let next = tokio::select! {
             next = consumer.next() => next,
@@ -168,13 +153,123 @@ where
                 metrics.dead_lettered(queue);
             }
         }
-        let acker = &delivery.acker;
-        let result = match disposition {
-            Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
-            Disposition::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
-            Disposition::Requeue => acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+        settle(&delivery, disposition).await?;
+    }
+}
+
+async fn open_consumer(config: &BusConfig, topology: &Topology, queue: &str) -> Result<(lapin::Connection, lapin::Consumer), BusError> {
+    let connection = connect(config).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|source| BusError::Amqp { operation: "channel.open", source })?;
+    topology.declare(&channel).await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|source| BusError::Amqp { operation: "basic.qos", source })?;
+    let tag = format!("{}-{}", queue, std::process::id());
+    let consumer = channel
+        .basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .map_err(|source| BusError::Amqp { operation: "basic.consume", source })?;
+    tracing::info!(queue, "consuming");
+    Ok((connection, consumer))
+}
+
+async fn settle(delivery: &lapin::message::Delivery, disposition: Disposition) -> Result<(), BusError> {
+    let acker = &delivery.acker;
+    let result = match disposition {
+        Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
+        Disposition::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
+        Disposition::Requeue => acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+    };
+    result.map(|_| ()).map_err(|source| BusError::Amqp { operation: "basic.ack", source })
+}
+
+/// Like [`consume`], but hands the handler every delivery already waiting (up to
+/// `max_batch`, at least one) in queue order, and settles each with the disposition
+/// at the same index. A handler can then amortise per-message costs (one confirm round
+/// trip for all its outcomes, merged directory writes) while keeping the order.
+pub async fn consume_batches<H, F>(config: BusConfig, queue: String, shutdown: Shutdown, max_batch: usize, mut handler: H)
+where
+    H: FnMut(Vec<Delivery>) -> F,
+    F: Future<Output = Vec<Disposition>>,
+{
+    let topology = Topology::new(&config);
+    let mut failures: u32 = 0;
+    while !shutdown.is_triggered() {
+        match consume_batches_once(&config, &topology, &queue, &shutdown, max_batch.max(1), &mut handler).await {
+            Ok(()) => return,
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let delay = backoff(failures);
+                tracing::warn!(%error, queue, retry_in_ms = delay.as_millis() as u64, "consumer lost its connection");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.triggered() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn consume_batches_once<H, F>(
+    config: &BusConfig,
+    topology: &Topology,
+    queue: &str,
+    shutdown: &Shutdown,
+    max_batch: usize,
+    handler: &mut H,
+) -> Result<(), BusError>
+where
+    H: FnMut(Vec<Delivery>) -> F,
+    F: Future<Output = Vec<Disposition>>,
+{
+    use futures::FutureExt;
+    let (connection, mut consumer) = open_consumer(config, topology, queue).await?;
+    loop {
+        let first = tokio::select! {
+            next = consumer.next() => next,
+            _ = shutdown.triggered() => {
+                let _ = connection.close(200, "shutdown".into()).await;
+                return Ok(());
+            }
         };
-        result.map_err(|source| BusError::Amqp { operation: "basic.ack", source })?;
+        let Some(first) = first else {
+            return Err(BusError::Timeout { operation: "consumer stream ended", seconds: 0 });
+        };
+        let mut raw = vec![first.map_err(|source| BusError::Amqp { operation: "basic.deliver", source })?];
+        // Take what has already arrived (prefetched), without waiting for more.
+        while raw.len() < max_batch {
+            match consumer.next().now_or_never() {
+                Some(Some(next)) => raw.push(next.map_err(|source| BusError::Amqp { operation: "basic.deliver", source })?),
+                Some(None) | None => break,
+            }
+        }
+        let received: Vec<Delivery> = raw.iter().map(to_delivery).collect();
+        let span = consumer_span(queue, &received[0]);
+        if let Some(metrics) = gwb_runtime::metrics::global() {
+            for delivery in &received {
+                if let Some(lag) = delivery.queue_lag() {
+                    metrics.queue_lag(queue, lag);
+                }
+            }
+        }
+        let count = received.len();
+        let dispositions = span.in_scope(|| handler(received)).instrument(span.clone()).await;
+        for (index, delivery) in raw.iter().enumerate() {
+            // A handler that answers for fewer deliveries leaves the rest to be retried.
+            let disposition = dispositions.get(index).copied().unwrap_or(Disposition::Requeue);
+            if let Some(metrics) = gwb_runtime::metrics::global() {
+                metrics.message_consumed(queue, disposition.as_str());
+                if disposition == Disposition::DeadLetter {
+                    metrics.dead_lettered(queue);
+                }
+            }
+            settle(delivery, disposition).await?;
+        }
+        tracing::trace!(queue, count, "batch settled");
     }
 }
 

@@ -17,7 +17,7 @@ pub use config::BusConfig;
 /// AMQP `type` of writer commands, shared by the planner (publisher) and the writer
 /// (which refuses anything else).
 pub const COMMAND_TYPE: &str = "gwb.commands.v1.WriteCommand";
-pub use consumer::{Delivery, Disposition, consume};
+pub use consumer::{Delivery, Disposition, consume, consume_batches};
 pub use publisher::{Message, PUBLISHED_AT_HEADER, Publisher};
 pub use topology::{Route, Topology, delete_topology, partition_of};
 

@@ -4,6 +4,7 @@
 //! are retried in place so a partition never applies a later command before an
 //! earlier one.
 
+mod apply;
 mod config;
 mod control;
 mod convert;
@@ -17,8 +18,8 @@ use prost::Message as _;
 use rand::Rng;
 use tokio::sync::Mutex;
 
-use gwb_bus::{Delivery, Disposition, Message, Publisher, Route};
-use gwb_core::command::{ApplyReport, FailureClass};
+use gwb_bus::{Message, Publisher, Route};
+use gwb_core::command::ApplyReport;
 use gwb_ldap::{Directory, DirectoryConfig, DirectoryError};
 use gwb_proto::commands::v1 as cmd;
 use gwb_runtime::shutdown::Shutdown;
@@ -36,16 +37,16 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-struct Shared {
-    writer_id: String,
-    dry_run: bool,
-    directory_config: DirectoryConfig,
-    publisher: Publisher,
-    shutdown: Shutdown,
-    pause: control::PauseSwitch,
-    snapshot: control::DirectorySnapshot,
+pub(crate) struct Shared {
+    pub(crate) writer_id: String,
+    pub(crate) dry_run: bool,
+    pub(crate) directory_config: DirectoryConfig,
+    pub(crate) publisher: Publisher,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) pause: control::PauseSwitch,
+    pub(crate) snapshot: control::DirectorySnapshot,
     /// gRPC health of the writer service: serving only while the directory answers.
-    health: tonic_health::server::HealthReporter,
+    pub(crate) health: tonic_health::server::HealthReporter,
 }
 
 #[tokio::main]
@@ -110,9 +111,13 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(partition < topology.partitions(), "writer.partitions: {partition} is not below bus.command_partitions ({})", topology.partitions());
         let shared = shared.clone();
         let directory: Arc<Mutex<Option<Directory>>> = Arc::new(Mutex::new(None));
-        tasks.push(tokio::spawn(gwb_bus::consume(config.bus.clone(), topology.command_queue(partition), shutdown.clone(), move |delivery| {
-            handle_command(shared.clone(), directory.clone(), delivery)
-        })));
+        tasks.push(tokio::spawn(gwb_bus::consume_batches(
+            config.bus.clone(),
+            topology.command_queue(partition),
+            shutdown.clone(),
+            usize::from(config.bus.prefetch),
+            move |deliveries| apply::handle_batch(shared.clone(), directory.clone(), deliveries),
+        )));
     }
     tasks.push(tokio::spawn(report_status(shared.clone(), Duration::from_secs(config.writer.status_interval_seconds.max(1)))));
     let server = tokio::spawn(serve_control(control_listener, health_service, shared.clone(), gwb_proto::auth::TokenCheck::new(control_token)));
@@ -155,90 +160,7 @@ fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "writer".into())
 }
 
-async fn handle_command(shared: Arc<Shared>, directory: Arc<Mutex<Option<Directory>>>, delivery: Delivery) -> Disposition {
-    if delivery.kind.as_deref() != Some(gwb_bus::COMMAND_TYPE) {
-        tracing::error!(message_id = ?delivery.message_id, kind = ?delivery.kind, "command of an unknown type or version dead-lettered");
-        return Disposition::DeadLetter;
-    }
-    let Ok(command) = cmd::WriteCommand::decode(delivery.payload.as_slice()) else {
-        tracing::error!(message_id = ?delivery.message_id, "undecodable command dead-lettered");
-        return Disposition::DeadLetter;
-    };
-    let mut outcome = cmd::Outcome {
-        command_id: command.command_id.clone(),
-        group_id: command.group_id.clone(),
-        sequence: command.sequence,
-        observed_at_ms: command.observed_at_ms,
-        writer_id: shared.writer_id.clone(),
-        ..Default::default()
-    };
-    let domain = match convert::to_domain(&command) {
-        Ok(domain) => domain,
-        Err(reason) => {
-            tracing::error!(command_id = %command.command_id, %reason, "impossible command dead-lettered");
-            outcome.kind = "invalid".into();
-            outcome.status = cmd::OutcomeStatus::Failed as i32;
-            outcome.message = format!("invalid command: {reason}");
-            return finish(&shared, outcome, Disposition::DeadLetter).await;
-        }
-    };
-    outcome.kind = domain.kind().to_string();
-    if shared.dry_run {
-        outcome.status = cmd::OutcomeStatus::DryRun as i32;
-        outcome.completed_at_ms = now_ms();
-        return finish(&shared, outcome, Disposition::Ack).await;
-    }
-    if shared.pause.reason().is_some() {
-        tokio::select! {
-            _ = shared.pause.wait_until_running() => {}
-            _ = shared.shutdown.triggered() => return Disposition::Requeue,
-        }
-    }
-    let mut guard = directory.lock().await;
-    let mut failures = 0u32;
-    loop {
-        if shared.shutdown.is_triggered() {
-            // Unacked: the broker hands it to the next writer.
-            return Disposition::Requeue;
-        }
-        let result = match guard.as_mut() {
-            Some(directory) => directory.apply(&domain).await,
-            None => match Directory::connect(shared.directory_config.clone()).await {
-                Ok(mut connected) => {
-                    connected.set_observer(Arc::new(observe_ldap));
-                    let directory = guard.insert(connected);
-                    directory.apply(&domain).await
-                }
-                Err(error) => Err(error),
-            },
-        };
-        match result {
-            Ok(report) => {
-                fill_report(&mut outcome, report);
-                outcome.status = cmd::OutcomeStatus::Applied as i32;
-                outcome.completed_at_ms = now_ms();
-                tracing::debug!(command_id = %command.command_id, kind = %outcome.kind, group = %command.group_id, changed = outcome.changed, "applied");
-                return finish(&shared, outcome, Disposition::Ack).await;
-            }
-            Err(error) if error.class == FailureClass::Transient => {
-                failures += 1;
-                let delay = backoff(failures);
-                tracing::warn!(%error, kind = %outcome.kind, group = %command.group_id, retry_in_ms = delay.as_millis() as u64, "directory unavailable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shared.shutdown.triggered() => {}
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, kind = %outcome.kind, group = %command.group_id, "command failed permanently; dead-lettered");
-                fill_failure(&mut outcome, &error);
-                return finish(&shared, outcome, Disposition::DeadLetter).await;
-            }
-        }
-    }
-}
-
-fn fill_report(outcome: &mut cmd::Outcome, report: ApplyReport) {
+pub(crate) fn fill_report(outcome: &mut cmd::Outcome, report: ApplyReport) {
     outcome.group = report.group.map(|g| cmd::AppliedGroup { dn: g.dn, object_guid: g.object_guid, object_sid: g.object_sid, sam_account_name: g.sam_account_name });
     outcome.members_added = report.members_added;
     outcome.members_removed = report.members_removed;
@@ -251,7 +173,7 @@ fn fill_report(outcome: &mut cmd::Outcome, report: ApplyReport) {
     outcome.changed = report.changed;
 }
 
-fn fill_failure(outcome: &mut cmd::Outcome, error: &DirectoryError) {
+pub(crate) fn fill_failure(outcome: &mut cmd::Outcome, error: &DirectoryError) {
     outcome.status = cmd::OutcomeStatus::Failed as i32;
     outcome.ldap_code = error.code.unwrap_or(0);
     outcome.message = error.message.clone();
@@ -259,13 +181,13 @@ fn fill_failure(outcome: &mut cmd::Outcome, error: &DirectoryError) {
 }
 
 /// LDAP operations by kind and result, with their duration.
-fn observe_ldap(record: &gwb_ldap::OperationRecord) {
+pub(crate) fn observe_ldap(record: &gwb_ldap::OperationRecord) {
     if let Some(metrics) = gwb_runtime::metrics::global() {
         metrics.ldap_operation(record.kind.as_str(), &record.outcome.label(), record.duration);
     }
 }
 
-fn record_outcome(outcome: &cmd::Outcome) {
+pub(crate) fn record_outcome(outcome: &cmd::Outcome) {
     let Some(metrics) = gwb_runtime::metrics::global() else { return };
     let result = match cmd::OutcomeStatus::try_from(outcome.status) {
         Ok(cmd::OutcomeStatus::Applied) => "applied",
@@ -279,27 +201,6 @@ fn record_outcome(outcome: &cmd::Outcome) {
             // From the moment the collector saw the change in Graph to this AD write.
             let latency = (outcome.completed_at_ms - outcome.observed_at_ms).max(0) as u64;
             metrics.end_to_end_latency(Duration::from_millis(latency));
-        }
-    }
-}
-
-/// Publishes the outcome, then settles the command. If the outcome can't be
-/// published the command is requeued: applying it again is harmless.
-async fn finish(shared: &Shared, outcome: cmd::Outcome, disposition: Disposition) -> Disposition {
-    record_outcome(&outcome);
-    let message = Message {
-        id: format!("outcome-{}", outcome.command_id),
-        kind: "gwb.commands.v1.Outcome",
-        payload: outcome.encode_to_vec(),
-        headers: Default::default(),
-        timestamp_ms: now_ms(),
-    };
-    match shared.publisher.publish(&Route::Outcomes, &message).await {
-        Ok(()) => disposition,
-        Err(error) => {
-            tracing::warn!(%error, "could not publish an outcome; the command will be applied again");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            Disposition::Requeue
         }
     }
 }
@@ -393,7 +294,7 @@ async fn report_status(shared: Arc<Shared>, every: Duration) {
     }
 }
 
-fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     let base = 200u64.saturating_mul(1 << failures.min(8)).min(30_000);
     Duration::from_millis((base as f64 * rand::rng().random_range(0.5..1.0)) as u64)
 }
