@@ -16,34 +16,65 @@ use gwb_proto::commands::v1 as cmd;
 
 use crate::{Shared, backoff, convert, fill_failure, fill_report, now_ms, observe_ldap, record_outcome};
 
-/// One directory write standing for one or more commands (by delivery index).
+/// One or two directory writes standing for one or more commands (by delivery index).
 struct Unit {
     indices: Vec<usize>,
     command: WriteCommand,
+    /// For a run of member changes: each value's final state (true = member).
+    net: Option<std::collections::BTreeMap<MemberRef, bool>>,
 }
 
-/// Appends `command` to the units, merging it into the previous unit of the same group
-/// when both add (or both remove) members: nothing of that group lies between them,
-/// so the union is the same change in one write.
+/// Appends `command` to the units. A run of member changes of one group (nothing else
+/// of that group between them) becomes one net change: per value, the last add or
+/// remove wins, then removals and additions are written as one write each. The group's
+/// own order is kept; other groups' commands may interleave, which changes nothing.
 fn push_merged(units: &mut Vec<Unit>, last_of_group: &mut HashMap<String, usize>, index: usize, command: WriteCommand) {
     let anchor = command.anchor().to_string();
-    if let Some(&position) = last_of_group.get(&anchor) {
-        let unit = &mut units[position];
-        let merged = match (&mut unit.command, &command) {
-            (WriteCommand::AddMembers { members, .. }, WriteCommand::AddMembers { members: more, .. })
-            | (WriteCommand::RemoveMembers { members, .. }, WriteCommand::RemoveMembers { members: more, .. }) => {
-                members.extend(more.iter().cloned());
-                true
-            }
-            _ => false,
-        };
-        if merged {
-            unit.indices.push(index);
-            return;
+    let incoming = match &command {
+        WriteCommand::AddMembers { members, .. } => Some((members, true)),
+        WriteCommand::RemoveMembers { members, .. } => Some((members, false)),
+        _ => None,
+    };
+    if let (Some(&position), Some((members, add))) = (last_of_group.get(&anchor), incoming)
+        && let Some(net) = &mut units[position].net
+    {
+        for member in members {
+            net.insert(member.clone(), add);
         }
+        units[position].indices.push(index);
+        return;
     }
+    let net = incoming.map(|(members, add)| members.iter().map(|m| (m.clone(), add)).collect());
     last_of_group.insert(anchor, units.len());
-    units.push(Unit { indices: vec![index], command });
+    units.push(Unit { indices: vec![index], command, net });
+}
+
+/// The writes a unit stands for: the command itself, or a member run's net removals
+/// then additions.
+fn writes(unit: &Unit) -> Vec<WriteCommand> {
+    let Some(net) = &unit.net else { return vec![unit.command.clone()] };
+    let anchor = unit.command.anchor().to_string();
+    let removals: Vec<MemberRef> = net.iter().filter(|(_, add)| !**add).map(|(m, _)| m.clone()).collect();
+    let additions: Vec<MemberRef> = net.iter().filter(|(_, add)| **add).map(|(m, _)| m.clone()).collect();
+    let mut writes = Vec::new();
+    if !removals.is_empty() {
+        writes.push(WriteCommand::RemoveMembers { anchor: anchor.clone(), members: removals });
+    }
+    if !additions.is_empty() {
+        writes.push(WriteCommand::AddMembers { anchor, members: additions });
+    }
+    writes
+}
+
+/// Sums two reports of writes to one group.
+fn combine(mut total: ApplyReport, next: ApplyReport) -> ApplyReport {
+    total.group = next.group.or(total.group);
+    total.members_added += next.members_added;
+    total.members_removed += next.members_removed;
+    total.members_unchanged += next.members_unchanged;
+    total.members_rejected.extend(next.members_rejected);
+    total.changed |= next.changed;
+    total
 }
 
 fn member_refs(command: &WriteCommand) -> BTreeSet<MemberRef> {
@@ -107,7 +138,15 @@ pub async fn handle_batch(shared: Arc<Shared>, directory: Arc<Mutex<Option<Direc
             // Not applied: left unacked (Requeue) for the next writer.
             break;
         }
-        let result = if shared.dry_run { Some(Ok(ApplyReport::default())) } else { apply_with_retry(&shared, &mut guard, &unit.command).await };
+        let mut result = Some(Ok(ApplyReport::default()));
+        if !shared.dry_run {
+            for write in writes(&unit) {
+                result = match result {
+                    Some(Ok(total)) => apply_with_retry(&shared, &mut guard, &write).await.map(|r| r.map(|next| combine(total, next))),
+                    other => other,
+                };
+            }
+        }
         let Some(result) = result else { break };
         let last = unit.indices.last().copied();
         for &index in &unit.indices {
@@ -242,24 +281,47 @@ mod tests {
         WriteCommand::RemoveMembers { anchor: anchor.into(), members: sids.iter().map(|s| MemberRef::Sid(s.to_string())).collect() }
     }
 
+    fn shape(units: &[Unit]) -> Vec<(Vec<usize>, Vec<(&'static str, Vec<String>)>)> {
+        units
+            .iter()
+            .map(|u| {
+                let writes = writes(u)
+                    .iter()
+                    .map(|w| (w.kind(), member_refs(w).into_iter().map(|m| m.key()).collect()))
+                    .collect();
+                (u.indices.clone(), writes)
+            })
+            .collect()
+    }
+
     #[test]
-    fn consecutive_member_changes_of_a_group_merge_without_reordering_it() {
+    fn a_run_of_member_changes_becomes_one_net_change_without_reordering_the_group() {
         let mut units = Vec::new();
         let mut last = HashMap::new();
-        let sequence = [add("A", &["1"]), add("B", &["2"]), add("A", &["3"]), remove("A", &["1"]), add("A", &["4"]), WriteCommand::Delete { anchor: "B".into() }, add("B", &["5"])];
+        let sequence = [
+            add("A", &["1"]),
+            add("B", &["2"]),
+            add("A", &["3"]),
+            remove("A", &["1", "9"]),
+            add("A", &["4"]),
+            WriteCommand::Delete { anchor: "B".into() },
+            add("B", &["5"]),
+            WriteCommand::Delete { anchor: "A".into() },
+            add("A", &["6"]),
+        ];
         for (index, command) in sequence.into_iter().enumerate() {
             push_merged(&mut units, &mut last, index, command);
         }
-        let shape: Vec<(Vec<usize>, &str, usize)> = units.iter().map(|u| (u.indices.clone(), u.command.kind(), member_refs(&u.command).len())).collect();
+        let key = |s: &str| format!("sid:{s}");
         assert_eq!(
-            shape,
+            shape(&units),
             vec![
-                (vec![0, 2], "add_members", 2),
-                (vec![1], "add_members", 1),
-                (vec![3], "remove_members", 1),
-                (vec![4], "add_members", 1),
-                (vec![5], "delete", 0),
-                (vec![6], "add_members", 1),
+                (vec![0, 2, 3, 4], vec![("remove_members", vec![key("1"), key("9")]), ("add_members", vec![key("3"), key("4")])]),
+                (vec![1], vec![("add_members", vec![key("2")])]),
+                (vec![5], vec![("delete", vec![])]),
+                (vec![6], vec![("add_members", vec![key("5")])]),
+                (vec![7], vec![("delete", vec![])]),
+                (vec![8], vec![("add_members", vec![key("6")])]),
             ]
         );
     }
