@@ -23,6 +23,8 @@ pub struct Options {
     /// LDAP URL the writer uses (the proxy's), default the lab's.
     pub ldap_url: Option<String>,
     pub log_filter: String,
+    /// Let graph-sim's change notifications trigger rounds (the collector subscribes).
+    pub webhook: bool,
 }
 
 pub struct Services {
@@ -90,15 +92,27 @@ impl Services {
             let port = metrics_ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p).unwrap_or_default();
             format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
         };
+        let notifications = if options.webhook {
+            let port = free_port()?;
+            let client_state = dir.join("client-state");
+            gwb_runtime::secret::write_secret_file(&client_state, &uuid::Uuid::new_v4().simple().to_string())?;
+            format!(
+                "[collector.notifications]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nclient_state_file = \"{}\"\n",
+                client_state.display()
+            )
+        } else {
+            String::new()
+        };
         let collector = format!(
             "[graph]\nlogin_endpoint = \"{sim_url}\"\ngraph_endpoint = \"{sim_url}\"\nscope = \"https://graph.microsoft.com/.default\"\n\
              tenant_id = \"{TENANT_ID}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_file = \"{}\"\napi_version = \"beta\"\n\
              max_backoff_seconds = 2\n\n[collector]\npoll_interval_seconds = {}\nstate_path = \"{}\"\n\n\
-             [collector.control]\nlisten = \"127.0.0.1:{collector_port}\"\ntoken_file = \"{}\"\n\n{}\n{bus_toml}",
+             [collector.control]\nlisten = \"127.0.0.1:{collector_port}\"\ntoken_file = \"{}\"\n\n{}\n{}\n{bus_toml}",
             secret_file.display(),
             options.poll_interval_seconds,
             dir.join("collector.db").display(),
             token_file.display(),
+            notifications,
             metrics("gwb-collector"),
         );
         let planner = format!(
