@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 scripts/ensure-rabbitmq.sh
 scripts/lab-ad.sh up test >/dev/null
 if [ "${GWB_KEEP_LAB:-0}" != 1 ]; then
-    trap 'scripts/lab-ad.sh down test >/dev/null' EXIT
+    # The directory-outage test brings up its own lab ("reliability") when it runs.
+    trap 'scripts/lab-ad.sh down test >/dev/null; scripts/lab-ad.sh down reliability >/dev/null 2>&1 || true' EXIT
 fi
 set -a; . "$(scripts/lab-ad.sh env test)"; set +a
 

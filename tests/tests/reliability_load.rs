@@ -16,7 +16,7 @@ const SERVICES: [&str; 3] = ["gwb-collector", "gwb-planner", "gwb-writer"];
 const RATE: f64 = 200.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug: the writer applies ~10 commands/s, so at 200 changes/s the oldest command in flight grows without bound (17 s after 18 s of load)"]
+#[ignore = "not met yet: this mix at 200 changes/s (10 % creates, 11 % renames, 4 % deletes) exceeds what the lab Samba DC on 2 shared cores applies (~45 changes/s end to end after batching); the backlog grows, AD catches up ~70 s after 20 s of load. Run with scripts/reliability.sh"]
 async fn sustained_load_keeps_lag_bounded_and_memory_flat() -> anyhow::Result<()> {
     let seconds: u64 = scaled(20, 300);
     let ad = LabAd::from_env().await?;
