@@ -93,68 +93,16 @@ where
     H: FnMut(Delivery) -> F,
     F: Future<Output = Disposition>,
 {
-    let topology = Topology::new(&config);
-    let mut failures: u32 = 0;
-    while !shutdown.is_triggered() {
-        match consume_once(&config, &topology, &queue, &shutdown, &mut handler).await {
-            Ok(()) => return,
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                let delay = backoff(failures);
-                tracing::warn!(%error, queue, retry_in_ms = delay.as_millis() as u64, "consumer lost its connection");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.triggered() => return,
-                }
+    consume_batches(config, queue, shutdown, 1, move |mut batch: Vec<Delivery>| {
+        let work = batch.pop().map(&mut handler);
+        async move {
+            match work {
+                Some(work) => vec![work.await],
+                None => Vec::new(),
             }
         }
-    }
-}
-
-async fn consume_once<H, F>(
-    config: &BusConfig,
-    topology: &Topology,
-    queue: &str,
-    shutdown: &Shutdown,
-    handler: &mut H,
-) -> Result<(), BusError>
-where
-    H: FnMut(Delivery) -> F,
-    F: Future<Output = Disposition>,
-{
-    let (connection, mut consumer) = open_consumer(config, topology, queue).await?;
-    loop {
-        let next = tokio::select! {
-            next = consumer.next() => next,
-            _ = shutdown.triggered() => {
-                // Unacked deliveries go back to the queue when the connection closes.
-                let _ = connection.close(200, "shutdown".into()).await;
-                return Ok(());
-            }
-        };
-        let Some(next) = next else {
-            return Err(BusError::Timeout { operation: "consumer stream ended", seconds: 0 });
-        };
-        let delivery = next.map_err(|source| BusError::Amqp { operation: "basic.deliver", source })?;
-        let received = to_delivery(&delivery);
-        let span = consumer_span(queue, &received);
-        if let Some(metrics) = gwb_runtime::metrics::global()
-            && let Some(lag) = received.queue_lag()
-        {
-            metrics.queue_lag(queue, lag);
-        }
-        // The handler is called inside the span too: work it does before its first
-        // await (and the future's construction) belongs to the same trace.
-        let disposition = span.in_scope(|| handler(received)).instrument(span.clone()).await;
-        span.record("gwb.disposition", disposition.as_str());
-        if let Some(metrics) = gwb_runtime::metrics::global() {
-            metrics.message_consumed(queue, disposition.as_str());
-            if disposition == Disposition::DeadLetter {
-                metrics.dead_lettered(queue);
-            }
-        }
-        settle(&delivery, disposition).await?;
-    }
+    })
+    .await
 }
 
 async fn open_consumer(config: &BusConfig, topology: &Topology, queue: &str) -> Result<(lapin::Connection, lapin::Consumer), BusError> {
