@@ -58,7 +58,7 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &s
     let per_phase = scaled(100, 1_000);
     for _ in 0..per_phase {
         workload.step(sim).await?;
-        if workload.changes % 20 == 0 {
+        if workload.changes.is_multiple_of(20) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -60,7 +60,7 @@ async fn scenario(ad: &LabAd, pipeline: &mut Pipeline, users_ou: &str, groups_ou
             next_kill += 1;
         }
         // A bit of pacing so kills land in the middle of work rather than all at the start.
-        if workload.changes % 25 == 0 {
+        if workload.changes.is_multiple_of(25) {
             tokio::time::sleep(Duration::from_millis(scaled(150, 50))).await;
         }
     }

@@ -67,7 +67,7 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &s
     let first_change = workload.changes;
     while start.elapsed() < Duration::from_secs(seconds) {
         let due = ((workload.changes - first_change) as f64 / RATE) as u64;
-        let ahead = Duration::from_millis(due * 1000 / 1).saturating_sub(start.elapsed());
+        let ahead = Duration::from_millis(due * 1000).saturating_sub(start.elapsed());
         if !ahead.is_zero() {
             tokio::time::sleep(ahead.min(Duration::from_millis(20))).await;
             continue;

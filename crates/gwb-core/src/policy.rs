@@ -70,6 +70,8 @@ pub struct DirectorySchema {
     pub has_exchange: bool,
 }
 
+// A decision lives for one planning step; boxing the spec would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Write(GroupSpec),

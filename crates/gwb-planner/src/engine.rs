@@ -898,13 +898,11 @@ impl Plan<'_> {
                     }
                 }
             }
-            "delete" => {
-                if current == state::DELETING {
-                    self.tx.execute(
-                        "UPDATE writeback SET state = ?2, dn = NULL, object_guid = NULL, object_sid = NULL, updated_ms = ?3 WHERE group_id = ?1",
-                        params![group_id, state::DELETED, self.cause.now_ms],
-                    )?;
-                }
+            "delete" if current == state::DELETING => {
+                self.tx.execute(
+                    "UPDATE writeback SET state = ?2, dn = NULL, object_guid = NULL, object_sid = NULL, updated_ms = ?3 WHERE group_id = ?1",
+                    params![group_id, state::DELETED, self.cause.now_ms],
+                )?;
             }
             _ => {}
         }

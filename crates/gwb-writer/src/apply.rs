@@ -281,7 +281,10 @@ mod tests {
         WriteCommand::RemoveMembers { anchor: anchor.into(), members: sids.iter().map(|s| MemberRef::Sid(s.to_string())).collect() }
     }
 
-    fn shape(units: &[Unit]) -> Vec<(Vec<usize>, Vec<(&'static str, Vec<String>)>)> {
+    /// (delivery indices, [(write kind, member keys)]) per unit.
+    type Shape = Vec<(Vec<usize>, Vec<(&'static str, Vec<String>)>)>;
+
+    fn shape(units: &[Unit]) -> Shape {
         units
             .iter()
             .map(|u| {

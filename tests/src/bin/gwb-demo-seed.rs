@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut synced = Vec::new();
     for name in SYNCED_USERS {
-        let sam = name.split(' ').map(|p| p.chars().next().unwrap_or('x')).collect::<String>().to_lowercase() + &name.split(' ').last().unwrap_or("").to_lowercase();
+        let sam = name.split(' ').map(|p| p.chars().next().unwrap_or('x')).collect::<String>().to_lowercase() + &name.split(' ').next_back().unwrap_or("").to_lowercase();
         let dn = format!("CN={name},{users_ou}");
         let sid = match ad.entry(&dn, &["objectSid"]).await? {
             Some(entry) => gwb_tests::ad::binary(&entry, "objectSid").and_then(|b| gwb_tests::ad::sid_from_bytes(&b)).context("objectSid")?,
