@@ -301,7 +301,8 @@ fn spawn(name: &str, dir: &Path, command: &mut Command) -> anyhow::Result<Child>
         .with_context(|| format!("starting {name}"))
 }
 
-async fn wait_for_file(path: &Path, timeout: Duration) -> anyhow::Result<String> {
+/// Waits until `path` exists with content (an address file a service writes).
+pub async fn wait_for_file(path: &Path, timeout: Duration) -> anyhow::Result<String> {
     let start = Instant::now();
     loop {
         if let Ok(text) = std::fs::read_to_string(path)
@@ -316,7 +317,8 @@ async fn wait_for_file(path: &Path, timeout: Duration) -> anyhow::Result<String>
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A free loopback port (bound and released; fine for tests on one machine).
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

@@ -8,13 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use graph_sim::{GroupFields, NewGroup, NewUser, UserFields};
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{Options, Pipeline, binary, unique, without_gwb_env};
+use gwb_tests::pipeline::{Options, Pipeline, binary, free_port, unique, without_gwb_env};
 
 const GROUPS: usize = 12;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 async fn applied_by(addr: &str) -> anyhow::Result<f64> {
     let body = reqwest_lite(addr).await?;

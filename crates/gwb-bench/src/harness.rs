@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use graph_sim::AdminClient;
 use gwb_bus::BusConfig;
-use gwb_tests::pipeline::{CLIENT_ID, TENANT_ID, unique};
+use gwb_tests::pipeline::{CLIENT_ID, TENANT_ID, free_port, unique, wait_for_file, without_gwb_env};
 use tokio::process::{Child, Command};
 
 use crate::ldap::Lab;
@@ -39,9 +39,6 @@ pub struct Services {
     http: reqwest::Client,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 impl Services {
     /// Starts graph-sim, the planner and the writer; the collector waits for
@@ -325,13 +322,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 fn spawn(name: &str, dir: &Path, filter: &str, command: &mut Command) -> anyhow::Result<Child> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    // The services read `GWB_*` as configuration overrides; ours must not leak in.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("GWB_") {
-            command.env_remove(key);
-        }
-    }
-    command
+    without_gwb_env(command)
         .stdout(log.try_clone()?)
         .stderr(log)
         .env("RUST_LOG", filter)
@@ -340,17 +331,3 @@ fn spawn(name: &str, dir: &Path, filter: &str, command: &mut Command) -> anyhow:
         .with_context(|| format!("starting {name} (built? expected in the binary directory)"))
 }
 
-async fn wait_for_file(path: &Path, timeout: Duration) -> anyhow::Result<String> {
-    let start = Instant::now();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && !text.trim().is_empty()
-        {
-            return Ok(text.trim().to_string());
-        }
-        if start.elapsed() > timeout {
-            bail!("{} did not appear within {timeout:?}", path.display());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
