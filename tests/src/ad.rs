@@ -106,6 +106,12 @@ impl LabAd {
         &self.password
     }
 
+    /// A new connection of its own (LDAPS, bound as the lab account), e.g. to measure
+    /// what the DC does over several connections at once.
+    pub async fn connection(&self) -> anyhow::Result<Ldap> {
+        connect(&self.url, &self.ca_file, &self.bind_dn, &self.password).await
+    }
+
     /// A handle for one operation; clones multiplex on the one connection.
     fn ldap(&self) -> Ldap {
         self.ldap.clone()

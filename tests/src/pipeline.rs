@@ -345,11 +345,52 @@ impl Pipeline {
         status.lines().find_map(|line| line.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok())
     }
 
+    /// CPU time (user + system, all threads) a service has used, from /proc.
+    pub fn cpu_seconds(&self, name: &str) -> Option<f64> {
+        cpu_seconds(self.pid(name)?)
+    }
+
+    /// The service's `/metrics` text (a plain HTTP/1.0 GET on its metrics address).
+    pub async fn scrape(&self, name: &str) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.metrics.iter().find(|(n, _)| n == name).map(|(_, a)| *a).with_context(|| format!("no metrics address for {name}"))?;
+        let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
+        stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await??;
+        Ok(response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or(response))
+    }
+
     /// Log of a service including what it wrote before its last restart.
     pub fn full_log(&self, name: &str) -> String {
         let previous = std::fs::read_to_string(self.dir.join(format!("{name}.previous.log"))).unwrap_or_default();
         format!("{previous}{}", self.log(name))
     }
+}
+
+/// CPU time (user + system, all threads) of a process, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks as f64 / 100.0)
+}
+
+/// Sum of every sample of metric `name` (exact name, any labels) whose label text
+/// contains all of `labels` (e.g. `["result=\"ok\""]`), in Prometheus text format.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = key.split_once('{').unwrap_or((key, ""));
+            (metric == name && labels.iter().all(|l| label_text.contains(l))).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 /// `GWB_RELIABILITY_SCALE=full` selects the large scale of the reliability suite.
