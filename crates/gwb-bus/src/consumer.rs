@@ -206,16 +206,27 @@ where
         }
         let count = received.len();
         let dispositions = span.in_scope(|| handler(received)).instrument(span.clone()).await;
+        // A handler that answers for fewer deliveries leaves the rest to be retried.
+        let disposition_of = |index: usize| dispositions.get(index).copied().unwrap_or(Disposition::Requeue);
+        let all_acked = (0..raw.len()).all(|index| disposition_of(index) == Disposition::Ack);
         for (index, delivery) in raw.iter().enumerate() {
-            // A handler that answers for fewer deliveries leaves the rest to be retried.
-            let disposition = dispositions.get(index).copied().unwrap_or(Disposition::Requeue);
+            let disposition = disposition_of(index);
             if let Some(metrics) = gwb_runtime::metrics::global() {
                 metrics.message_consumed(queue, disposition.as_str());
                 if disposition == Disposition::DeadLetter {
                     metrics.dead_lettered(queue);
                 }
             }
-            settle(delivery, disposition).await?;
+            if !all_acked {
+                settle(delivery, disposition).await?;
+            }
+        }
+        if all_acked && let Some(last) = raw.last() {
+            // One frame acknowledges the whole batch (deliveries up to this tag).
+            last.acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .map_err(|source| BusError::Amqp { operation: "basic.ack", source })?;
         }
         tracing::trace!(queue, count, "batch settled");
     }

@@ -1,6 +1,6 @@
 //! Connection handling, discovery, the timed LDAP primitives and anchor lookup.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -81,6 +81,10 @@ pub struct Directory {
     pub(crate) caps: Capabilities,
     session: Option<Session>,
     observer: Option<OperationObserver>,
+    /// objectGUID of each group this process found or created, by lower-cased anchor:
+    /// later writes read it by GUID (a base read) instead of searching for the
+    /// anchor, and re-check every safety condition on what they read.
+    remembered: HashMap<String, String>,
 }
 
 impl fmt::Debug for Directory {
@@ -106,6 +110,7 @@ impl Directory {
             caps: Capabilities::default(),
             session: None,
             observer: None,
+            remembered: HashMap::new(),
         };
         directory.caps = directory.discover().await?;
         Ok(directory)
@@ -275,13 +280,7 @@ impl Directory {
             }
         }
         if found.len() > 1 {
-            let dns: Vec<&str> = found.iter().map(|g| g.dn.as_str()).collect();
-            return Err(DirectoryError::permanent(format!(
-                "{} groups carry anchor {anchor} ({}); refusing to guess which one is the \
-                 written-back group: clear adminDescription on all but one",
-                found.len(),
-                dns.join("; ")
-            )));
+            return Err(several_carriers(anchor, &found));
         }
         Ok(found.pop())
     }
@@ -289,34 +288,80 @@ impl Directory {
     /// The group a write command may act on: found by anchor in the managed OUs and
     /// passing every safety check. `None` when no object in the domain carries the
     /// anchor; an error when one does but lies outside the managed OUs.
+    ///
+    /// A group this process found or created before is read by its objectGUID and
+    /// must still carry the anchor, lie in a managed OU and pass every other check;
+    /// otherwise it is forgotten and the anchor is searched for again.
     pub(crate) async fn locate_for_write(
         &mut self,
         anchor: &str,
     ) -> Result<Option<GroupEntry>, DirectoryError> {
-        if let Some(group) = self.find_in_managed(anchor).await? {
-            self.check_safe(&group, anchor)?;
-            return Ok(Some(group));
+        let key = anchor.trim().to_ascii_lowercase();
+        if let Some(guid) = self.remembered.get(&key).cloned() {
+            match self.read_group_by_guid(&guid).await? {
+                Some(group) if self.check_safe(&group, anchor).is_ok() => return Ok(Some(group)),
+                _ => {
+                    self.remembered.remove(&key);
+                }
+            }
+        }
+        // One search of the whole domain answers both questions: is it in a managed
+        // OU, and does anything outside them carry the anchor?
+        if anchor.trim().is_empty() {
+            return Err(DirectoryError::permanent("empty anchor"));
         }
         let base = self.caps.default_naming_context.clone();
-        let elsewhere = self
-            .search(
-                &base,
-                Scope::Subtree,
-                &anchor_filter(anchor),
-                &["1.1"],
-                Vec::new(),
-            )
+        let attrs = group::attributes_to_read(&self.caps);
+        let entries = self
+            .search(&base, Scope::Subtree, &anchor_filter(anchor), &attrs, Vec::new())
             .await?;
-        if let Some(entry) = elsewhere.first() {
+        let mut managed = Vec::new();
+        let mut elsewhere = None;
+        for entry in entries {
+            if self.config.managed_ous.iter().any(|ou| is_below(&entry.dn, ou)) {
+                managed.push(GroupEntry::from_search(entry)?);
+            } else {
+                elsewhere.get_or_insert(entry.dn);
+            }
+        }
+        if managed.len() > 1 {
+            return Err(several_carriers(anchor, &managed));
+        }
+        if let Some(group) = managed.pop() {
+            self.check_safe(&group, anchor)?;
+            self.remember(anchor, &group.guid);
+            return Ok(Some(group));
+        }
+        if let Some(dn) = elsewhere {
             return Err(DirectoryError::permanent(format!(
-                "refusing to act on anchor {anchor}: the group carrying it is {}, outside the \
+                "refusing to act on anchor {anchor}: the group carrying it is {dn}, outside the \
                  managed OUs ({}); move it into a managed OU to hand it over, or clear its \
                  adminDescription",
-                entry.dn,
                 self.config.managed_ous.join("; ")
             )));
         }
         Ok(None)
+    }
+
+    pub(crate) fn remember(&mut self, anchor: &str, guid: &str) {
+        self.remembered.insert(anchor.trim().to_ascii_lowercase(), guid.to_string());
+    }
+
+    pub(crate) fn forget(&mut self, anchor: &str) {
+        self.remembered.remove(&anchor.trim().to_ascii_lowercase());
+    }
+
+    /// The group with this objectGUID, if it still exists.
+    async fn read_group_by_guid(&mut self, guid: &str) -> Result<Option<GroupEntry>, DirectoryError> {
+        let attrs = group::attributes_to_read(&self.caps);
+        match self
+            .search(&format!("<GUID={guid}>"), Scope::Base, "(objectClass=group)", &attrs, Vec::new())
+            .await
+        {
+            Ok(entries) => entries.into_iter().next().map(GroupEntry::from_search).transpose(),
+            Err(e) if e.code == Some(NO_SUCH_OBJECT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn check_safe(&self, group: &GroupEntry, anchor: &str) -> Result<(), DirectoryError> {
@@ -627,6 +672,16 @@ async fn open_session(
         Ok(Err(err)) => Err(DirectoryError::from_ldap(&context, err).0),
         Ok(Ok(result)) => Directory::checked(&context, result).map(|()| session),
     }
+}
+
+fn several_carriers(anchor: &str, groups: &[GroupEntry]) -> DirectoryError {
+    let dns: Vec<&str> = groups.iter().map(|g| g.dn.as_str()).collect();
+    DirectoryError::permanent(format!(
+        "{} groups carry anchor {anchor} ({}); refusing to guess which one is the \
+         written-back group: clear adminDescription on all but one",
+        groups.len(),
+        dns.join("; ")
+    ))
 }
 
 fn anchor_filter(anchor: &str) -> String {

@@ -114,7 +114,7 @@ impl GroupEntry {
 
 /// An attribute's bytes whether ldap3 filed it as text (valid UTF-8 by chance) or
 /// as binary.
-fn binary(entry: &SearchEntry, name: &str) -> Option<Vec<u8>> {
+pub(crate) fn binary(entry: &SearchEntry, name: &str) -> Option<Vec<u8>> {
     let binary = entry
         .bin_attrs
         .iter()

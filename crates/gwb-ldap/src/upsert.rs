@@ -1,21 +1,121 @@
 //! Upsert, delete and retire: the group object itself (name, place, attributes).
 
-use gwb_core::command::{ApplyReport, GroupSpec};
+use std::collections::{HashMap, HashSet};
+
+use gwb_core::command::{ApplyReport, GroupSpec, MemberRef};
 use gwb_core::escape::{child_dn, dn_value, filter_value};
 use ldap3::Scope;
 
-use crate::codec::{CN_MAX_CHARS, dn_eq, fallback_cn, parent_dn};
+use crate::codec::{CN_MAX_CHARS, canonical_sid, dn_eq, fallback_cn, guid_from_bytes, is_privileged_sid, parent_dn, sid_from_bytes};
 use crate::directory::Directory;
 use crate::error::{DirectoryError, ENTRY_ALREADY_EXISTS};
-use crate::group::{GroupEntry, attribute_changes, new_group_attributes};
+use crate::group::{GroupEntry, attribute_changes, binary, new_group_attributes};
+use crate::members::MemberOp;
 
 impl Directory {
     pub(crate) async fn upsert(&mut self, spec: &GroupSpec) -> Result<ApplyReport, DirectoryError> {
         self.validate_spec(spec)?;
         match self.locate_for_write(&spec.anchor).await? {
-            None => self.create(spec).await,
+            None => self.create(spec, &[]).await,
             Some(group) => self.update(group, spec).await,
         }
+    }
+
+    /// An upsert followed by adding `members`. When the group is new, the members
+    /// known to exist in this domain go into the create itself: one directory write
+    /// instead of two, and on Samba a write costs far more than its values. Every other
+    /// member (and all of them when the group existed) takes the ordinary member path,
+    /// with its refusals and per-value rejections.
+    pub async fn upsert_with_members(
+        &mut self,
+        spec: &GroupSpec,
+        members: &[MemberRef],
+    ) -> Result<ApplyReport, DirectoryError> {
+        self.validate_spec(spec)?;
+        let (mut report, rest) = match self.locate_for_write(&spec.anchor).await? {
+            Some(group) => (self.update(group, spec).await?, members.to_vec()),
+            None => {
+                let (initial, rest) = self.members_for_create(members).await?;
+                match self.create(spec, &initial).await {
+                    Ok(mut report) => {
+                        report.members_added = u32::try_from(initial.len()).unwrap_or(u32::MAX);
+                        (report, rest)
+                    }
+                    // A member vanished since it was looked up, say: create the group
+                    // bare and let the member path sort the values out.
+                    Err(e) if !e.is_transient() && !initial.is_empty() => {
+                        tracing::warn!(anchor = %spec.anchor, error = %e, "create with members failed; creating the group without them");
+                        let mut all: Vec<MemberRef> = initial.into_iter().map(|(member, _)| member).collect();
+                        all.extend(rest);
+                        (self.create(spec, &[]).await?, all)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if !rest.is_empty() {
+            let more = self.change_members(&spec.anchor, &rest, MemberOp::Add).await?;
+            report.group = more.group.or(report.group);
+            report.members_added += more.members_added;
+            report.members_unchanged += more.members_unchanged;
+            report.members_rejected.extend(more.members_rejected);
+            report.changed |= more.changed;
+        }
+        Ok(report)
+    }
+
+    /// Splits `members` into those to write in a new group's create (SIDs found in
+    /// this domain, with their objectGUIDs, at most one member batch) and the rest.
+    /// Only values proven to exist go into an add: Samba turns an unknown SID in an
+    /// add into a new foreignSecurityPrincipal object, which is not ours to create.
+    async fn members_for_create(
+        &mut self,
+        members: &[MemberRef],
+    ) -> Result<(Vec<(MemberRef, String)>, Vec<MemberRef>), DirectoryError> {
+        let limit = self.config.member_batch_size.max(1);
+        let mut wanted: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        for member in members {
+            if let MemberRef::Sid(sid) = member
+                && wanted.len() < limit
+                && !is_privileged_sid(sid)
+                && seen.insert(canonical_sid(sid))
+            {
+                wanted.push(sid.clone());
+            }
+        }
+        if wanted.is_empty() {
+            return Ok((Vec::new(), members.to_vec()));
+        }
+        let filter = format!(
+            "(|{})",
+            wanted.iter().map(|sid| format!("(objectSid={})", filter_value(sid))).collect::<String>()
+        );
+        let base = self.caps.default_naming_context.clone();
+        let found: HashMap<String, String> = self
+            .search(&base, Scope::Subtree, &filter, &["objectSid", "objectGUID"], Vec::new())
+            .await?
+            .iter()
+            .filter_map(|entry| {
+                let sid = binary(entry, "objectSid").and_then(|b| sid_from_bytes(&b))?;
+                let guid = binary(entry, "objectGUID").and_then(|b| guid_from_bytes(&b))?;
+                Some((canonical_sid(&sid), guid))
+            })
+            .collect();
+        let mut initial = Vec::new();
+        let mut rest = Vec::new();
+        let mut taken = HashSet::new();
+        for member in members {
+            match member {
+                MemberRef::Sid(sid) if initial.len() < limit => match found.get(&canonical_sid(sid)) {
+                    Some(guid) if taken.insert(guid.clone()) => initial.push((member.clone(), guid.clone())),
+                    Some(_) => {}
+                    None => rest.push(member.clone()),
+                },
+                _ => rest.push(member.clone()),
+            }
+        }
+        Ok((initial, rest))
     }
 
     fn validate_spec(&self, spec: &GroupSpec) -> Result<(), DirectoryError> {
@@ -57,21 +157,45 @@ impl Directory {
         Ok(())
     }
 
-    async fn create(&mut self, spec: &GroupSpec) -> Result<ApplyReport, DirectoryError> {
-        let sam = self.pick_sam(&spec.sam_account_name_candidates).await?;
-        let attrs = new_group_attributes(spec, &sam, &self.caps);
+    /// Creates the group, with `members` (values by objectGUID) in the add itself.
+    async fn create(
+        &mut self,
+        spec: &GroupSpec,
+        members: &[(MemberRef, String)],
+    ) -> Result<ApplyReport, DirectoryError> {
+        let attributes = |directory: &Directory, sam: &str| {
+            let mut attrs = new_group_attributes(spec, sam, &directory.caps);
+            if !members.is_empty() {
+                let values = members.iter().map(|(_, guid)| format!("<GUID={guid}>")).collect();
+                attrs.push(("member".to_string(), values));
+            }
+            attrs
+        };
         let wanted = child_dn(&spec.cn, &spec.parent_dn);
-        let dn = match self.add(&wanted, attrs.clone()).await {
+        // The first candidate is almost always free: try it, and search the
+        // candidates only when the add reports a clash that is not the name.
+        let first = spec.sam_account_name_candidates.iter().find(|c| !c.trim().is_empty()).cloned().unwrap_or_default();
+        let mut sam = first;
+        let mut result = self.add(&wanted, attributes(self, &sam)).await;
+        let mut name_taken = false;
+        if matches!(&result, Err(e) if e.code == Some(ENTRY_ALREADY_EXISTS)) {
+            name_taken = self.exists(&wanted).await?;
+            sam = self.pick_sam(&spec.sam_account_name_candidates).await?;
+            if !name_taken {
+                result = self.add(&wanted, attributes(self, &sam)).await;
+            }
+        }
+        let dn = match result {
             Ok(()) => wanted,
-            Err(e) if e.code == Some(ENTRY_ALREADY_EXISTS) => {
-                if !self.exists(&wanted).await? {
-                    // The name is free, so the clash was the sAMAccountName, taken
-                    // between our check and the add. A retry picks again.
-                    return Err(DirectoryError::transient(format!(
-                        "sAMAccountName {sam} was taken while creating {wanted}: {}",
-                        e.message
-                    )));
-                }
+            Err(e) if e.code == Some(ENTRY_ALREADY_EXISTS) && !name_taken => {
+                // The name is free, so the clash was the sAMAccountName, taken
+                // between our check and the add. A retry picks again.
+                return Err(DirectoryError::transient(format!(
+                    "sAMAccountName {sam} was taken while creating {wanted}: {}",
+                    e.message
+                )));
+            }
+            Err(_) if name_taken => {
                 // Never adopt the object holding the name: create ours beside it.
                 let fallback = fallback_cn(&spec.cn, &spec.object_id);
                 let fallback_dn = child_dn(&fallback, &spec.parent_dn);
@@ -79,7 +203,7 @@ impl Directory {
                     anchor = %spec.anchor, wanted = %wanted, used = %fallback_dn,
                     "name taken by a foreign object; using the fallback name"
                 );
-                match self.add(&fallback_dn, attrs).await {
+                match self.add(&fallback_dn, attributes(self, &sam)).await {
                     Ok(()) => fallback_dn,
                     Err(e) if e.code == Some(ENTRY_ALREADY_EXISTS) => {
                         return Err(DirectoryError::permanent(format!(
@@ -94,6 +218,7 @@ impl Directory {
             Err(e) => return Err(e),
         };
         let group = self.read_group(&dn).await?;
+        self.remember(&spec.anchor, &group.guid);
         Ok(ApplyReport {
             group: Some(group.applied()),
             changed: true,
@@ -227,6 +352,7 @@ impl Directory {
             return Ok(ApplyReport::default());
         };
         self.delete(&group.dn).await?;
+        self.forget(anchor);
         Ok(ApplyReport {
             group: None,
             changed: true,

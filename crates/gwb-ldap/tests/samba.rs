@@ -1197,3 +1197,93 @@ async fn reconnects_after_the_connection_drops() -> anyhow::Result<()> {
     );
     f.cleanup().await
 }
+
+/// A new group gets the members that exist in its create (one write); an unknown SID
+/// never reaches an add (Samba would invent a foreignSecurityPrincipal for it) and is
+/// rejected by the member path instead; a privileged SID is refused; on an existing
+/// group the same call is an update plus a member change.
+#[tokio::test]
+async fn upsert_with_members_creates_the_group_with_them_in_one_write() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let mut dir = f.directory().await?;
+    let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::<OperationRecord>::new()));
+    let sink = std::sync::Arc::clone(&records);
+    dir.set_observer(std::sync::Arc::new(move |record: &OperationRecord| {
+        if let Ok(mut list) = sink.lock() {
+            list.push(*record);
+        }
+    }));
+    let users = f.lab.create_users(&f.ou, &format!("w{}", f.id), 5).await?;
+    let domain = f.lab.domain_sid().await?;
+    let unknown = MemberRef::Sid(format!("{domain}-999998"));
+    let privileged = MemberRef::Sid(format!("{domain}-512"));
+
+    let spec = f.spec("with-members");
+    let mut members = sids(&users[..4]);
+    members.push(unknown.clone());
+    members.push(privileged.clone());
+    let report = dir.upsert_with_members(&spec, &members).await?;
+    let writes = |records: &[OperationRecord]| {
+        records
+            .iter()
+            .filter(|r| matches!(r.kind, OperationKind::Add | OperationKind::Modify))
+            .map(|r| r.kind)
+            .collect::<Vec<_>>()
+    };
+    let seen = records.lock().map_err(|_| anyhow!("observer poisoned"))?.clone();
+    // The create carries the four users; the member path then tries the unknown SID
+    // (rejected by the DC), and the privileged one is refused without a write.
+    ensure!(writes(&seen) == vec![OperationKind::Add, OperationKind::Modify], "{seen:?}");
+    ensure!(report.members_added == 4, "{report:?}");
+    let rejected: BTreeSet<MemberRef> = report.members_rejected.iter().map(|(m, _)| m.clone()).collect();
+    ensure!(rejected == BTreeSet::from([unknown.clone(), privileged.clone()]), "{report:?}");
+    let group_dn = report.group.context("no group")?.dn;
+    let expected: BTreeSet<String> = users[..4].iter().map(|(_, sid)| sid.clone()).collect();
+    ensure!(f.lab.member_sids(&group_dn).await? == expected);
+    let fsp = format!("CN={domain}-999998,CN=ForeignSecurityPrincipals,{}", f.lab.base_dn);
+    ensure!(f.lab.entry(&fsp, &["cn"]).await?.is_none(), "a foreignSecurityPrincipal was created for the unknown SID");
+
+    // Existing group: an update and an ordinary member change, idempotent.
+    records.lock().map_err(|_| anyhow!("observer poisoned"))?.clear();
+    let report = dir.upsert_with_members(&spec, &sids(&users)).await?;
+    ensure!((report.members_added, report.members_unchanged) == (1, 4), "{report:?}");
+    let expected: BTreeSet<String> = users.iter().map(|(_, sid)| sid.clone()).collect();
+    ensure!(f.lab.member_sids(&group_dn).await? == expected);
+    f.cleanup().await
+}
+
+/// Writes after the first find the group by the objectGUID the writer remembered, and
+/// still re-check it: a group an administrator moved out of the managed OUs, or whose
+/// anchor was cleared, is never acted on through that memory.
+#[tokio::test]
+async fn a_remembered_group_is_checked_again_before_every_write() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let elsewhere = f.lab.create_ou_in(&f.ou, "not-managed").await?;
+    let managed = f.lab.create_ou_in(&f.ou, "managed").await?;
+    let mut dir = Directory::connect(f.config(vec![managed.clone()])).await?;
+    let (_, user_sid) = f.lab.create_user(&f.ou, &format!("rm-u-{}", f.id)).await?;
+    let add = |spec: &GroupSpec| WriteCommand::AddMembers { anchor: spec.anchor.clone(), members: vec![MemberRef::Sid(user_sid.clone())] };
+
+    // Anchor cleared by an administrator: the object is no longer ours.
+    let mut cleared = f.spec("cleared");
+    cleared.parent_dn = managed.clone();
+    let cleared_dn = upsert(&mut dir, &cleared).await?.group.context("no group")?.dn;
+    let mut ldap = f.lab.connection().await?;
+    ldap.modify(&cleared_dn, vec![ldap3::Mod::Delete("adminDescription".to_string(), std::collections::HashSet::new())]).await?.success()?;
+    let before = f.lab.snapshot_entry(&cleared_dn).await?;
+    expect_permanent(dir.apply(&add(&cleared)).await, "no group carries anchor")?;
+    ensure!(f.lab.snapshot_entry(&cleared_dn).await? == before, "a group without our anchor was changed");
+
+    // Moved out of the managed OUs by an administrator: refused, untouched.
+    let mut moved = f.spec("moved");
+    moved.parent_dn = managed.clone();
+    let moved_dn = upsert(&mut dir, &moved).await?.group.context("no group")?.dn;
+    let rdn = moved_dn.split(",OU=").next().context("rdn")?.to_string();
+    ldap.modifydn(&moved_dn, &rdn, true, Some(&elsewhere)).await?.success()?;
+    let outside_dn = format!("{rdn},{elsewhere}");
+    let before = f.lab.snapshot_entry(&outside_dn).await?;
+    expect_permanent(dir.apply(&add(&moved)).await, "outside the")?;
+    expect_permanent(dir.apply(&WriteCommand::Delete { anchor: moved.anchor.clone() }).await, "outside the")?;
+    ensure!(f.lab.snapshot_entry(&outside_dn).await? == before, "a group outside the managed OUs was changed");
+    f.cleanup().await
+}

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use prost::Message as _;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use gwb_core::command::{GroupSpec, GroupType, MemberRef};
 use gwb_core::deletion::{self, DeletionThreshold};
@@ -95,33 +95,46 @@ impl Engine {
     }
 
     /// Applies one change event. Returns false for an event id applied before.
+    #[cfg(test)]
     pub fn apply_event(&mut self, event: &ev::ChangeEvent, now_ms: i64) -> Result<bool, EngineError> {
         let tx = self.db.transaction()?;
-        let fresh = tx.execute(
-            "INSERT OR IGNORE INTO processed_events (event_id, at_ms) VALUES (?1, ?2)",
-            params![event.event_id, now_ms],
-        )? == 1;
-        if !fresh {
-            return Ok(false);
-        }
-        let cause = Cause::cloud(event.cause.clone(), event.observed_at_ms, now_ms);
-        let mut plan = Plan { tx: &tx, policy: &self.policy, cause, ignore_switch: false };
-        let round = event.round_id.as_str();
-        use ev::change_event::Change;
-        match &event.change {
-            Some(Change::User(user)) => plan.user_upsert(user, round)?,
-            Some(Change::UserRemoved(removed)) => plan.user_removed(&removed.id)?,
-            Some(Change::Group(group)) => plan.group_upsert(group, round)?,
-            Some(Change::GroupRemoved(removed)) => {
-                let hard = removed.reason == ev::RemovalReason::Deleted as i32;
-                plan.group_removed(&removed.id, hard)?
-            }
-            Some(Change::RoundStarted(boundary)) => plan.round_started(boundary, round)?,
-            Some(Change::RoundCompleted(boundary)) => plan.round_completed(boundary, round)?,
-            None => return Err(EngineError::Invalid("event without a change".into())),
-        }
+        let fresh = apply_one(&tx, &self.policy, event, now_ms)?;
         tx.commit()?;
-        Ok(true)
+        Ok(fresh)
+    }
+
+    /// Applies events in order with one commit for all of them: a commit costs far more
+    /// than planning one membership, and the collector publishes events in bursts.
+    /// Each event runs in its own savepoint, under its own span (so the commands it
+    /// plans carry its trace). The first event that fails is rolled back alone and ends
+    /// the batch: the events before it are kept, and it and those after it are left to
+    /// be redelivered, so order is never broken. Returns how many events were applied
+    /// (or recognised as applied before) and the error that stopped the batch.
+    pub fn apply_events(&mut self, events: &[(ev::ChangeEvent, tracing::Span)], now_ms: i64) -> (usize, Option<EngineError>) {
+        let mut tx = match self.db.transaction() {
+            Ok(tx) => tx,
+            Err(error) => return (0, Some(error.into())),
+        };
+        let mut applied = 0;
+        let mut failure = None;
+        for (event, span) in events {
+            let _entered = span.enter();
+            let result = tx.savepoint().map_err(EngineError::from).and_then(|savepoint| {
+                apply_one(&savepoint, &self.policy, event, now_ms)?;
+                savepoint.commit().map_err(EngineError::from)
+            });
+            match result {
+                Ok(()) => applied += 1,
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        match tx.commit() {
+            Ok(()) => (applied, failure),
+            Err(error) => (0, Some(error.into())),
+        }
     }
 
     pub fn apply_outcome(&mut self, outcome: &cmd::Outcome, now_ms: i64) -> Result<(), EngineError> {
@@ -334,6 +347,34 @@ impl Engine {
     }
 }
 
+/// Plans one event inside the caller's transaction or savepoint.
+fn apply_one(tx: &Connection, policy: &PolicySettings, event: &ev::ChangeEvent, now_ms: i64) -> Result<bool, EngineError> {
+    let fresh = tx
+        .prepare_cached("INSERT OR IGNORE INTO processed_events (event_id, at_ms) VALUES (?1, ?2)")?
+        .execute(params![event.event_id, now_ms])?
+        == 1;
+    if !fresh {
+        return Ok(false);
+    }
+    let cause = Cause::cloud(event.cause.clone(), event.observed_at_ms, now_ms);
+    let mut plan = Plan { tx, policy, cause, ignore_switch: false };
+    let round = event.round_id.as_str();
+    use ev::change_event::Change;
+    match &event.change {
+        Some(Change::User(user)) => plan.user_upsert(user, round)?,
+        Some(Change::UserRemoved(removed)) => plan.user_removed(&removed.id)?,
+        Some(Change::Group(group)) => plan.group_upsert(group, round)?,
+        Some(Change::GroupRemoved(removed)) => {
+            let hard = removed.reason == ev::RemovalReason::Deleted as i32;
+            plan.group_removed(&removed.id, hard)?
+        }
+        Some(Change::RoundStarted(boundary)) => plan.round_started(boundary, round)?,
+        Some(Change::RoundCompleted(boundary)) => plan.round_completed(boundary, round)?,
+        None => return Err(EngineError::Invalid("event without a change".into())),
+    }
+    Ok(true)
+}
+
 fn get_meta(tx: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     tx.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |row| row.get(0)).optional()
 }
@@ -369,11 +410,24 @@ fn kind_name(kind: i32) -> &'static str {
 }
 
 struct Plan<'t> {
-    tx: &'t Transaction<'t>,
+    tx: &'t Connection,
     policy: &'t PolicySettings,
     cause: Cause,
     /// Plan as if writeback were on (previews).
     ignore_switch: bool,
+}
+
+/// What the store knows about one (group, member) pair, read in one statement.
+struct KnownMember {
+    /// The cloud link's member kind; None when the link is gone.
+    kind: Option<String>,
+    /// The value planned into AD before (`MemberRef::key`).
+    planned: Option<String>,
+    user: Option<UserAnchor>,
+    /// The AD objectGUID of the member when it is a group written back.
+    written_guid: Option<String>,
+    /// The recorded reason when the member was skipped before.
+    skipped: Option<String>,
 }
 
 /// Member values to add and remove for one group, flushed as batched commands.
@@ -655,62 +709,67 @@ impl Plan<'_> {
 
     // ----- members -----------------------------------------------------------------
 
-    fn resolve(&self, member_id: &str, kind: &str) -> rusqlite::Result<Resolution> {
-        Ok(match MemberKind::from_str_lossy(kind) {
-            MemberKind::User => members::resolve_user(self.user_anchor(member_id)?.as_ref()),
-            MemberKind::Group => {
-                let guid: Option<String> = self
-                    .tx
-                    .prepare_cached("SELECT object_guid FROM writeback WHERE group_id = ?1 AND state IN ('pending', 'written') AND object_guid IS NOT NULL")?
-                    .query_row(params![member_id], |row| row.get(0))
-                    .optional()?;
-                members::resolve_group(guid.as_deref())
-            }
-            other => members::resolve_other(other),
-        })
-    }
-
-    /// Plans one (group, member) pair against what was planned before.
+    /// Plans one (group, member) pair against what was planned before. Everything it
+    /// needs is read in one statement and only what changed is written: this runs once
+    /// per membership of every group written back, so it sets the planner's pace.
     fn plan_member(&self, group_id: &str, member_id: &str, delta: &mut MemberDelta) -> rusqlite::Result<()> {
-        let kind: Option<String> = self
+        let known = self
             .tx
-            .prepare_cached("SELECT member_kind FROM memberships WHERE group_id = ?1 AND member_id = ?2")?
-            .query_row(params![group_id, member_id], |row| row.get(0))
-            .optional()?;
-        let planned: Option<String> = self
-            .tx
-            .prepare_cached("SELECT ref_key FROM planned_members WHERE group_id = ?1 AND member_id = ?2")?
-            .query_row(params![group_id, member_id], |row| row.get(0))
-            .optional()?;
-        let resolution = match &kind {
-            Some(kind) => Some(self.resolve(member_id, kind)?),
-            None => None,
-        };
+            .prepare_cached(
+                "SELECT m.member_kind, p.ref_key, u.id IS NOT NULL, u.sid, u.sync_enabled, u.deleted, w.object_guid, s.reason
+                 FROM (SELECT ?1 AS group_id, ?2 AS member_id) k
+                 LEFT JOIN memberships m ON m.group_id = k.group_id AND m.member_id = k.member_id
+                 LEFT JOIN planned_members p ON p.group_id = k.group_id AND p.member_id = k.member_id
+                 LEFT JOIN users u ON u.id = k.member_id
+                 LEFT JOIN writeback w ON w.group_id = k.member_id AND w.state IN ('pending', 'written') AND w.object_guid IS NOT NULL
+                 LEFT JOIN skipped_members s ON s.group_id = k.group_id AND s.member_id = k.member_id",
+            )?
+            .query_row(params![group_id, member_id], |row| {
+                let user = row.get::<_, bool>(2)?.then(|| -> rusqlite::Result<UserAnchor> {
+                    Ok(UserAnchor { on_premises_sid: row.get(3)?, on_premises_sync_enabled: row.get(4)?, deleted: row.get::<_, Option<bool>>(5)?.unwrap_or(false) })
+                });
+                Ok(KnownMember {
+                    kind: row.get(0)?,
+                    planned: row.get(1)?,
+                    user: user.transpose()?,
+                    written_guid: row.get(6)?,
+                    skipped: row.get(7)?,
+                })
+            })?;
+        let resolution = known.kind.as_deref().map(|kind| match MemberKind::from_str_lossy(kind) {
+            MemberKind::User => members::resolve_user(known.user.as_ref()),
+            MemberKind::Group => members::resolve_group(known.written_guid.as_deref()),
+            other => members::resolve_other(other),
+        });
         let wanted = match &resolution {
-            Some(Resolution::Write(reference)) => Some(reference.clone()),
+            Some(Resolution::Write(reference)) => Some(reference),
             _ => None,
         };
-        if planned.as_deref() != wanted.as_ref().map(MemberRef::key).as_deref() {
-            if let Some(old) = planned.as_deref().and_then(MemberRef::from_key) {
+        if known.planned.as_deref() != wanted.map(MemberRef::key).as_deref() {
+            if let Some(old) = known.planned.as_deref().and_then(MemberRef::from_key) {
                 delta.remove.push(old);
-                self.tx.prepare_cached("DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2")?.execute(params![group_id, member_id])?;
+                if wanted.is_none() {
+                    self.tx.prepare_cached("DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2")?.execute(params![group_id, member_id])?;
+                }
             }
-            if let Some(new) = &wanted {
+            if let Some(new) = wanted {
                 delta.add.push(new.clone());
                 self.tx
                     .prepare_cached("INSERT OR REPLACE INTO planned_members (group_id, member_id, ref_key) VALUES (?1, ?2, ?3)")?
                     .execute(params![group_id, member_id, new.key()])?;
             }
         }
-        match (resolution, kind) {
-            (Some(Resolution::Skip(reason)), Some(kind)) => {
+        match (&resolution, &known.kind) {
+            (Some(Resolution::Skip(reason)), Some(kind)) if known.skipped.as_deref() != Some(reason.as_str()) => {
                 self.tx
                     .prepare_cached("INSERT OR REPLACE INTO skipped_members (group_id, member_id, member_kind, reason) VALUES (?1, ?2, ?3, ?4)")?
                     .execute(params![group_id, member_id, kind, reason])?;
             }
-            _ => {
+            (Some(Resolution::Skip(_)), Some(_)) => {}
+            _ if known.skipped.is_some() => {
                 self.tx.prepare_cached("DELETE FROM skipped_members WHERE group_id = ?1 AND member_id = ?2")?.execute(params![group_id, member_id])?;
             }
+            _ => {}
         }
         Ok(())
     }
@@ -1321,5 +1380,28 @@ mod tests {
         assert!(drain(&mut engine).is_empty(), "preview left commands behind");
         let planned: i64 = engine.db().query_row("SELECT COUNT(*) FROM planned_members", [], |r| r.get(0)).unwrap();
         assert_eq!(planned, 0, "preview left planned state behind");
+    }
+
+    #[test]
+    fn a_batch_keeps_the_events_before_a_failure_and_leaves_the_rest_for_redelivery() {
+        let mut engine = engine(DeletionThreshold::default());
+        let broken = ev::ChangeEvent { change: None, ..user(3) };
+        let batch: Vec<(ev::ChangeEvent, tracing::Span)> =
+            [user(1), user(2), broken, user(4)].into_iter().map(|e| (e, tracing::Span::none())).collect();
+        let (applied, failure) = engine.apply_events(&batch, 0);
+        assert_eq!(applied, 2);
+        assert!(matches!(failure, Some(EngineError::Invalid(_))));
+        let known = |engine: &Engine, id: &str| -> bool {
+            engine.db().query_row("SELECT COUNT(*) FROM users WHERE id = ?1", params![id], |row| row.get::<_, i64>(0)).unwrap() == 1
+        };
+        assert!(known(&engine, "u1") && known(&engine, "u2"));
+        assert!(!known(&engine, "u4"), "an event after the failure was applied out of order");
+        let processed: i64 = engine.db().query_row("SELECT COUNT(*) FROM processed_events", [], |row| row.get(0)).unwrap();
+        assert_eq!(processed, 2, "the failed event must not be recorded as processed");
+        // Redelivered (with the failing one fixed), everything lands once.
+        let (applied, failure) = engine.apply_events(&batch[..2], 0);
+        assert_eq!((applied, failure.is_none()), (2, true));
+        let processed_again: i64 = engine.db().query_row("SELECT COUNT(*) FROM processed_events", [], |row| row.get(0)).unwrap();
+        assert_eq!(processed_again, 2);
     }
 }

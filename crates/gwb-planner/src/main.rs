@@ -86,10 +86,10 @@ async fn main() -> anyhow::Result<()> {
     let outbox_ready = Arc::new(Notify::new());
 
     let topology = publisher.topology().clone();
-    let events = tokio::spawn(gwb_bus::consume(config.bus.clone(), topology.events_queue(), shutdown.clone(), {
+    let events = tokio::spawn(gwb_bus::consume_batches(config.bus.clone(), topology.events_queue(), shutdown.clone(), usize::from(config.bus.prefetch), {
         let engine = engine.clone();
         let ready = outbox_ready.clone();
-        move |delivery| handle_event(engine.clone(), ready.clone(), delivery)
+        move |deliveries| handle_events(engine.clone(), ready.clone(), deliveries)
     }));
     let outcomes = tokio::spawn(gwb_bus::consume(config.bus.clone(), topology.outcomes_queue(), shutdown.clone(), {
         let engine = engine.clone();
@@ -139,44 +139,58 @@ const EVENT_TYPE: &str = "gwb.events.v1.ChangeEvent";
 const OUTCOME_TYPE: &str = "gwb.commands.v1.Outcome";
 const WRITER_STATUS_TYPE: &str = "gwb.commands.v1.WriterStatus";
 
-async fn handle_event(engine: SharedEngine, outbox_ready: Arc<Notify>, delivery: Delivery) -> Disposition {
-    // Bytes of another message type or version may well decode as this one (protobuf
-    // is lenient): the declared type decides, never a successful decode.
-    if delivery.kind.as_deref() != Some(EVENT_TYPE) {
-        tracing::error!(message_id = ?delivery.message_id, kind = ?delivery.kind, "event of an unknown type or version dead-lettered");
-        return Disposition::DeadLetter;
-    }
-    let event = match ev::ChangeEvent::decode(delivery.payload.as_slice()) {
-        Ok(event) if event.change.is_some() && !event.event_id.is_empty() => event,
-        Ok(_) | Err(_) => {
-            tracing::error!(message_id = ?delivery.message_id, "undecodable or empty change event dead-lettered");
-            return Disposition::DeadLetter;
+/// Plans every event of a delivery batch in one transaction (see
+/// `Engine::apply_events`), each under a span parented by its own message's trace.
+async fn handle_events(engine: SharedEngine, outbox_ready: Arc<Notify>, deliveries: Vec<Delivery>) -> Vec<Disposition> {
+    let mut dispositions = vec![Disposition::Requeue; deliveries.len()];
+    let mut events = Vec::with_capacity(deliveries.len());
+    let mut indices = Vec::with_capacity(deliveries.len());
+    for (index, delivery) in deliveries.iter().enumerate() {
+        // Bytes of another message type or version may well decode as this one
+        // (protobuf is lenient): the declared type decides, never a successful decode.
+        if delivery.kind.as_deref() != Some(EVENT_TYPE) {
+            tracing::error!(message_id = ?delivery.message_id, kind = ?delivery.kind, "event of an unknown type or version dead-lettered");
+            dispositions[index] = Disposition::DeadLetter;
+            continue;
         }
-    };
-    // The handler's span (a child of the collector's publish) follows the work onto
-    // the blocking thread, so the commands it plans carry the same trace.
-    let span = tracing::Span::current();
+        match ev::ChangeEvent::decode(delivery.payload.as_slice()) {
+            Ok(event) if event.change.is_some() && !event.event_id.is_empty() => {
+                let span = tracing::info_span!("plan_event", event_id = %event.event_id);
+                delivery.set_parent_of(&span);
+                events.push((event, span));
+                indices.push(index);
+            }
+            Ok(_) | Err(_) => {
+                tracing::error!(message_id = ?delivery.message_id, "undecodable or empty change event dead-lettered");
+                dispositions[index] = Disposition::DeadLetter;
+            }
+        }
+    }
+    if events.is_empty() {
+        return dispositions;
+    }
     let result = tokio::task::spawn_blocking(move || {
-        let _entered = span.enter();
         let mut engine = engine.lock().map_err(|_| anyhow::anyhow!("planner state lock poisoned"))?;
-        engine.apply_event(&event, now_ms()).map_err(anyhow::Error::from)
+        Ok::<_, anyhow::Error>(engine.apply_events(&events, now_ms()))
     })
     .await;
-    match result {
-        Ok(Ok(_)) => {
-            outbox_ready.notify_one();
-            Disposition::Ack
-        }
-        Ok(Err(error)) => {
-            tracing::error!(%error, "applying a change event failed; it will be redelivered");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            Disposition::Requeue
-        }
-        Err(error) => {
-            tracing::error!(%error, "planner task failed");
-            Disposition::Requeue
-        }
+    let (applied, failure) = match result {
+        Ok(Ok((applied, failure))) => (applied, failure.map(anyhow::Error::from)),
+        Ok(Err(error)) => (0, Some(error)),
+        Err(error) => (0, Some(anyhow::Error::from(error))),
+    };
+    for &index in &indices[..applied] {
+        dispositions[index] = Disposition::Ack;
     }
+    if applied > 0 {
+        outbox_ready.notify_one();
+    }
+    if let Some(error) = failure {
+        // It and the events after it stay Requeue: redelivered in order.
+        tracing::error!(%error, applied, "applying a change event failed; it and the events after it will be redelivered");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    dispositions
 }
 
 async fn handle_outcome(engine: SharedEngine, outbox_ready: Arc<Notify>, delivery: Delivery) -> Disposition {

@@ -10,7 +10,7 @@ use prost::Message as _;
 use tokio::sync::Mutex;
 
 use gwb_bus::{Delivery, Disposition, Message, Route};
-use gwb_core::command::{ApplyReport, FailureClass, MemberRef, WriteCommand};
+use gwb_core::command::{ApplyReport, FailureClass, GroupSpec, MemberRef, WriteCommand};
 use gwb_ldap::Directory;
 use gwb_proto::commands::v1 as cmd;
 
@@ -44,24 +44,60 @@ fn push_merged(units: &mut Vec<Unit>, last_of_group: &mut HashMap<String, usize>
         units[position].indices.push(index);
         return;
     }
-    let net = incoming.map(|(members, add)| members.iter().map(|m| (m.clone(), add)).collect());
+    let net = match (&command, incoming) {
+        (_, Some((members, add))) => Some(members.iter().map(|m| (m.clone(), add)).collect()),
+        // Member changes right after an upsert join it: a new group is then created
+        // with its members in one write.
+        (WriteCommand::Upsert(_), None) => Some(Default::default()),
+        _ => None,
+    };
     last_of_group.insert(anchor, units.len());
     units.push(Unit { indices: vec![index], command, net });
 }
 
+/// One directory write.
+enum Write {
+    Command(WriteCommand),
+    /// An upsert and the members to add right after it (in the create, when new).
+    UpsertWithMembers(GroupSpec, Vec<MemberRef>),
+}
+
+impl Write {
+    fn kind(&self) -> &'static str {
+        match self {
+            Write::Command(command) => command.kind(),
+            Write::UpsertWithMembers(..) => "upsert_with_members",
+        }
+    }
+
+    fn anchor(&self) -> &str {
+        match self {
+            Write::Command(command) => command.anchor(),
+            Write::UpsertWithMembers(spec, _) => &spec.anchor,
+        }
+    }
+}
+
 /// The writes a unit stands for: the command itself, or a member run's net removals
-/// then additions.
-fn writes(unit: &Unit) -> Vec<WriteCommand> {
-    let Some(net) = &unit.net else { return vec![unit.command.clone()] };
+/// then additions (after the upsert it followed, if any).
+fn writes(unit: &Unit) -> Vec<Write> {
+    let Some(net) = &unit.net else { return vec![Write::Command(unit.command.clone())] };
     let anchor = unit.command.anchor().to_string();
     let removals: Vec<MemberRef> = net.iter().filter(|(_, add)| !**add).map(|(m, _)| m.clone()).collect();
     let additions: Vec<MemberRef> = net.iter().filter(|(_, add)| **add).map(|(m, _)| m.clone()).collect();
     let mut writes = Vec::new();
+    match &unit.command {
+        WriteCommand::Upsert(spec) if removals.is_empty() => {
+            return vec![Write::UpsertWithMembers(spec.clone(), additions)];
+        }
+        WriteCommand::Upsert(_) => writes.push(Write::Command(unit.command.clone())),
+        _ => {}
+    }
     if !removals.is_empty() {
-        writes.push(WriteCommand::RemoveMembers { anchor: anchor.clone(), members: removals });
+        writes.push(Write::Command(WriteCommand::RemoveMembers { anchor: anchor.clone(), members: removals }));
     }
     if !additions.is_empty() {
-        writes.push(WriteCommand::AddMembers { anchor, members: additions });
+        writes.push(Write::Command(WriteCommand::AddMembers { anchor, members: additions }));
     }
     writes
 }
@@ -237,28 +273,33 @@ fn base_outcome(shared: &Shared, command: &cmd::WriteCommand) -> cmd::Outcome {
 async fn apply_with_retry(
     shared: &Shared,
     directory: &mut Option<Directory>,
-    command: &WriteCommand,
+    write: &Write,
 ) -> Option<Result<ApplyReport, gwb_ldap::DirectoryError>> {
     let mut failures = 0u32;
     loop {
         if shared.shutdown.is_triggered() {
             return None;
         }
-        let result = match directory.as_mut() {
-            Some(connected) => connected.apply(command).await,
+        let connected = match directory.as_mut() {
+            Some(connected) => Ok(connected),
             None => match Directory::connect(shared.directory_config.clone()).await {
                 Ok(mut connected) => {
                     connected.set_observer(Arc::new(observe_ldap));
-                    directory.insert(connected).apply(command).await
+                    Ok(directory.insert(connected))
                 }
                 Err(error) => Err(error),
             },
+        };
+        let result = match (connected, write) {
+            (Ok(connected), Write::Command(command)) => connected.apply(command).await,
+            (Ok(connected), Write::UpsertWithMembers(spec, members)) => connected.upsert_with_members(spec, members).await,
+            (Err(error), _) => Err(error),
         };
         match result {
             Err(error) if error.class == FailureClass::Transient => {
                 failures += 1;
                 let delay = backoff(failures);
-                tracing::warn!(%error, kind = command.kind(), anchor = command.anchor(), retry_in_ms = delay.as_millis() as u64, "directory unavailable; retrying");
+                tracing::warn!(%error, kind = write.kind(), anchor = write.anchor(), retry_in_ms = delay.as_millis() as u64, "directory unavailable; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shared.shutdown.triggered() => {}
@@ -281,6 +322,15 @@ mod tests {
         WriteCommand::RemoveMembers { anchor: anchor.into(), members: sids.iter().map(|s| MemberRef::Sid(s.to_string())).collect() }
     }
 
+    fn merged(sequence: impl IntoIterator<Item = WriteCommand>) -> Vec<Unit> {
+        let mut units = Vec::new();
+        let mut last = HashMap::new();
+        for (index, command) in sequence.into_iter().enumerate() {
+            push_merged(&mut units, &mut last, index, command);
+        }
+        units
+    }
+
     /// (delivery indices, [(write kind, member keys)]) per unit.
     type Shape = Vec<(Vec<usize>, Vec<(&'static str, Vec<String>)>)>;
 
@@ -290,7 +340,10 @@ mod tests {
             .map(|u| {
                 let writes = writes(u)
                     .iter()
-                    .map(|w| (w.kind(), member_refs(w).into_iter().map(|m| m.key()).collect()))
+                    .map(|w| match w {
+                        Write::Command(command) => (w.kind(), member_refs(command).into_iter().map(|m| m.key()).collect()),
+                        Write::UpsertWithMembers(_, members) => (w.kind(), members.iter().map(MemberRef::key).collect()),
+                    })
                     .collect();
                 (u.indices.clone(), writes)
             })
@@ -299,8 +352,6 @@ mod tests {
 
     #[test]
     fn a_run_of_member_changes_becomes_one_net_change_without_reordering_the_group() {
-        let mut units = Vec::new();
-        let mut last = HashMap::new();
         let sequence = [
             add("A", &["1"]),
             add("B", &["2"]),
@@ -312,12 +363,9 @@ mod tests {
             WriteCommand::Delete { anchor: "A".into() },
             add("A", &["6"]),
         ];
-        for (index, command) in sequence.into_iter().enumerate() {
-            push_merged(&mut units, &mut last, index, command);
-        }
         let key = |s: &str| format!("sid:{s}");
         assert_eq!(
-            shape(&units),
+            shape(&merged(sequence)),
             vec![
                 (vec![0, 2, 3, 4], vec![("remove_members", vec![key("1"), key("9")]), ("add_members", vec![key("3"), key("4")])]),
                 (vec![1], vec![("add_members", vec![key("2")])]),
@@ -325,6 +373,34 @@ mod tests {
                 (vec![6], vec![("add_members", vec![key("5")])]),
                 (vec![7], vec![("delete", vec![])]),
                 (vec![8], vec![("add_members", vec![key("6")])]),
+            ]
+        );
+    }
+
+    fn upsert(anchor: &str) -> WriteCommand {
+        WriteCommand::Upsert(GroupSpec {
+            object_id: anchor.into(),
+            anchor: anchor.into(),
+            cn: anchor.into(),
+            parent_dn: "OU=G,DC=lab".into(),
+            sam_account_name_candidates: vec![anchor.into()],
+            group_type: gwb_core::command::GroupType::UniversalSecurity,
+            display_name: anchor.into(),
+            description: None,
+            mail: None,
+        })
+    }
+
+    #[test]
+    fn members_right_after_an_upsert_join_it_and_a_removal_keeps_them_apart() {
+        let sequence = [upsert("A"), add("A", &["1", "2"]), add("A", &["3"]), upsert("B"), add("B", &["4"]), remove("B", &["9"]), upsert("C")];
+        let key = |s: &str| format!("sid:{s}");
+        assert_eq!(
+            shape(&merged(sequence)),
+            vec![
+                (vec![0, 1, 2], vec![("upsert_with_members", vec![key("1"), key("2"), key("3")])]),
+                (vec![3, 4, 5], vec![("upsert", vec![]), ("remove_members", vec![key("9")]), ("add_members", vec![key("4")])]),
+                (vec![6], vec![("upsert_with_members", vec![])]),
             ]
         );
     }
