@@ -281,8 +281,19 @@ pub fn plan_incremental(
                 members: Vec::new(),
             },
             Life::Active if mask & FULL != 0 => {
+                // Created or restored since `since`: the whole current membership, and
+                // also the links removed since then. A client replaying an old token
+                // (it crashed before storing the newer deltaLink) may already hold
+                // those links from the lost round; Graph's change tracking reports a
+                // link removed after the token whatever the object's own change is.
                 let members = if q.members {
-                    o.members.iter().copied().collect()
+                    let removed = links
+                        .get(&idx)
+                        .into_iter()
+                        .flatten()
+                        .filter(|m| !o.members.contains(m))
+                        .map(|&m| m | LINK_REMOVED);
+                    o.members.iter().copied().chain(removed).collect()
                 } else {
                     Vec::new()
                 };

@@ -249,6 +249,35 @@ async fn incremental_membership_rename_and_unselected_changes() {
     assert!(third.objects().is_empty(), "nothing changed since");
 }
 
+/// A client that crashed before storing a round's deltaLink replays the previous one.
+/// A group created after that token comes back whole, and a link it had in the lost
+/// round but lost since must come back as removed, or the client keeps it forever.
+#[tokio::test]
+async fn replayed_token_reports_links_removed_from_a_new_group() {
+    let s = sim().await;
+    let (a, b, c) = (s.user("a").await, s.user("b").await, s.user("c").await);
+    let first = s
+        .round(&s.url("/v1.0/groups/delta?$select=displayName,members"))
+        .await;
+    let g = s.group("g", false, &[a, b]).await;
+    // The lost round: the client saw g with a and b, then crashed before storing it.
+    let lost = s.round(&first.delta_link).await;
+    assert_eq!(lost.merged()[&g.to_string()].added_members, ids(&[a, b]));
+    s.admin.remove_member(g, a).await.unwrap();
+    s.admin.add_members(g, &[c]).await.unwrap();
+    let replay = s.round(&first.delta_link).await;
+    let m = &replay.merged()[&g.to_string()];
+    assert_eq!(m.added_members, ids(&[b, c]));
+    assert_eq!(m.removed_members, ids(&[a]), "the link removed after the token is reported");
+    // A link added and removed after the token is reported removed too (harmless).
+    let h = s.group("h", false, &[a]).await;
+    s.admin.remove_member(h, a).await.unwrap();
+    let next = s.round(&replay.delta_link).await;
+    let m = &next.merged()[&h.to_string()];
+    assert!(m.added_members.is_empty());
+    assert_eq!(m.removed_members, ids(&[a]));
+}
+
 #[tokio::test]
 async fn prefer_minimal_sends_only_changed_properties() {
     let s = sim().await;
