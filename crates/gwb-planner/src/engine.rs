@@ -105,36 +105,36 @@ impl Engine {
 
     /// Applies events in order with one commit for all of them: a commit costs far more
     /// than planning one membership, and the collector publishes events in bursts.
-    /// Each event runs in its own savepoint, under its own span (so the commands it
-    /// plans carry its trace). The first event that fails is rolled back alone and ends
-    /// the batch: the events before it are kept, and it and those after it are left to
-    /// be redelivered, so order is never broken. Returns how many events were applied
-    /// (or recognised as applied before) and the error that stopped the batch.
+    /// Each event is planned under its own span, so the commands it plans carry its
+    /// trace. When an event fails, the whole transaction is rolled back and the events
+    /// before it are applied again on their own (per-event savepoints would make SQLite
+    /// copy every page a statement touches, doubling the cost of the normal case);
+    /// the failed event and those after it are left to be redelivered, so order is
+    /// never broken. Returns how many events were applied (or recognised as applied
+    /// before) and the error that stopped the batch.
     pub fn apply_events(&mut self, events: &[(ev::ChangeEvent, tracing::Span)], now_ms: i64) -> (usize, Option<EngineError>) {
-        let mut tx = match self.db.transaction() {
-            Ok(tx) => tx,
-            Err(error) => return (0, Some(error.into())),
-        };
-        let mut applied = 0;
-        let mut failure = None;
-        for (event, span) in events {
-            let _entered = span.enter();
-            let result = tx.savepoint().map_err(EngineError::from).and_then(|savepoint| {
-                apply_one(&savepoint, &self.policy, event, now_ms)?;
-                savepoint.commit().map_err(EngineError::from)
-            });
-            match result {
-                Ok(()) => applied += 1,
-                Err(error) => {
-                    failure = Some(error);
-                    break;
+        match self.apply_all(events, now_ms) {
+            Ok(()) => (events.len(), None),
+            Err((0, error)) => (0, Some(error)),
+            Err((failed_at, error)) => match self.apply_all(&events[..failed_at], now_ms) {
+                Ok(()) => (failed_at, Some(error)),
+                Err((_, retry_error)) => {
+                    tracing::error!(error = %retry_error, "re-applying the events before a failed one failed too");
+                    (0, Some(error))
                 }
-            }
+            },
         }
-        match tx.commit() {
-            Ok(()) => (applied, failure),
-            Err(error) => (0, Some(error.into())),
+    }
+
+    /// All of `events` in one transaction, or none of them: the error carries the
+    /// index of the event that failed (0 when the transaction itself failed).
+    fn apply_all(&mut self, events: &[(ev::ChangeEvent, tracing::Span)], now_ms: i64) -> Result<(), (usize, EngineError)> {
+        let tx = self.db.transaction().map_err(|error| (0, error.into()))?;
+        for (index, (event, span)) in events.iter().enumerate() {
+            let _entered = span.enter();
+            apply_one(&tx, &self.policy, event, now_ms).map_err(|error| (index, error))?;
         }
+        tx.commit().map_err(|error| (0, error.into()))
     }
 
     pub fn apply_outcome(&mut self, outcome: &cmd::Outcome, now_ms: i64) -> Result<(), EngineError> {
@@ -448,6 +448,14 @@ impl Plan<'_> {
 
     // ----- users -------------------------------------------------------------------
 
+    /// Keeps a status counter (see the `counters` table) in step with a change.
+    fn count(&self, name: &str, delta: i64) -> rusqlite::Result<()> {
+        if delta != 0 {
+            self.tx.prepare_cached("UPDATE counters SET value = value + ?2 WHERE name = ?1")?.execute(params![name, delta])?;
+        }
+        Ok(())
+    }
+
     fn user_anchor(&self, user_id: &str) -> rusqlite::Result<Option<UserAnchor>> {
         self.tx
             .prepare_cached("SELECT sid, sync_enabled, deleted FROM users WHERE id = ?1")?
@@ -467,6 +475,9 @@ impl Plan<'_> {
                sid = excluded.sid, sync_enabled = excluded.sync_enabled, deleted = 0, seen_round = excluded.seen_round",
         )?
         .execute(params![id, user.display_name, user.user_principal_name, user.on_premises_security_identifier, user.on_premises_sync_enabled, round])?;
+        if before.as_ref().is_none_or(|user| user.deleted) {
+            self.count("users", 1)?;
+        }
         let after = self.user_anchor(&id)?;
         if members::resolve_user(before.as_ref()) != members::resolve_user(after.as_ref()) {
             self.member_changed(&id)?;
@@ -479,6 +490,9 @@ impl Plan<'_> {
         // Both "changed" and "deleted" remove the user from our view. A soft-deleted
         // user keeps its cloud memberships, but its AD account is no longer a synced
         // identity we may vouch for; if it is restored it comes back as an upsert.
+        if self.user_anchor(&id)?.is_some_and(|user| !user.deleted) {
+            self.count("users", -1)?;
+        }
         self.tx.execute(
             "INSERT INTO users (id, deleted) VALUES (?1, 1) ON CONFLICT(id) DO UPDATE SET deleted = 1",
             params![id],
@@ -522,23 +536,32 @@ impl Plan<'_> {
             round,
         ])?;
         let mut touched: Vec<String> = Vec::with_capacity(group.members_added.len() + group.members_removed.len());
+        let mut counted = 0i64;
         {
-            let mut add = self.tx.prepare_cached(
-                "INSERT INTO memberships (group_id, member_id, member_kind, seen_round) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(group_id, member_id) DO UPDATE SET member_kind = excluded.member_kind, seen_round = excluded.seen_round",
+            // Insert, else update: two plain statements, so the count is exact and SQLite
+            // needs no statement journal for an upsert.
+            let mut insert = self.tx.prepare_cached(
+                "INSERT OR IGNORE INTO memberships (group_id, member_id, member_kind, seen_round) VALUES (?1, ?2, ?3, ?4)",
             )?;
+            let mut update = self.tx.prepare_cached("UPDATE memberships SET member_kind = ?3, seen_round = ?4 WHERE group_id = ?1 AND member_id = ?2")?;
             for member in &group.members_added {
                 let member_id = member.id.to_ascii_lowercase();
-                add.execute(params![id, member_id, kind_name(member.kind), round])?;
+                let values = params![id, member_id, kind_name(member.kind), round];
+                if insert.execute(values)? == 1 {
+                    counted += 1;
+                } else {
+                    update.execute(values)?;
+                }
                 touched.push(member_id);
             }
             let mut remove = self.tx.prepare_cached("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2")?;
             for member in &group.members_removed {
                 let member_id = member.id.to_ascii_lowercase();
-                remove.execute(params![id, member_id])?;
+                counted -= remove.execute(params![id, member_id])? as i64;
                 touched.push(member_id);
             }
         }
+        self.count("memberships", counted)?;
         let restored = matches!(was_removed, Some(Some(_)));
         self.reconcile(&id, Some(&touched), restored)
     }
@@ -550,7 +573,8 @@ impl Plan<'_> {
             params![id, if hard { "deleted" } else { "changed" }],
         )?;
         if hard {
-            self.tx.execute("DELETE FROM memberships WHERE group_id = ?1", params![id])?;
+            let removed = self.tx.execute("DELETE FROM memberships WHERE group_id = ?1", params![id])?;
+            self.count("memberships", -(removed as i64))?;
             // AD drops links to a deleted object by itself.
             self.tx.execute("DELETE FROM planned_members WHERE member_id = ?1", params![id])?;
         }
@@ -888,7 +912,8 @@ impl Plan<'_> {
             };
             let mut by_group: HashMap<String, Vec<String>> = HashMap::new();
             for (group_id, member_id) in stale {
-                self.tx.execute("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2", params![group_id, member_id])?;
+                let removed = self.tx.execute("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2", params![group_id, member_id])?;
+                self.count("memberships", -(removed as i64))?;
                 by_group.entry(group_id).or_default().push(member_id);
             }
             for (group_id, touched) in by_group {
@@ -1403,5 +1428,31 @@ mod tests {
         assert_eq!((applied, failure.is_none()), (2, true));
         let processed_again: i64 = engine.db().query_row("SELECT COUNT(*) FROM processed_events", [], |row| row.get(0)).unwrap();
         assert_eq!(processed_again, 2);
+    }
+
+    #[test]
+    fn the_status_counters_follow_every_membership_and_user_change() {
+        let mut engine = engine(DeletionThreshold::default());
+        let check = |engine: &Engine| {
+            let counted = |name: &str| -> i64 { engine.db().query_row("SELECT value FROM counters WHERE name = ?1", params![name], |row| row.get(0)).unwrap() };
+            let memberships: i64 = engine.db().query_row("SELECT COUNT(*) FROM memberships", [], |row| row.get(0)).unwrap();
+            let users: i64 = engine.db().query_row("SELECT COUNT(*) FROM users WHERE deleted = 0", [], |row| row.get(0)).unwrap();
+            assert_eq!((counted("memberships"), counted("users")), (memberships, users));
+            (memberships, users)
+        };
+        for n in 0..10 {
+            engine.apply_event(&user(n), 0).unwrap();
+        }
+        engine.apply_event(&user(3), 0).unwrap();
+        engine.apply_event(&group("g1", 0..6, []), 0).unwrap();
+        engine.apply_event(&group("g2", 4..10, []), 0).unwrap();
+        engine.apply_event(&group("g1", 0..3, [5]), 0).unwrap();
+        assert_eq!(check(&engine), (11, 10));
+        let gone = event(ev::change_event::Change::UserRemoved(ev::ObjectRemoved { id: "u7".into(), reason: ev::RemovalReason::Deleted as i32 }));
+        engine.apply_event(&gone, 0).unwrap();
+        engine.apply_event(&removed("g2", true), 0).unwrap();
+        assert_eq!(check(&engine), (5, 9));
+        engine.apply_event(&user(7), 0).unwrap();
+        assert_eq!(check(&engine), (5, 10));
     }
 }
