@@ -27,6 +27,11 @@ pub struct CollectorSettings {
     /// Seconds between delta rounds (fractions allowed; at least 0.2).
     #[serde(default = "default_poll")]
     pub poll_interval_seconds: f64,
+    /// Seconds before the next round when the last one found changes (at least 0.1,
+    /// at most `poll_interval_seconds`): a tenant in the middle of changes is followed
+    /// closely, an idle one costs the idle interval's requests only.
+    #[serde(default = "default_active_poll")]
+    pub active_poll_interval_seconds: f64,
     /// Embedded store of the delta cursors.
     #[serde(default = "default_state")]
     pub state_path: PathBuf,
@@ -48,6 +53,7 @@ impl Default for CollectorSettings {
     fn default() -> Self {
         CollectorSettings {
             poll_interval_seconds: default_poll(),
+            active_poll_interval_seconds: default_active_poll(),
             state_path: default_state(),
             max_pages_per_round: default_max_pages(),
             round_timeout_seconds: default_round_timeout(),
@@ -64,6 +70,15 @@ impl CollectorSettings {
         } else {
             30_000
         }
+    }
+
+    pub fn active_poll_interval_ms(&self) -> u64 {
+        let active = if self.active_poll_interval_seconds.is_finite() {
+            (self.active_poll_interval_seconds.max(0.1) * 1000.0) as u64
+        } else {
+            self.poll_interval_ms()
+        };
+        active.min(self.poll_interval_ms())
     }
 }
 
@@ -109,6 +124,9 @@ impl Default for ControlSettings {
 fn default_poll() -> f64 {
     30.0
 }
+fn default_active_poll() -> f64 {
+    0.25
+}
 fn default_state() -> PathBuf {
     PathBuf::from("gwb-collector.db")
 }
@@ -126,4 +144,18 @@ fn default_resources() -> Vec<String> {
 }
 fn default_control_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50052))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_active_interval_is_clamped_between_a_tenth_of_a_second_and_the_idle_interval() {
+        let with = |idle: f64, active: f64| CollectorSettings { poll_interval_seconds: idle, active_poll_interval_seconds: active, ..Default::default() };
+        assert_eq!((with(30.0, 0.25).poll_interval_ms(), with(30.0, 0.25).active_poll_interval_ms()), (30_000, 250));
+        assert_eq!(with(1.0, 5.0).active_poll_interval_ms(), 1_000);
+        assert_eq!(with(1.0, 0.0).active_poll_interval_ms(), 100);
+        assert_eq!(with(1.0, f64::NAN).active_poll_interval_ms(), 1_000);
+    }
 }

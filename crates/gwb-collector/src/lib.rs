@@ -135,14 +135,23 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     }
 
     let mut collector = round::Collector::new(graph, publisher, cursors, settings.max_pages_per_round);
-    let interval = Duration::from_millis(settings.poll_interval_ms());
+    let idle_interval = Duration::from_millis(settings.poll_interval_ms());
+    let active_interval = Duration::from_millis(settings.active_poll_interval_ms());
     let round_timeout = Duration::from_secs(settings.round_timeout_seconds.max(1));
-    tracing::info!(poll_interval_ms = interval.as_millis() as u64, control = %settings.control.listen, "collector running");
+    tracing::info!(
+        poll_interval_ms = idle_interval.as_millis() as u64,
+        active_poll_interval_ms = active_interval.as_millis() as u64,
+        control = %settings.control.listen,
+        "collector running"
+    );
     while !shutdown.is_triggered() {
-        tokio::select! {
-            () = run_rounds(&mut collector, &shared, round_timeout) => {}
+        let changed = tokio::select! {
+            changed = run_rounds(&mut collector, &shared, round_timeout) => changed,
             () = shutdown.triggered() => break,
-        }
+        };
+        // A tenant that just changed usually goes on changing (a bulk edit, a script):
+        // look again soon, and fall back to the idle interval once a round is empty.
+        let interval = if changed > 0 { active_interval } else { idle_interval };
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = shared.wake.notified() => tracing::debug!("round requested"),
@@ -162,8 +171,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
 
 /// Users, then groups: the planner resolves a group's members from what it knows about
 /// users, so fresh anchors should arrive before the groups using them.
-async fn run_rounds(collector: &mut round::Collector, shared: &Shared, round_timeout: Duration) {
+/// Returns how many changed objects the rounds read.
+async fn run_rounds(collector: &mut round::Collector, shared: &Shared, round_timeout: Duration) -> usize {
     shared.running.store(true, Ordering::SeqCst);
+    let mut changed = 0;
     if shared.full_resync.swap(false, Ordering::SeqCst) {
         match collector.forget_cursors() {
             Ok(()) => tracing::info!("full resync requested: delta cursors forgotten"),
@@ -181,7 +192,8 @@ async fn run_rounds(collector: &mut round::Collector, shared: &Shared, round_tim
         };
         let metrics = gwb_runtime::metrics::global();
         match outcome {
-            Ok(_) => {
+            Ok(objects) => {
+                changed += objects;
                 if let Some(metrics) = metrics {
                     metrics.delta_round(resource.path(), "completed");
                 }
@@ -205,6 +217,7 @@ async fn run_rounds(collector: &mut round::Collector, shared: &Shared, round_tim
         }
     }
     shared.running.store(false, Ordering::SeqCst);
+    changed
 }
 
 fn record_failure(shared: &Shared, error: &CollectorError) {

@@ -40,10 +40,11 @@ impl Collector {
         Ok(())
     }
 
-    /// Runs one round of `resource`. On `ResyncRequired` the cursor is dropped and the
-    /// round restarts once as a full round; any other failure leaves the cursor where
-    /// it was, so the next attempt re-reads (Graph replays are harmless downstream).
-    pub async fn run_round(&mut self, resource: Resource) -> Result<(), CollectorError> {
+    /// Runs one round of `resource` and returns how many changed objects it read. On
+    /// `ResyncRequired` the cursor is dropped and the round restarts once as a full
+    /// round; any other failure leaves the cursor where it was, so the next attempt
+    /// re-reads (Graph replays are harmless downstream).
+    pub async fn run_round(&mut self, resource: Resource) -> Result<usize, CollectorError> {
         let stored = self.cursors.delta_link(resource)?;
         let (url, full) = match stored {
             Some(link) => (link, false),
@@ -60,7 +61,7 @@ impl Collector {
         }
     }
 
-    async fn follow(&mut self, resource: Resource, mut url: String, full: bool) -> Result<(), RoundFailure> {
+    async fn follow(&mut self, resource: Resource, mut url: String, full: bool) -> Result<usize, RoundFailure> {
         let round_id = uuid::Uuid::new_v4().to_string();
         let mut position = 0u64;
         let mut visited = HashSet::new();
@@ -103,7 +104,7 @@ impl Collector {
                     } else {
                         tracing::debug!(resource = resource.path(), pages, "delta round completed, no changes");
                     }
-                    return Ok(());
+                    return Ok(objects);
                 }
             }
         }
