@@ -28,6 +28,11 @@ pub const USERS_OU: &str = "BenchUsers";
 /// writer busy while the client parses answers; more than a few gains nothing on Samba.
 const CONNECTIONS: usize = 4;
 const IN_FLIGHT: usize = 16;
+/// From this many missing fixture users on, they are loaded offline (`lab-ad.sh load`):
+/// Samba creates ~40–70 users/s over LDAP, slower as the directory grows, while one
+/// offline `ldbadd` transaction creates several hundred a second. Below it (smoke scale,
+/// a few stragglers) LDAP is quicker than a DC restart and needs no access to its files.
+pub const BULK_THRESHOLD: usize = 2000;
 
 /// Where the lab DC is and how to bind (from the `GWB_LAB_*` environment).
 #[derive(Clone)]
@@ -38,6 +43,9 @@ pub struct Lab {
     pub password: String,
     pub base_dn: String,
     pub password_file: PathBuf,
+    /// The lab's directory (`GWB_LAB_DIR`, set by `scripts/lab-ad.sh`); its name is the
+    /// lab's name. Needed only for offline fixture loads.
+    pub dir: Option<PathBuf>,
 }
 
 impl Lab {
@@ -56,6 +64,7 @@ impl Lab {
             base_dn: var("GWB_LAB_BASE_DN")?,
             password,
             password_file,
+            dir: std::env::var_os("GWB_LAB_DIR").map(PathBuf::from).filter(|d| d.join("private/sam.ldb").exists()),
         })
     }
 
@@ -136,49 +145,116 @@ pub struct User {
     pub sid: String,
 }
 
+/// How the fixture users of one scenario came to exist.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    /// Users created by this call (0 when all were there from an earlier run).
+    pub created: usize,
+    pub seconds: f64,
+    /// `existing`, `ldap` (adds over LDAPS) or `offline` (`lab-ad.sh load`, DC restart included).
+    pub method: &'static str,
+}
+
+impl Fixture {
+    pub fn to_json(&self) -> serde_json::Value {
+        let rate = if self.created > 0 && self.seconds > 0.0 { (self.created as f64 / self.seconds).round() } else { 0.0 };
+        serde_json::json!({
+            "created": self.created, "seconds": (self.seconds * 100.0).round() / 100.0,
+            "users_per_second": rate, "method": self.method,
+        })
+    }
+}
+
 /// Makes sure users `bu-000000 … bu-<count-1>` exist in `OU=BenchUsers` and returns
-/// them in order, with the time spent creating the missing ones.
-pub async fn ensure_users(lab: &Lab, count: usize) -> anyhow::Result<(Vec<User>, Duration, usize)> {
+/// them in order, with how the missing ones were created.
+pub async fn ensure_users(lab: &Lab, count: usize) -> anyhow::Result<(Vec<User>, Fixture)> {
     let mut ldap = lab.connect().await?;
     let ou = lab.ensure_ou(&mut ldap, &lab.base_dn, USERS_OU).await?;
     let existing = read_users(&mut ldap, &ou).await?;
     let missing: Vec<usize> = (0..count).filter(|n| !existing.contains_key(&user_cn(*n))).collect();
     let started = Instant::now();
+    let bulk = std::env::var("GWB_BENCH_BULK").map(|v| v != "0").unwrap_or(true);
+    let method = match (missing.len(), &lab.dir) {
+        (0, _) => "existing",
+        (n, Some(dir)) if n >= BULK_THRESHOLD && bulk => {
+            let _ = ldap.unbind().await;
+            load_offline(dir, &ou, &missing).await?;
+            ldap = lab.connect().await?;
+            "offline"
+        }
+        _ => {
+            add_over_ldap(lab, &ou, &missing).await?;
+            "ldap"
+        }
+    };
+    let fixture = Fixture { created: missing.len(), seconds: started.elapsed().as_secs_f64(), method };
     if !missing.is_empty() {
-        let pool = lab.pool(CONNECTIONS).await?;
-        futures::stream::iter(missing.iter().copied())
-            .map(|n| {
-                let mut ldap = pool[n % pool.len()].clone();
-                let cn = user_cn(n);
-                let dn = format!("CN={cn},{ou}");
-                async move {
-                    let result = ldap
-                        .add(
-                            &dn,
-                            vec![
-                                ("objectClass", HashSet::from(["user"])),
-                                ("sAMAccountName", HashSet::from([cn.as_str()])),
-                                ("userAccountControl", HashSet::from([DISABLED_USER])),
-                            ],
-                        )
-                        .await?;
-                    match result.rc {
-                        // 68: a previous interrupted run created it already.
-                        0 | 68 => Ok(()),
-                        rc => Err(anyhow!("adding {dn}: LDAP {rc} {}", result.text)),
-                    }
-                }
-            })
-            .buffer_unordered(CONNECTIONS * IN_FLIGHT)
-            .try_collect::<Vec<()>>()
-            .await?;
+        eprintln!("fixture: {} users created in {:.1} s ({method}), {}", missing.len(), fixture.seconds, fixture.to_json()["users_per_second"]);
     }
-    let created_in = started.elapsed();
     let mut all = if missing.is_empty() { existing } else { read_users(&mut ldap, &ou).await? };
+    let _ = ldap.unbind().await;
     let users = (0..count)
         .map(|n| all.remove(&user_cn(n)).ok_or_else(|| anyhow!("user {} missing after creation", user_cn(n))))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok((users, created_in, missing.len()))
+    Ok((users, fixture))
+}
+
+/// The same users as [`add_over_ldap`] would create (disabled normal accounts, no
+/// password), written to one LDIF and added by `scripts/lab-ad.sh load <lab> <ldif>`:
+/// offline, through Samba's own samdb modules (so objectSid, RIDs, defaults and
+/// security descriptors are what an LDAP add gives), in one transaction. The DC is
+/// stopped for the load and answers LDAPS again when the script returns.
+async fn load_offline(lab_dir: &std::path::Path, ou: &str, missing: &[usize]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let name = lab_dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("no lab name in {}", lab_dir.display()))?;
+    let ldif_path = std::env::temp_dir().join(format!("gwb-bench-users-{}.ldif", std::process::id()));
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&ldif_path)?);
+        for n in missing {
+            let cn = user_cn(*n);
+            writeln!(out, "dn: CN={cn},{ou}\nobjectClass: user\nsAMAccountName: {cn}\nuserAccountControl: {DISABLED_USER}\n")?;
+        }
+        out.flush()?;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lab-ad.sh");
+    eprintln!("fixture: loading {} users offline into lab '{name}' ({} load; the DC restarts)", missing.len(), script.display());
+    let output = tokio::process::Command::new(&script).arg("load").arg(name).arg(&ldif_path).output().await.with_context(|| format!("running {}", script.display()))?;
+    let _ = std::fs::remove_file(&ldif_path);
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    anyhow::ensure!(output.status.success(), "{} load {name} failed ({})", script.display(), output.status);
+    Ok(())
+}
+
+/// Adds the users over LDAPS, several connections with many adds in flight.
+async fn add_over_ldap(lab: &Lab, ou: &str, missing: &[usize]) -> anyhow::Result<()> {
+    let pool = lab.pool(CONNECTIONS).await?;
+    futures::stream::iter(missing.iter().copied())
+        .map(|n| {
+            let mut ldap = pool[n % pool.len()].clone();
+            let cn = user_cn(n);
+            let dn = format!("CN={cn},{ou}");
+            async move {
+                let result = ldap
+                    .add(
+                        &dn,
+                        vec![
+                            ("objectClass", HashSet::from(["user"])),
+                            ("sAMAccountName", HashSet::from([cn.as_str()])),
+                            ("userAccountControl", HashSet::from([DISABLED_USER])),
+                        ],
+                    )
+                    .await?;
+                match result.rc {
+                    // 68: a previous interrupted run created it already.
+                    0 | 68 => Ok(()),
+                    rc => Err(anyhow!("adding {dn}: LDAP {rc} {}", result.text)),
+                }
+            }
+        })
+        .buffer_unordered(CONNECTIONS * IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
 }
 
 fn user_cn(n: usize) -> String {

@@ -188,6 +188,7 @@ async fn load(bench: &Bench, lab: &Lab, users: &[User], groups: usize, members: 
     services.start_collector()?;
     let timeout = Duration::from_secs(if bench.full() { 3600 } else { 120 });
     let ingest = wait_ingested(&services, total, timeout).await?;
+    eprintln!("{what}: planner holds {total} memberships after {:.1} s; enabling writeback", ingest.as_secs_f64());
     // The clock starts at "writeback enabled": the planner already holds the tenant,
     // as it would in production before an operator switches writeback on.
     let started = Instant::now();
@@ -195,6 +196,7 @@ async fn load(bench: &Bench, lab: &Lab, users: &[User], groups: usize, members: 
     wait_converged(&services, groups as u64, total, timeout).await?;
     let pipeline = started.elapsed();
     let memory = memory_of(&services);
+    eprintln!("{what}: pipeline converged in {:.1} s; verifying over LDAP", pipeline.as_secs_f64());
 
     let expected: BTreeMap<String, Vec<String>> = group_ids
         .iter()
@@ -217,7 +219,9 @@ async fn load(bench: &Bench, lab: &Lab, users: &[User], groups: usize, members: 
             member_dns: m.iter().map(|i| users[*i].dn.clone()).collect(),
         })
         .collect();
+    eprintln!("{what}: verified; baseline load into {base_ou}");
     let baseline = ldap::baseline_load(lab, &base_ou, &loads, BATCH).await?;
+    eprintln!("{what}: baseline loaded in {:.1} s; verifying", baseline.as_secs_f64());
     verify(lab, &base_ou, &expected).await.context("verifying the baseline's result")?;
     cleanup(lab, &[&base_ou]).await;
     Ok((
@@ -237,7 +241,7 @@ async fn load(bench: &Bench, lab: &Lab, users: &[User], groups: usize, members: 
 pub async fn initial_sync(bench: &Bench) -> anyhow::Result<()> {
     let (groups, members, user_count) = if bench.full() { (1000, 100, 10_000) } else { (20, 10, 50) };
     let lab = Lab::from_env()?;
-    let (users, created, new_users) = ldap::ensure_users(&lab, user_count).await?;
+    let (users, fixture) = ldap::ensure_users(&lab, user_count).await?;
     let (result, ou) = load(bench, &lab, &users, groups, members, "initial", false).await?;
     let memberships = groups * members;
     let ratio = result.pipeline_s / result.baseline_s;
@@ -257,7 +261,7 @@ pub async fn initial_sync(bench: &Bench) -> anyhow::Result<()> {
             "pipeline_members_per_second": round(memberships as f64 / result.pipeline_s),
             "baseline_members_per_second": round(memberships as f64 / result.baseline_s),
             "collector_ingest_seconds_before_enable": round(result.ingest_s),
-            "fixture_users_created": new_users, "fixture_users_seconds": round(created.as_secs_f64()),
+            "fixture_users": fixture.to_json(),
             "baseline_method": format!("ldap3, 4 connections, 8 groups in flight, members in the add then modify/add batches of {BATCH} DNs"),
             "convergence_method": "writer metrics (members written, upserts applied) polled every 50 ms, then planner commands_in_flight = 0; verified afterwards by reading every group's members over LDAP",
             "peak_memory": result.memory,
@@ -303,7 +307,7 @@ async fn latency_run(bench: &Bench, webhook: bool) -> anyhow::Result<serde_json:
     let (groups, members, changes, rate) = if bench.full() { (100, 20, 1000, 10.0) } else { (10, 5, 20, 10.0) };
     let user_count = if bench.full() { 10_000 } else { 50 };
     let lab = Lab::from_env()?;
-    let (users, _, _) = ldap::ensure_users(&lab, user_count).await?;
+    let (users, _) = ldap::ensure_users(&lab, user_count).await?;
     let mut ldap = lab.connect().await?;
     let ou = fresh_ou(&lab, &mut ldap, "latency").await?;
     let mut services = Services::start(&lab, Options { webhook, ..options(bench, &ou, 1.0) }).await?;
@@ -431,7 +435,7 @@ pub async fn large_group(bench: &Bench) -> anyhow::Result<()> {
     let size = if bench.full() { bench.large_members } else { 500 };
     let lab = Lab::from_env()?;
     // One more user than the group holds: the one-member change adds it.
-    let (users, created, new_users) = ldap::ensure_users(&lab, size + 1).await?;
+    let (users, fixture) = ldap::ensure_users(&lab, size + 1).await?;
     let (members_users, extra) = users.split_at(size);
     let (result, ou) = load(bench, &lab, members_users, 1, size, "large", true).await?;
     let LoadResult { pipeline_s, baseline_s, memory, services, group_ids, proxy, .. } = result;
@@ -471,7 +475,7 @@ pub async fn large_group(bench: &Bench) -> anyhow::Result<()> {
             "one_member_change": cost,
             "bytes_method": "TCP proxy on the DC's address in front of LDAPS, counting client→DC bytes (TLS records included)",
             "ops_method": "writer metric gwb_ldap_operation_duration_seconds_count by kind, before/after",
-            "fixture_users_created": new_users, "fixture_users_seconds": round(created.as_secs_f64()),
+            "fixture_users": fixture.to_json(),
             "peak_memory": memory,
         }),
     )?;
@@ -484,7 +488,7 @@ pub async fn large_group(bench: &Bench) -> anyhow::Result<()> {
 pub async fn idle(bench: &Bench) -> anyhow::Result<()> {
     let (groups, members, poll, rounds) = if bench.full() { (100, 20, 1.0, 10u64) } else { (10, 5, 0.3, 10u64) };
     let lab = Lab::from_env()?;
-    let (users, _, _) = ldap::ensure_users(&lab, if bench.full() { 2000 } else { 50 }).await?;
+    let (users, _) = ldap::ensure_users(&lab, if bench.full() { 2000 } else { 50 }).await?;
     let mut ldap = lab.connect().await?;
     let ou = fresh_ou(&lab, &mut ldap, "idle").await?;
     let mut services = Services::start(&lab, options(bench, &ou, poll)).await?;
