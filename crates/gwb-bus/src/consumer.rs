@@ -93,7 +93,7 @@ where
     H: FnMut(Delivery) -> F,
     F: Future<Output = Disposition>,
 {
-    consume_batches(config, queue, shutdown, 1, move |mut batch: Vec<Delivery>| {
+    consume_batches(config, queue, shutdown, 1, Duration::ZERO, move |mut batch: Vec<Delivery>| {
         let work = batch.pop().map(&mut handler);
         async move {
             match work {
@@ -137,9 +137,12 @@ async fn settle(delivery: &lapin::message::Delivery, disposition: Disposition) -
 
 /// Like [`consume`], but hands the handler every delivery already waiting (up to
 /// `max_batch`, at least one) in queue order, and settles each with the disposition
-/// at the same index. A handler can then amortise per-message costs (one confirm round
-/// trip for all its outcomes, merged directory writes) while keeping the order.
-pub async fn consume_batches<H, F>(config: BusConfig, queue: String, shutdown: Shutdown, max_batch: usize, mut handler: H)
+/// at the same index. A handler can then amortise per-message costs (one commit or
+/// one confirm round trip for the batch, merged directory writes) while keeping the
+/// order. With a non-zero `linger`, a batch that is not full yet waits up to that long
+/// for more deliveries: a consumer slightly faster than its producer would otherwise
+/// pay its per-batch cost for every few messages.
+pub async fn consume_batches<H, F>(config: BusConfig, queue: String, shutdown: Shutdown, max_batch: usize, linger: Duration, mut handler: H)
 where
     H: FnMut(Vec<Delivery>) -> F,
     F: Future<Output = Vec<Disposition>>,
@@ -147,7 +150,7 @@ where
     let topology = Topology::new(&config);
     let mut failures: u32 = 0;
     while !shutdown.is_triggered() {
-        match consume_batches_once(&config, &topology, &queue, &shutdown, max_batch.max(1), &mut handler).await {
+        match consume_batches_once(&config, &topology, &queue, &shutdown, max_batch.max(1), linger, &mut handler).await {
             Ok(()) => return,
             Err(error) => {
                 failures = failures.saturating_add(1);
@@ -168,6 +171,7 @@ async fn consume_batches_once<H, F>(
     queue: &str,
     shutdown: &Shutdown,
     max_batch: usize,
+    linger: Duration,
     handler: &mut H,
 ) -> Result<(), BusError>
 where
@@ -188,11 +192,20 @@ where
             return Err(BusError::Timeout { operation: "consumer stream ended", seconds: 0 });
         };
         let mut raw = vec![first.map_err(|source| BusError::Amqp { operation: "basic.deliver", source })?];
-        // Take what has already arrived (prefetched), without waiting for more.
+        // Take what has already arrived (prefetched), then wait up to `linger` for more.
+        let deadline = tokio::time::Instant::now() + linger;
         while raw.len() < max_batch {
-            match consumer.next().now_or_never() {
-                Some(Some(next)) => raw.push(next.map_err(|source| BusError::Amqp { operation: "basic.deliver", source })?),
-                Some(None) | None => break,
+            let next = match consumer.next().now_or_never() {
+                Some(next) => next,
+                None if linger.is_zero() => break,
+                None => match tokio::time::timeout_at(deadline, consumer.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                Some(next) => raw.push(next.map_err(|source| BusError::Amqp { operation: "basic.deliver", source })?),
+                None => break,
             }
         }
         let received: Vec<Delivery> = raw.iter().map(to_delivery).collect();

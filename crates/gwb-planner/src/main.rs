@@ -86,7 +86,11 @@ async fn main() -> anyhow::Result<()> {
     let outbox_ready = Arc::new(Notify::new());
 
     let topology = publisher.topology().clone();
-    let events = tokio::spawn(gwb_bus::consume_batches(config.bus.clone(), topology.events_queue(), shutdown.clone(), usize::from(config.bus.prefetch), {
+    // Up to 10 ms of linger: during a full round a batch then holds a page's worth of
+    // events or more (one commit for all of them), and an incremental change waits at
+    // most 10 ms longer.
+    let (max_batch, linger) = (usize::from(config.bus.prefetch), Duration::from_millis(10));
+    let events = tokio::spawn(gwb_bus::consume_batches(config.bus.clone(), topology.events_queue(), shutdown.clone(), max_batch, linger, {
         let engine = engine.clone();
         let ready = outbox_ready.clone();
         move |deliveries| handle_events(engine.clone(), ready.clone(), deliveries)

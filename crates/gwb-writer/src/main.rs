@@ -116,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
             topology.command_queue(partition),
             shutdown.clone(),
             usize::from(config.bus.prefetch),
+            Duration::ZERO,
             move |deliveries| apply::handle_batch(shared.clone(), directory.clone(), deliveries),
         )));
     }
