@@ -453,7 +453,7 @@ async fn change_notifications_trigger_rounds_and_lifecycle_events_renew_the_subs
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let public = format!("http://{}", listener.local_addr().unwrap());
     let extra = format!(
-        "poll_interval_seconds = 3600\n[collector.notifications]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{public}\"\nclient_state_file = \"{}\"\nsubscription_minutes = 60\n",
+        "poll_interval_seconds = 3600\nactive_poll_interval_seconds = 3600\n[collector.notifications]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{public}\"\nclient_state_file = \"{}\"\nsubscription_minutes = 60\n",
         t.dir.join("client-state").display()
     );
     let path = t.config_file("", &extra, "notify.toml");
