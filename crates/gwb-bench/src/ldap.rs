@@ -170,7 +170,7 @@ impl Fixture {
 pub async fn ensure_users(lab: &Lab, count: usize) -> anyhow::Result<(Vec<User>, Fixture)> {
     let mut ldap = lab.connect().await?;
     let ou = lab.ensure_ou(&mut ldap, &lab.base_dn, USERS_OU).await?;
-    let existing = read_users(&mut ldap, &ou).await?;
+    let existing = read_users(&mut ldap, &ou, count).await?;
     let missing: Vec<usize> = (0..count).filter(|n| !existing.contains_key(&user_cn(*n))).collect();
     let started = Instant::now();
     let bulk = std::env::var("GWB_BENCH_BULK").map(|v| v != "0").unwrap_or(true);
@@ -191,7 +191,7 @@ pub async fn ensure_users(lab: &Lab, count: usize) -> anyhow::Result<(Vec<User>,
     if !missing.is_empty() {
         eprintln!("fixture: {} users created in {:.1} s ({method}), {}", missing.len(), fixture.seconds, fixture.to_json()["users_per_second"]);
     }
-    let mut all = if missing.is_empty() { existing } else { read_users(&mut ldap, &ou).await? };
+    let mut all = if missing.is_empty() { existing } else { read_users(&mut ldap, &ou, count).await? };
     let _ = ldap.unbind().await;
     let users = (0..count)
         .map(|n| all.remove(&user_cn(n)).ok_or_else(|| anyhow!("user {} missing after creation", user_cn(n))))
@@ -261,9 +261,26 @@ fn user_cn(n: usize) -> String {
     format!("bu-{n:06}")
 }
 
-async fn read_users(ldap: &mut Ldap, ou: &str) -> anyhow::Result<BTreeMap<String, User>> {
+/// Up to this many users are read by name (indexed `cn` lookups, 500 a search); more
+/// are read with one paged search of the whole OU. Once the OU holds the 250,000 users
+/// of large-group, reading all of it for a scenario that needs 50 takes tens of seconds.
+const READ_BY_NAME_MAX: usize = 20_000;
+
+/// The fixture users `bu-000000 … bu-<count-1>` that exist (and, for big counts, any
+/// other `bu-*` user in the OU).
+async fn read_users(ldap: &mut Ldap, ou: &str, count: usize) -> anyhow::Result<BTreeMap<String, User>> {
+    let mut entries = Vec::new();
+    if count <= READ_BY_NAME_MAX {
+        let names: Vec<String> = (0..count).map(user_cn).collect();
+        for chunk in names.chunks(500) {
+            let terms: String = chunk.iter().map(|cn| format!("(cn={cn})")).collect();
+            entries.extend(paged_search(ldap, ou, Scope::OneLevel, &format!("(&(objectClass=user)(|{terms}))"), &["cn", "objectSid"]).await?);
+        }
+    } else {
+        entries = paged_search(ldap, ou, Scope::OneLevel, "(&(objectClass=user)(cn=bu-*))", &["cn", "objectSid"]).await?;
+    }
     let mut users = BTreeMap::new();
-    for entry in paged_search(ldap, ou, Scope::OneLevel, "(&(objectClass=user)(cn=bu-*))", &["cn", "objectSid"]).await? {
+    for entry in entries {
         let sid = binary(&entry, "objectSid").and_then(|b| sid_from_bytes(&b)).ok_or_else(|| anyhow!("{} has no objectSid", entry.dn))?;
         let cn = first(&entry, "cn").unwrap_or_default();
         users.insert(cn, User { dn: entry.dn, sid });
