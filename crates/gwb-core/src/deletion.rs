@@ -1,33 +1,41 @@
-//! Deletion safety: a cycle's deletions are held for an operator when there are too
-//! many of them (DESIGN.md §3 "Deletion").
+//! Deletion safety: deletions are held for an operator when there are too many of them
+//! (DESIGN.md §3 "Deletion"). The limits apply to a sliding window, not to one delta
+//! round: rounds follow each other within a second while a tenant changes, so a mass
+//! deletion is usually seen by several rounds, and a per-round limit would let it
+//! through in slices.
 
-/// Limits for one cycle (one completed delta round, or one reconciliation).
+/// Limits for the deletions of one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeletionThreshold {
-    /// More deletions than this in one cycle are held.
+    /// More deletions than this within the window are held.
     pub max_groups: u64,
-    /// More than this percentage of the written-back groups in one cycle is held.
+    /// More than this percentage of the written-back groups within the window is held.
     /// A single deletion is never held by the percentage rule alone, so small
     /// deployments can still lose one group without an operator.
     pub max_percent: u64,
+    /// Deletions sent without an operator in this many minutes count with the ones
+    /// about to be sent.
+    pub window_minutes: u64,
 }
 
 impl Default for DeletionThreshold {
     fn default() -> Self {
-        DeletionThreshold { max_groups: 100, max_percent: 10 }
+        DeletionThreshold { max_groups: 100, max_percent: 10, window_minutes: 60 }
     }
 }
 
-/// Whether `deletions` planned in one cycle, out of `written_back` groups this product
-/// manages in AD, must wait for an operator. Returns the reason when held.
+/// Whether `deletions` within the window (those sent in it already plus those about to
+/// be sent), out of `written_back` groups this product managed in AD when the window
+/// began, must wait for an operator. Returns the reason when held.
 pub fn must_hold(deletions: u64, written_back: u64, threshold: DeletionThreshold) -> Option<String> {
+    let window = threshold.window_minutes;
     if deletions > threshold.max_groups {
-        return Some(format!("{deletions} deletions in one cycle exceed the threshold of {} groups", threshold.max_groups));
+        return Some(format!("{deletions} deletions within {window} minutes exceed the threshold of {} groups", threshold.max_groups));
     }
     let percent_exceeded = deletions > 1 && deletions.saturating_mul(100) > threshold.max_percent.saturating_mul(written_back);
     percent_exceeded.then(|| {
         format!(
-            "{deletions} deletions in one cycle are more than {} % of the {written_back} written-back groups",
+            "{deletions} deletions within {window} minutes are more than {} % of the {written_back} written-back groups",
             threshold.max_percent
         )
     })
@@ -63,9 +71,9 @@ mod tests {
 
     #[test]
     fn configurable() {
-        let strict = DeletionThreshold { max_groups: 0, max_percent: 100 };
+        let strict = DeletionThreshold { max_groups: 0, max_percent: 100, window_minutes: 60 };
         assert!(must_hold(1, 1000, strict).is_some());
-        let lax = DeletionThreshold { max_groups: u64::MAX, max_percent: 100 };
+        let lax = DeletionThreshold { max_groups: u64::MAX, max_percent: 100, window_minutes: 60 };
         assert!(must_hold(1000, 1000, lax).is_none());
     }
 }

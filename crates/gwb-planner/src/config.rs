@@ -70,7 +70,7 @@ pub struct CoordinationSettings {
     pub token_file: Option<PathBuf>,
 }
 
-/// Deletion threshold (DESIGN.md §3): a cycle with more deletions is held.
+/// Deletion threshold (DESIGN.md §3): more deletions within the window are held.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeletionSettings {
@@ -78,11 +78,19 @@ pub struct DeletionSettings {
     pub max_groups: u64,
     #[serde(default = "default_max_percent")]
     pub max_percent: u64,
+    #[serde(default = "default_window_minutes")]
+    pub window_minutes: u64,
 }
 
 impl Default for DeletionSettings {
     fn default() -> Self {
-        DeletionSettings { max_groups: default_max_groups(), max_percent: default_max_percent() }
+        DeletionSettings { max_groups: default_max_groups(), max_percent: default_max_percent(), window_minutes: default_window_minutes() }
+    }
+}
+
+impl DeletionSettings {
+    pub fn threshold(&self) -> gwb_core::deletion::DeletionThreshold {
+        gwb_core::deletion::DeletionThreshold { max_groups: self.max_groups, max_percent: self.max_percent, window_minutes: self.window_minutes }
     }
 }
 
@@ -91,6 +99,9 @@ fn default_max_groups() -> u64 {
 }
 fn default_max_percent() -> u64 {
     10
+}
+fn default_window_minutes() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]

@@ -689,7 +689,9 @@ impl Plan<'_> {
         Ok(())
     }
 
-    /// End of a cycle: the pending deletions go ahead together, or are all held.
+    /// End of a cycle: the pending deletions go ahead together, or are all held. They
+    /// count with the deletions sent in the threshold's window, and while some are held
+    /// for an operator every new one waits with them.
     fn settle_deletions(&mut self) -> Result<(), EngineError> {
         let pending: Vec<(String, String)> = {
             let mut stmt = self.tx.prepare("SELECT group_id, reason FROM pending_deletions ORDER BY group_id")?;
@@ -700,12 +702,23 @@ impl Plan<'_> {
             return Ok(());
         }
         self.tx.execute("DELETE FROM pending_deletions", [])?;
-        let written_back: i64 = self.tx.query_row(
-            "SELECT COUNT(*) FROM writeback WHERE state IN ('pending', 'written', 'error', 'kept', 'retired', 'held')",
-            [],
-            |row| row.get(0),
-        )?;
-        match deletion::must_hold(pending.len() as u64, written_back.max(0) as u64, self.policy.threshold) {
+        let threshold = self.policy.threshold;
+        let window_start = self.cause.now_ms - i64::try_from(threshold.window_minutes.saturating_mul(60_000)).unwrap_or(i64::MAX);
+        self.tx.execute("DELETE FROM deletions_sent WHERE at_ms < ?1", params![window_start])?;
+        let count = |sql: &str| -> rusqlite::Result<u64> { self.tx.query_row(sql, [], |row| row.get::<_, i64>(0)).map(|n| n.max(0) as u64) };
+        let recent = count("SELECT COUNT(*) FROM deletions_sent")?;
+        let held = count("SELECT COUNT(*) FROM writeback WHERE state = 'held'")?;
+        let written_back = count("SELECT COUNT(*) FROM writeback WHERE state IN ('pending', 'written', 'error', 'kept', 'retired', 'held')")?;
+        let why = if held > 0 {
+            Some(format!("{held} deletions are already held for an operator; later ones wait with them"))
+        } else {
+            let deletions = pending.len() as u64 + recent;
+            // The base is what was written back when the window began.
+            deletion::must_hold(deletions, written_back + recent, threshold).map(|why| {
+                if recent > 0 { format!("{why} ({recent} of them already sent)") } else { why }
+            })
+        };
+        match why {
             Some(why) => {
                 tracing::warn!(deletions = pending.len(), %why, "deletions held for an operator");
                 set_meta(self.tx, "held_reason", &why)?;
@@ -716,6 +729,9 @@ impl Plan<'_> {
             }
             None => {
                 for (group_id, reason) in pending {
+                    self.tx
+                        .prepare_cached("INSERT INTO deletions_sent (group_id, at_ms) VALUES (?1, ?2)")?
+                        .execute(params![group_id, self.cause.now_ms])?;
                     self.emit_delete(&group_id, &reason)?;
                 }
             }
@@ -1334,7 +1350,7 @@ mod tests {
 
     #[test]
     fn cloud_deletions_wait_for_the_end_of_the_cycle_and_pass_the_threshold() {
-        let mut engine = engine(DeletionThreshold { max_groups: 2, max_percent: 100 });
+        let mut engine = engine(DeletionThreshold { max_groups: 2, max_percent: 100, window_minutes: 60 });
         for id in ["a", "b", "c", "d"] {
             engine.apply_event(&group(id, [], []), 0).unwrap();
         }
@@ -1354,6 +1370,32 @@ mod tests {
         assert!(drain(&mut engine).is_empty());
     }
 
+    /// A tenant's mass deletion seen over several fast rounds is one mass deletion.
+    #[test]
+    fn the_threshold_counts_every_deletion_of_its_window_and_holds_later_ones_with_the_held() {
+        const MINUTE: i64 = 60_000;
+        let mut engine = engine(DeletionThreshold { max_groups: 3, max_percent: 100, window_minutes: 60 });
+        for n in 0..12 {
+            engine.apply_event(&group(&format!("g{n}"), [], []), 0).unwrap();
+        }
+        drain(&mut engine);
+        let delete_in_round = |engine: &mut Engine, ids: &[&str], at: i64| {
+            for id in ids {
+                engine.apply_event(&removed(id, true), at).unwrap();
+            }
+            engine.apply_event(&round_completed(), at).unwrap();
+            drain(engine).iter().filter(|(kind, _)| kind == "delete").count()
+        };
+        assert_eq!(delete_in_round(&mut engine, &["g0", "g1"], MINUTE), 2);
+        // 2 sent + 2 now = 4 > 3 within the hour: held, though each round alone passes.
+        assert_eq!(delete_in_round(&mut engine, &["g2", "g3"], 2 * MINUTE), 0);
+        // While those wait for an operator, a single later deletion waits with them.
+        assert_eq!(delete_in_round(&mut engine, &["g4"], 3 * MINUTE), 0);
+        assert_eq!(engine.decide_held(&[], false, 4 * MINUTE).unwrap(), 3);
+        // Discarded, and the first two have left the window: small deletions go again.
+        assert_eq!(delete_in_round(&mut engine, &["g5", "g6"], 62 * MINUTE), 2);
+    }
+
     #[test]
     fn a_group_restored_before_its_cycle_ends_is_not_deleted() {
         let mut engine = engine(DeletionThreshold::default());
@@ -1367,7 +1409,7 @@ mod tests {
 
     #[test]
     fn only_a_complete_full_round_sweeps() {
-        let mut engine = engine(DeletionThreshold { max_groups: 100, max_percent: 100 });
+        let mut engine = engine(DeletionThreshold { max_groups: 100, max_percent: 100, window_minutes: 60 });
         engine.apply_event(&user(1), 0).unwrap();
         engine.apply_event(&group("keep", [1], []), 0).unwrap();
         engine.apply_event(&group("gone", [1], []), 0).unwrap();

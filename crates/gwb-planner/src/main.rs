@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
         on_soft_delete: config.planner.on_soft_delete,
         retired_ou: config.planner.retired_ou.clone(),
         partitions: config.bus.command_partitions.max(1),
-        threshold: gwb_core::deletion::DeletionThreshold { max_groups: config.deletion.max_groups, max_percent: config.deletion.max_percent },
+        threshold: config.deletion.threshold(),
     };
     let coordination_token = match &config.coordination.token_file {
         Some(path) => Some(secret::read_secret_file("coordination.token_file", path)?),

@@ -150,6 +150,10 @@ ALTER TABLE outbox ADD COLUMN headers TEXT NOT NULL DEFAULT '{}';
 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO counters SELECT 'memberships', COUNT(*) FROM memberships;
 INSERT INTO counters SELECT 'users', COUNT(*) FROM users WHERE deleted = 0;
+"#, r#"
+-- Cloud-caused deletions sent without an operator, for the deletion threshold's window.
+CREATE TABLE deletions_sent (group_id TEXT NOT NULL, at_ms INTEGER NOT NULL);
+CREATE INDEX deletions_sent_by_time ON deletions_sent (at_ms);
 "#];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
