@@ -85,6 +85,10 @@ pub struct Directory {
     /// later writes read it by GUID (a base read) instead of searching for the
     /// anchor, and re-check every safety condition on what they read.
     remembered: HashMap<String, String>,
+    /// Anchors no object carried at the last `look_up_anchors` (lower-cased); each is
+    /// used once, by the first lookup of that anchor, and all are dropped at the next
+    /// `look_up_anchors`.
+    absent: HashSet<String>,
 }
 
 impl fmt::Debug for Directory {
@@ -111,6 +115,7 @@ impl Directory {
             session: None,
             observer: None,
             remembered: HashMap::new(),
+            absent: HashSet::new(),
         };
         directory.caps = directory.discover().await?;
         Ok(directory)
@@ -305,6 +310,9 @@ impl Directory {
                 }
             }
         }
+        if self.absent.remove(&key) {
+            return Ok(None);
+        }
         // One search of the whole domain answers both questions: is it in a managed
         // OU, and does anything outside them carry the anchor?
         if anchor.trim().is_empty() {
@@ -341,6 +349,58 @@ impl Directory {
             )));
         }
         Ok(None)
+    }
+
+    /// Looks up many anchors with one search per 200 (`adminDescription` is not
+    /// indexed, so every anchor search reads every group of the domain): the groups
+    /// found in a managed OU are remembered by objectGUID, and anchors no object carries
+    /// are noted as absent, so the commands of a batch need no search of their own.
+    /// Anything else (a carrier outside the managed OUs, several carriers) is left to
+    /// the lookup of each command, with its refusals. Anchors already remembered are
+    /// not searched for.
+    pub async fn look_up_anchors(&mut self, anchors: &[&str]) -> Result<(), DirectoryError> {
+        self.absent.clear();
+        let mut unknown: Vec<String> = anchors
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty() && !self.remembered.contains_key(&a.to_ascii_lowercase()))
+            .collect();
+        unknown.sort_by_key(|a| a.to_ascii_lowercase());
+        unknown.dedup_by_key(|a| a.to_ascii_lowercase());
+        let base = self.caps.default_naming_context.clone();
+        let attrs = group::attributes_to_read(&self.caps);
+        for chunk in unknown.chunks(200) {
+            let filter = format!(
+                "(&(objectClass=group)(|{}))",
+                chunk.iter().map(|a| format!("(adminDescription={})", filter_value(a))).collect::<String>()
+            );
+            let entries = self.search(&base, Scope::Subtree, &filter, &attrs, Vec::new()).await?;
+            let mut carriers: HashMap<String, Vec<GroupEntry>> = HashMap::new();
+            let mut outside = HashSet::new();
+            for entry in entries {
+                let group = GroupEntry::from_search(entry)?;
+                let Some(anchor) = group.admin_description.as_deref().map(|d| d.trim().to_ascii_lowercase()) else { continue };
+                if self.config.managed_ous.iter().any(|ou| is_below(&group.dn, ou)) {
+                    carriers.entry(anchor).or_default().push(group);
+                } else {
+                    outside.insert(anchor);
+                }
+            }
+            for anchor in chunk {
+                let key = anchor.to_ascii_lowercase();
+                match carriers.get(&key).map(Vec::as_slice) {
+                    Some([group]) if self.check_safe(group, anchor).is_ok() => {
+                        let guid = group.guid.clone();
+                        self.remember(anchor, &guid);
+                    }
+                    None if !outside.contains(&key) => {
+                        self.absent.insert(key);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn remember(&mut self, anchor: &str, guid: &str) {

@@ -1287,3 +1287,39 @@ async fn a_remembered_group_is_checked_again_before_every_write() -> anyhow::Res
     ensure!(f.lab.snapshot_entry(&outside_dn).await? == before, "a group outside the managed OUs was changed");
     f.cleanup().await
 }
+
+/// A batch's anchors looked up with one search: a group found in the managed OUs is
+/// acted on in place (never duplicated), an absent anchor is created, and an anchor
+/// carried outside the managed OUs is still refused by the command itself.
+#[tokio::test]
+async fn anchors_looked_up_for_a_batch_keep_every_refusal() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let elsewhere = f.lab.create_ou_in(&f.ou, "not-managed").await?;
+    let managed = f.lab.create_ou_in(&f.ou, "managed").await?;
+    let in_managed = |label: &str| GroupSpec { parent_dn: managed.clone(), ..f.spec(label) };
+    let (existing, absent, outside) = (in_managed("existing"), in_managed("absent"), in_managed("outside"));
+    // Written by an earlier writer process: this one has not seen it.
+    let first = Directory::connect(f.config(vec![managed.clone()])).await?;
+    let existing_guid = {
+        let mut first = first;
+        upsert(&mut first, &existing).await?.group.context("no group")?.object_guid
+    };
+    f.lab
+        .add_entry(
+            &format!("CN={},{elsewhere}", outside.cn),
+            &[("objectClass", &["group"]), ("sAMAccountName", &[&format!("lo-{}", f.id)]), ("adminDescription", &[&outside.anchor])],
+        )
+        .await?;
+
+    let mut dir = Directory::connect(f.config(vec![managed.clone()])).await?;
+    dir.look_up_anchors(&[&existing.anchor, &absent.anchor, &outside.anchor]).await?;
+    let renamed = GroupSpec { description: Some("changed".into()), ..existing.clone() };
+    let updated = upsert(&mut dir, &renamed).await?;
+    ensure!(updated.group.as_ref().is_some_and(|g| g.object_guid == existing_guid) && updated.changed, "{updated:?}");
+    ensure!(upsert(&mut dir, &absent).await?.changed);
+    expect_permanent(dir.apply(&WriteCommand::Upsert(outside.clone())).await, "outside the")?;
+    for spec in [&existing, &absent, &outside] {
+        ensure!(f.lab.find_groups_by_anchor(&spec.anchor).await?.len() == 1, "{} has a duplicate", spec.cn);
+    }
+    f.cleanup().await
+}

@@ -169,6 +169,9 @@ pub async fn handle_batch(shared: Arc<Shared>, directory: Arc<Mutex<Option<Direc
         }
     }
     let mut guard = directory.lock().await;
+    if !shared.dry_run {
+        look_up_anchors(&shared, &mut guard, &units).await;
+    }
     for unit in units {
         if shared.shutdown.is_triggered() {
             // Not applied: left unacked (Requeue) for the next writer.
@@ -265,6 +268,23 @@ fn base_outcome(shared: &Shared, command: &cmd::WriteCommand) -> cmd::Outcome {
         observed_at_ms: command.observed_at_ms,
         writer_id: shared.writer_id.clone(),
         ..Default::default()
+    }
+}
+
+/// One search for the anchors of the whole batch instead of one per command (see
+/// `Directory::look_up_anchors`). Best effort: on any failure each command looks its
+/// group up itself, and the retry loop reports the error.
+async fn look_up_anchors(shared: &Shared, directory: &mut Option<Directory>, units: &[Unit]) {
+    if directory.is_none()
+        && let Ok(mut connected) = Directory::connect(shared.directory_config.clone()).await
+    {
+        connected.set_observer(Arc::new(observe_ldap));
+        *directory = Some(connected);
+    }
+    let Some(connected) = directory.as_mut() else { return };
+    let anchors: Vec<&str> = units.iter().map(|unit| unit.command.anchor()).collect();
+    if let Err(error) = connected.look_up_anchors(&anchors).await {
+        tracing::debug!(%error, "batch anchor lookup failed; each command looks its group up itself");
     }
 }
 
