@@ -184,6 +184,20 @@ pub struct ApplyReport {
     pub changed: bool,
 }
 
+impl ApplyReport {
+    /// This report followed by `next`, a later write to the same group: counts and
+    /// refusals add up, the group is the latest one known.
+    pub fn combined_with(mut self, next: ApplyReport) -> ApplyReport {
+        self.group = next.group.or(self.group);
+        self.members_added += next.members_added;
+        self.members_removed += next.members_removed;
+        self.members_unchanged += next.members_unchanged;
+        self.members_rejected.extend(next.members_rejected);
+        self.changed |= next.changed;
+        self
+    }
+}
+
 /// Retry classification at the directory boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureClass {

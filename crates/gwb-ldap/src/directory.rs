@@ -301,7 +301,10 @@ impl Directory {
         &mut self,
         anchor: &str,
     ) -> Result<Option<GroupEntry>, DirectoryError> {
-        let key = anchor.trim().to_ascii_lowercase();
+        if anchor.trim().is_empty() {
+            return Err(DirectoryError::permanent("empty anchor"));
+        }
+        let key = anchor_key(anchor);
         if let Some(guid) = self.remembered.get(&key).cloned() {
             match self.read_group_by_guid(&guid).await? {
                 Some(group) if self.check_safe(&group, anchor).is_ok() => return Ok(Some(group)),
@@ -315,9 +318,6 @@ impl Directory {
         }
         // One search of the whole domain answers both questions: is it in a managed
         // OU, and does anything outside them carry the anchor?
-        if anchor.trim().is_empty() {
-            return Err(DirectoryError::permanent("empty anchor"));
-        }
         let base = self.caps.default_naming_context.clone();
         let attrs = group::attributes_to_read(&self.caps);
         let entries = self
@@ -326,7 +326,7 @@ impl Directory {
         let mut managed = Vec::new();
         let mut elsewhere = None;
         for entry in entries {
-            if self.config.managed_ous.iter().any(|ou| is_below(&entry.dn, ou)) {
+            if self.in_managed_ous(&entry.dn) {
                 managed.push(GroupEntry::from_search(entry)?);
             } else {
                 elsewhere.get_or_insert(entry.dn);
@@ -363,10 +363,10 @@ impl Directory {
         let mut unknown: Vec<String> = anchors
             .iter()
             .map(|a| a.trim().to_string())
-            .filter(|a| !a.is_empty() && !self.remembered.contains_key(&a.to_ascii_lowercase()))
+            .filter(|a| !a.is_empty() && !self.remembered.contains_key(&anchor_key(a)))
             .collect();
-        unknown.sort_by_key(|a| a.to_ascii_lowercase());
-        unknown.dedup_by_key(|a| a.to_ascii_lowercase());
+        unknown.sort_by_key(|a| anchor_key(a));
+        unknown.dedup_by_key(|a| anchor_key(a));
         let base = self.caps.default_naming_context.clone();
         let attrs = group::attributes_to_read(&self.caps);
         for chunk in unknown.chunks(200) {
@@ -379,15 +379,15 @@ impl Directory {
             let mut outside = HashSet::new();
             for entry in entries {
                 let group = GroupEntry::from_search(entry)?;
-                let Some(anchor) = group.admin_description.as_deref().map(|d| d.trim().to_ascii_lowercase()) else { continue };
-                if self.config.managed_ous.iter().any(|ou| is_below(&group.dn, ou)) {
+                let Some(anchor) = group.admin_description.as_deref().map(anchor_key) else { continue };
+                if self.in_managed_ous(&group.dn) {
                     carriers.entry(anchor).or_default().push(group);
                 } else {
                     outside.insert(anchor);
                 }
             }
             for anchor in chunk {
-                let key = anchor.to_ascii_lowercase();
+                let key = anchor_key(anchor);
                 match carriers.get(&key).map(Vec::as_slice) {
                     Some([group]) if self.check_safe(group, anchor).is_ok() => {
                         let guid = group.guid.clone();
@@ -404,11 +404,11 @@ impl Directory {
     }
 
     pub(crate) fn remember(&mut self, anchor: &str, guid: &str) {
-        self.remembered.insert(anchor.trim().to_ascii_lowercase(), guid.to_string());
+        self.remembered.insert(anchor_key(anchor), guid.to_string());
     }
 
     pub(crate) fn forget(&mut self, anchor: &str) {
-        self.remembered.remove(&anchor.trim().to_ascii_lowercase());
+        self.remembered.remove(&anchor_key(anchor));
     }
 
     /// The group with this objectGUID, if it still exists.
@@ -424,6 +424,11 @@ impl Directory {
         }
     }
 
+    /// Strictly below one of the managed OUs.
+    fn in_managed_ous(&self, dn: &str) -> bool {
+        self.config.managed_ous.iter().any(|ou| is_below(dn, ou))
+    }
+
     fn check_safe(&self, group: &GroupEntry, anchor: &str) -> Result<(), DirectoryError> {
         let refuse = |why: String| {
             Err(DirectoryError::permanent(format!(
@@ -431,12 +436,7 @@ impl Directory {
                 group.dn
             )))
         };
-        if !self
-            .config
-            .managed_ous
-            .iter()
-            .any(|ou| is_below(&group.dn, ou))
-        {
+        if !self.in_managed_ous(&group.dn) {
             return refuse("it is outside the managed OUs".into());
         }
         if !group
@@ -732,6 +732,11 @@ async fn open_session(
         Ok(Err(err)) => Err(DirectoryError::from_ldap(&context, err).0),
         Ok(Ok(result)) => Directory::checked(&context, result).map(|()| session),
     }
+}
+
+/// The key an anchor is remembered under: the comparison AD makes (case-insensitive).
+fn anchor_key(anchor: &str) -> String {
+    anchor.trim().to_ascii_lowercase()
 }
 
 fn several_carriers(anchor: &str, groups: &[GroupEntry]) -> DirectoryError {

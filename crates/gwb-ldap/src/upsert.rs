@@ -54,12 +54,7 @@ impl Directory {
             }
         };
         if !rest.is_empty() {
-            let more = self.change_members(&spec.anchor, &rest, MemberOp::Add).await?;
-            report.group = more.group.or(report.group);
-            report.members_added += more.members_added;
-            report.members_unchanged += more.members_unchanged;
-            report.members_rejected.extend(more.members_rejected);
-            report.changed |= more.changed;
+            report = report.combined_with(self.change_members(&spec.anchor, &rest, MemberOp::Add).await?);
         }
         Ok(report)
     }

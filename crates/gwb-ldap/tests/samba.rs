@@ -112,6 +112,18 @@ fn expect_permanent(
     }
 }
 
+/// Every LDAP operation `dir` performs from now on.
+fn record_operations(dir: &mut Directory) -> std::sync::Arc<std::sync::Mutex<Vec<OperationRecord>>> {
+    let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::<OperationRecord>::new()));
+    let sink = std::sync::Arc::clone(&records);
+    dir.set_observer(std::sync::Arc::new(move |record: &OperationRecord| {
+        if let Ok(mut list) = sink.lock() {
+            list.push(*record);
+        }
+    }));
+    records
+}
+
 fn sids(users: &[(String, String)]) -> Vec<MemberRef> {
     users
         .iter()
@@ -1143,13 +1155,7 @@ async fn reconnects_after_the_connection_drops() -> anyhow::Result<()> {
     let mut config = f.config(vec![f.ou.clone()]);
     config.url = relay.url.clone();
     let mut dir = Directory::connect(config).await?;
-    let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::<OperationRecord>::new()));
-    let sink = std::sync::Arc::clone(&records);
-    dir.set_observer(std::sync::Arc::new(move |record: &OperationRecord| {
-        if let Ok(mut list) = sink.lock() {
-            list.push(*record);
-        }
-    }));
+    let records = record_operations(&mut dir);
     let mut spec = f.spec("reconnect");
     upsert(&mut dir, &spec).await?;
 
@@ -1206,13 +1212,7 @@ async fn reconnects_after_the_connection_drops() -> anyhow::Result<()> {
 async fn upsert_with_members_creates_the_group_with_them_in_one_write() -> anyhow::Result<()> {
     let f = fixture().await?;
     let mut dir = f.directory().await?;
-    let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::<OperationRecord>::new()));
-    let sink = std::sync::Arc::clone(&records);
-    dir.set_observer(std::sync::Arc::new(move |record: &OperationRecord| {
-        if let Ok(mut list) = sink.lock() {
-            list.push(*record);
-        }
-    }));
+    let records = record_operations(&mut dir);
     let users = f.lab.create_users(&f.ou, &format!("w{}", f.id), 5).await?;
     let domain = f.lab.domain_sid().await?;
     let unknown = MemberRef::Sid(format!("{domain}-999998"));

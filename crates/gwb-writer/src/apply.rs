@@ -102,17 +102,6 @@ fn writes(unit: &Unit) -> Vec<Write> {
     writes
 }
 
-/// Sums two reports of writes to one group.
-fn combine(mut total: ApplyReport, next: ApplyReport) -> ApplyReport {
-    total.group = next.group.or(total.group);
-    total.members_added += next.members_added;
-    total.members_removed += next.members_removed;
-    total.members_unchanged += next.members_unchanged;
-    total.members_rejected.extend(next.members_rejected);
-    total.changed |= next.changed;
-    total
-}
-
 fn member_refs(command: &WriteCommand) -> BTreeSet<MemberRef> {
     match command {
         WriteCommand::AddMembers { members, .. } | WriteCommand::RemoveMembers { members, .. } => members.iter().cloned().collect(),
@@ -181,7 +170,7 @@ pub async fn handle_batch(shared: Arc<Shared>, directory: Arc<Mutex<Option<Direc
         if !shared.dry_run {
             for write in writes(&unit) {
                 result = match result {
-                    Some(Ok(total)) => apply_with_retry(&shared, &mut guard, &write).await.map(|r| r.map(|next| combine(total, next))),
+                    Some(Ok(total)) => apply_with_retry(&shared, &mut guard, &write).await.map(|r| r.map(|next| total.combined_with(next))),
                     other => other,
                 };
             }
