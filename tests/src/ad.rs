@@ -92,14 +92,7 @@ impl LabAd {
             .trim_end_matches(['\r', '\n'])
             .to_string();
         let ldap = connect(&url, &ca_file, &bind_dn, &password).await?;
-        Ok(LabAd {
-            url,
-            ca_file,
-            bind_dn,
-            password,
-            base_dn,
-            ldap,
-        })
+        Ok(LabAd { url, ca_file, bind_dn, password, base_dn, ldap })
     }
 
     pub fn password(&self) -> &str {
@@ -125,10 +118,7 @@ impl LabAd {
     /// Creates `OU=<name>,<parent>` (no error if it exists) and returns its DN.
     pub async fn create_ou_in(&self, parent: &str, name: &str) -> anyhow::Result<String> {
         let dn = format!("OU={},{parent}", escape_dn_value(name));
-        let result = self
-            .ldap()
-            .add(&dn, vec![("objectClass", set(&["organizationalUnit"]))])
-            .await?;
+        let result = self.ldap().add(&dn, vec![("objectClass", set(&["organizationalUnit"]))]).await?;
         match result.rc {
             0 | 68 => Ok(dn),
             rc => bail!("creating {dn} failed: LDAP {rc} {}", result.text),
@@ -139,11 +129,7 @@ impl LabAd {
     pub async fn delete_subtree(&self, dn: &str) -> anyhow::Result<()> {
         let mut ldap = self.ldap();
         let result = ldap
-            .with_controls(RawControl {
-                ctype: TREE_DELETE_OID.to_string(),
-                crit: true,
-                val: None,
-            })
+            .with_controls(RawControl { ctype: TREE_DELETE_OID.to_string(), crit: true, val: None })
             .delete(dn)
             .await?;
         match result.rc {
@@ -156,18 +142,9 @@ impl LabAd {
     pub async fn add_entry(&self, dn: &str, attrs: &[(&str, &[&str])]) -> anyhow::Result<()> {
         let attrs = attrs
             .iter()
-            .map(|(name, values)| {
-                (
-                    name.to_string(),
-                    values.iter().map(|v| v.to_string()).collect(),
-                )
-            })
+            .map(|(name, values)| (name.to_string(), values.iter().map(|v| v.to_string()).collect()))
             .collect::<Vec<(String, std::collections::HashSet<String>)>>();
-        self.ldap()
-            .add(dn, attrs)
-            .await?
-            .success()
-            .with_context(|| format!("adding {dn}"))?;
+        self.ldap().add(dn, attrs).await?.success().with_context(|| format!("adding {dn}"))?;
         Ok(())
     }
 
@@ -185,10 +162,7 @@ impl LabAd {
     pub async fn create_user(&self, ou_dn: &str, cn: &str) -> anyhow::Result<(String, String)> {
         let dn = format!("CN={},{ou_dn}", escape_dn_value(cn));
         add_user(self.ldap(), &dn, cn).await?;
-        let entry = self
-            .entry(&dn, &["objectSid"])
-            .await?
-            .ok_or_else(|| anyhow!("{dn} vanished after creation"))?;
+        let entry = self.entry(&dn, &["objectSid"]).await?.ok_or_else(|| anyhow!("{dn} vanished after creation"))?;
         let sid = binary(&entry, "objectSid")
             .and_then(|b| sid_from_bytes(&b))
             .ok_or_else(|| anyhow!("{dn} has no objectSid"))?;
@@ -197,12 +171,7 @@ impl LabAd {
 
     /// Creates `count` disabled users `<prefix>-<n>` in `ou_dn`, several adds in flight
     /// at once; returns (dn, SID) in order.
-    pub async fn create_users(
-        &self,
-        ou_dn: &str,
-        prefix: &str,
-        count: usize,
-    ) -> anyhow::Result<Vec<(String, String)>> {
+    pub async fn create_users(&self, ou_dn: &str, prefix: &str, count: usize) -> anyhow::Result<Vec<(String, String)>> {
         let names: Vec<String> = (0..count).map(|n| format!("{prefix}-{n:05}")).collect();
         futures::stream::iter(names.iter().cloned())
             .map(|cn| {
@@ -213,41 +182,23 @@ impl LabAd {
             .buffer_unordered(16)
             .try_collect::<Vec<()>>()
             .await?;
-        let filter = format!(
-            "(&(objectClass=user)(cn={}-*))",
-            escape_filter_value(prefix)
-        );
+        let filter = format!("(&(objectClass=user)(cn={}-*))", escape_filter_value(prefix));
         let mut sids = BTreeMap::new();
-        for entry in self
-            .paged_search(ou_dn, Scope::OneLevel, &filter, &["cn", "objectSid"])
-            .await?
-        {
+        for entry in self.paged_search(ou_dn, Scope::OneLevel, &filter, &["cn", "objectSid"]).await? {
             let sid = binary(&entry, "objectSid")
                 .and_then(|b| sid_from_bytes(&b))
                 .ok_or_else(|| anyhow!("{} has no objectSid", entry.dn))?;
             sids.insert(first(&entry, "cn").unwrap_or_default(), (entry.dn, sid));
         }
-        names
-            .iter()
-            .map(|cn| {
-                sids.remove(cn)
-                    .ok_or_else(|| anyhow!("user {cn} not found after creation"))
-            })
-            .collect()
+        names.iter().map(|cn| sids.remove(cn).ok_or_else(|| anyhow!("user {cn} not found after creation"))).collect()
     }
 
     /// One entry's attributes, `None` if it does not exist.
     pub async fn entry(&self, dn: &str, attrs: &[&str]) -> anyhow::Result<Option<SearchEntry>> {
-        let SearchResult(entries, result) = self
-            .ldap()
-            .search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec())
-            .await?;
+        let SearchResult(entries, result) =
+            self.ldap().search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec()).await?;
         match result.rc {
-            0 => Ok(entries
-                .into_iter()
-                .filter(|e| !e.is_ref())
-                .map(SearchEntry::construct)
-                .next()),
+            0 => Ok(entries.into_iter().filter(|e| !e.is_ref()).map(SearchEntry::construct).next()),
             32 => Ok(None),
             rc => bail!("reading {dn} failed: LDAP {rc} {}", result.text),
         }
@@ -256,10 +207,7 @@ impl LabAd {
     /// Every attribute (user and operational) of one entry, binary ones hex-encoded,
     /// for before/after comparisons.
     pub async fn snapshot_entry(&self, dn: &str) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-        let entry = self
-            .entry(dn, &["*", "+", "member"])
-            .await?
-            .ok_or_else(|| anyhow!("{dn} does not exist"))?;
+        let entry = self.entry(dn, &["*", "+", "member"]).await?.ok_or_else(|| anyhow!("{dn} does not exist"))?;
         let mut out = BTreeMap::new();
         for (name, mut values) in entry.attrs {
             values.sort();
@@ -275,10 +223,7 @@ impl LabAd {
 
     /// Groups anywhere in the domain whose adminDescription is `anchor`.
     pub async fn find_groups_by_anchor(&self, anchor: &str) -> anyhow::Result<Vec<GroupEntry>> {
-        let filter = format!(
-            "(&(objectClass=group)(adminDescription={}))",
-            escape_filter_value(anchor)
-        );
+        let filter = format!("(&(objectClass=group)(adminDescription={}))", escape_filter_value(anchor));
         let attrs = [
             "objectGUID",
             "objectSid",
@@ -288,9 +233,7 @@ impl LabAd {
             "description",
             "displayName",
         ];
-        let entries = self
-            .paged_search(&self.base_dn, Scope::Subtree, &filter, &attrs)
-            .await?;
+        let entries = self.paged_search(&self.base_dn, Scope::Subtree, &filter, &attrs).await?;
         entries
             .into_iter()
             .map(|entry| {
@@ -304,9 +247,7 @@ impl LabAd {
                     guid,
                     sid,
                     sam: first(&entry, "sAMAccountName").unwrap_or_default(),
-                    group_type: first(&entry, "groupType")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or_default(),
+                    group_type: first(&entry, "groupType").and_then(|v| v.parse().ok()).unwrap_or_default(),
                     admin_description: first(&entry, "adminDescription"),
                     description: first(&entry, "description"),
                     display_name: first(&entry, "displayName"),
@@ -332,12 +273,7 @@ impl LabAd {
                     // SEQUENCE { INTEGER 1 }: GUID and SID as strings.
                     val: Some(vec![0x30, 0x03, 0x02, 0x01, 0x01]),
                 })
-                .search(
-                    group_dn,
-                    Scope::Base,
-                    "(objectClass=*)",
-                    vec![attribute.as_str()],
-                )
+                .search(group_dn, Scope::Base, "(objectClass=*)", vec![attribute.as_str()])
                 .await?
                 .success()
                 .with_context(|| format!("reading members of {group_dn}"))?;
@@ -351,9 +287,7 @@ impl LabAd {
             for (name, vals) in &entry.attrs {
                 let lower = name.to_ascii_lowercase();
                 if let Some(range) = lower.strip_prefix("member;range=") {
-                    let (_, high) = range
-                        .split_once('-')
-                        .ok_or_else(|| anyhow!("odd range attribute {name}"))?;
+                    let (_, high) = range.split_once('-').ok_or_else(|| anyhow!("odd range attribute {name}"))?;
                     if high != "*" {
                         next = Some(high.parse::<usize>()? + 1);
                     }
@@ -376,12 +310,7 @@ impl LabAd {
 
     /// SIDs of all members that have one.
     pub async fn member_sids(&self, group_dn: &str) -> anyhow::Result<BTreeSet<String>> {
-        Ok(self
-            .members(group_dn)
-            .await?
-            .into_iter()
-            .filter_map(|m| m.sid)
-            .collect())
+        Ok(self.members(group_dn).await?.into_iter().filter_map(|m| m.sid).collect())
     }
 
     /// `uSNChanged` of every object in the domain partition outside `excluded_subtree_dn`:
@@ -389,26 +318,15 @@ impl LabAd {
     ///
     /// The DC's RID bookkeeping (`CN=RID Set`, `CN=RID Manager$`) is left out: the DC
     /// updates it for every security principal created anywhere, ours included.
-    pub async fn snapshot_outside(
-        &self,
-        excluded_subtree_dn: &str,
-    ) -> anyhow::Result<BTreeMap<String, String>> {
+    pub async fn snapshot_outside(&self, excluded_subtree_dn: &str) -> anyhow::Result<BTreeMap<String, String>> {
         let excluded = normalize_dn(excluded_subtree_dn);
         let suffix = format!(",{excluded}");
-        let entries = self
-            .paged_search(
-                &self.base_dn,
-                Scope::Subtree,
-                "(objectClass=*)",
-                &["uSNChanged"],
-            )
-            .await?;
+        let entries = self.paged_search(&self.base_dn, Scope::Subtree, "(objectClass=*)", &["uSNChanged"]).await?;
         Ok(entries
             .into_iter()
             .filter(|e| {
                 let dn = normalize_dn(&e.dn);
-                let bookkeeping =
-                    dn.starts_with("cn=rid set,") || dn.starts_with("cn=rid manager$,");
+                let bookkeeping = dn.starts_with("cn=rid set,") || dn.starts_with("cn=rid manager$,");
                 dn != excluded && !dn.ends_with(&suffix) && !bookkeeping
             })
             .map(|e| {
@@ -420,10 +338,8 @@ impl LabAd {
 
     /// The domain's SID (`S-1-5-21-a-b-c`).
     pub async fn domain_sid(&self) -> anyhow::Result<String> {
-        let entry = self
-            .entry(&self.base_dn, &["objectSid"])
-            .await?
-            .ok_or_else(|| anyhow!("{} not found", self.base_dn))?;
+        let entry =
+            self.entry(&self.base_dn, &["objectSid"]).await?.ok_or_else(|| anyhow!("{} not found", self.base_dn))?;
         binary(&entry, "objectSid")
             .and_then(|b| sid_from_bytes(&b))
             .ok_or_else(|| anyhow!("the domain has no objectSid"))
@@ -436,37 +352,22 @@ impl LabAd {
         filter: &str,
         attrs: &[&str],
     ) -> anyhow::Result<Vec<SearchEntry>> {
-        let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![
-            Box::new(EntriesOnly::new()),
-            Box::new(PagedResults::new(500)),
-        ];
+        let adapters: Vec<Box<dyn Adapter<_, _>>> =
+            vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(500))];
         let mut ldap = self.ldap();
-        let mut stream = ldap
-            .streaming_search_with(adapters, base, scope, filter, attrs.to_vec())
-            .await?;
+        let mut stream = ldap.streaming_search_with(adapters, base, scope, filter, attrs.to_vec()).await?;
         let mut entries = Vec::new();
         while let Some(entry) = stream.next().await? {
             entries.push(SearchEntry::construct(entry));
         }
-        stream
-            .finish()
-            .await
-            .success()
-            .with_context(|| format!("searching {base} for {filter}"))?;
+        stream.finish().await.success().with_context(|| format!("searching {base} for {filter}"))?;
         Ok(entries)
     }
 }
 
-async fn connect(
-    url: &str,
-    ca_file: &std::path::Path,
-    bind_dn: &str,
-    password: &str,
-) -> anyhow::Result<Ldap> {
+async fn connect(url: &str, ca_file: &std::path::Path, bind_dn: &str, password: &str) -> anyhow::Result<Ldap> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file)
-        .with_context(|| format!("reading {}", ca_file.display()))?
-    {
+    for cert in CertificateDer::pem_file_iter(ca_file).with_context(|| format!("reading {}", ca_file.display()))? {
         roots.add(cert?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -475,14 +376,10 @@ async fn connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     let settings = LdapConnSettings::new().set_config(Arc::new(config));
-    let (conn, mut ldap) = LdapConnAsync::with_settings(settings, url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let (conn, mut ldap) =
+        LdapConnAsync::with_settings(settings, url).await.with_context(|| format!("connecting to {url}"))?;
     ldap3::drive!(conn);
-    ldap.simple_bind(bind_dn, password)
-        .await?
-        .success()
-        .with_context(|| format!("binding to {url} as {bind_dn}"))?;
+    ldap.simple_bind(bind_dn, password).await?.success().with_context(|| format!("binding to {url} as {bind_dn}"))?;
     Ok(ldap)
 }
 
@@ -513,11 +410,7 @@ fn set<'a>(values: &[&'a str]) -> std::collections::HashSet<&'a str> {
 }
 
 pub fn first(entry: &SearchEntry, name: &str) -> Option<String> {
-    entry
-        .attrs
-        .iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case(name))
-        .and_then(|(_, values)| values.first().cloned())
+    entry.attrs.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).and_then(|(_, values)| values.first().cloned())
 }
 
 /// Bytes of an attribute whether ldap3 decoded it as text or kept it binary.
@@ -553,15 +446,10 @@ pub fn sid_from_bytes(b: &[u8]) -> Option<String> {
     if b.len() != 8 + 4 * count {
         return None;
     }
-    let authority = b[2..8]
-        .iter()
-        .fold(0u64, |acc, x| (acc << 8) | u64::from(*x));
+    let authority = b[2..8].iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x));
     let mut sid = format!("S-{}-{authority}", b[0]);
     for chunk in b[8..].chunks_exact(4) {
-        sid.push_str(&format!(
-            "-{}",
-            u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]])
-        ));
+        sid.push_str(&format!("-{}", u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]])));
     }
     Some(sid)
 }
@@ -575,9 +463,7 @@ fn parse_extended_member(value: &str) -> anyhow::Result<MemberEntry> {
     let mut sid = None;
     let mut rest = value;
     while let Some(tail) = rest.strip_prefix('<') {
-        let (component, after) = tail
-            .split_once('>')
-            .ok_or_else(|| anyhow!("bad extended DN {value}"))?;
+        let (component, after) = tail.split_once('>').ok_or_else(|| anyhow!("bad extended DN {value}"))?;
         if let Some(g) = component.strip_prefix("GUID=") {
             guid = Some(g.to_ascii_lowercase());
         } else if let Some(s) = component.strip_prefix("SID=") {
@@ -585,11 +471,7 @@ fn parse_extended_member(value: &str) -> anyhow::Result<MemberEntry> {
         }
         rest = after.strip_prefix(';').unwrap_or(after);
     }
-    Ok(MemberEntry {
-        guid: guid.ok_or_else(|| anyhow!("no GUID in {value}"))?,
-        sid,
-        dn: rest.to_string(),
-    })
+    Ok(MemberEntry { guid: guid.ok_or_else(|| anyhow!("no GUID in {value}"))?, sid, dn: rest.to_string() })
 }
 
 /// Enough RFC 4514 escaping for fixture names.
@@ -628,8 +510,5 @@ pub fn escape_filter_value(value: &str) -> String {
 /// Lower-cased, without spaces after separators: good enough to compare the DNs AD
 /// itself returns.
 fn normalize_dn(dn: &str) -> String {
-    dn.split(',')
-        .map(|part| part.trim().to_lowercase())
-        .collect::<Vec<_>>()
-        .join(",")
+    dn.split(',').map(|part| part.trim().to_lowercase()).collect::<Vec<_>>().join(",")
 }

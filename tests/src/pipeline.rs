@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-use gwb_bus::BusConfig;
 use graph_sim::AdminClient;
+use gwb_bus::BusConfig;
 
 pub const TENANT_ID: &str = "6a1c3f0e-1111-4c4c-9d9d-0123456789ab";
 pub const CLIENT_ID: &str = "b7f4e2d1-2222-4e4e-8f8f-0123456789ab";
@@ -23,7 +23,10 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let path = target.join("debug").join(name);
     if !path.exists() {
-        bail!("{} is missing: build the binaries first (`cargo build --workspace --bins`, done by scripts/test.sh)", path.display());
+        bail!(
+            "{} is missing: build the binaries first (`cargo build --workspace --bins`, done by scripts/test.sh)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -91,7 +94,8 @@ impl Pipeline {
         let token_file = dir.join("control-token");
         gwb_runtime::secret::write_secret_file(&token_file, &uuid::Uuid::new_v4().to_string())?;
         let password_file = dir.join("bind-password");
-        let lab_password_file = std::env::var("GWB_LAB_LDAP_PASSWORD_FILE").context("GWB_LAB_LDAP_PASSWORD_FILE (run scripts/test.sh)")?;
+        let lab_password_file =
+            std::env::var("GWB_LAB_LDAP_PASSWORD_FILE").context("GWB_LAB_LDAP_PASSWORD_FILE (run scripts/test.sh)")?;
         let password = std::fs::read_to_string(&lab_password_file)?;
         gwb_runtime::secret::write_secret_file(&password_file, password.trim_end())?;
 
@@ -155,7 +159,11 @@ impl Pipeline {
             "[directory]\nurl = \"{ldap_url}\"\nca_file = \"{ca_file}\"\nbind_dn = \"{bind_dn}\"\nbind_password_file = \"{}\"\nmanaged_ous = [{}]\n\n\
              [writer]\nid = \"{namespace}\"\nstatus_interval_seconds = 2\ncontrol_listen = \"127.0.0.1:{writer_port}\"\ncontrol_token_file = \"{}\"\n\n{}\n\n{bus_toml}",
             password_file.display(),
-            std::iter::once(&options.target_ou).chain(options.retired_ou.as_ref()).map(|ou| format!("\"{ou}\"")).collect::<Vec<_>>().join(", "),
+            std::iter::once(&options.target_ou)
+                .chain(options.retired_ou.as_ref())
+                .map(|ou| format!("\"{ou}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             token_file.display(),
             options.writer_sections,
         );
@@ -342,7 +350,11 @@ impl Pipeline {
     /// Resident set size of a service in KiB (from /proc).
     pub fn rss_kib(&self, name: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(name)?)).ok()?;
-        status.lines().find_map(|line| line.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok())
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
     }
 
     /// CPU time (user + system, all threads) a service has used, from /proc.
@@ -353,7 +365,12 @@ impl Pipeline {
     /// The service's `/metrics` text (a plain HTTP/1.0 GET on its metrics address).
     pub async fn scrape(&self, name: &str) -> anyhow::Result<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.metrics.iter().find(|(n, _)| n == name).map(|(_, a)| *a).with_context(|| format!("no metrics address for {name}"))?;
+        let addr = self
+            .metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .with_context(|| format!("no metrics address for {name}"))?;
         let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
         stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
         let mut response = String::new();
@@ -410,7 +427,10 @@ pub struct Rng(u64);
 impl Rng {
     pub fn from_env(what: &str) -> Rng {
         let seed = std::env::var("GWB_RELIABILITY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(42)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(42)
         });
         eprintln!("{what}: GWB_RELIABILITY_SEED={seed}");
         Rng(seed | 1)
@@ -437,7 +457,12 @@ pub struct SyncedUser {
 }
 
 /// Creates `count` AD users in `users_ou` and the same users, synced, in the tenant (one seed).
-pub async fn synced_users(ad: &crate::ad::LabAd, sim: &AdminClient, users_ou: &str, count: usize) -> anyhow::Result<Vec<SyncedUser>> {
+pub async fn synced_users(
+    ad: &crate::ad::LabAd,
+    sim: &AdminClient,
+    users_ou: &str,
+    count: usize,
+) -> anyhow::Result<Vec<SyncedUser>> {
     let prefix = unique("ru");
     let created = ad.create_users(users_ou, &prefix, count).await?;
     let seed = graph_sim::Seed {
@@ -498,7 +523,15 @@ impl Workload {
     async fn create_group(&mut self, sim: &AdminClient) -> anyhow::Result<()> {
         let members: BTreeSet<usize> = (0..self.rng.below(4)).map(|_| self.rng.below(self.users.len())).collect();
         let ids = members.iter().map(|&i| self.users[i].id).collect();
-        let group = sim.create_group(&graph_sim::NewGroup { id: None, fields: security_fields(&unique("Rel Group")), members: ids }).await?.group.id;
+        let group = sim
+            .create_group(&graph_sim::NewGroup {
+                id: None,
+                fields: security_fields(&unique("Rel Group")),
+                members: ids,
+            })
+            .await?
+            .group
+            .id;
         self.groups.insert(group, members);
         self.changes += 1;
         Ok(())
@@ -528,7 +561,12 @@ impl Workload {
                 self.groups.entry(group).or_default().remove(&user);
             }
         } else if roll < 96 {
-            sim.update_group(group, &graph_sim::GroupFields { display_name: Some(unique("Renamed")), ..Default::default() }, &[]).await?;
+            sim.update_group(
+                group,
+                &graph_sim::GroupFields { display_name: Some(unique("Renamed")), ..Default::default() },
+                &[],
+            )
+            .await?;
         } else {
             sim.delete_group(group, true).await?;
             self.groups.remove(&group);
@@ -542,7 +580,9 @@ impl Workload {
     pub fn desired(&self) -> BTreeMap<String, BTreeSet<String>> {
         self.groups
             .iter()
-            .map(|(g, members)| (format!("Group_{g}"), members.iter().map(|&i| self.users[i].dn.to_lowercase()).collect()))
+            .map(|(g, members)| {
+                (format!("Group_{g}"), members.iter().map(|&i| self.users[i].dn.to_lowercase()).collect())
+            })
             .collect()
     }
 }
@@ -568,17 +608,32 @@ pub async fn ad_groups(ad: &crate::ad::LabAd, base: &str) -> anyhow::Result<Vec<
         roots.add(cert?)?;
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_root_certificates(roots).with_no_client_auth();
-    let settings = ldap3::LdapConnSettings::new().set_config(std::sync::Arc::new(config)).set_conn_timeout(Duration::from_secs(10));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let settings = ldap3::LdapConnSettings::new()
+        .set_config(std::sync::Arc::new(config))
+        .set_conn_timeout(Duration::from_secs(10));
     let (conn, mut ldap) = ldap3::LdapConnAsync::with_settings(settings, &ad.url).await?;
     ldap3::drive!(conn);
     ldap.simple_bind(&ad.bind_dn, ad.password()).await?.success()?;
     let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(500))];
-    let mut stream = ldap.streaming_search_with(adapters, base, ldap3::Scope::Subtree, "(objectClass=group)", vec!["adminDescription", "sAMAccountName", "member"]).await?;
+    let mut stream = ldap
+        .streaming_search_with(
+            adapters,
+            base,
+            ldap3::Scope::Subtree,
+            "(objectClass=group)",
+            vec!["adminDescription", "sAMAccountName", "member"],
+        )
+        .await?;
     let mut groups = Vec::new();
     while let Some(entry) = stream.next().await? {
         let entry = ldap3::SearchEntry::construct(entry);
-        let get = |name: &str| entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).unwrap_or_default();
+        let get = |name: &str| {
+            entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).unwrap_or_default()
+        };
         groups.push(AdGroup {
             anchor: get("adminDescription").into_iter().next(),
             sam: get("sAMAccountName").into_iter().next().unwrap_or_default(),
@@ -593,7 +648,11 @@ pub async fn ad_groups(ad: &crate::ad::LabAd, base: &str) -> anyhow::Result<Vec<
 
 /// Compares the groups in `groups_ou` with `desired` (anchor → member DNs): no group
 /// missing or duplicated, no group that should not be there, no member lost or extra.
-pub async fn compare_with_desired(ad: &crate::ad::LabAd, groups_ou: &str, desired: &BTreeMap<String, BTreeSet<String>>) -> anyhow::Result<()> {
+pub async fn compare_with_desired(
+    ad: &crate::ad::LabAd,
+    groups_ou: &str,
+    desired: &BTreeMap<String, BTreeSet<String>>,
+) -> anyhow::Result<()> {
     let found = ad_groups(ad, groups_ou).await?;
     let mut by_anchor: BTreeMap<String, Vec<&AdGroup>> = BTreeMap::new();
     let mut problems = Vec::new();
@@ -623,7 +682,13 @@ pub async fn compare_with_desired(ad: &crate::ad::LabAd, groups_ou: &str, desire
         Ok(())
     } else {
         let shown: Vec<_> = problems.iter().take(20).cloned().collect();
-        bail!("AD differs from the desired state in {} ways (of {} groups wanted, {} found):\n{}", problems.len(), desired.len(), found.len(), shown.join("\n"))
+        bail!(
+            "AD differs from the desired state in {} ways (of {} groups wanted, {} found):\n{}",
+            problems.len(),
+            desired.len(),
+            found.len(),
+            shown.join("\n")
+        )
     }
 }
 
@@ -638,7 +703,8 @@ pub fn without_volatile(snapshot: BTreeMap<String, String>) -> BTreeMap<String, 
         .filter(|(dn, _)| {
             let dn = dn.to_ascii_lowercase();
             let bookkeeping = dn.starts_with("cn=rid set,") || dn.starts_with("cn=rid manager$,");
-            let in_fixture_ou = dn.split(',').any(|rdn| rdn.trim().starts_with("ou=")) && !dn.contains("ou=domain controllers,");
+            let in_fixture_ou =
+                dn.split(',').any(|rdn| rdn.trim().starts_with("ou=")) && !dn.contains("ou=domain controllers,");
             !bookkeeping && !in_fixture_ou
         })
         .collect()

@@ -144,34 +144,96 @@ fn workspace_binaries() -> BTreeSet<String> {
 /// shared sections); a key a service does not know would stop it at start.
 fn schema(service: &str) -> BTreeMap<&'static str, (Vec<&'static str>, Vec<&'static str>)> {
     let mut sections = BTreeMap::from([
-        ("bus", (vec![], vec!["url", "namespace", "command_partitions", "prefetch", "delivery_limit", "confirm_timeout_seconds"])),
+        (
+            "bus",
+            (
+                vec![],
+                vec!["url", "namespace", "command_partitions", "prefetch", "delivery_limit", "confirm_timeout_seconds"],
+            ),
+        ),
         ("log", (vec![], vec!["format", "filter", "otlp_endpoint"])),
         ("metrics", (vec!["listen"], vec![])),
     ]);
     match service {
         "gwb-collector" => {
-            sections.insert("graph", (
-                vec!["tenant_id", "client_id", "client_secret_file"],
-                vec!["login_endpoint", "graph_endpoint", "scope", "api_version", "request_timeout_seconds", "max_retries", "max_backoff_seconds"],
-            ));
-            sections.insert("collector", (vec![], vec!["poll_interval_seconds", "state_path", "max_pages_per_round", "round_timeout_seconds", "notifications", "control"]));
+            sections.insert(
+                "graph",
+                (
+                    vec!["tenant_id", "client_id", "client_secret_file"],
+                    vec![
+                        "login_endpoint",
+                        "graph_endpoint",
+                        "scope",
+                        "api_version",
+                        "request_timeout_seconds",
+                        "max_retries",
+                        "max_backoff_seconds",
+                    ],
+                ),
+            );
+            sections.insert(
+                "collector",
+                (
+                    vec![],
+                    vec![
+                        "poll_interval_seconds",
+                        "state_path",
+                        "max_pages_per_round",
+                        "round_timeout_seconds",
+                        "notifications",
+                        "control",
+                    ],
+                ),
+            );
         }
         "gwb-planner" => {
-            sections.insert("planner", (
-                vec!["default_ou"],
-                vec!["state_path", "security_ou", "distribution_ou", "retired_ou", "name_template", "member_batch_size", "on_leave_scope", "on_soft_delete", "staging"],
-            ));
-            sections.insert("scope", (vec![], vec!["security_groups", "microsoft365_groups", "group_ids", "display_name_prefixes"]));
+            sections.insert(
+                "planner",
+                (
+                    vec!["default_ou"],
+                    vec![
+                        "state_path",
+                        "security_ou",
+                        "distribution_ou",
+                        "retired_ou",
+                        "name_template",
+                        "member_batch_size",
+                        "on_leave_scope",
+                        "on_soft_delete",
+                        "staging",
+                    ],
+                ),
+            );
+            sections.insert(
+                "scope",
+                (vec![], vec!["security_groups", "microsoft365_groups", "group_ids", "display_name_prefixes"]),
+            );
             sections.insert("control", (vec!["listen", "token_file"], vec![]));
             sections.insert("coordination", (vec![], vec!["collector_endpoint", "writer_endpoints", "token_file"]));
             sections.insert("deletion", (vec![], vec!["max_groups", "max_percent"]));
         }
         "gwb-writer" => {
-            sections.insert("directory", (
-                vec!["url", "ca_file", "bind_dn", "bind_password_file", "managed_ous"],
-                vec!["starttls", "operation_timeout_seconds", "member_batch_size"],
-            ));
-            sections.insert("writer", (vec![], vec!["id", "partitions", "dry_run", "status_interval_seconds", "control_listen", "control_token_file"]));
+            sections.insert(
+                "directory",
+                (
+                    vec!["url", "ca_file", "bind_dn", "bind_password_file", "managed_ous"],
+                    vec!["starttls", "operation_timeout_seconds", "member_batch_size"],
+                ),
+            );
+            sections.insert(
+                "writer",
+                (
+                    vec![],
+                    vec![
+                        "id",
+                        "partitions",
+                        "dry_run",
+                        "status_interval_seconds",
+                        "control_listen",
+                        "control_token_file",
+                    ],
+                ),
+            );
         }
         other => panic!("no schema for {other}"),
     }
@@ -197,7 +259,10 @@ fn compose_services_match_images_configs_ports_and_secrets() {
         .map(|(k, v)| (k.as_str().unwrap().to_string(), v["file"].as_str().unwrap().to_string()))
         .collect();
     for file in declared_secrets.values() {
-        assert!(file.starts_with("./secrets/"), "secret files live in ./secrets (not in git, not in the build context): {file}");
+        assert!(
+            file.starts_with("./secrets/"),
+            "secret files live in ./secrets (not in git, not in the build context): {file}"
+        );
     }
     let named_volumes: BTreeSet<String> =
         compose["volumes"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect();
@@ -220,7 +285,10 @@ fn compose_services_match_images_configs_ports_and_secrets() {
                 assert!(stages.contains_key(target), "{name}: no stage {target} in {dockerfile}");
                 image_bins = stage_binaries(&stages, target);
                 for bin in &image_bins {
-                    assert!(workspace_bins.contains(bin), "{name}: image copies {bin}, which no workspace crate builds");
+                    assert!(
+                        workspace_bins.contains(bin),
+                        "{name}: image copies {bin}, which no workspace crate builds"
+                    );
                 }
                 let entrypoint = read(&dockerfile)
                     .lines()
@@ -255,7 +323,10 @@ fn compose_services_match_images_configs_ports_and_secrets() {
         if let (Some(kind), Some(program)) = (test.first(), test.get(1)) {
             assert_eq!(kind, "CMD", "{name}: exec-form healthcheck");
             if service["build"]["target"].as_str().is_some() {
-                assert!(image_bins.contains(program), "{name}: healthcheck runs {program}, not in the image {image_bins:?}");
+                assert!(
+                    image_bins.contains(program),
+                    "{name}: healthcheck runs {program}, not in the image {image_bins:?}"
+                );
             }
         }
 
@@ -266,13 +337,18 @@ fn compose_services_match_images_configs_ports_and_secrets() {
                 assert!(services.contains_key(dep), "{name} depends on unknown {dep}");
                 assert!(spec["condition"].as_str().is_some(), "{name} → {dep}: a condition");
                 if services[dep]["profiles"].as_sequence().is_some() && service["profiles"].as_sequence().is_none() {
-                    assert_eq!(spec["required"].as_bool(), Some(false), "{name} → {dep}: lab-only dependency must be optional");
+                    assert_eq!(
+                        spec["required"].as_bool(),
+                        Some(false),
+                        "{name} → {dep}: lab-only dependency must be optional"
+                    );
                 }
             }
         }
 
         // The gwb services' configs.
-        let Some(config_target) = volumes(service).into_iter().find(|(_, t)| t == &format!("/etc/gwb/{name}.toml")) else {
+        let Some(config_target) = volumes(service).into_iter().find(|(_, t)| t == &format!("/etc/gwb/{name}.toml"))
+        else {
             continue;
         };
         let service_secrets: BTreeSet<String> = service["secrets"]
@@ -291,10 +367,14 @@ fn compose_services_match_images_configs_ports_and_secrets() {
             let config: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
             let schema = schema(name);
             for (section, value) in &config {
-                let (required, optional) = schema.get(section.as_str()).unwrap_or_else(|| panic!("{path}: {name} has no [{section}]"));
+                let (required, optional) =
+                    schema.get(section.as_str()).unwrap_or_else(|| panic!("{path}: {name} has no [{section}]"));
                 let table = value.as_table().unwrap_or_else(|| panic!("{path}: {section} is a section"));
                 for key in table.keys() {
-                    assert!(required.contains(&key.as_str()) || optional.contains(&key.as_str()), "{path}: {name} does not read {section}.{key}");
+                    assert!(
+                        required.contains(&key.as_str()) || optional.contains(&key.as_str()),
+                        "{path}: {name} does not read {section}.{key}"
+                    );
                 }
                 for key in required {
                     assert!(table.contains_key(*key), "{path}: {section}.{key} is required");
@@ -305,13 +385,19 @@ fn compose_services_match_images_configs_ports_and_secrets() {
                     }
                     let file = value.as_str().unwrap();
                     if let Some(secret) = file.strip_prefix("/run/secrets/") {
-                        assert!(service_secrets.contains(secret), "{path}: {section}.{key} = {file} but {name} does not mount secret {secret}");
+                        assert!(
+                            service_secrets.contains(secret),
+                            "{path}: {section}.{key} = {file} but {name} does not mount secret {secret}"
+                        );
                     } else {
                         assert!(
                             mounts.iter().any(|m| file == m || file.starts_with(&format!("{m}/"))),
                             "{path}: {section}.{key} = {file} is not mounted into {name}"
                         );
-                        assert!(!SECRET_KEYS.contains(&key.as_str()) || file.starts_with("/var/lib/gwb-lab/"), "{path}: {key} outside /run/secrets");
+                        assert!(
+                            !SECRET_KEYS.contains(&key.as_str()) || file.starts_with("/var/lib/gwb-lab/"),
+                            "{path}: {key} outside /run/secrets"
+                        );
                     }
                 }
             }
@@ -322,14 +408,20 @@ fn compose_services_match_images_configs_ports_and_secrets() {
             }
             // Metrics reachable from other containers, on the healthcheck's port.
             let listen = config["metrics"]["listen"].as_str().unwrap();
-            assert!(listen.starts_with("0.0.0.0:"), "{path}: metrics.listen {listen} must not be loopback in a container");
+            assert!(
+                listen.starts_with("0.0.0.0:"),
+                "{path}: metrics.listen {listen} must not be loopback in a container"
+            );
             assert_eq!(test.get(2).map(|a| port_of(a)), Some(port_of(listen)), "{name}: healthcheck port");
             if let Some(control) = config.get("control") {
                 let listen = control["listen"].as_str().unwrap();
                 assert!(listen.starts_with("0.0.0.0:"));
                 assert!(published.contains(&port_of(listen)), "{name}: control port {listen} published");
             }
-            assert!(config["bus"]["url"].as_str().unwrap().contains("@rabbitmq:5672"), "{path}: broker is the rabbitmq service");
+            assert!(
+                config["bus"]["url"].as_str().unwrap().contains("@rabbitmq:5672"),
+                "{path}: broker is the rabbitmq service"
+            );
             checked_configs += 1;
         }
     }
@@ -363,7 +455,10 @@ fn compose_services_match_images_configs_ports_and_secrets() {
         assert_eq!(file.rsplit('/').next(), exported.rsplit('/').next(), "{key}");
     }
     assert!(volumes(&services["samba-dc"]).contains(&("lab-ad".into(), "/export".into())));
-    assert!(entrypoint.contains("GWB_UID:-10001") && read("deploy/Dockerfile").contains("--uid 10001"), "exported secret owned by the gwb user");
+    assert!(
+        entrypoint.contains("GWB_UID:-10001") && read("deploy/Dockerfile").contains("--uid 10001"),
+        "exported secret owned by the gwb user"
+    );
 
     // RabbitMQ: management and prometheus plugins.
     let plugins = read("deploy/rabbitmq/enabled_plugins");
@@ -392,7 +487,11 @@ fn prometheus_and_grafana_files_match_compose() {
             assert!(services.contains_key(host), "{name}: {host} is not a compose service");
             if host.starts_with("gwb-") {
                 let config: toml::Table = toml::from_str(&read(&format!("deploy/config/{host}.toml"))).unwrap();
-                assert_eq!(port_of(config["metrics"]["listen"].as_str().unwrap()), port.parse::<u16>().unwrap(), "{name}");
+                assert_eq!(
+                    port_of(config["metrics"]["listen"].as_str().unwrap()),
+                    port.parse::<u16>().unwrap(),
+                    "{name}"
+                );
             } else {
                 assert_eq!((host, port), ("rabbitmq", "15692"), "RabbitMQ's prometheus plugin port");
             }
@@ -401,23 +500,38 @@ fn prometheus_and_grafana_files_match_compose() {
     }
     assert_eq!(jobs, BTreeSet::from(["gwb-collector", "gwb-planner", "gwb-writer", "rabbitmq"].map(String::from)));
     let prom_mounts: Vec<(String, String)> = volumes(&services["prometheus"]);
-    assert!(prom_mounts.contains(&("./deploy/prometheus/prometheus.yml".into(), "/etc/prometheus/prometheus.yml".into())));
+    assert!(
+        prom_mounts.contains(&("./deploy/prometheus/prometheus.yml".into(), "/etc/prometheus/prometheus.yml".into()))
+    );
     for rule in strings(&prometheus["rule_files"]) {
-        assert!(prom_mounts.iter().any(|(_, t)| t == &format!("/etc/prometheus/{rule}")), "rule file {rule} mounted next to the config");
+        assert!(
+            prom_mounts.iter().any(|(_, t)| t == &format!("/etc/prometheus/{rule}")),
+            "rule file {rule} mounted next to the config"
+        );
     }
 
     // Grafana: provisioning mounted, datasource uid used by the dashboard, dashboard path.
     let grafana = volumes(&services["grafana"]);
     assert!(grafana.contains(&("./deploy/grafana/provisioning".into(), "/etc/grafana/provisioning".into())));
     assert!(grafana.contains(&("./deploy/grafana/dashboards".into(), "/var/lib/grafana/dashboards".into())));
-    let datasource: Yaml = serde_norway::from_str(&read("deploy/grafana/provisioning/datasources/prometheus.yml")).unwrap();
+    let datasource: Yaml =
+        serde_norway::from_str(&read("deploy/grafana/provisioning/datasources/prometheus.yml")).unwrap();
     let uid = datasource["datasources"][0]["uid"].as_str().unwrap();
     assert_eq!(datasource["datasources"][0]["url"].as_str(), Some("http://prometheus:9090"));
     let provider: Yaml = serde_norway::from_str(&read("deploy/grafana/provisioning/dashboards/gwb.yml")).unwrap();
     assert_eq!(provider["providers"][0]["options"]["path"].as_str(), Some("/var/lib/grafana/dashboards"));
     let dashboard: serde_json::Value = serde_json::from_str(&read("deploy/grafana/dashboards/gwb.json")).unwrap();
-    let titles: Vec<String> = dashboard["panels"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap().to_lowercase()).collect();
-    for wanted in ["changes per second", "latency", "errors by class", "held deletions", "queue depth", "ldap operation latency", "skipped members by reason"] {
+    let titles: Vec<String> =
+        dashboard["panels"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap().to_lowercase()).collect();
+    for wanted in [
+        "changes per second",
+        "latency",
+        "errors by class",
+        "held deletions",
+        "queue depth",
+        "ldap operation latency",
+        "skipped members by reason",
+    ] {
         assert!(titles.iter().any(|t| t.contains(wanted)), "dashboard panel {wanted:?} in {titles:?}");
     }
     for panel in dashboard["panels"].as_array().unwrap() {
@@ -454,7 +568,9 @@ fn gwb_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for (i, _) in text.match_indices("gwb_") {
         let name: String = text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-        let base = ["_bucket", "_count", "_sum"].iter().fold(name.clone(), |n, s| n.strip_suffix(s).map(str::to_string).unwrap_or(n));
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .fold(name.clone(), |n, s| n.strip_suffix(s).map(str::to_string).unwrap_or(n));
         names.insert(base);
     }
     names

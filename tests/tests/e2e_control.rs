@@ -34,7 +34,12 @@ async fn fixture(pipeline_options: impl FnOnce(&str) -> Options, count: usize) -
             .sim
             .create_user(&NewUser {
                 id: None,
-                fields: UserFields { display_name: Some(unique("user")), on_premises_security_identifier: Some(sid.clone()), on_premises_sync_enabled: Some(true), ..UserFields::default() },
+                fields: UserFields {
+                    display_name: Some(unique("user")),
+                    on_premises_security_identifier: Some(sid.clone()),
+                    on_premises_sync_enabled: Some(true),
+                    ..UserFields::default()
+                },
             })
             .await?;
         users.push((user.user.id, sid));
@@ -43,7 +48,13 @@ async fn fixture(pipeline_options: impl FnOnce(&str) -> Options, count: usize) -
 }
 
 async fn security_group(pipeline: &Pipeline, name: &str, members: Vec<Uuid>) -> anyhow::Result<Uuid> {
-    let fields = GroupFields { display_name: Some(name.into()), security_enabled: Some(true), mail_enabled: Some(false), group_types: Some(vec![]), ..GroupFields::default() };
+    let fields = GroupFields {
+        display_name: Some(name.into()),
+        security_enabled: Some(true),
+        mail_enabled: Some(false),
+        group_types: Some(vec![]),
+        ..GroupFields::default()
+    };
     Ok(pipeline.sim.create_group(&NewGroup { id: None, fields, members }).await?.group.id)
 }
 
@@ -94,7 +105,12 @@ async fn expect_state(pipeline: &Pipeline, group: Uuid, state: &str) -> anyhow::
 
 async fn run_ok(pipeline: &Pipeline, args: &[&str]) -> anyhow::Result<String> {
     let out = pipeline.gwbctl(args).await?;
-    ensure!(out.status.success(), "gwbctl {args:?} failed ({:?}): {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "gwbctl {args:?} failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -121,9 +137,14 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
 
     // Refusals: no token, a wrong token, a disable without a mode, an unknown group.
     let binary = gwb_tests::pipeline::binary("gwbctl")?;
-    let anonymous = tokio::process::Command::new(&binary).args(["--endpoint", &p.control_endpoint, "status"]).output().await?;
+    let anonymous =
+        tokio::process::Command::new(&binary).args(["--endpoint", &p.control_endpoint, "status"]).output().await?;
     ensure!(anonymous.status.code() == Some(4), "no token: exit {:?}", anonymous.status.code());
-    ensure!(String::from_utf8_lossy(&anonymous.stderr).contains("token"), "{}", String::from_utf8_lossy(&anonymous.stderr));
+    ensure!(
+        String::from_utf8_lossy(&anonymous.stderr).contains("token"),
+        "{}",
+        String::from_utf8_lossy(&anonymous.stderr)
+    );
     let wrong_token = p.dir.join("wrong-token");
     gwb_runtime::secret::write_secret_file(&wrong_token, "not-the-token")?;
     let wrong = tokio::process::Command::new(&binary)
@@ -136,7 +157,10 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     let no_mode = p.gwbctl(&["disable"]).await?;
     ensure!(no_mode.status.code() == Some(2), "disable without --mode: exit {:?}", no_mode.status.code());
     let unknown = p.gwbctl(&["group", "00000000-0000-0000-0000-000000000000"]).await?;
-    ensure!(unknown.status.code() == Some(1) && String::from_utf8_lossy(&unknown.stderr).contains("no group"), "{unknown:?}");
+    ensure!(
+        unknown.status.code() == Some(1) && String::from_utf8_lossy(&unknown.stderr).contains("no group"),
+        "{unknown:?}"
+    );
 
     // Preview while writeback is off: the plan, nothing written.
     p.eventually("the planner knows both groups", WAIT, || async {
@@ -147,7 +171,8 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     .await?;
     let plan = p.gwbctl_json(&["preview", &first_id]).await?;
     ensure!(plan["decision"] == "write", "{plan}");
-    let kinds: Vec<&str> = plan["commands"].as_array().context("commands")?.iter().filter_map(|c| c["kind"].as_str()).collect();
+    let kinds: Vec<&str> =
+        plan["commands"].as_array().context("commands")?.iter().filter_map(|c| c["kind"].as_str()).collect();
     ensure!(kinds == ["upsert", "add_members"], "preview commands {kinds:?}");
     ensure!(plan["commands"][1]["detail"].as_str().unwrap_or_default().contains(alice_sid), "{plan}");
     ensure!(ad_members(&f.ad, first).await?.is_none(), "preview wrote to AD");
@@ -162,10 +187,17 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     let guid = detail["ad_object_guid"].as_str().unwrap_or_default().to_string();
     ensure!(!guid.is_empty(), "{detail}");
     let listed = p.gwbctl_json(&["groups", "--state", "written", "--page-size", "1"]).await?;
-    ensure!(listed["groups"].as_array().map(Vec::len) == Some(1) && !listed["next_page_token"].as_str().unwrap_or_default().is_empty(), "{listed}");
+    ensure!(
+        listed["groups"].as_array().map(Vec::len) == Some(1)
+            && !listed["next_page_token"].as_str().unwrap_or_default().is_empty(),
+        "{listed}"
+    );
     let token = listed["next_page_token"].as_str().unwrap_or_default().to_string();
     let rest = p.gwbctl_json(&["groups", "--state", "written", "--page-token", &token]).await?;
-    ensure!(rest["groups"].as_array().map(Vec::len) == Some(1) && rest["groups"][0]["id"] != listed["groups"][0]["id"], "{rest}");
+    ensure!(
+        rest["groups"].as_array().map(Vec::len) == Some(1) && rest["groups"][0]["id"] != listed["groups"][0]["id"],
+        "{rest}"
+    );
 
     // A full resync re-reads everything and deletes nothing that still exists.
     let resync = run_ok(p, &["sync", "--full"]).await?;
@@ -177,7 +209,9 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     // Audit: the create and the member add, planned and applied, with their cause.
     let audit = p.gwbctl_json(&["audit", &first_id]).await?;
     let entries = audit["entries"].as_array().context("entries")?;
-    for (kind, result) in [("upsert", "planned"), ("upsert", "applied"), ("add_members", "planned"), ("add_members", "applied")] {
+    for (kind, result) in
+        [("upsert", "planned"), ("upsert", "applied"), ("add_members", "planned"), ("add_members", "applied")]
+    {
         ensure!(entries.iter().any(|e| e["kind"] == kind && e["result"] == result), "no {kind}/{result} in {audit}");
     }
     ensure!(entries.iter().any(|e| e["cause"].as_str().unwrap_or_default().contains("enabled writeback")), "{audit}");
@@ -185,7 +219,11 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     // Exchange gating: the lab AD has no Exchange schema.
     let refused = p.gwbctl(&["set-group", &first_id, "--type", "distribution"]).await?;
     ensure!(refused.status.code() == Some(1), "exit {:?}", refused.status.code());
-    ensure!(String::from_utf8_lossy(&refused.stderr).contains("Exchange schema"), "{}", String::from_utf8_lossy(&refused.stderr));
+    ensure!(
+        String::from_utf8_lossy(&refused.stderr).contains("Exchange schema"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     // Per-group disable: kept (default on_leave_scope) and frozen; clearing resumes it.
     run_ok(p, &["set-group", &first_id, "--disable"]).await?;

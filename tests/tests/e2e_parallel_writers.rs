@@ -84,7 +84,11 @@ async fn scenario(ad: &LabAd, p: &Pipeline, users_ou: &str, second_metrics: &str
     let users = ad.create_users(users_ou, &unique("pw"), 3).await?;
     let mut ids = Vec::new();
     for (_, sid) in &users {
-        let fields = UserFields { on_premises_security_identifier: Some(sid.clone()), on_premises_sync_enabled: Some(true), ..UserFields::default() };
+        let fields = UserFields {
+            on_premises_security_identifier: Some(sid.clone()),
+            on_premises_sync_enabled: Some(true),
+            ..UserFields::default()
+        };
         ids.push(p.sim.create_user(&NewUser { id: None, fields }).await?.user.id);
     }
     let enabled = p.gwbctl(&["enable"]).await?;
@@ -92,11 +96,23 @@ async fn scenario(ad: &LabAd, p: &Pipeline, users_ou: &str, second_metrics: &str
     // Each group gets a sequence of dependent changes that must apply in order.
     let mut groups = Vec::new();
     for n in 0..GROUPS {
-        let fields = GroupFields { display_name: Some(format!("Parallel {n}")), security_enabled: Some(true), mail_enabled: Some(false), group_types: Some(vec![]), ..GroupFields::default() };
+        let fields = GroupFields {
+            display_name: Some(format!("Parallel {n}")),
+            security_enabled: Some(true),
+            mail_enabled: Some(false),
+            group_types: Some(vec![]),
+            ..GroupFields::default()
+        };
         let group = p.sim.create_group(&NewGroup { id: None, fields, members: vec![ids[0]] }).await?.group.id;
         p.sim.add_members(group, &[ids[1], ids[2]]).await?;
         p.sim.remove_member(group, ids[0]).await?;
-        p.sim.update_group(group, &GroupFields { display_name: Some(format!("Parallel {n} renamed")), ..GroupFields::default() }, &[]).await?;
+        p.sim
+            .update_group(
+                group,
+                &GroupFields { display_name: Some(format!("Parallel {n} renamed")), ..GroupFields::default() },
+                &[],
+            )
+            .await?;
         groups.push((n, group));
     }
     let wanted: BTreeSet<String> = [users[1].1.clone(), users[2].1.clone()].into();
@@ -114,6 +130,9 @@ async fn scenario(ad: &LabAd, p: &Pipeline, users_ou: &str, second_metrics: &str
     let (_, first_metrics) = p.metrics.iter().find(|(name, _)| name == "gwb-writer").context("writer metrics")?;
     let first_applied = applied_by(&first_metrics.to_string()).await?;
     let second_applied = applied_by(second_metrics).await?;
-    ensure!(first_applied > 0.0 && second_applied > 0.0, "both writers apply commands: {first_applied} and {second_applied}");
+    ensure!(
+        first_applied > 0.0 && second_applied > 0.0,
+        "both writers apply commands: {first_applied} and {second_applied}"
+    );
     Ok(())
 }

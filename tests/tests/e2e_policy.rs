@@ -20,7 +20,13 @@ async fn group_in_ad(ad: &LabAd, group: Uuid) -> anyhow::Result<Option<GroupEntr
 }
 
 fn security(name: &str) -> GroupFields {
-    GroupFields { display_name: Some(name.into()), security_enabled: Some(true), mail_enabled: Some(false), group_types: Some(vec![]), ..GroupFields::default() }
+    GroupFields {
+        display_name: Some(name.into()),
+        security_enabled: Some(true),
+        mail_enabled: Some(false),
+        group_types: Some(vec![]),
+        ..GroupFields::default()
+    }
 }
 
 fn microsoft_365(name: &str) -> GroupFields {
@@ -35,7 +41,12 @@ fn microsoft_365(name: &str) -> GroupFields {
 }
 
 async fn synced_user(pipeline: &Pipeline, sid: &str) -> anyhow::Result<Uuid> {
-    let fields = UserFields { display_name: Some(unique("user")), on_premises_security_identifier: Some(sid.into()), on_premises_sync_enabled: Some(true), ..UserFields::default() };
+    let fields = UserFields {
+        display_name: Some(unique("user")),
+        on_premises_security_identifier: Some(sid.into()),
+        on_premises_sync_enabled: Some(true),
+        ..UserFields::default()
+    };
     Ok(pipeline.sim.create_user(&NewUser { id: None, fields }).await?.user.id)
 }
 
@@ -75,9 +86,27 @@ async fn late_members(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
     let (_, synced_sid) = lab.ad.create_user(&lab.users_ou, &unique("s")).await?;
     let (_, later_sid) = lab.ad.create_user(&lab.users_ou, &unique("l")).await?;
     let synced = synced_user(p, &synced_sid).await?;
-    let later = p.sim.create_user(&NewUser { id: None, fields: UserFields { display_name: Some("Not yet synced".into()), ..UserFields::default() } }).await?.user.id;
-    let child = p.sim.create_group(&NewGroup { id: None, fields: security("Nested Child"), members: vec![synced] }).await?.group.id;
-    let parent = p.sim.create_group(&NewGroup { id: None, fields: security("Nesting Parent"), members: vec![child, later] }).await?.group.id;
+    let later = p
+        .sim
+        .create_user(&NewUser {
+            id: None,
+            fields: UserFields { display_name: Some("Not yet synced".into()), ..UserFields::default() },
+        })
+        .await?
+        .user
+        .id;
+    let child = p
+        .sim
+        .create_group(&NewGroup { id: None, fields: security("Nested Child"), members: vec![synced] })
+        .await?
+        .group
+        .id;
+    let parent = p
+        .sim
+        .create_group(&NewGroup { id: None, fields: security("Nesting Parent"), members: vec![child, later] })
+        .await?
+        .group
+        .id;
     let out = p.gwbctl(&["enable"]).await?;
     ensure!(out.status.success(), "{out:?}");
 
@@ -97,7 +126,15 @@ async fn late_members(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
 
     // The user gets synced from AD: added then.
     p.sim
-        .update_user(later, &UserFields { on_premises_security_identifier: Some(later_sid.clone()), on_premises_sync_enabled: Some(true), ..UserFields::default() }, &[])
+        .update_user(
+            later,
+            &UserFields {
+                on_premises_security_identifier: Some(later_sid.clone()),
+                on_premises_sync_enabled: Some(true),
+                ..UserFields::default()
+            },
+            &[],
+        )
         .await?;
     p.eventually("the late user is added", WAIT, || async {
         let entry = group_in_ad(&lab.ad, parent).await?.context("parent not in AD")?;
@@ -108,7 +145,9 @@ async fn late_members(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
     .await?;
 
     // …and removed when it stops being synced.
-    p.sim.update_user(later, &UserFields { on_premises_sync_enabled: Some(false), ..UserFields::default() }, &[]).await?;
+    p.sim
+        .update_user(later, &UserFields { on_premises_sync_enabled: Some(false), ..UserFields::default() }, &[])
+        .await?;
     p.eventually("the unsynced user is removed", WAIT, || async {
         let entry = group_in_ad(&lab.ad, parent).await?.context("parent not in AD")?;
         let sids = lab.ad.member_sids(&entry.dn).await?;
@@ -117,7 +156,10 @@ async fn late_members(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
     })
     .await?;
     let detail = p.gwbctl_json(&["group", &parent.to_string()]).await?;
-    ensure!(detail["members_skipped"][0]["reason"].as_str().unwrap_or_default().contains("no longer synced"), "{detail}");
+    ensure!(
+        detail["members_skipped"][0]["reason"].as_str().unwrap_or_default().contains("no longer synced"),
+        "{detail}"
+    );
     Ok(())
 }
 
@@ -132,7 +174,12 @@ async fn exchange_gating_and_an_override_that_survives_restart() -> anyhow::Resu
 async fn gating(lab: &Lab, p: &mut Pipeline) -> anyhow::Result<()> {
     let (_, sid) = lab.ad.create_user(&lab.users_ou, &unique("m")).await?;
     let user = synced_user(p, &sid).await?;
-    let team = p.sim.create_group(&NewGroup { id: None, fields: microsoft_365("Team Site"), members: vec![user] }).await?.group.id;
+    let team = p
+        .sim
+        .create_group(&NewGroup { id: None, fields: microsoft_365("Team Site"), members: vec![user] })
+        .await?
+        .group
+        .id;
     let id = team.to_string();
     let out = p.gwbctl(&["enable"]).await?;
     ensure!(out.status.success(), "{out:?}");
@@ -161,7 +208,9 @@ async fn gating(lab: &Lab, p: &mut Pipeline) -> anyhow::Result<()> {
     p.restart("gwb-planner").await?;
     let status = p.gwbctl_json(&["status"]).await?;
     ensure!(status["writeback_enabled"] == true, "{status}");
-    p.sim.update_group(team, &GroupFields { description: Some("after restart".into()), ..GroupFields::default() }, &[]).await?;
+    p.sim
+        .update_group(team, &GroupFields { description: Some("after restart".into()), ..GroupFields::default() }, &[])
+        .await?;
     p.eventually("the override still applies after the restart", WAIT, || async {
         let entry = group_in_ad(&lab.ad, team).await?.context("not in AD")?;
         ensure!(entry.description.as_deref() == Some("after restart"), "description {:?}", entry.description);
@@ -191,10 +240,23 @@ async fn deletion_modes_and_restore() -> anyhow::Result<()> {
 async fn deletion_modes(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
     let (_, sid) = lab.ad.create_user(&lab.users_ou, &unique("d")).await?;
     let user = synced_user(p, &sid).await?;
-    let leaves = p.sim.create_group(&NewGroup { id: None, fields: security("Leaves Scope"), members: vec![user] }).await?.group.id;
-    let hard = p.sim.create_group(&NewGroup { id: None, fields: security("Hard Deleted"), members: vec![user] }).await?.group.id;
+    let leaves = p
+        .sim
+        .create_group(&NewGroup { id: None, fields: security("Leaves Scope"), members: vec![user] })
+        .await?
+        .group
+        .id;
+    let hard = p
+        .sim
+        .create_group(&NewGroup { id: None, fields: security("Hard Deleted"), members: vec![user] })
+        .await?
+        .group
+        .id;
     let mut soft_fields = microsoft_365("Soft Deleted");
-    soft_fields.writeback_configuration = Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: Some("universalSecurityGroup".into()) });
+    soft_fields.writeback_configuration = Some(WritebackConfiguration {
+        is_enabled: Some(true),
+        on_premises_group_type: Some("universalSecurityGroup".into()),
+    });
     let soft = p.sim.create_group(&NewGroup { id: None, fields: soft_fields, members: vec![user] }).await?.group.id;
     let out = p.gwbctl(&["enable"]).await?;
     ensure!(out.status.success(), "{out:?}");
@@ -212,7 +274,17 @@ async fn deletion_modes(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
 
     // Leaving scope (writebackConfiguration switched off) with on_leave_scope = delete.
     p.sim
-        .update_group(leaves, &GroupFields { writeback_configuration: Some(WritebackConfiguration { is_enabled: Some(false), on_premises_group_type: None }), ..GroupFields::default() }, &[])
+        .update_group(
+            leaves,
+            &GroupFields {
+                writeback_configuration: Some(WritebackConfiguration {
+                    is_enabled: Some(false),
+                    on_premises_group_type: None,
+                }),
+                ..GroupFields::default()
+            },
+            &[],
+        )
         .await?;
     // A permanent delete always deletes.
     p.sim.delete_group(hard, true).await?;
@@ -222,7 +294,11 @@ async fn deletion_modes(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
         ensure!(group_in_ad(&lab.ad, leaves).await?.is_none(), "left-scope group still in AD");
         ensure!(group_in_ad(&lab.ad, hard).await?.is_none(), "hard-deleted group still in AD");
         let entry = group_in_ad(&lab.ad, soft).await?.context("soft-deleted group gone")?;
-        ensure!(entry.dn.to_ascii_lowercase().ends_with(&lab.retired_ou.to_ascii_lowercase()), "soft-deleted group at {}", entry.dn);
+        ensure!(
+            entry.dn.to_ascii_lowercase().ends_with(&lab.retired_ou.to_ascii_lowercase()),
+            "soft-deleted group at {}",
+            entry.dn
+        );
         ensure!(entry.guid == soft_guid, "objectGUID changed");
         Ok(())
     })
@@ -232,7 +308,11 @@ async fn deletion_modes(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
     p.sim.restore_group(soft).await?;
     p.eventually("the restored group is back with the same objectGUID", WAIT, || async {
         let entry = group_in_ad(&lab.ad, soft).await?.context("restored group not in AD")?;
-        ensure!(entry.dn.to_ascii_lowercase().ends_with(&lab.groups_ou.to_ascii_lowercase()), "restored group at {}", entry.dn);
+        ensure!(
+            entry.dn.to_ascii_lowercase().ends_with(&lab.groups_ou.to_ascii_lowercase()),
+            "restored group at {}",
+            entry.dn
+        );
         ensure!(entry.guid == soft_guid, "objectGUID changed from {soft_guid} to {}", entry.guid);
         ensure!(lab.ad.member_sids(&entry.dn).await? == BTreeSet::from([sid.clone()]), "members");
         Ok(())
@@ -244,7 +324,8 @@ async fn deletion_modes(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staging_mode_plans_and_audits_but_writes_nothing() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let pipeline = Pipeline::start(Options { planner_toml: "staging = true".into(), ..Options::new(&lab.groups_ou) }).await?;
+    let pipeline =
+        Pipeline::start(Options { planner_toml: "staging = true".into(), ..Options::new(&lab.groups_ou) }).await?;
     let result = staging(&lab, &pipeline).await;
     finish(lab, pipeline, result).await
 }
@@ -252,7 +333,12 @@ async fn staging_mode_plans_and_audits_but_writes_nothing() -> anyhow::Result<()
 async fn staging(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
     let (_, sid) = lab.ad.create_user(&lab.users_ou, &unique("st")).await?;
     let user = synced_user(p, &sid).await?;
-    let group = p.sim.create_group(&NewGroup { id: None, fields: security("Staged Group"), members: vec![user] }).await?.group.id;
+    let group = p
+        .sim
+        .create_group(&NewGroup { id: None, fields: security("Staged Group"), members: vec![user] })
+        .await?
+        .group
+        .id;
     let out = p.gwbctl(&["enable"]).await?;
     ensure!(out.status.success(), "{out:?}");
     p.eventually("the plan is staged in the audit log", WAIT, || async {

@@ -40,7 +40,11 @@ async fn cloud_group_is_written_back_and_follows_the_cloud() -> anyhow::Result<(
     let (_, bob_sid) = ad.create_user(&users_ou, &unique("bob")).await?;
     let before = without_volatile(ad.snapshot_outside(&root).await?);
 
-    let pipeline = Pipeline::start(Options { planner_toml: "name_template = \"display_name\"".into(), ..Options::new(&groups_ou) }).await?;
+    let pipeline = Pipeline::start(Options {
+        planner_toml: "name_template = \"display_name\"".into(),
+        ..Options::new(&groups_ou)
+    })
+    .await?;
     let result = scenario(&ad, &pipeline, &groups_ou, &alice_sid, &bob_sid).await;
     let after = without_volatile(ad.snapshot_outside(&root).await?);
     let logs = pipeline.log_tails();
@@ -51,7 +55,13 @@ async fn cloud_group_is_written_back_and_follows_the_cloud() -> anyhow::Result<(
     Ok(())
 }
 
-async fn scenario(ad: &LabAd, pipeline: &Pipeline, groups_ou: &str, alice_sid: &str, bob_sid: &str) -> anyhow::Result<()> {
+async fn scenario(
+    ad: &LabAd,
+    pipeline: &Pipeline,
+    groups_ou: &str,
+    alice_sid: &str,
+    bob_sid: &str,
+) -> anyhow::Result<()> {
     let sim = &pipeline.sim;
     let synced = |name: &str, sid: &str| NewUser {
         id: None,
@@ -68,7 +78,11 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, groups_ou: &str, alice_sid: &
     let carol = sim
         .create_user(&NewUser {
             id: None,
-            fields: UserFields { display_name: Some("Carol Cloud".into()), user_principal_name: Some("carol@contoso.onmicrosoft.com".into()), ..UserFields::default() },
+            fields: UserFields {
+                display_name: Some("Carol Cloud".into()),
+                user_principal_name: Some("carol@contoso.onmicrosoft.com".into()),
+                ..UserFields::default()
+            },
         })
         .await?
         .user
@@ -116,11 +130,23 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, groups_ou: &str, alice_sid: &
             let found = ad.find_groups_by_anchor(&anchor).await?;
             ensure!(found.len() == 1, "expected one group with adminDescription={anchor}, found {}", found.len());
             let entry = &found[0];
-            ensure!(entry.dn.to_ascii_lowercase().ends_with(&groups_ou.to_ascii_lowercase()), "{} is not in {groups_ou}", entry.dn);
+            ensure!(
+                entry.dn.to_ascii_lowercase().ends_with(&groups_ou.to_ascii_lowercase()),
+                "{} is not in {groups_ou}",
+                entry.dn
+            );
             ensure!(entry.dn.starts_with("CN=Finance Team_"), "unexpected DN {}", entry.dn);
             ensure!(entry.group_type == UNIVERSAL_SECURITY, "groupType {}", entry.group_type);
-            ensure!(entry.admin_description.as_deref() == Some(anchor.as_str()), "adminDescription {:?}", entry.admin_description);
-            ensure!(entry.description.as_deref() == Some("Cloud security group"), "description {:?}", entry.description);
+            ensure!(
+                entry.admin_description.as_deref() == Some(anchor.as_str()),
+                "adminDescription {:?}",
+                entry.admin_description
+            );
+            ensure!(
+                entry.description.as_deref() == Some("Cloud security group"),
+                "description {:?}",
+                entry.description
+            );
             let members = ad.member_sids(&entry.dn).await?;
             ensure!(members == BTreeSet::from([alice_sid.to_string(), bob_sid.to_string()]), "members {members:?}");
             Ok(())
@@ -155,7 +181,12 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, groups_ou: &str, alice_sid: &
         .await?;
 
     // …and renaming the group renames the same AD object.
-    sim.update_group(group, &GroupFields { display_name: Some("Finance, Risk & Audit".into()), ..GroupFields::default() }, &[]).await?;
+    sim.update_group(
+        group,
+        &GroupFields { display_name: Some("Finance, Risk & Audit".into()), ..GroupFields::default() },
+        &[],
+    )
+    .await?;
     pipeline
         .eventually("the AD group is renamed in place", WAIT, || async {
             let found = ad.find_groups_by_anchor(&anchor).await?;
@@ -163,7 +194,11 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, groups_ou: &str, alice_sid: &
             let entry = &found[0];
             ensure!(entry.dn.starts_with("CN=Finance\\, Risk & Audit_"), "DN {}", entry.dn);
             ensure!(entry.guid == written_guid, "objectGUID changed from {written_guid} to {}", entry.guid);
-            ensure!(entry.display_name.as_deref() == Some("Finance, Risk & Audit"), "displayName {:?}", entry.display_name);
+            ensure!(
+                entry.display_name.as_deref() == Some("Finance, Risk & Audit"),
+                "displayName {:?}",
+                entry.display_name
+            );
             Ok(())
         })
         .await?;

@@ -130,14 +130,20 @@ impl Prometheus {
             .map(|samples| {
                 samples
                     .iter()
-                    .map(|s| (s["metric"].clone(), s["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)))
+                    .map(|s| {
+                        (s["metric"].clone(), s["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN))
+                    })
                     .collect()
             })
             .unwrap_or_default())
     }
 
     /// Polls `expr` until `accept` holds for its samples.
-    pub async fn wait_for(&self, expr: &str, accept: impl Fn(&[(Value, f64)]) -> bool) -> anyhow::Result<Vec<(Value, f64)>> {
+    pub async fn wait_for(
+        &self,
+        expr: &str,
+        accept: impl Fn(&[(Value, f64)]) -> bool,
+    ) -> anyhow::Result<Vec<(Value, f64)>> {
         let started = Instant::now();
         loop {
             let samples = self.query(expr).await?;
@@ -257,10 +263,7 @@ async fn real_prometheus_scrapes_gwb_metrics_and_evaluates_alerts_and_dashboard(
     );
 
     // The deploy/ alert rules load, evaluate without errors, and held deletions alert.
-    prometheus
-        .wait_for("ALERTS{alertname=\"GwbHeldDeletions\"}", |samples| !samples.is_empty())
-        .await
-        .unwrap();
+    prometheus.wait_for("ALERTS{alertname=\"GwbHeldDeletions\"}", |samples| !samples.is_empty()).await.unwrap();
     let rules = prometheus.api("rules", None).await.unwrap();
     let mut count = 0;
     for group in rules["groups"].as_array().unwrap() {
@@ -273,7 +276,8 @@ async fn real_prometheus_scrapes_gwb_metrics_and_evaluates_alerts_and_dashboard(
 
     // Every dashboard expression is valid PromQL for this Prometheus.
     let dashboard: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/grafana/dashboards/gwb.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/grafana/dashboards/gwb.json")).unwrap())
+            .unwrap();
     let mut exprs = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
@@ -285,9 +289,10 @@ async fn real_prometheus_scrapes_gwb_metrics_and_evaluates_alerts_and_dashboard(
     assert!(exprs >= 10);
     // The dashboard's latency query yields a series once two scrapes give a rate.
     prometheus
-        .wait_for("histogram_quantile(0.99, sum by (le) (rate(gwb_end_to_end_latency_seconds_bucket[5m])))", |samples| {
-            samples.len() == 1
-        })
+        .wait_for(
+            "histogram_quantile(0.99, sum by (le) (rate(gwb_end_to_end_latency_seconds_bucket[5m])))",
+            |samples| samples.len() == 1,
+        )
         .await
         .unwrap();
 
@@ -309,14 +314,30 @@ async fn real_prometheus_scrapes_the_running_services_during_an_end_to_end_run()
         .sim
         .create_user(&graph_sim::NewUser {
             id: None,
-            fields: graph_sim::UserFields { on_premises_security_identifier: Some(sid), on_premises_sync_enabled: Some(true), ..Default::default() },
+            fields: graph_sim::UserFields {
+                on_premises_security_identifier: Some(sid),
+                on_premises_sync_enabled: Some(true),
+                ..Default::default()
+            },
         })
         .await
         .unwrap()
         .user
         .id;
-    let fields = graph_sim::GroupFields { display_name: Some("Scraped".into()), security_enabled: Some(true), mail_enabled: Some(false), group_types: Some(vec![]), ..Default::default() };
-    let group = pipeline.sim.create_group(&graph_sim::NewGroup { id: None, fields, members: vec![user] }).await.unwrap().group.id;
+    let fields = graph_sim::GroupFields {
+        display_name: Some("Scraped".into()),
+        security_enabled: Some(true),
+        mail_enabled: Some(false),
+        group_types: Some(vec![]),
+        ..Default::default()
+    };
+    let group = pipeline
+        .sim
+        .create_group(&graph_sim::NewGroup { id: None, fields, members: vec![user] })
+        .await
+        .unwrap()
+        .group
+        .id;
     assert!(pipeline.gwbctl(&["enable"]).await.unwrap().status.success());
     pipeline
         .eventually("the group is written", Duration::from_secs(60), || async {

@@ -133,7 +133,10 @@ async fn secrets_never_appear_in_logs_or_errors() {
     assert!(out.contains("127.0.0.1:1"), "the broker error is reported: {out}");
     assert_clean("gwb-collector with an unreachable broker", &out);
     let out = run(&collector, &lab.config("c2.toml", &format!("{graph}{good_bus}{LOG}")), Duration::from_secs(4)).await;
-    assert!(out.to_lowercase().contains("round failed") || out.contains("401") || out.contains("invalid_client"), "{out}");
+    assert!(
+        out.to_lowercase().contains("round failed") || out.contains("401") || out.contains("invalid_client"),
+        "{out}"
+    );
     assert_clean("gwb-collector with a wrong client secret", &out);
 
     let planner_section = format!(
@@ -142,9 +145,13 @@ async fn secrets_never_appear_in_logs_or_errors() {
         lab.path("control-token").display()
     );
     let planner = binary("gwb-planner").unwrap();
-    let out = run(&planner, &lab.config("p1.toml", &format!("{planner_section}{bad_bus}{LOG}")), Duration::from_secs(20)).await;
+    let out =
+        run(&planner, &lab.config("p1.toml", &format!("{planner_section}{bad_bus}{LOG}")), Duration::from_secs(20))
+            .await;
     assert_clean("gwb-planner with an unreachable broker", &out);
-    let out = run(&planner, &lab.config("p2.toml", &format!("{planner_section}{good_bus}{LOG}")), Duration::from_secs(3)).await;
+    let out =
+        run(&planner, &lab.config("p2.toml", &format!("{planner_section}{good_bus}{LOG}")), Duration::from_secs(3))
+            .await;
     assert_clean("gwb-planner running", &out);
 
     let directory = format!(
@@ -155,9 +162,11 @@ async fn secrets_never_appear_in_logs_or_errors() {
         lab.path("bind-password").display()
     );
     let writer = binary("gwb-writer").unwrap();
-    let out = run(&writer, &lab.config("w1.toml", &format!("{directory}{bad_bus}{LOG}")), Duration::from_secs(20)).await;
+    let out =
+        run(&writer, &lab.config("w1.toml", &format!("{directory}{bad_bus}{LOG}")), Duration::from_secs(20)).await;
     assert_clean("gwb-writer with an unreachable broker", &out);
-    let out = run(&writer, &lab.config("w2.toml", &format!("{directory}{good_bus}{LOG}")), Duration::from_secs(5)).await;
+    let out =
+        run(&writer, &lab.config("w2.toml", &format!("{directory}{good_bus}{LOG}")), Duration::from_secs(5)).await;
     assert_clean("gwb-writer with an unreachable directory", &out);
 
     let _ = sim.kill().await;

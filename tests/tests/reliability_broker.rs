@@ -12,11 +12,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique, without_volatile};
+use gwb_tests::pipeline::{
+    Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique,
+    without_volatile,
+};
 
 fn rabbitmqctl(verb: &str) -> anyhow::Result<()> {
     let out = std::process::Command::new("rabbitmqctl").arg(verb).output().context("running rabbitmqctl")?;
-    ensure!(out.status.success(), "rabbitmqctl {verb}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "rabbitmqctl {verb}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -33,7 +41,10 @@ async fn broker_restart_mid_run_loses_nothing() -> anyhow::Result<()> {
     let users_ou = ad.create_ou_in(&root, "Users").await?;
     let groups_ou = ad.create_ou_in(&root, "Groups").await?;
     let before = without_volatile(ad.snapshot_outside(&root).await?);
-    let options = Options { planner_sections: "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n".into(), ..Options::new(&groups_ou) };
+    let options = Options {
+        planner_sections: "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n".into(),
+        ..Options::new(&groups_ou)
+    };
     let pipeline = Pipeline::start(options).await?;
     let started = Instant::now();
     let result = scenario(&ad, &pipeline, &users_ou, &groups_ou).await;
@@ -76,12 +87,29 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &s
     }
     let desired = workload.desired();
     let converge = Instant::now();
-    pipeline.eventually("AD equals the desired state after the broker restart", Duration::from_secs(scaled(90, 300)), || compare_with_desired(ad, groups_ou, &desired)).await?;
-    eprintln!("broker restart: {} changes, {} groups, converged {:?} after the last change", workload.changes, desired.len(), converge.elapsed());
+    pipeline
+        .eventually(
+            "AD equals the desired state after the broker restart",
+            Duration::from_secs(scaled(90, 300)),
+            || compare_with_desired(ad, groups_ou, &desired),
+        )
+        .await?;
+    eprintln!(
+        "broker restart: {} changes, {} groups, converged {:?} after the last change",
+        workload.changes,
+        desired.len(),
+        converge.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     compare_with_desired(ad, groups_ou, &desired).await?;
     let status = pipeline.gwbctl_json(&["status"]).await?;
-    let unhealthy: Vec<_> = status["services"].as_array().cloned().unwrap_or_default().into_iter().filter(|s| s["healthy"] != true).collect();
+    let unhealthy: Vec<_> = status["services"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s["healthy"] != true)
+        .collect();
     ensure!(unhealthy.is_empty(), "services unhealthy after the broker came back: {unhealthy:?}");
     Ok(())
 }

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique, without_volatile};
+use gwb_tests::pipeline::{
+    Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique,
+    without_volatile,
+};
 
 /// The deletion threshold has its own test (reliability_mass_deletion.rs): here deletions
 /// that pile up while a service is down must simply be carried out.
@@ -26,7 +29,8 @@ async fn kill_9_at_random_points_loses_nothing() -> anyhow::Result<()> {
     let users_ou = ad.create_ou_in(&root, "Users").await?;
     let groups_ou = ad.create_ou_in(&root, "Groups").await?;
     let before = without_volatile(ad.snapshot_outside(&root).await?);
-    let mut pipeline = Pipeline::start(Options { planner_sections: NO_THRESHOLD.into(), ..Options::new(&groups_ou) }).await?;
+    let mut pipeline =
+        Pipeline::start(Options { planner_sections: NO_THRESHOLD.into(), ..Options::new(&groups_ou) }).await?;
     let started = Instant::now();
     let result = scenario(&ad, &mut pipeline, &users_ou, &groups_ou, changes, kills).await;
     let after = without_volatile(ad.snapshot_outside(&root).await?);
@@ -39,7 +43,14 @@ async fn kill_9_at_random_points_loses_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn scenario(ad: &LabAd, pipeline: &mut Pipeline, users_ou: &str, groups_ou: &str, changes: usize, kills: usize) -> anyhow::Result<()> {
+async fn scenario(
+    ad: &LabAd,
+    pipeline: &mut Pipeline,
+    users_ou: &str,
+    groups_ou: &str,
+    changes: usize,
+    kills: usize,
+) -> anyhow::Result<()> {
     let users = synced_users(ad, &pipeline.sim, users_ou, scaled(40, 200)).await?;
     let mut workload = Workload::new(users, Rng::from_env("crash test"));
     workload.create_groups(&pipeline.sim, scaled(20, 200)).await?;
@@ -47,7 +58,8 @@ async fn scenario(ad: &LabAd, pipeline: &mut Pipeline, users_ou: &str, groups_ou
     ensure!(out.status.success(), "enable: {}", String::from_utf8_lossy(&out.stderr));
 
     // Kill points spread over the workload at random offsets.
-    let mut kill_at: Vec<usize> = (0..kills).map(|k| changes * k / kills + workload.rng.below((changes / kills).max(1))).collect();
+    let mut kill_at: Vec<usize> =
+        (0..kills).map(|k| changes * k / kills + workload.rng.below((changes / kills).max(1))).collect();
     kill_at.sort();
     let mut next_kill = 0;
     let mut killed = Vec::new();
@@ -68,9 +80,16 @@ async fn scenario(ad: &LabAd, pipeline: &mut Pipeline, users_ou: &str, groups_ou
     let desired = workload.desired();
     let converge = Instant::now();
     pipeline
-        .eventually("AD equals the tenant's desired state", Duration::from_secs(scaled(90, 600)), || compare_with_desired(ad, groups_ou, &desired))
+        .eventually("AD equals the tenant's desired state", Duration::from_secs(scaled(90, 600)), || {
+            compare_with_desired(ad, groups_ou, &desired)
+        })
         .await?;
-    eprintln!("crash test: {} groups, {} deleted, converged {:?} after the last change", desired.len(), workload.deleted.len(), converge.elapsed());
+    eprintln!(
+        "crash test: {} groups, {} deleted, converged {:?} after the last change",
+        desired.len(),
+        workload.deleted.len(),
+        converge.elapsed()
+    );
     // And it stays equal (no late duplicate effect from a redelivered command).
     tokio::time::sleep(Duration::from_secs(3)).await;
     compare_with_desired(ad, groups_ou, &desired).await

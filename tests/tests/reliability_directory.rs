@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique, without_volatile};
+use gwb_tests::pipeline::{
+    Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique,
+    without_volatile,
+};
 
 const LAB: &str = "reliability";
 const INNER: &str = "GWB_RELIABILITY_DIRECTORY_INNER";
@@ -63,7 +66,10 @@ async fn inner_directory_outage() -> anyhow::Result<()> {
     let users_ou = ad.create_ou_in(&root, "Users").await?;
     let groups_ou = ad.create_ou_in(&root, "Groups").await?;
     let before = without_volatile(ad.snapshot_outside(&root).await?);
-    let options = Options { planner_sections: "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n".into(), ..Options::new(&groups_ou) };
+    let options = Options {
+        planner_sections: "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n".into(),
+        ..Options::new(&groups_ou)
+    };
     let pipeline = Pipeline::start(options).await?;
     let started = Instant::now();
     let result = scenario(&pipeline, &lab_dir, &users_ou, &groups_ou).await;
@@ -83,7 +89,12 @@ async fn inner_directory_outage() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn scenario(pipeline: &Pipeline, lab_dir: &std::path::Path, users_ou: &str, groups_ou: &str) -> anyhow::Result<()> {
+async fn scenario(
+    pipeline: &Pipeline,
+    lab_dir: &std::path::Path,
+    users_ou: &str,
+    groups_ou: &str,
+) -> anyhow::Result<()> {
     let sim = &pipeline.sim;
     let ad = LabAd::from_env().await?;
     let users = synced_users(&ad, sim, users_ou, 30).await?;
@@ -117,9 +128,21 @@ async fn scenario(pipeline: &Pipeline, lab_dir: &std::path::Path, users_ou: &str
     let ad = LabAd::from_env().await?;
     let desired = workload.desired();
     let converge = Instant::now();
-    pipeline.eventually("AD equals the desired state after the outage", Duration::from_secs(scaled(90, 300)), || compare_with_desired(&ad, groups_ou, &desired)).await?;
-    eprintln!("directory outage: {} changes, {} groups, converged {:?} after the DC came back", workload.changes, desired.len(), converge.elapsed());
+    pipeline
+        .eventually("AD equals the desired state after the outage", Duration::from_secs(scaled(90, 300)), || {
+            compare_with_desired(&ad, groups_ou, &desired)
+        })
+        .await?;
+    eprintln!(
+        "directory outage: {} changes, {} groups, converged {:?} after the DC came back",
+        workload.changes,
+        desired.len(),
+        converge.elapsed()
+    );
     let writer_log = pipeline.log("gwb-writer");
-    eprintln!("directory outage: writer logged {} 'directory unavailable' retries", writer_log.matches("directory unavailable").count());
+    eprintln!(
+        "directory outage: writer logged {} 'directory unavailable' retries",
+        writer_log.matches("directory unavailable").count()
+    );
     Ok(())
 }

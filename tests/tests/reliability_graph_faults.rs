@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use graph_sim::{FaultKind, FaultMatch, FaultRule, SettingsPatch};
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique, without_volatile};
+use gwb_tests::pipeline::{
+    Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique,
+    without_volatile,
+};
 
 /// The deletion threshold has its own test (reliability_mass_deletion.rs): here deletions
 /// that pile up while a service is down must simply be carried out.
@@ -27,13 +30,19 @@ fn storms() -> Vec<(&'static str, Vec<FaultRule>)> {
     vec![
         ("429 storm", vec![rule(Any, Throttle { retry_after: Some("0.3".into()) }, scaled(12, 60))]),
         ("429 without Retry-After", vec![rule(GroupsDelta, Throttle { retry_after: None }, 4)]),
-        ("503 and 504", vec![rule(Any, Unavailable { retry_after: Some("0.2".into()) }, 4), rule(Any, GatewayTimeout, 4)]),
+        (
+            "503 and 504",
+            vec![rule(Any, Unavailable { retry_after: Some("0.2".into()) }, 4), rule(Any, GatewayTimeout, 4)],
+        ),
         ("timeouts", vec![rule(GroupsDelta, Delay { ms: 3_500 }, 2), rule(UsersDelta, Delay { ms: 3_500 }, 1)]),
         ("malformed pages", vec![pad(1), rule(GroupsDelta, Malformed, 2), rule(UsersDelta, Malformed, 1)]),
         // The first two requests of the next round pass, the third (mid-round: pages hold
         // at most 3 objects) answers 410 Gone.
         ("410 reset mid-round", vec![pad(2), rule(GroupsDelta, Reset, 1)]),
-        ("syncStateNotFound", vec![rule(UsersDelta, SyncStateNotFound { variant: Default::default(), status: 400 }, 1)]),
+        (
+            "syncStateNotFound",
+            vec![rule(UsersDelta, SyncStateNotFound { variant: Default::default(), status: 400 }, 1)],
+        ),
         ("duplicates", vec![rule(GroupsDelta, Duplicate, 3)]),
         // A 401 makes the collector renew its token, and the token endpoint then fails.
         (
@@ -99,7 +108,9 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &s
             pipeline
                 // At full scale the 429 storm alone is 60 throttled requests, token requests
                 // included, each followed by a Retry-After or backoff wait: more than 60 s.
-                .eventually(&format!("AD converges after {name}"), Duration::from_secs(scaled(60, 240)), || compare_with_desired(ad, groups_ou, &desired))
+                .eventually(&format!("AD converges after {name}"), Duration::from_secs(scaled(60, 240)), || {
+                    compare_with_desired(ad, groups_ou, &desired)
+                })
                 .await
                 .with_context(|| format!("fault storm {name}"))?;
         }
@@ -114,5 +125,9 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &s
     ensure!(out.status.success(), "sync --full: {}", String::from_utf8_lossy(&out.stderr));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let desired = workload.desired();
-    pipeline.eventually("AD equals the desired state after a full resync", Duration::from_secs(60), || compare_with_desired(ad, groups_ou, &desired)).await
+    pipeline
+        .eventually("AD equals the desired state after a full resync", Duration::from_secs(60), || {
+            compare_with_desired(ad, groups_ou, &desired)
+        })
+        .await
 }

@@ -19,7 +19,8 @@ use gwb_tests::pipeline::{Options, Pipeline, ad_groups, snapshot_diff, synced_us
 use serde_json::Value;
 
 const SAM_ILLEGAL: &[char] = &['"', '/', '\\', '[', ']', ':', ';', '|', '=', ',', '+', '*', '?', '<', '>'];
-const PRIVILEGED: &[&str] = &["Domain Admins", "Enterprise Admins", "Administrators", "Schema Admins", "Account Operators", "Backup Operators"];
+const PRIVILEGED: &[&str] =
+    &["Domain Admins", "Enterprise Admins", "Administrators", "Schema Admins", "Account Operators", "Backup Operators"];
 
 fn corpus() -> anyhow::Result<Vec<Value>> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/hostile_names.json"))?;
@@ -41,7 +42,15 @@ async fn hostile_corpus_is_written_safely_or_refused() -> anyhow::Result<()> {
     let before = without_volatile(ad.snapshot_outside(&root).await?);
     let mut privileged_before = BTreeMap::new();
     for name in PRIVILEGED {
-        let dn = format!("CN={name},CN={},{}", if *name == "Domain Admins" || *name == "Enterprise Admins" || *name == "Schema Admins" { "Users" } else { "Builtin" }, ad.base_dn);
+        let dn = format!(
+            "CN={name},CN={},{}",
+            if *name == "Domain Admins" || *name == "Enterprise Admins" || *name == "Schema Admins" {
+                "Users"
+            } else {
+                "Builtin"
+            },
+            ad.base_dn
+        );
         privileged_before.insert(dn.clone(), ad.snapshot_entry(&dn).await?);
     }
     let started = Instant::now();
@@ -51,7 +60,11 @@ async fn hostile_corpus_is_written_safely_or_refused() -> anyhow::Result<()> {
     for (dn, snapshot) in &privileged_before {
         let now = ad.snapshot_entry(dn).await?;
         if now != *snapshot {
-            let changed: Vec<String> = now.iter().filter(|(k, v)| snapshot.get(*k) != Some(v)).map(|(k, v)| format!("{k}: {:?} → {v:?}", snapshot.get(k))).collect();
+            let changed: Vec<String> = now
+                .iter()
+                .filter(|(k, v)| snapshot.get(*k) != Some(v))
+                .map(|(k, v)| format!("{k}: {:?} → {v:?}", snapshot.get(k)))
+                .collect();
             privileged_changed.push(format!("{dn}: {changed:?}"));
         }
     }
@@ -65,7 +78,14 @@ async fn hostile_corpus_is_written_safely_or_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn scenario(ad: &LabAd, pipeline: &Pipeline, cases: &[Value], users_ou: &str, groups_ou: &str, foreign_ou: &str) -> anyhow::Result<()> {
+async fn scenario(
+    ad: &LabAd,
+    pipeline: &Pipeline,
+    cases: &[Value],
+    users_ou: &str,
+    groups_ou: &str,
+    foreign_ou: &str,
+) -> anyhow::Result<()> {
     let sim = &pipeline.sim;
     let users = synced_users(ad, sim, users_ou, 2).await?;
     let run = &unique("r")[2..8];
@@ -81,31 +101,62 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, cases: &[Value], users_ou: &s
         if let Some(how) = case["collide"].as_str() {
             name = format!("{name} {run}");
             let plant = |dn: String, attrs: Vec<(&'static str, Vec<String>)>| async move {
-                let owned: Vec<(&str, Vec<&str>)> = attrs.iter().map(|(k, v)| (*k, v.iter().map(String::as_str).collect())).collect();
+                let owned: Vec<(&str, Vec<&str>)> =
+                    attrs.iter().map(|(k, v)| (*k, v.iter().map(String::as_str).collect())).collect();
                 let refs: Vec<(&str, &[&str])> = owned.iter().map(|(k, v)| (*k, v.as_slice())).collect();
                 ad.add_entry(&dn, &refs).await.map(|_| dn)
             };
             let group = |sam: String, extra: Option<(&'static str, String)>| {
-                let mut attrs = vec![("objectClass", vec!["group".to_string()]), ("sAMAccountName", vec![sam]), ("groupType", vec!["-2147483640".to_string()])];
+                let mut attrs = vec![
+                    ("objectClass", vec!["group".to_string()]),
+                    ("sAMAccountName", vec![sam]),
+                    ("groupType", vec!["-2147483640".to_string()]),
+                ];
                 if let Some((k, v)) = extra {
                     attrs.push((k, vec![v]));
                 }
                 attrs
             };
             let dn = match how {
-                "same-cn" => plant(format!("CN={}_{last12},{groups_ou}", gwb_tests::ad::escape_dn_value(&name)), group(unique("pl"), None)).await?,
-                "same-sam" => plant(format!("CN={},{foreign_ou}", gwb_tests::ad::escape_dn_value(&name)), group(name.chars().take(20).collect(), None)).await?,
-                "user-same-cn" => plant(
-                    format!("CN={}_{last12},{groups_ou}", gwb_tests::ad::escape_dn_value(&name)),
-                    vec![("objectClass", vec!["user".into()]), ("sAMAccountName", vec![unique("pu")]), ("userAccountControl", vec!["514".into()])],
-                )
-                .await?,
-                _ => plant(format!("CN=Forged {run} {last12},{foreign_ou}"), group(unique("pf"), Some(("adminDescription", format!("Group_{group_id}"))))).await?,
+                "same-cn" => {
+                    plant(
+                        format!("CN={}_{last12},{groups_ou}", gwb_tests::ad::escape_dn_value(&name)),
+                        group(unique("pl"), None),
+                    )
+                    .await?
+                }
+                "same-sam" => {
+                    plant(
+                        format!("CN={},{foreign_ou}", gwb_tests::ad::escape_dn_value(&name)),
+                        group(name.chars().take(20).collect(), None),
+                    )
+                    .await?
+                }
+                "user-same-cn" => {
+                    plant(
+                        format!("CN={}_{last12},{groups_ou}", gwb_tests::ad::escape_dn_value(&name)),
+                        vec![
+                            ("objectClass", vec!["user".into()]),
+                            ("sAMAccountName", vec![unique("pu")]),
+                            ("userAccountControl", vec!["514".into()]),
+                        ],
+                    )
+                    .await?
+                }
+                _ => {
+                    plant(
+                        format!("CN=Forged {run} {last12},{foreign_ou}"),
+                        group(unique("pf"), Some(("adminDescription", format!("Group_{group_id}")))),
+                    )
+                    .await?
+                }
             };
             planted.insert(dn.clone(), ad.snapshot_entry(&dn).await?);
         }
         let unified = case["kind"].as_str() == Some("unified");
-        let strings = |key: &str| case[key].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect::<Vec<_>>());
+        let strings = |key: &str| {
+            case[key].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect::<Vec<_>>())
+        };
         let fields = GroupFields {
             display_name: Some(name),
             description: case["description"].as_str().map(String::from),
@@ -117,7 +168,8 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, cases: &[Value], users_ou: &s
             group_types: Some(if unified { vec!["Unified".into()] } else { vec![] }),
             ..GroupFields::default()
         };
-        match sim.create_group(&NewGroup { id: Some(group_id), fields, members: vec![users[0].id, users[1].id] }).await {
+        match sim.create_group(&NewGroup { id: Some(group_id), fields, members: vec![users[0].id, users[1].id] }).await
+        {
             Ok(_) => created.push((id, group_id, None)),
             Err(error) if error.status() == Some(400) => {
                 // graph-sim (like Graph) refuses some values outright: nothing to write.
@@ -138,14 +190,25 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, cases: &[Value], users_ou: &s
             let expected = &expected;
             async move {
                 let all = pipeline.all_groups().await?;
-                let states: BTreeMap<String, Value> = all.into_iter().map(|g| (g["id"].as_str().unwrap_or_default().to_string(), g)).collect();
+                let states: BTreeMap<String, Value> =
+                    all.into_iter().map(|g| (g["id"].as_str().unwrap_or_default().to_string(), g)).collect();
                 *cell.borrow_mut() = states.clone();
                 let unsettled: Vec<_> = expected
                     .iter()
-                    .filter(|(_, g, _)| !matches!(states.get(&g.to_string()).and_then(|s| s["state"].as_str()), Some("written" | "skipped" | "error")))
+                    .filter(|(_, g, _)| {
+                        !matches!(
+                            states.get(&g.to_string()).and_then(|s| s["state"].as_str()),
+                            Some("written" | "skipped" | "error")
+                        )
+                    })
                     .map(|(id, _, _)| id.as_str())
                     .collect();
-                ensure!(unsettled.is_empty(), "{} unsettled, e.g. {:?}", unsettled.len(), &unsettled[..unsettled.len().min(5)]);
+                ensure!(
+                    unsettled.is_empty(),
+                    "{} unsettled, e.g. {:?}",
+                    unsettled.len(),
+                    &unsettled[..unsettled.len().min(5)]
+                );
                 let status = pipeline.gwbctl_json(&["status"]).await?;
                 ensure!(status["commands_in_flight"] == 0, "commands in flight: {}", status["commands_in_flight"]);
                 Ok(())
@@ -168,28 +231,42 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, cases: &[Value], users_ou: &s
     for (case, group, _) in &expected {
         let anchor = format!("Group_{group}");
         let state = states[&group.to_string()]["state"].as_str().unwrap_or_default().to_string();
-        let ours: Vec<_> = by_anchor.get(&anchor).map(|v| v.iter().filter(|g| g.dn.to_lowercase().ends_with(&ou_suffix)).collect()).unwrap_or_default();
+        let ours: Vec<_> = by_anchor
+            .get(&anchor)
+            .map(|v| v.iter().filter(|g| g.dn.to_lowercase().ends_with(&ou_suffix)).collect())
+            .unwrap_or_default();
         if state == "written" {
             written += 1;
             match ours.as_slice() {
                 [one] => {
-                    if one.sam.is_empty() || one.sam.chars().count() > 256 || one.sam.contains(SAM_ILLEGAL) || one.sam.ends_with('.') || one.sam.chars().any(char::is_control) {
+                    if one.sam.is_empty()
+                        || one.sam.chars().count() > 256
+                        || one.sam.contains(SAM_ILLEGAL)
+                        || one.sam.ends_with('.')
+                        || one.sam.chars().any(char::is_control)
+                    {
                         problems.push(format!("{case}: illegal sAMAccountName {:?}", one.sam));
                     }
                     if one.members.len() != 2 {
                         problems.push(format!("{case}: {} members instead of 2", one.members.len()));
                     }
                 }
-                other => problems.push(format!("{case}: written but {} AD objects with its anchor in the target OU", other.len())),
+                other => problems
+                    .push(format!("{case}: written but {} AD objects with its anchor in the target OU", other.len())),
             }
         } else {
             refused += 1;
             let detail = pipeline.gwbctl_json(&["group", &group.to_string()]).await?;
-            let reason = format!("{} {}", detail["policy_reason"].as_str().unwrap_or_default(), detail["summary"]["last_error"].as_str().unwrap_or_default());
+            let reason = format!(
+                "{} {}",
+                detail["policy_reason"].as_str().unwrap_or_default(),
+                detail["summary"]["last_error"].as_str().unwrap_or_default()
+            );
             if reason.trim().is_empty() {
                 problems.push(format!("{case}: {state} without a recorded reason: {detail}"));
             }
-            *refusals.entry(format!("{state}: {}", reason.trim().chars().take(90).collect::<String>())).or_default() += 1;
+            *refusals.entry(format!("{state}: {}", reason.trim().chars().take(90).collect::<String>())).or_default() +=
+                1;
             if state == "error" {
                 eprintln!("  error for case {case}: {}", reason.trim().chars().take(200).collect::<String>());
             }
@@ -205,7 +282,11 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, cases: &[Value], users_ou: &s
             problems.push(format!("planted object {dn} changed"));
         }
     }
-    eprintln!("hostile corpus: {} cases, {} refused by graph-sim, {written} written, {refused} refused by gwb", cases.len(), refused_by_source);
+    eprintln!(
+        "hostile corpus: {} cases, {} refused by graph-sim, {written} written, {refused} refused by gwb",
+        cases.len(),
+        refused_by_source
+    );
     for (reason, count) in &refusals {
         eprintln!("  {count:4} × {reason}");
     }

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use gwb_tests::ad::{LabAd, escape_dn_value};
-use gwb_tests::pipeline::{Options, Pipeline, Rng, Workload, compare_with_desired, cpu_seconds, metric_sum, scaled, synced_users, unique};
+use gwb_tests::pipeline::{
+    Options, Pipeline, Rng, Workload, compare_with_desired, cpu_seconds, metric_sum, scaled, synced_users, unique,
+};
 use ldap3::{Ldap, Mod, Scope};
 
 const SERVICES: [&str; 3] = ["gwb-collector", "gwb-planner", "gwb-writer"];
@@ -34,7 +36,10 @@ async fn sustained_load_keeps_lag_bounded_and_memory_flat() -> anyhow::Result<()
     let root = ad.create_ou(&unique("rel-load")).await?;
     let users_ou = ad.create_ou_in(&root, "Users").await?;
     let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let options = Options { planner_sections: "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n".into(), ..Options::new(&groups_ou) };
+    let options = Options {
+        planner_sections: "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n".into(),
+        ..Options::new(&groups_ou)
+    };
     let pipeline = Pipeline::start(options).await?;
     let result = scenario(&ad, &pipeline, &users_ou, &groups_ou, seconds).await;
     let logs = pipeline.log_tails();
@@ -66,7 +71,8 @@ fn samba_pid() -> Option<u32> {
 async fn sample(pipeline: &Pipeline, start: Instant, issued: usize) -> anyhow::Result<Sample> {
     let status = pipeline.gwbctl_json(&["status"]).await?;
     let writer = pipeline.scrape("gwb-writer").await.unwrap_or_default();
-    let mut cpu: BTreeMap<&'static str, f64> = SERVICES.iter().map(|s| (*s, pipeline.cpu_seconds(s).unwrap_or_default())).collect();
+    let mut cpu: BTreeMap<&'static str, f64> =
+        SERVICES.iter().map(|s| (*s, pipeline.cpu_seconds(s).unwrap_or_default())).collect();
     cpu.insert("samba", samba_pid().and_then(cpu_seconds).unwrap_or_default());
     Ok(Sample {
         at: start.elapsed(),
@@ -86,17 +92,33 @@ fn rate(a: &Sample, b: &Sample, value: impl Fn(&Sample) -> f64) -> f64 {
     if seconds <= 0.0 { 0.0 } else { (value(b) - value(a)) / seconds }
 }
 
-async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &str, seconds: u64) -> anyhow::Result<()> {
+async fn scenario(
+    ad: &LabAd,
+    pipeline: &Pipeline,
+    users_ou: &str,
+    groups_ou: &str,
+    seconds: u64,
+) -> anyhow::Result<()> {
     let sim = &pipeline.sim;
     // Graph-sized pages (the harness default of 1–3 objects per page is for paging tests).
-    let paging = graph_sim::PagingConfig { max_objects_per_page: 100, min_objects_per_page: 50, member_slice: 500, empty_page_every: None, shuffle: true };
+    let paging = graph_sim::PagingConfig {
+        max_objects_per_page: 100,
+        min_objects_per_page: 50,
+        member_slice: 500,
+        empty_page_every: None,
+        shuffle: true,
+    };
     sim.update_settings(&graph_sim::SettingsPatch { paging: Some(paging), ..Default::default() }).await?;
     let users = synced_users(ad, sim, users_ou, scaled(100, 500)).await?;
     let mut workload = Workload::new(users, Rng::from_env("load"));
     workload.create_groups(sim, scaled(50, 200)).await?;
     ensure!(pipeline.gwbctl(&["enable"]).await?.status.success(), "enable failed");
     let initial = workload.desired();
-    pipeline.eventually("the initial groups are written", Duration::from_secs(120), || compare_with_desired(ad, groups_ou, &initial)).await?;
+    pipeline
+        .eventually("the initial groups are written", Duration::from_secs(120), || {
+            compare_with_desired(ad, groups_ou, &initial)
+        })
+        .await?;
 
     let load = Duration::from_secs(seconds);
     let interval = Duration::from_secs_f64(1.0 / RATE);
@@ -127,7 +149,9 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &s
             let caught_up = loop {
                 match compare_with_desired(ad, groups_ou, &desired).await {
                     Ok(()) => break Ok(()),
-                    Err(error) if drain.elapsed() > deadline => break Err(error.context(format!("AD did not catch up within {deadline:?} after the load"))),
+                    Err(error) if drain.elapsed() > deadline => {
+                        break Err(error.context(format!("AD did not catch up within {deadline:?} after the load")));
+                    }
                     Err(_) => tokio::time::sleep(SAMPLE_EVERY).await,
                 }
             };
@@ -188,13 +212,18 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &s
     }
     // Summary over the load window and over the whole run (load + drain).
     let during: Vec<&Sample> = samples.iter().filter(|s| s.at <= load_time + SAMPLE_EVERY).collect();
-    let (first, end_of_load, last) = (&samples[0], *during.last().unwrap_or(&&samples[0]), samples.last().unwrap_or(&samples[0]));
+    let (first, end_of_load, last) =
+        (&samples[0], *during.last().unwrap_or(&&samples[0]), samples.last().unwrap_or(&samples[0]));
     eprintln!(
         "load: applied {:.1} commands/s during the load, {:.1}/s over load + drain; LDAP {:.1} ops/s, {:.1} ms/op",
         rate(first, end_of_load, |x| x.applied),
         rate(first, last, |x| x.applied),
         rate(first, last, |x| x.ldap_ops),
-        if last.ldap_ops > first.ldap_ops { (last.ldap_seconds - first.ldap_seconds) * 1000.0 / (last.ldap_ops - first.ldap_ops) } else { 0.0 },
+        if last.ldap_ops > first.ldap_ops {
+            (last.ldap_seconds - first.ldap_seconds) * 1000.0 / (last.ldap_ops - first.ldap_ops)
+        } else {
+            0.0
+        },
     );
     eprintln!(
         "load: CPU % over load + drain (100 % = one core): {}",
@@ -239,7 +268,10 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &s
         memory.push((service, warm, last));
     }
     caught_up?;
-    ensure!(changes as f64 >= RATE * load_time.as_secs_f64() * 0.8, "the test could only drive {changes} changes in {load_time:?}");
+    ensure!(
+        changes as f64 >= RATE * load_time.as_secs_f64() * 0.8,
+        "the test could only drive {changes} changes in {load_time:?}"
+    );
     ensure!(max_oldest < 30_000, "lag not bounded: a command waited {max_oldest} ms");
     ensure!(drain_time < Duration::from_secs(60), "AD needed {drain_time:?} to catch up after the load");
     for (service, warm, last) in memory {
@@ -270,7 +302,10 @@ impl Stream {
     async fn search_anchor(&mut self, ldap: &mut Ldap, anchor: &str) -> anyhow::Result<()> {
         if self.lookup {
             let filter = format!("(&(objectClass=group)(adminDescription={anchor}))");
-            let result = ldap.search(&self.groups_ou, Scope::Subtree, &filter, vec!["member", "cn", "sAMAccountName"]).await?.success()?;
+            let result = ldap
+                .search(&self.groups_ou, Scope::Subtree, &filter, vec!["member", "cn", "sAMAccountName"])
+                .await?
+                .success()?;
             ensure!(result.0.len() == 1, "{anchor} found {} times", result.0.len());
             self.ldap_ops += 1;
         }
@@ -304,7 +339,9 @@ impl Stream {
         ldap.add(&dn, attrs).await?.success().with_context(|| format!("adding {dn}"))?;
         self.ldap_ops += 1;
         if self.lookup {
-            ldap.search(&dn, Scope::Base, "(objectClass=*)", vec!["objectGUID", "objectSid", "sAMAccountName"]).await?.success()?;
+            ldap.search(&dn, Scope::Base, "(objectClass=*)", vec!["objectGUID", "objectSid", "sAMAccountName"])
+                .await?
+                .success()?;
             self.ldap_ops += 1;
         }
         self.groups.push((dn, anchor, members));
@@ -324,7 +361,8 @@ impl Stream {
             let user = self.rng.below(self.users.len());
             let value = [self.users[user].clone()].into();
             let add = !self.groups[index].2.contains(&user);
-            let change = if add { Mod::Add("member".to_string(), value) } else { Mod::Delete("member".to_string(), value) };
+            let change =
+                if add { Mod::Add("member".to_string(), value) } else { Mod::Delete("member".to_string(), value) };
             ldap.modify(&dn, vec![change]).await?.success().with_context(|| format!("member change on {dn}"))?;
             self.ldap_ops += 1;
             if add {

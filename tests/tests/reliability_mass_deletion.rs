@@ -24,7 +24,11 @@ async fn mass_deletion_is_held_until_approved() -> anyhow::Result<()> {
         workload.create_groups(sim, groups).await?;
         ensure!(pipeline.gwbctl(&["enable"]).await?.status.success(), "enable failed");
         let all = workload.desired();
-        pipeline.eventually("every group is written", Duration::from_secs(scaled(60, 600)), || compare_with_desired(&ad, &groups_ou, &all)).await?;
+        pipeline
+            .eventually("every group is written", Duration::from_secs(scaled(60, 600)), || {
+                compare_with_desired(&ad, &groups_ou, &all)
+            })
+            .await?;
         let ids: Vec<uuid::Uuid> = workload.groups.keys().copied().collect();
         for id in &ids {
             sim.delete_group(*id, true).await?;
@@ -32,7 +36,11 @@ async fn mass_deletion_is_held_until_approved() -> anyhow::Result<()> {
         let held = pipeline
             .eventually("the deletions are held", Duration::from_secs(scaled(60, 180)), || async {
                 let status = pipeline.gwbctl_json(&["status"]).await?;
-                ensure!(status["held_deletions"].as_u64() == Some(ids.len() as u64), "held_deletions {}", status["held_deletions"]);
+                ensure!(
+                    status["held_deletions"].as_u64() == Some(ids.len() as u64),
+                    "held_deletions {}",
+                    status["held_deletions"]
+                );
                 Ok(())
             })
             .await;
@@ -40,18 +48,30 @@ async fn mass_deletion_is_held_until_approved() -> anyhow::Result<()> {
             // Say how many went through without approval: the threshold applies to the
             // deletions of one delta round, and the tenant's deletions may span several.
             let left = gwb_tests::pipeline::ad_groups(&ad, &groups_ou).await.map(|g| g.len()).unwrap_or_default();
-            return Err(error.context(format!("{} of {} groups were deleted from AD without approval", all.len().saturating_sub(left), all.len())));
+            return Err(error.context(format!(
+                "{} of {} groups were deleted from AD without approval",
+                all.len().saturating_sub(left),
+                all.len()
+            )));
         }
         // Held means held: several more rounds, still nothing deleted.
         let _ = pipeline.gwbctl(&["sync"]).await?;
         tokio::time::sleep(Duration::from_secs(5)).await;
         compare_with_desired(&ad, &groups_ou, &all).await.context("a held deletion reached AD")?;
         let held = pipeline.gwbctl_json(&["held"]).await?;
-        eprintln!("mass deletion: {} deletions held; first: {}", ids.len(), held.to_string().chars().take(300).collect::<String>());
+        eprintln!(
+            "mass deletion: {} deletions held; first: {}",
+            ids.len(),
+            held.to_string().chars().take(300).collect::<String>()
+        );
         let approved = pipeline.gwbctl(&["approve"]).await?;
         ensure!(approved.status.success(), "approve: {}", String::from_utf8_lossy(&approved.stderr));
         let none = Default::default();
-        pipeline.eventually("approved deletions are carried out", Duration::from_secs(scaled(60, 600)), || compare_with_desired(&ad, &groups_ou, &none)).await?;
+        pipeline
+            .eventually("approved deletions are carried out", Duration::from_secs(scaled(60, 600)), || {
+                compare_with_desired(&ad, &groups_ou, &none)
+            })
+            .await?;
         Ok(())
     }
     .await;

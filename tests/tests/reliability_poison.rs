@@ -14,7 +14,9 @@ use gwb_bus::{Delivery, Disposition, Message, Publisher, Route};
 use gwb_proto::commands::v1 as cmd;
 use gwb_proto::events::v1 as ev;
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{Options, Pipeline, compare_with_desired, security_fields, snapshot_diff, synced_users, unique, without_volatile};
+use gwb_tests::pipeline::{
+    Options, Pipeline, compare_with_desired, security_fields, snapshot_diff, synced_users, unique, without_volatile,
+};
 use prost::Message as _;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -48,7 +50,9 @@ fn upsert(cn: &str, parent: &str) -> cmd::write_command::Action {
 }
 
 fn add_sid(sid: &str) -> cmd::write_command::Action {
-    cmd::write_command::Action::AddMembers(cmd::MemberChange { members: vec![cmd::MemberRef { reference: Some(cmd::member_ref::Reference::Sid(sid.into())) }] })
+    cmd::write_command::Action::AddMembers(cmd::MemberChange {
+        members: vec![cmd::MemberRef { reference: Some(cmd::member_ref::Reference::Sid(sid.into())) }],
+    })
 }
 
 fn scrape(port: u16) -> anyhow::Result<String> {
@@ -62,7 +66,10 @@ fn scrape(port: u16) -> anyhow::Result<String> {
 
 /// Sum of `gwb_dead_lettered_total` samples in a scrape.
 fn dead_lettered(text: &str) -> f64 {
-    text.lines().filter(|l| l.starts_with("gwb_dead_lettered_total")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    text.lines()
+        .filter(|l| l.starts_with("gwb_dead_lettered_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -73,7 +80,8 @@ async fn poison_messages_are_dead_lettered_and_the_pipeline_goes_on() -> anyhow:
     let groups_ou = ad.create_ou_in(&root, "Groups").await?;
     let before = without_volatile(ad.snapshot_outside(&root).await?);
     let pipeline = Pipeline::start(Options::new(&groups_ou)).await?;
-    let metrics_port = |service: &str| pipeline.metrics.iter().find(|(s, _)| s == service).map(|(_, a)| a.port()).unwrap_or_default();
+    let metrics_port =
+        |service: &str| pipeline.metrics.iter().find(|(s, _)| s == service).map(|(_, a)| a.port()).unwrap_or_default();
     let (planner_port, writer_port) = (metrics_port("gwb-planner"), metrics_port("gwb-writer"));
     let result = scenario(&ad, &pipeline, &users_ou, &groups_ou, planner_port, writer_port).await;
     let after = without_volatile(ad.snapshot_outside(&root).await?);
@@ -85,14 +93,33 @@ async fn poison_messages_are_dead_lettered_and_the_pipeline_goes_on() -> anyhow:
     Ok(())
 }
 
-async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &str, planner_port: u16, writer_port: u16) -> anyhow::Result<()> {
+async fn scenario(
+    ad: &LabAd,
+    pipeline: &Pipeline,
+    users_ou: &str,
+    groups_ou: &str,
+    planner_port: u16,
+    writer_port: u16,
+) -> anyhow::Result<()> {
     let sim = &pipeline.sim;
     let users = synced_users(ad, sim, users_ou, 3).await?;
-    let first = sim.create_group(&graph_sim::NewGroup { id: None, fields: security_fields("Poison First"), members: vec![users[0].id, users[1].id] }).await?.group.id;
+    let first = sim
+        .create_group(&graph_sim::NewGroup {
+            id: None,
+            fields: security_fields("Poison First"),
+            members: vec![users[0].id, users[1].id],
+        })
+        .await?
+        .group
+        .id;
     ensure!(pipeline.gwbctl(&["enable"]).await?.status.success(), "enable failed");
-    let mut desired = BTreeMap::from([(format!("Group_{first}"), BTreeSet::from([users[0].dn.to_lowercase(), users[1].dn.to_lowercase()]))]);
+    let mut desired = BTreeMap::from([(
+        format!("Group_{first}"),
+        BTreeSet::from([users[0].dn.to_lowercase(), users[1].dn.to_lowercase()]),
+    )]);
     pipeline.eventually("the first group is written", WAIT, || compare_with_desired(ad, groups_ou, &desired)).await?;
-    let written = ad.find_groups_by_anchor(&format!("Group_{first}")).await?.into_iter().next().context("first group")?;
+    let written =
+        ad.find_groups_by_anchor(&format!("Group_{first}")).await?.into_iter().next().context("first group")?;
     let domain_sid = ad.domain_sid().await?;
 
     let publisher = Publisher::connect(pipeline.bus.clone()).await?;
@@ -103,7 +130,10 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &s
     let valid_event_v2 = ev::ChangeEvent {
         event_id: uuid::Uuid::new_v4().to_string(),
         cause: "poison".into(),
-        change: Some(ev::change_event::Change::GroupRemoved(ev::ObjectRemoved { id: first_id.clone(), ..Default::default() })),
+        change: Some(ev::change_event::Change::GroupRemoved(ev::ObjectRemoved {
+            id: first_id.clone(),
+            ..Default::default()
+        })),
         ..Default::default()
     }
     .encode_to_vec();
@@ -113,53 +143,129 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &s
     let outcomes = Route::Outcomes;
     // (id, route, message, must be dead-lettered)
     let poison: Vec<(&str, Route, Message, bool)> = vec![
-        ("ev-garbage", events.clone(), message("ev-garbage", "gwb.events.v1.ChangeEvent", b"\xff\xfe garbage \x00\x01".to_vec()), true),
-        ("ev-unknown-version", events.clone(), message("ev-unknown-version", "gwb.events.v9.ChangeEvent", unknown_fields_only.clone()), true),
+        (
+            "ev-garbage",
+            events.clone(),
+            message("ev-garbage", "gwb.events.v1.ChangeEvent", b"\xff\xfe garbage \x00\x01".to_vec()),
+            true,
+        ),
+        (
+            "ev-unknown-version",
+            events.clone(),
+            message("ev-unknown-version", "gwb.events.v9.ChangeEvent", unknown_fields_only.clone()),
+            true,
+        ),
         (
             "ev-no-id",
             events.clone(),
-            message("ev-no-id", "gwb.events.v1.ChangeEvent", ev::ChangeEvent { change: Some(ev::change_event::Change::GroupRemoved(ev::ObjectRemoved { id: first_id.clone(), ..Default::default() })), ..Default::default() }.encode_to_vec()),
+            message(
+                "ev-no-id",
+                "gwb.events.v1.ChangeEvent",
+                ev::ChangeEvent {
+                    change: Some(ev::change_event::Change::GroupRemoved(ev::ObjectRemoved {
+                        id: first_id.clone(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
             true,
         ),
-        ("cmd-garbage", commands_for(&first_id), message("cmd-garbage", "gwb.commands.v1.WriteCommand", vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]), true),
-        ("cmd-unknown-version", commands_for(&first_id), message("cmd-unknown-version", "gwb.commands.v9.WriteCommand", unknown_fields_only.clone()), true),
+        (
+            "cmd-garbage",
+            commands_for(&first_id),
+            message("cmd-garbage", "gwb.commands.v1.WriteCommand", vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+            true,
+        ),
+        (
+            "cmd-unknown-version",
+            commands_for(&first_id),
+            message("cmd-unknown-version", "gwb.commands.v9.WriteCommand", unknown_fields_only.clone()),
+            true,
+        ),
         (
             // The anchor names another group than group_id.
             "cmd-anchor-mismatch",
             commands_for(&first_id),
-            message("cmd-anchor-mismatch", "gwb.commands.v1.WriteCommand", command(&first_id, &format!("Group_{stranger}"), upsert("Mismatch", groups_ou))),
+            message(
+                "cmd-anchor-mismatch",
+                "gwb.commands.v1.WriteCommand",
+                command(&first_id, &format!("Group_{stranger}"), upsert("Mismatch", groups_ou)),
+            ),
             true,
         ),
         (
             // A privileged name outside the managed OUs.
             "cmd-domain-admins",
             commands_for(&stranger),
-            message("cmd-domain-admins", "gwb.commands.v1.WriteCommand", command(&stranger, &format!("Group_{stranger}"), upsert("Domain Admins", &format!("CN=Users,{}", ad.base_dn)))),
+            message(
+                "cmd-domain-admins",
+                "gwb.commands.v1.WriteCommand",
+                command(
+                    &stranger,
+                    &format!("Group_{stranger}"),
+                    upsert("Domain Admins", &format!("CN=Users,{}", ad.base_dn)),
+                ),
+            ),
             true,
         ),
         (
             // LDAP filter / extended-DN injection in a member SID.
             "cmd-hostile-sid",
             commands_for(&first_id),
-            message("cmd-hostile-sid", "gwb.commands.v1.WriteCommand", command(&first_id, &format!("Group_{first_id}"), add_sid(&format!("{domain_sid}-500>;<GUID=00000000-0000-0000-0000-000000000000")))),
+            message(
+                "cmd-hostile-sid",
+                "gwb.commands.v1.WriteCommand",
+                command(
+                    &first_id,
+                    &format!("Group_{first_id}"),
+                    add_sid(&format!("{domain_sid}-500>;<GUID=00000000-0000-0000-0000-000000000000")),
+                ),
+            ),
             false,
         ),
-        ("out-garbage", outcomes.clone(), message("out-garbage", "gwb.commands.v1.Outcome", b"\x08\x96\x01\xff\xff".to_vec()), true),
+        (
+            "out-garbage",
+            outcomes.clone(),
+            message("out-garbage", "gwb.commands.v1.Outcome", b"\x08\x96\x01\xff\xff".to_vec()),
+            true,
+        ),
         ("out-empty", outcomes.clone(), message("out-empty", "gwb.commands.v1.Outcome", Vec::new()), true),
-        ("status-garbage", outcomes.clone(), message("status-garbage", "gwb.commands.v1.WriterStatus", b"\xff\xff\xff".to_vec()), true),
+        (
+            "status-garbage",
+            outcomes.clone(),
+            message("status-garbage", "gwb.commands.v1.WriterStatus", b"\xff\xff\xff".to_vec()),
+            true,
+        ),
     ];
     for (id, route, message, _) in &poison {
         publisher.publish(route, message).await.with_context(|| format!("publishing {id}"))?;
     }
 
     // The pipeline goes on: a new group and a membership change are written.
-    let second = sim.create_group(&graph_sim::NewGroup { id: None, fields: security_fields("Poison Second"), members: vec![users[2].id] }).await?.group.id;
+    let second = sim
+        .create_group(&graph_sim::NewGroup {
+            id: None,
+            fields: security_fields("Poison Second"),
+            members: vec![users[2].id],
+        })
+        .await?
+        .group
+        .id;
     sim.add_members(first, &[users[2].id]).await?;
     desired.insert(format!("Group_{second}"), BTreeSet::from([users[2].dn.to_lowercase()]));
     desired.get_mut(&format!("Group_{first}")).context("first")?.insert(users[2].dn.to_lowercase());
-    pipeline.eventually("the pipeline keeps writing after the poison", WAIT, || compare_with_desired(ad, groups_ou, &desired)).await?;
+    pipeline
+        .eventually("the pipeline keeps writing after the poison", WAIT, || {
+            compare_with_desired(ad, groups_ou, &desired)
+        })
+        .await?;
     let after = ad.find_groups_by_anchor(&format!("Group_{first}")).await?.into_iter().next().context("first group")?;
-    ensure!(after.guid == written.guid && after.dn == written.dn, "the first group was replaced or moved: {written:?} → {after:?}");
+    ensure!(
+        after.guid == written.guid && after.dn == written.dn,
+        "the first group was replaced or moved: {written:?} → {after:?}"
+    );
     let admins = ad.find_groups_by_anchor(&format!("Group_{stranger}")).await?;
     ensure!(admins.is_empty(), "an impossible command created {admins:?}");
 
@@ -172,12 +278,13 @@ async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &s
     while std::time::Instant::now() < deadline {
         let (trigger, shutdown) = gwb_runtime::shutdown::channel();
         let sink = seen.clone();
-        let task = tokio::spawn(gwb_bus::consume(pipeline.bus.clone(), dead_queue.clone(), shutdown, move |delivery| {
-            if let Ok(mut all) = sink.lock() {
-                all.push(delivery);
-            }
-            async { Disposition::Ack }
-        }));
+        let task =
+            tokio::spawn(gwb_bus::consume(pipeline.bus.clone(), dead_queue.clone(), shutdown, move |delivery| {
+                if let Ok(mut all) = sink.lock() {
+                    all.push(delivery);
+                }
+                async { Disposition::Ack }
+            }));
         tokio::time::sleep(Duration::from_secs(2)).await;
         trigger.trigger();
         let _ = task.await;
@@ -210,7 +317,16 @@ async fn an_event_of_an_unknown_version_is_not_applied() -> anyhow::Result<()> {
     let pipeline = Pipeline::start(Options::new(&groups_ou)).await?;
     let result = async {
         let users = synced_users(&ad, &pipeline.sim, &users_ou, 1).await?;
-        let group = pipeline.sim.create_group(&graph_sim::NewGroup { id: None, fields: security_fields("Versioned"), members: vec![users[0].id] }).await?.group.id;
+        let group = pipeline
+            .sim
+            .create_group(&graph_sim::NewGroup {
+                id: None,
+                fields: security_fields("Versioned"),
+                members: vec![users[0].id],
+            })
+            .await?
+            .group
+            .id;
         ensure!(pipeline.gwbctl(&["enable"]).await?.status.success(), "enable failed");
         let desired = BTreeMap::from([(format!("Group_{group}"), BTreeSet::from([users[0].dn.to_lowercase()]))]);
         pipeline.eventually("the group is written", WAIT, || compare_with_desired(&ad, &groups_ou, &desired)).await?;
@@ -218,10 +334,15 @@ async fn an_event_of_an_unknown_version_is_not_applied() -> anyhow::Result<()> {
         let event = ev::ChangeEvent {
             event_id: uuid::Uuid::new_v4().to_string(),
             cause: "poison: unknown version".into(),
-            change: Some(ev::change_event::Change::GroupRemoved(ev::ObjectRemoved { id: group.to_string(), reason: ev::RemovalReason::Deleted as i32 })),
+            change: Some(ev::change_event::Change::GroupRemoved(ev::ObjectRemoved {
+                id: group.to_string(),
+                reason: ev::RemovalReason::Deleted as i32,
+            })),
             ..Default::default()
         };
-        publisher.publish(&Route::Events, &message("ev-v2", "gwb.events.v2.ChangeEvent", event.encode_to_vec())).await?;
+        publisher
+            .publish(&Route::Events, &message("ev-v2", "gwb.events.v2.ChangeEvent", event.encode_to_vec()))
+            .await?;
         tokio::time::sleep(Duration::from_secs(8)).await;
         compare_with_desired(&ad, &groups_ou, &desired).await.context("an event of unknown version was applied")
     }
@@ -245,7 +366,16 @@ async fn a_privileged_member_sid_is_refused() -> anyhow::Result<()> {
     let pipeline = Pipeline::start(Options::new(&groups_ou)).await?;
     let result = async {
         let users = synced_users(&ad, &pipeline.sim, &users_ou, 1).await?;
-        let group = pipeline.sim.create_group(&graph_sim::NewGroup { id: None, fields: security_fields("Privileged Member"), members: vec![users[0].id] }).await?.group.id;
+        let group = pipeline
+            .sim
+            .create_group(&graph_sim::NewGroup {
+                id: None,
+                fields: security_fields("Privileged Member"),
+                members: vec![users[0].id],
+            })
+            .await?
+            .group
+            .id;
         ensure!(pipeline.gwbctl(&["enable"]).await?.status.success(), "enable failed");
         let desired = BTreeMap::from([(format!("Group_{group}"), BTreeSet::from([users[0].dn.to_lowercase()]))]);
         pipeline.eventually("the group is written", WAIT, || compare_with_desired(&ad, &groups_ou, &desired)).await?;
@@ -253,7 +383,16 @@ async fn a_privileged_member_sid_is_refused() -> anyhow::Result<()> {
         let id = group.to_string();
         let route = Route::Command { partition: gwb_bus::partition_of(&id, publisher.topology().partitions()) };
         for sid in ["S-1-5-32-544", &format!("{}-512", ad.domain_sid().await?)] {
-            publisher.publish(&route, &message("cmd-admin-sid", "gwb.commands.v1.WriteCommand", command(&id, &format!("Group_{id}"), add_sid(sid)))).await?;
+            publisher
+                .publish(
+                    &route,
+                    &message(
+                        "cmd-admin-sid",
+                        "gwb.commands.v1.WriteCommand",
+                        command(&id, &format!("Group_{id}"), add_sid(sid)),
+                    ),
+                )
+                .await?;
         }
         tokio::time::sleep(Duration::from_secs(8)).await;
         compare_with_desired(&ad, &groups_ou, &desired).await.context("a privileged SID was added as a member")

@@ -19,8 +19,8 @@ use crate::config::SettingsPatch;
 use crate::errors::{ApiError, RequestIds, json_response};
 use crate::faults::FaultRule;
 use crate::model::{
-    Committed, GenerateSpec, GroupMutation, IdList, MembersMutation, NewDirectoryObject,
-    ObjectKind, ObjectMutation, Stats, UserMutation,
+    Committed, GenerateSpec, GroupMutation, IdList, MembersMutation, NewDirectoryObject, ObjectKind, ObjectMutation,
+    Stats, UserMutation,
 };
 use crate::schema::Resource;
 use crate::store::{Tenant, parse_id};
@@ -42,11 +42,7 @@ type Reply = Result<Response, Failure>;
 fn ok<T: Serialize>(status: StatusCode, body: &T) -> Reply {
     Ok(match serde_json::to_value(body) {
         Ok(value) => json_response(status, &value, JSON),
-        Err(e) => json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &Value::String(e.to_string()),
-            JSON,
-        ),
+        Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &Value::String(e.to_string()), JSON),
     })
 }
 
@@ -55,26 +51,20 @@ fn fail(ids: &RequestIds) -> impl Fn(ApiError) -> Failure + '_ {
 }
 
 fn body_value(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
 }
 
 fn body_as<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
 fn query_flag(query: &Option<String>, name: &str) -> bool {
-    url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()).any(|(k, v)| {
-        k.eq_ignore_ascii_case(name) && (v.is_empty() || v.eq_ignore_ascii_case("true"))
-    })
+    url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+        .any(|(k, v)| k.eq_ignore_ascii_case(name) && (v.is_empty() || v.eq_ignore_ascii_case("true")))
 }
 
 /// Runs a tenant change and commits it as one version.
-fn mutate<T>(
-    app: &App,
-    f: impl FnOnce(&mut Tenant) -> Result<T, ApiError>,
-) -> Result<(T, Committed), ApiError> {
+fn mutate<T>(app: &App, f: impl FnOnce(&mut Tenant) -> Result<T, ApiError>) -> Result<(T, Committed), ApiError> {
     let lifetime = app.settings().delta_token_lifetime_ms;
     let mut t = write(&app.tenant);
     let before = t.version();
@@ -102,46 +92,25 @@ async fn blocking<T: Send + 'static>(
     let app = app.clone();
     tokio::task::spawn_blocking(move || mutate(&app, f))
         .await
-        .unwrap_or_else(|e| {
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "generalException",
-                e.to_string(),
-            ))
-        })
+        .unwrap_or_else(|e| Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "generalException", e.to_string())))
 }
 
 fn user_reply(app: &App, id: Uuid, c: Committed) -> Result<UserMutation, ApiError> {
     let user = read(&app.tenant).user_view(id)?;
-    Ok(UserMutation {
-        version: c.version,
-        committed_at_ms: c.committed_at_ms,
-        user,
-    })
+    Ok(UserMutation { version: c.version, committed_at_ms: c.committed_at_ms, user })
 }
 
 fn group_reply(app: &App, id: Uuid, c: Committed) -> Result<GroupMutation, ApiError> {
     let group = read(&app.tenant).group_view(id, false)?;
-    Ok(GroupMutation {
-        version: c.version,
-        committed_at_ms: c.committed_at_ms,
-        group,
-    })
+    Ok(GroupMutation { version: c.version, committed_at_ms: c.committed_at_ms, group })
 }
 
-pub async fn create_user(
-    State(app): State<Arc<App>>,
-    Extension(ids): Extension<RequestIds>,
-    body: Bytes,
-) -> Reply {
+pub async fn create_user(State(app): State<Arc<App>>, Extension(ids): Extension<RequestIds>, body: Bytes) -> Reply {
     let body = body_value(&body).map_err(fail(&ids))?;
     let (idx, c) = mutate(&app, |t| t.create_user(&body)).map_err(fail(&ids))?;
     let id = read(&app.tenant).obj(idx).id;
     tracing::info!(%id, version = c.version, "user created");
-    ok(
-        StatusCode::CREATED,
-        &user_reply(&app, id, c).map_err(fail(&ids))?,
-    )
+    ok(StatusCode::CREATED, &user_reply(&app, id, c).map_err(fail(&ids))?)
 }
 
 pub async fn get_user(
@@ -150,10 +119,7 @@ pub async fn get_user(
     Path(id): Path<String>,
 ) -> Reply {
     let id = parse_id(&id).map_err(fail(&ids))?;
-    ok(
-        StatusCode::OK,
-        &read(&app.tenant).user_view(id).map_err(fail(&ids))?,
-    )
+    ok(StatusCode::OK, &read(&app.tenant).user_view(id).map_err(fail(&ids))?)
 }
 
 pub async fn patch_user(
@@ -165,19 +131,10 @@ pub async fn patch_user(
     let id = parse_id(&id).map_err(fail(&ids))?;
     let body = body_value(&body).map_err(fail(&ids))?;
     let (_, c) = mutate(&app, |t| t.update(Resource::Users, id, &body)).map_err(fail(&ids))?;
-    ok(
-        StatusCode::OK,
-        &user_reply(&app, id, c).map_err(fail(&ids))?,
-    )
+    ok(StatusCode::OK, &user_reply(&app, id, c).map_err(fail(&ids))?)
 }
 
-async fn delete_object(
-    app: &App,
-    ids: &RequestIds,
-    kind: ObjectKind,
-    id: &str,
-    query: &Option<String>,
-) -> Reply {
+async fn delete_object(app: &App, ids: &RequestIds, kind: ObjectKind, id: &str, query: &Option<String>) -> Reply {
     let id = parse_id(id).map_err(fail(ids))?;
     let permanent = query_flag(query, "permanent");
     let ((), c) = mutate(app, |t| t.delete(kind, id, permanent)).map_err(fail(ids))?;
@@ -201,25 +158,15 @@ pub async fn restore_user(
 ) -> Reply {
     let id = parse_id(&id).map_err(fail(&ids))?;
     let (_, c) = mutate(&app, |t| t.restore(ObjectKind::User, id)).map_err(fail(&ids))?;
-    ok(
-        StatusCode::OK,
-        &user_reply(&app, id, c).map_err(fail(&ids))?,
-    )
+    ok(StatusCode::OK, &user_reply(&app, id, c).map_err(fail(&ids))?)
 }
 
-pub async fn create_group(
-    State(app): State<Arc<App>>,
-    Extension(ids): Extension<RequestIds>,
-    body: Bytes,
-) -> Reply {
+pub async fn create_group(State(app): State<Arc<App>>, Extension(ids): Extension<RequestIds>, body: Bytes) -> Reply {
     let body = body_value(&body).map_err(fail(&ids))?;
     let (idx, c) = mutate(&app, |t| t.create_group(&body)).map_err(fail(&ids))?;
     let id = read(&app.tenant).obj(idx).id;
     tracing::info!(%id, version = c.version, "group created");
-    ok(
-        StatusCode::CREATED,
-        &group_reply(&app, id, c).map_err(fail(&ids))?,
-    )
+    ok(StatusCode::CREATED, &group_reply(&app, id, c).map_err(fail(&ids))?)
 }
 
 pub async fn get_group(
@@ -230,12 +177,7 @@ pub async fn get_group(
 ) -> Reply {
     let id = parse_id(&id).map_err(fail(&ids))?;
     let include = query_flag(&query, "includeMembers");
-    ok(
-        StatusCode::OK,
-        &read(&app.tenant)
-            .group_view(id, include)
-            .map_err(fail(&ids))?,
-    )
+    ok(StatusCode::OK, &read(&app.tenant).group_view(id, include).map_err(fail(&ids))?)
 }
 
 pub async fn patch_group(
@@ -247,10 +189,7 @@ pub async fn patch_group(
     let id = parse_id(&id).map_err(fail(&ids))?;
     let body = body_value(&body).map_err(fail(&ids))?;
     let (_, c) = mutate(&app, |t| t.update(Resource::Groups, id, &body)).map_err(fail(&ids))?;
-    ok(
-        StatusCode::OK,
-        &group_reply(&app, id, c).map_err(fail(&ids))?,
-    )
+    ok(StatusCode::OK, &group_reply(&app, id, c).map_err(fail(&ids))?)
 }
 
 pub async fn delete_group(
@@ -269,19 +208,11 @@ pub async fn restore_group(
 ) -> Reply {
     let id = parse_id(&id).map_err(fail(&ids))?;
     let (_, c) = mutate(&app, |t| t.restore(ObjectKind::Group, id)).map_err(fail(&ids))?;
-    ok(
-        StatusCode::OK,
-        &group_reply(&app, id, c).map_err(fail(&ids))?,
-    )
+    ok(StatusCode::OK, &group_reply(&app, id, c).map_err(fail(&ids))?)
 }
 
 fn members_reply((changed, unchanged): (usize, usize), c: Committed) -> MembersMutation {
-    MembersMutation {
-        version: c.version,
-        committed_at_ms: c.committed_at_ms,
-        changed,
-        unchanged,
-    }
+    MembersMutation { version: c.version, committed_at_ms: c.committed_at_ms, changed, unchanged }
 }
 
 pub async fn add_members(
@@ -319,20 +250,11 @@ pub async fn remove_member(
     ok(StatusCode::OK, &members_reply(r, c))
 }
 
-pub async fn create_object(
-    State(app): State<Arc<App>>,
-    Extension(ids): Extension<RequestIds>,
-    body: Bytes,
-) -> Reply {
+pub async fn create_object(State(app): State<Arc<App>>, Extension(ids): Extension<RequestIds>, body: Bytes) -> Reply {
     let spec: NewDirectoryObject = body_as(&body).map_err(fail(&ids))?;
     let (idx, c) = mutate(&app, |t| t.create_object(&spec)).map_err(fail(&ids))?;
     let id = read(&app.tenant).obj(idx).id;
-    let reply = ObjectMutation {
-        version: c.version,
-        committed_at_ms: c.committed_at_ms,
-        id,
-        kind: spec.kind,
-    };
+    let reply = ObjectMutation { version: c.version, committed_at_ms: c.committed_at_ms, id, kind: spec.kind };
     ok(StatusCode::CREATED, &reply)
 }
 
@@ -347,9 +269,7 @@ pub async fn delete_directory_object(
         t.index_of(&uuid).map(|i| t.obj(i).kind)
     };
     match kind {
-        Some(k) if !matches!(k, ObjectKind::User | ObjectKind::Group) => {
-            delete_object(&app, &ids, k, &id, &None).await
-        }
+        Some(k) if !matches!(k, ObjectKind::User | ObjectKind::Group) => delete_object(&app, &ids, k, &id, &None).await,
         _ => Err(fail(&ids)(ApiError::not_found(format!(
             "no device, servicePrincipal, orgContact or application with id {uuid}"
         )))),
@@ -382,15 +302,9 @@ pub async fn stats(State(app): State<Arc<App>>) -> Reply {
     ok(StatusCode::OK, &stats)
 }
 
-pub async fn seed(
-    State(app): State<Arc<App>>,
-    Extension(ids): Extension<RequestIds>,
-    body: Bytes,
-) -> Reply {
+pub async fn seed(State(app): State<Arc<App>>, Extension(ids): Extension<RequestIds>, body: Bytes) -> Reply {
     let body = body_value(&body).map_err(fail(&ids))?;
-    let (result, _) = blocking(&app, move |t| t.seed(&body))
-        .await
-        .map_err(fail(&ids))?;
+    let (result, _) = blocking(&app, move |t| t.seed(&body)).await.map_err(fail(&ids))?;
     tracing::info!(
         users = result.user_ids.len(),
         groups = result.group_ids.len(),
@@ -401,15 +315,9 @@ pub async fn seed(
     ok(StatusCode::OK, &result)
 }
 
-pub async fn generate(
-    State(app): State<Arc<App>>,
-    Extension(ids): Extension<RequestIds>,
-    body: Bytes,
-) -> Reply {
+pub async fn generate(State(app): State<Arc<App>>, Extension(ids): Extension<RequestIds>, body: Bytes) -> Reply {
     let spec: GenerateSpec = body_as(&body).map_err(fail(&ids))?;
-    let (result, _) = blocking(&app, move |t| t.generate(&spec))
-        .await
-        .map_err(fail(&ids))?;
+    let (result, _) = blocking(&app, move |t| t.generate(&spec)).await.map_err(fail(&ids))?;
     tracing::info!(
         users = result.users,
         groups = result.groups,
@@ -424,11 +332,7 @@ pub async fn get_faults(State(app): State<Arc<App>>) -> Reply {
     ok(StatusCode::OK, &lock(&app.faults).rules().to_vec())
 }
 
-pub async fn add_faults(
-    State(app): State<Arc<App>>,
-    Extension(ids): Extension<RequestIds>,
-    body: Bytes,
-) -> Reply {
+pub async fn add_faults(State(app): State<Arc<App>>, Extension(ids): Extension<RequestIds>, body: Bytes) -> Reply {
     let value = body_value(&body).map_err(fail(&ids))?;
     let rules: Vec<FaultRule> = match value {
         Value::Array(_) => serde_json::from_value(value),
@@ -436,8 +340,7 @@ pub async fn add_faults(
     }
     .map_err(|e| fail(&ids)(ApiError::bad_request(format!("invalid fault rule: {e}"))))?;
     let mut q = lock(&app.faults);
-    q.add(rules)
-        .map_err(|e| fail(&ids)(ApiError::bad_request(e)))?;
+    q.add(rules).map_err(|e| fail(&ids)(ApiError::bad_request(e)))?;
     ok(StatusCode::OK, &q.rules().to_vec())
 }
 
@@ -450,16 +353,11 @@ pub async fn get_settings(State(app): State<Arc<App>>) -> Reply {
     ok(StatusCode::OK, &app.settings())
 }
 
-pub async fn patch_settings(
-    State(app): State<Arc<App>>,
-    Extension(ids): Extension<RequestIds>,
-    body: Bytes,
-) -> Reply {
+pub async fn patch_settings(State(app): State<Arc<App>>, Extension(ids): Extension<RequestIds>, body: Bytes) -> Reply {
     let patch: SettingsPatch = body_as(&body).map_err(fail(&ids))?;
     let mut s = write(&app.settings);
     let next = patch.apply(&s);
-    next.validate()
-        .map_err(|e| fail(&ids)(ApiError::bad_request(e)))?;
+    next.validate().map_err(|e| fail(&ids)(ApiError::bad_request(e)))?;
     *s = next.clone();
     ok(StatusCode::OK, &next)
 }
@@ -483,14 +381,9 @@ struct CertificateUpload {
 
 /// `POST /admin/certificates` `{"pem": "-----BEGIN CERTIFICATE-----…"}`: registers a
 /// certificate on the app, as uploading it to the app registration does.
-pub async fn add_certificate(
-    State(app): State<Arc<App>>,
-    Extension(ids): Extension<RequestIds>,
-    body: Bytes,
-) -> Reply {
+pub async fn add_certificate(State(app): State<Arc<App>>, Extension(ids): Extension<RequestIds>, body: Bytes) -> Reply {
     let upload: CertificateUpload = body_as(&body).map_err(fail(&ids))?;
-    let cert = RegisteredCertificate::from_pem(&upload.pem)
-        .map_err(|e| fail(&ids)(ApiError::bad_request(e)))?;
+    let cert = RegisteredCertificate::from_pem(&upload.pem).map_err(|e| fail(&ids)(ApiError::bad_request(e)))?;
     let mut certs = lock(&app.certificates);
     if !certs.contains(&cert) {
         certs.push(cert.clone());

@@ -28,10 +28,8 @@ pub struct RegisteredCertificate {
 impl RegisteredCertificate {
     /// Parses one PEM certificate; it must carry a key webpki can verify with.
     pub fn from_pem(pem: &str) -> Result<Self, String> {
-        let der = CertificateDer::from_pem_slice(pem.as_bytes())
-            .map_err(|e| format!("no PEM certificate: {e}"))?;
-        webpki::EndEntityCert::try_from(&der)
-            .map_err(|e| format!("not a usable X.509 certificate: {e}"))?;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("no PEM certificate: {e}"))?;
+        webpki::EndEntityCert::try_from(&der).map_err(|e| format!("not a usable X.509 certificate: {e}"))?;
         let s256 = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
         let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der.as_ref());
         Ok(RegisteredCertificate {
@@ -52,11 +50,7 @@ pub struct Refusal {
 }
 
 fn refuse(code: u32, description: impl Into<String>) -> Refusal {
-    Refusal {
-        code,
-        malformed: false,
-        description: description.into(),
-    }
+    Refusal { code, malformed: false, description: description.into() }
 }
 
 fn malformed(description: impl Into<String>) -> Refusal {
@@ -71,13 +65,8 @@ fn json_part(part: &str, what: &str) -> Result<Value, Refusal> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part.trim_end_matches('='))
         .map_err(|_| malformed(format!("The {what} is not base64url.")))?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| malformed(format!("The {what} is not JSON.")))?;
-    if value.is_object() {
-        Ok(value)
-    } else {
-        Err(malformed(format!("The {what} is not a JSON object.")))
-    }
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| malformed(format!("The {what} is not JSON.")))?;
+    if value.is_object() { Ok(value) } else { Err(malformed(format!("The {what} is not a JSON object."))) }
 }
 
 fn number(claims: &Value, name: &str) -> Result<u64, Refusal> {
@@ -98,35 +87,21 @@ pub fn validate(
     now_secs: u64,
 ) -> Result<(), Refusal> {
     let mut parts = jwt.split('.');
-    let (Some(h), Some(c), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(malformed("A JWS has three dot-separated parts."));
     };
     let header = json_part(h, "header")?;
     let claims = json_part(c, "payload")?;
     let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
-    let (thumbprint, algorithm): (_, &dyn rustls_pki_types::SignatureVerificationAlgorithm) =
-        match alg {
-            "PS256" => (
-                header.get("x5t#S256").and_then(Value::as_str),
-                webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
-            ),
-            "RS256" => (
-                header.get("x5t").and_then(Value::as_str),
-                webpki::ring::RSA_PKCS1_2048_8192_SHA256,
-            ),
-            other => {
-                return Err(malformed(format!(
-                    "The signing algorithm '{other}' is not supported for client assertions."
-                )));
-            }
-        };
+    let (thumbprint, algorithm): (_, &dyn rustls_pki_types::SignatureVerificationAlgorithm) = match alg {
+        "PS256" => (header.get("x5t#S256").and_then(Value::as_str), webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY),
+        "RS256" => (header.get("x5t").and_then(Value::as_str), webpki::ring::RSA_PKCS1_2048_8192_SHA256),
+        other => {
+            return Err(malformed(format!("The signing algorithm '{other}' is not supported for client assertions.")));
+        }
+    };
     let thumbprint = thumbprint.ok_or_else(|| {
-        refuse(
-            700_027,
-            "Client assertion contains no certificate thumbprint ('x5t#S256' for PS256, 'x5t' for RS256).",
-        )
+        refuse(700_027, "Client assertion contains no certificate thumbprint ('x5t#S256' for PS256, 'x5t' for RS256).")
     })?;
     let registered = certificates
         .iter()
@@ -143,10 +118,7 @@ pub fn validate(
             )
         })?;
     let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| {
-        refuse(
-            700_027,
-            "Client assertion failed signature validation. [Reason - The signature is not base64url.]",
-        )
+        refuse(700_027, "Client assertion failed signature validation. [Reason - The signature is not base64url.]")
     })?;
     let der = CertificateDer::from(registered.der.as_slice());
     let cert = webpki::EndEntityCert::try_from(&der)
@@ -161,21 +133,12 @@ pub fn validate(
         })?;
     let claim = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or("");
     if claim("iss") != client_id || claim("sub") != client_id {
-        return Err(refuse(
-            700_021,
-            "Client assertion application identifier doesn't match 'client_id' parameter.",
-        ));
+        return Err(refuse(700_021, "Client assertion application identifier doesn't match 'client_id' parameter."));
     }
-    if !audiences
-        .iter()
-        .any(|a| a.eq_ignore_ascii_case(claim("aud")))
-    {
+    if !audiences.iter().any(|a| a.eq_ignore_ascii_case(claim("aud"))) {
         return Err(refuse(
             700_212,
-            format!(
-                "The audience '{}' of the client assertion is not this token endpoint.",
-                claim("aud")
-            ),
+            format!("The audience '{}' of the client assertion is not this token endpoint.", claim("aud")),
         ));
     }
     if claim("jti").is_empty() {
@@ -183,16 +146,9 @@ pub fn validate(
     }
     let exp = number(&claims, "exp")?;
     let nbf = claims.get("nbf").and_then(Value::as_u64).unwrap_or(0);
-    let start = claims
-        .get("iat")
-        .and_then(Value::as_u64)
-        .unwrap_or(nbf)
-        .max(nbf);
+    let start = claims.get("iat").and_then(Value::as_u64).unwrap_or(nbf).max(nbf);
     if exp + SKEW_SECS < now_secs || nbf > now_secs + SKEW_SECS {
-        return Err(refuse(
-            700_024,
-            "Client assertion is not within its valid time range.",
-        ));
+        return Err(refuse(700_024, "Client assertion is not within its valid time range."));
     }
     if exp.saturating_sub(start) > MAX_LIFETIME_SECS {
         return Err(refuse(

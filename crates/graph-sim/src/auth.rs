@@ -52,10 +52,7 @@ impl TokenStore {
         let mut bytes = [0u8; 48];
         rand::rng().fill_bytes(&mut bytes);
         let token = format!("gsim.{}", URL_SAFE_NO_PAD.encode(bytes));
-        self.tokens.insert(
-            token.clone(),
-            now.saturating_add(lifetime_secs.saturating_mul(1000)),
-        );
+        self.tokens.insert(token.clone(), now.saturating_add(lifetime_secs.saturating_mul(1000)));
         self.issued += 1;
         token
     }
@@ -81,18 +78,8 @@ struct AadError {
     description: String,
 }
 
-fn aad(
-    status: StatusCode,
-    error: &'static str,
-    code: u32,
-    description: impl Into<String>,
-) -> AadError {
-    AadError {
-        status,
-        error,
-        code,
-        description: description.into(),
-    }
+fn aad(status: StatusCode, error: &'static str, code: u32, description: impl Into<String>) -> AadError {
+    AadError { status, error, code, description: description.into() }
 }
 
 fn missing(param: &str) -> AadError {
@@ -131,10 +118,7 @@ impl AadError {
 }
 
 fn no_store(h: &mut HeaderMap) {
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store, no-cache"),
-    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store, no-cache"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
@@ -148,10 +132,7 @@ fn secrets_equal(a: &str, b: &str) -> bool {
 /// both before base64, but many clients skip that, so the secret is returned both
 /// decoded and as sent.
 fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, [String; 2])>, AadError> {
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };
     let Some((scheme, rest)) = value.split_once(' ') else {
@@ -172,10 +153,7 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, [String; 2])
     let text = String::from_utf8(decoded).map_err(|_| invalid())?;
     let (id, secret) = text.split_once(':').ok_or_else(invalid)?;
     let unescape = |s: &str| {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
+        url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
     };
     Ok(Some((unescape(id), [unescape(secret), secret.to_owned()])))
 }
@@ -195,10 +173,7 @@ fn check_scope(scope: &str, tenant: &str) -> Result<(), AadError> {
                 ),
             ));
         };
-        if !GRAPH_RESOURCES
-            .iter()
-            .any(|r| r.eq_ignore_ascii_case(resource.trim_end_matches('/')))
-        {
+        if !GRAPH_RESOURCES.iter().any(|r| r.eq_ignore_ascii_case(resource.trim_end_matches('/'))) {
             return Err(aad(
                 StatusCode::BAD_REQUEST,
                 "invalid_resource",
@@ -212,12 +187,7 @@ fn check_scope(scope: &str, tenant: &str) -> Result<(), AadError> {
     Ok(())
 }
 
-fn issue(
-    app: &App,
-    form: &HashMap<String, String>,
-    headers: &HeaderMap,
-    tenant: &str,
-) -> Result<Value, AadError> {
+fn issue(app: &App, form: &HashMap<String, String>, headers: &HeaderMap, tenant: &str) -> Result<Value, AadError> {
     let cfg = &app.config;
     if !tenant.eq_ignore_ascii_case(&cfg.tenant_id) {
         return Err(aad(
@@ -229,9 +199,7 @@ fn issue(
             ),
         ));
     }
-    let grant = form
-        .get("grant_type")
-        .ok_or_else(|| missing("grant_type"))?;
+    let grant = form.get("grant_type").ok_or_else(|| missing("grant_type"))?;
     if grant != "client_credentials" {
         return Err(aad(
             StatusCode::BAD_REQUEST,
@@ -266,9 +234,7 @@ fn issue(
         ));
     }
     check_scope(form.get("scope").map_or("", String::as_str), tenant)?;
-    let secret = basic
-        .map(|(_, s)| s)
-        .or_else(|| form.get("client_secret").map(|s| [s.clone(), s.clone()]));
+    let secret = basic.map(|(_, s)| s).or_else(|| form.get("client_secret").map(|s| [s.clone(), s.clone()]));
     let assertion_type = form.get("client_assertion_type");
     match (secret, assertion_type) {
         (Some(_), Some(_)) => Err(aad(
@@ -283,9 +249,7 @@ fn issue(
             90_014,
             format!("client_assertion_type must be '{JWT_BEARER}'."),
         )),
-        (None, Some(_)) if !form.contains_key("client_assertion") => {
-            Err(missing("client_assertion"))
-        }
+        (None, Some(_)) if !form.contains_key("client_assertion") => Err(missing("client_assertion")),
         (None, Some(_)) => {
             let jwt = form.get("client_assertion").map_or("", String::as_str);
             let audiences = token_audiences(app, headers, tenant);
@@ -293,18 +257,10 @@ fn issue(
             let now = time::now_ms() / 1000;
             match assertion::validate(jwt, &client_id, &audiences, &certificates, now) {
                 Ok(()) => Ok(issue_token(app)),
-                Err(refusal) if refusal.malformed => Err(aad(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    refusal.code,
-                    refusal.description,
-                )),
-                Err(refusal) => Err(aad(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    refusal.code,
-                    refusal.description,
-                )),
+                Err(refusal) if refusal.malformed => {
+                    Err(aad(StatusCode::BAD_REQUEST, "invalid_request", refusal.code, refusal.description))
+                }
+                Err(refusal) => Err(aad(StatusCode::UNAUTHORIZED, "invalid_client", refusal.code, refusal.description)),
             }
         }
         (None, None) => Err(aad(
@@ -384,13 +340,9 @@ pub async fn token_endpoint(
 /// The response a fault turns a token request into; `None` after a delay.
 async fn token_fault(fault: FaultKind, ids: &RequestIds) -> Option<Response> {
     let unavailable = |status, retry_after: Option<String>| {
-        let mut resp = aad(
-            status,
-            "temporarily_unavailable",
-            90_006,
-            "The server is temporarily unavailable. Retry the request.",
-        )
-        .into_response(ids);
+        let mut resp =
+            aad(status, "temporarily_unavailable", 90_006, "The server is temporarily unavailable. Retry the request.")
+                .into_response(ids);
         if let Some(v) = retry_after.and_then(|r| HeaderValue::from_str(&r).ok()) {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
@@ -401,12 +353,8 @@ async fn token_fault(fault: FaultKind, ids: &RequestIds) -> Option<Response> {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             return None;
         }
-        FaultKind::Throttle { retry_after } => {
-            unavailable(StatusCode::TOO_MANY_REQUESTS, retry_after)
-        }
-        FaultKind::Unavailable { retry_after } => {
-            unavailable(StatusCode::SERVICE_UNAVAILABLE, retry_after)
-        }
+        FaultKind::Throttle { retry_after } => unavailable(StatusCode::TOO_MANY_REQUESTS, retry_after),
+        FaultKind::Unavailable { retry_after } => unavailable(StatusCode::SERVICE_UNAVAILABLE, retry_after),
         FaultKind::GatewayTimeout => unavailable(StatusCode::GATEWAY_TIMEOUT, None),
         FaultKind::Unauthorized => aad(
             StatusCode::UNAUTHORIZED,
@@ -415,12 +363,10 @@ async fn token_fault(fault: FaultKind, ids: &RequestIds) -> Option<Response> {
             "The provided client secret keys for the app are expired.",
         )
         .into_response(ids),
-        FaultKind::Malformed => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, AAD_JSON)],
-            "{\"token_type\":\"Bearer\",\"expires_in\":35",
-        )
-            .into_response(),
+        FaultKind::Malformed => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, AAD_JSON)], "{\"token_type\":\"Bearer\",\"expires_in\":35")
+                .into_response()
+        }
         // Never chosen for the token endpoint (see FaultKind::applies_to).
         FaultKind::Reset
         | FaultKind::SyncStateNotFound { .. }
@@ -434,12 +380,8 @@ async fn token_fault(fault: FaultKind, ids: &RequestIds) -> Option<Response> {
 
 /// 401 as Graph sends it, with the `WWW-Authenticate` challenge.
 pub fn unauthorized(message: &str, ids: &RequestIds) -> Response {
-    let mut resp = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "InvalidAuthenticationToken",
-        message,
-    )
-    .into_graph_response(ids);
+    let mut resp =
+        ApiError::new(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", message).into_graph_response(ids);
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static(
@@ -452,10 +394,7 @@ pub fn unauthorized(message: &str, ids: &RequestIds) -> Response {
 /// Checks `Authorization: Bearer …` against issued, unexpired tokens; the error is
 /// the message of the 401 to send.
 pub fn check_bearer(app: &App, headers: &HeaderMap) -> Result<(), &'static str> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
     let token = match value.split_once(' ') {
         Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
         _ => "",
@@ -478,18 +417,8 @@ mod tests {
     fn scopes() {
         assert!(check_scope("https://graph.microsoft.com/.default", "t").is_ok());
         assert!(check_scope("00000003-0000-0000-c000-000000000000/.default", "t").is_ok());
-        assert_eq!(
-            check_scope("https://graph.microsoft.com/User.Read", "t")
-                .err()
-                .map(|e| e.code),
-            Some(1_002_012)
-        );
-        assert_eq!(
-            check_scope("https://example.com/.default", "t")
-                .err()
-                .map(|e| e.code),
-            Some(500_011)
-        );
+        assert_eq!(check_scope("https://graph.microsoft.com/User.Read", "t").err().map(|e| e.code), Some(1_002_012));
+        assert_eq!(check_scope("https://example.com/.default", "t").err().map(|e| e.code), Some(500_011));
         assert_eq!(check_scope(" ", "t").err().map(|e| e.code), Some(900_144));
     }
 
@@ -497,10 +426,7 @@ mod tests {
     fn basic_header_is_url_decoded() {
         let mut h = HeaderMap::new();
         let creds = STANDARD.encode("my%20app:s%3Acret");
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Basic {creds}")).unwrap(),
-        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(&format!("Basic {creds}")).unwrap());
         let (id, secret) = basic_credentials(&h).ok().flatten().unwrap();
         assert_eq!(id, "my app");
         assert_eq!(secret, ["s:cret".to_owned(), "s%3Acret".to_owned()]);

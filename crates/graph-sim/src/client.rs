@@ -12,9 +12,8 @@ use crate::assertion::RegisteredCertificate;
 use crate::config::{Settings, SettingsPatch};
 use crate::faults::FaultRule;
 use crate::model::{
-    Committed, GenerateResult, GenerateSpec, GroupFields, GroupMutation, GroupView, IdList,
-    MembersMutation, NewDirectoryObject, NewGroup, NewUser, ObjectMutation, Seed, SeedResult,
-    Stats, UserFields, UserMutation, UserView,
+    Committed, GenerateResult, GenerateSpec, GroupFields, GroupMutation, GroupView, IdList, MembersMutation,
+    NewDirectoryObject, NewGroup, NewUser, ObjectMutation, Seed, SeedResult, Stats, UserFields, UserMutation, UserView,
 };
 use crate::subscriptions::SubscriptionView;
 
@@ -24,11 +23,7 @@ pub enum AdminError {
     Http(#[from] reqwest::Error),
     /// The simulator refused the request (`error.code`/`error.message` of its body).
     #[error("graph-sim answered {status}: {code}: {message}")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Api { status: u16, code: String, message: String },
     #[error("unexpected admin response: {0}")]
     Decode(String),
 }
@@ -76,10 +71,7 @@ impl AdminClient {
     pub fn new(base_url: impl Into<String>) -> Result<Self, AdminError> {
         ensure_crypto_provider();
         let http = reqwest::Client::builder().no_proxy().build()?;
-        Ok(AdminClient {
-            http,
-            base: base_url.into().trim_end_matches('/').to_owned(),
-        })
+        Ok(AdminClient { http, base: base_url.into().trim_end_matches('/').to_owned() })
     }
 
     pub fn base_url(&self) -> &str {
@@ -100,16 +92,14 @@ impl AdminClient {
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| AdminError::Decode(format!("{e} in {path} response")));
+            return serde_json::from_slice(&bytes).map_err(|e| AdminError::Decode(format!("{e} in {path} response")));
         }
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let field = |k: &str| v["error"][k].as_str().map(str::to_owned);
         Err(AdminError::Api {
             status: status.as_u16(),
             code: field("code").unwrap_or_else(|| status_text(status)),
-            message: field("message")
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+            message: field("message").unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
         })
     }
 
@@ -128,38 +118,21 @@ impl AdminClient {
     }
 
     /// Sets the given fields and nulls the properties named in `clear`.
-    pub async fn update_user(
-        &self,
-        id: Uuid,
-        set: &UserFields,
-        clear: &[&str],
-    ) -> Result<UserMutation, AdminError> {
-        self.send(
-            Method::PATCH,
-            &format!("/admin/users/{id}"),
-            &patch_body(set, clear)?,
-        )
-        .await
+    pub async fn update_user(&self, id: Uuid, set: &UserFields, clear: &[&str]) -> Result<UserMutation, AdminError> {
+        self.send(Method::PATCH, &format!("/admin/users/{id}"), &patch_body(set, clear)?).await
     }
 
     /// Soft delete (restorable), or hard delete with `permanent`.
     pub async fn delete_user(&self, id: Uuid, permanent: bool) -> Result<Committed, AdminError> {
-        self.call(
-            Method::DELETE,
-            &format!("/admin/users/{id}?permanent={permanent}"),
-            None,
-        )
-        .await
+        self.call(Method::DELETE, &format!("/admin/users/{id}?permanent={permanent}"), None).await
     }
 
     pub async fn restore_user(&self, id: Uuid) -> Result<UserMutation, AdminError> {
-        self.call(Method::POST, &format!("/admin/users/{id}/restore"), None)
-            .await
+        self.call(Method::POST, &format!("/admin/users/{id}/restore"), None).await
     }
 
     pub async fn get_user(&self, id: Uuid) -> Result<UserView, AdminError> {
-        self.call(Method::GET, &format!("/admin/users/{id}"), None)
-            .await
+        self.call(Method::GET, &format!("/admin/users/{id}"), None).await
     }
 
     pub async fn create_group(&self, group: &NewGroup) -> Result<GroupMutation, AdminError> {
@@ -167,102 +140,46 @@ impl AdminClient {
     }
 
     /// Sets the given fields and nulls the properties named in `clear`.
-    pub async fn update_group(
-        &self,
-        id: Uuid,
-        set: &GroupFields,
-        clear: &[&str],
-    ) -> Result<GroupMutation, AdminError> {
-        self.send(
-            Method::PATCH,
-            &format!("/admin/groups/{id}"),
-            &patch_body(set, clear)?,
-        )
-        .await
+    pub async fn update_group(&self, id: Uuid, set: &GroupFields, clear: &[&str]) -> Result<GroupMutation, AdminError> {
+        self.send(Method::PATCH, &format!("/admin/groups/{id}"), &patch_body(set, clear)?).await
     }
 
     /// Microsoft 365 groups are soft-deleted unless `permanent`; other groups are
     /// always hard-deleted.
     pub async fn delete_group(&self, id: Uuid, permanent: bool) -> Result<Committed, AdminError> {
-        self.call(
-            Method::DELETE,
-            &format!("/admin/groups/{id}?permanent={permanent}"),
-            None,
-        )
-        .await
+        self.call(Method::DELETE, &format!("/admin/groups/{id}?permanent={permanent}"), None).await
     }
 
     pub async fn restore_group(&self, id: Uuid) -> Result<GroupMutation, AdminError> {
-        self.call(Method::POST, &format!("/admin/groups/{id}/restore"), None)
-            .await
+        self.call(Method::POST, &format!("/admin/groups/{id}/restore"), None).await
     }
 
-    pub async fn get_group(
-        &self,
-        id: Uuid,
-        include_members: bool,
-    ) -> Result<GroupView, AdminError> {
-        self.call(
-            Method::GET,
-            &format!("/admin/groups/{id}?includeMembers={include_members}"),
-            None,
-        )
-        .await
+    pub async fn get_group(&self, id: Uuid, include_members: bool) -> Result<GroupView, AdminError> {
+        self.call(Method::GET, &format!("/admin/groups/{id}?includeMembers={include_members}"), None).await
     }
 
-    pub async fn add_members(
-        &self,
-        group: Uuid,
-        ids: &[Uuid],
-    ) -> Result<MembersMutation, AdminError> {
-        self.send(
-            Method::POST,
-            &format!("/admin/groups/{group}/members"),
-            &IdList { ids: ids.to_vec() },
-        )
-        .await
+    pub async fn add_members(&self, group: Uuid, ids: &[Uuid]) -> Result<MembersMutation, AdminError> {
+        self.send(Method::POST, &format!("/admin/groups/{group}/members"), &IdList { ids: ids.to_vec() }).await
     }
 
     /// Fails with 404 if `member` is not a member.
-    pub async fn remove_member(
-        &self,
-        group: Uuid,
-        member: Uuid,
-    ) -> Result<MembersMutation, AdminError> {
-        self.call(
-            Method::DELETE,
-            &format!("/admin/groups/{group}/members/{member}"),
-            None,
-        )
-        .await
+    pub async fn remove_member(&self, group: Uuid, member: Uuid) -> Result<MembersMutation, AdminError> {
+        self.call(Method::DELETE, &format!("/admin/groups/{group}/members/{member}"), None).await
     }
 
     /// Ids that are not members are counted as `unchanged`.
-    pub async fn remove_members(
-        &self,
-        group: Uuid,
-        ids: &[Uuid],
-    ) -> Result<MembersMutation, AdminError> {
-        self.send(
-            Method::POST,
-            &format!("/admin/groups/{group}/members/remove"),
-            &IdList { ids: ids.to_vec() },
-        )
-        .await
+    pub async fn remove_members(&self, group: Uuid, ids: &[Uuid]) -> Result<MembersMutation, AdminError> {
+        self.send(Method::POST, &format!("/admin/groups/{group}/members/remove"), &IdList { ids: ids.to_vec() }).await
     }
 
     /// A device, service principal, contact or application (for membership tests).
-    pub async fn create_object(
-        &self,
-        object: &NewDirectoryObject,
-    ) -> Result<ObjectMutation, AdminError> {
+    pub async fn create_object(&self, object: &NewDirectoryObject) -> Result<ObjectMutation, AdminError> {
         self.send(Method::POST, "/admin/objects", object).await
     }
 
     /// Hard-deletes a device, service principal, contact or application.
     pub async fn delete_object(&self, id: Uuid) -> Result<Committed, AdminError> {
-        self.call(Method::DELETE, &format!("/admin/objects/{id}"), None)
-            .await
+        self.call(Method::DELETE, &format!("/admin/objects/{id}"), None).await
     }
 
     pub async fn stats(&self) -> Result<Stats, AdminError> {
@@ -288,9 +205,7 @@ impl AdminClient {
     }
 
     pub async fn clear_faults(&self) -> Result<(), AdminError> {
-        self.call::<Vec<FaultRule>>(Method::DELETE, "/admin/faults", None)
-            .await
-            .map(drop)
+        self.call::<Vec<FaultRule>>(Method::DELETE, "/admin/faults", None).await.map(drop)
     }
 
     pub async fn settings(&self) -> Result<Settings, AdminError> {
@@ -302,16 +217,8 @@ impl AdminClient {
     }
 
     /// Registers a PEM certificate on the app for client assertions.
-    pub async fn register_certificate(
-        &self,
-        pem: &str,
-    ) -> Result<RegisteredCertificate, AdminError> {
-        self.send(
-            Method::POST,
-            "/admin/certificates",
-            &serde_json::json!({ "pem": pem }),
-        )
-        .await
+    pub async fn register_certificate(&self, pem: &str) -> Result<RegisteredCertificate, AdminError> {
+        self.send(Method::POST, "/admin/certificates", &serde_json::json!({ "pem": pem })).await
     }
 
     /// The app's change-notification subscriptions that have not expired.
@@ -321,19 +228,9 @@ impl AdminClient {
 
     /// Sends a lifecycle notification (`reauthorizationRequired`, …) for subscription
     /// `id` now; true when its lifecycle URL accepted it.
-    pub async fn send_lifecycle_notification(
-        &self,
-        id: Uuid,
-        lifecycle_event: &str,
-    ) -> Result<bool, AdminError> {
+    pub async fn send_lifecycle_notification(&self, id: Uuid, lifecycle_event: &str) -> Result<bool, AdminError> {
         let body = serde_json::json!({ "lifecycleEvent": lifecycle_event });
-        let answer: Value = self
-            .send(
-                Method::POST,
-                &format!("/admin/subscriptions/{id}/lifecycle"),
-                &body,
-            )
-            .await?;
+        let answer: Value = self.send(Method::POST, &format!("/admin/subscriptions/{id}/lifecycle"), &body).await?;
         Ok(answer["delivered"].as_bool().unwrap_or(false))
     }
 

@@ -89,29 +89,16 @@ impl std::fmt::Debug for SimConfig {
             .field("delta_token_lifetime", &self.delta_token_lifetime)
             .field("round_ttl", &self.round_ttl)
             .field("page", &self.page)
-            .field(
-                "soft_deleted_in_initial_sync",
-                &self.soft_deleted_in_initial_sync,
-            )
+            .field("soft_deleted_in_initial_sync", &self.soft_deleted_in_initial_sync)
             .field("public_url", &self.public_url)
             .field("client_certificates", &self.client_certificates.len())
-            .field(
-                "seed",
-                &self
-                    .seed
-                    .as_ref()
-                    .map(|s| (s.users.len(), s.groups.len(), s.objects.len())),
-            )
+            .field("seed", &self.seed.as_ref().map(|s| (s.users.len(), s.groups.len(), s.objects.len())))
             .finish()
     }
 }
 
 impl SimConfig {
-    pub fn new(
-        tenant_id: impl Into<String>,
-        client_id: impl Into<String>,
-        client_secret: impl Into<String>,
-    ) -> Self {
+    pub fn new(tenant_id: impl Into<String>, client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
         SimConfig {
             tenant_id: tenant_id.into(),
             client_id: client_id.into(),
@@ -155,8 +142,7 @@ impl Settings {
     pub(crate) fn from_config(c: &SimConfig) -> Self {
         Settings {
             token_lifetime_secs: c.token_lifetime.as_secs(),
-            delta_token_lifetime_ms: u64::try_from(c.delta_token_lifetime.as_millis())
-                .unwrap_or(u64::MAX),
+            delta_token_lifetime_ms: u64::try_from(c.delta_token_lifetime.as_millis()).unwrap_or(u64::MAX),
             round_ttl_secs: c.round_ttl.as_secs(),
             paging: c.page.clone(),
             soft_deleted_in_initial_sync: c.soft_deleted_in_initial_sync,
@@ -191,14 +177,10 @@ impl SettingsPatch {
     pub(crate) fn apply(&self, s: &Settings) -> Settings {
         Settings {
             token_lifetime_secs: self.token_lifetime_secs.unwrap_or(s.token_lifetime_secs),
-            delta_token_lifetime_ms: self
-                .delta_token_lifetime_ms
-                .unwrap_or(s.delta_token_lifetime_ms),
+            delta_token_lifetime_ms: self.delta_token_lifetime_ms.unwrap_or(s.delta_token_lifetime_ms),
             round_ttl_secs: self.round_ttl_secs.unwrap_or(s.round_ttl_secs),
             paging: self.paging.clone().unwrap_or_else(|| s.paging.clone()),
-            soft_deleted_in_initial_sync: self
-                .soft_deleted_in_initial_sync
-                .unwrap_or(s.soft_deleted_in_initial_sync),
+            soft_deleted_in_initial_sync: self.soft_deleted_in_initial_sync.unwrap_or(s.soft_deleted_in_initial_sync),
         }
     }
 }
@@ -217,9 +199,6 @@ mod tests {
     fn paging_patch_fields_default() {
         let p: PagingConfig = serde_json::from_str(r#"{"memberSlice": 7}"#).unwrap();
         assert_eq!(p.member_slice, 7);
-        assert_eq!(
-            p.max_objects_per_page,
-            PagingConfig::default().max_objects_per_page
-        );
+        assert_eq!(p.max_objects_per_page, PagingConfig::default().max_objects_per_page);
     }
 }

@@ -43,12 +43,7 @@ impl Query {
     ) -> Result<Query, ApiError> {
         let raw = select.map(str::trim).filter(|s| !s.is_empty());
         let Some(raw) = raw else {
-            return Ok(Query {
-                select_names: None,
-                select: None,
-                members: resource == Resource::Groups,
-                filter,
-            });
+            return Ok(Query { select_names: None, select: None, members: resource == Resource::Groups, filter });
         };
         let defs = resource.props();
         let mut names = Vec::new();
@@ -80,12 +75,7 @@ impl Query {
                 names.push(canonical.to_owned());
             }
         }
-        Ok(Query {
-            select_names: Some(names),
-            select: Some(props),
-            members,
-            filter,
-        })
+        Ok(Query { select_names: Some(names), select: Some(props), members, filter })
     }
 
     /// Properties whose change brings an object back: the selected ones, or all.
@@ -122,20 +112,15 @@ pub fn parse_filter(raw: &str) -> Result<Vec<Uuid>, ApiError> {
     let mut ids = Vec::new();
     let mut words = raw.split_whitespace();
     loop {
-        let (Some(field), Some(op), Some(value)) = (words.next(), words.next(), words.next())
-        else {
+        let (Some(field), Some(op), Some(value)) = (words.next(), words.next(), words.next()) else {
             return Err(unsupported());
         };
         if !field.eq_ignore_ascii_case("id") || !op.eq_ignore_ascii_case("eq") {
             return Err(unsupported());
         }
-        let inner = value
-            .strip_prefix('\'')
-            .and_then(|v| v.strip_suffix('\''))
-            .ok_or_else(unsupported)?;
-        let id = Uuid::parse_str(inner).map_err(|_| {
-            ApiError::bad_request(format!("'{inner}' in $filter is not a valid GUID"))
-        })?;
+        let inner = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).ok_or_else(unsupported)?;
+        let id = Uuid::parse_str(inner)
+            .map_err(|_| ApiError::bad_request(format!("'{inner}' in $filter is not a valid GUID")))?;
         if !ids.contains(&id) {
             ids.push(id);
         }
@@ -175,18 +160,11 @@ pub struct Item {
 }
 
 fn filter_set(t: &Tenant, q: &Query) -> Option<IdxSet> {
-    q.filter
-        .as_ref()
-        .map(|ids| ids.iter().filter_map(|id| t.index_of(id)).collect())
+    q.filter.as_ref().map(|ids| ids.iter().filter_map(|id| t.index_of(id)).collect())
 }
 
 /// The initial round: every live object, with its whole membership.
-pub fn plan_initial(
-    t: &Tenant,
-    resource: Resource,
-    q: &Query,
-    soft_deleted_too: bool,
-) -> Vec<Item> {
+pub fn plan_initial(t: &Tenant, resource: Resource, q: &Query, soft_deleted_too: bool) -> Vec<Item> {
     let kind = resource_kind(resource);
     let filter = filter_set(t, q);
     let candidates: Box<dyn Iterator<Item = u32>> = match (&filter, resource) {
@@ -202,24 +180,12 @@ pub fn plan_initial(
         }
         match o.life {
             Life::Active => {
-                let members = if q.members {
-                    o.members.iter().copied().collect()
-                } else {
-                    Vec::new()
-                };
-                items.push(Item {
-                    obj: idx,
-                    repr: Repr::Full,
-                    members,
-                });
+                let members = if q.members { o.members.iter().copied().collect() } else { Vec::new() };
+                items.push(Item { obj: idx, repr: Repr::Full, members });
             }
             // Soft-deleted objects may show in an initial sync (graph-api.md §1.3).
             Life::SoftDeleted if soft_deleted_too => {
-                items.push(Item {
-                    obj: idx,
-                    repr: Repr::Removed("changed"),
-                    members: Vec::new(),
-                });
+                items.push(Item { obj: idx, repr: Repr::Removed("changed"), members: Vec::new() });
             }
             _ => {}
         }
@@ -228,17 +194,10 @@ pub fn plan_initial(
 }
 
 /// A deltaLink round: what changed after version `since`.
-pub fn plan_incremental(
-    t: &Tenant,
-    resource: Resource,
-    api: ApiVersion,
-    q: &Query,
-    since: u64,
-) -> Vec<Item> {
+pub fn plan_incremental(t: &Tenant, resource: Resource, api: ApiVersion, q: &Query, since: u64) -> Vec<Item> {
     let kind = resource_kind(resource);
     let filter = filter_set(t, q);
-    let wanted =
-        |idx: u32| t.obj(idx).kind == kind && filter.as_ref().is_none_or(|f| f.contains(&idx));
+    let wanted = |idx: u32| t.obj(idx).kind == kind && filter.as_ref().is_none_or(|f| f.contains(&idx));
     let mut masks: IdxMap<u32> = IdxMap::default();
     let mut links: IdxMap<IdxSet> = IdxMap::default();
     let mut order = Vec::new();
@@ -270,16 +229,8 @@ pub fn plan_incremental(
         let o = t.obj(idx);
         let mask = masks.get(&idx).copied().unwrap_or(0);
         let item = match o.life {
-            Life::HardDeleted => Item {
-                obj: idx,
-                repr: Repr::Removed("deleted"),
-                members: Vec::new(),
-            },
-            Life::SoftDeleted => Item {
-                obj: idx,
-                repr: Repr::Removed("changed"),
-                members: Vec::new(),
-            },
+            Life::HardDeleted => Item { obj: idx, repr: Repr::Removed("deleted"), members: Vec::new() },
+            Life::SoftDeleted => Item { obj: idx, repr: Repr::Removed("changed"), members: Vec::new() },
             Life::Active if mask & FULL != 0 => {
                 // Created or restored since `since`: the whole current membership, and
                 // also the links removed since then. A client replaying an old token
@@ -297,36 +248,18 @@ pub fn plan_incremental(
                 } else {
                     Vec::new()
                 };
-                Item {
-                    obj: idx,
-                    repr: Repr::Full,
-                    members,
-                }
+                Item { obj: idx, repr: Repr::Full, members }
             }
             Life::Active => {
                 let changed = mask & tracked & !(FULL | REMOVED);
                 let members: Vec<u32> = links
                     .get(&idx)
-                    .map(|set| {
-                        set.iter()
-                            .map(|&m| {
-                                if o.members.contains(&m) {
-                                    m
-                                } else {
-                                    m | LINK_REMOVED
-                                }
-                            })
-                            .collect()
-                    })
+                    .map(|set| set.iter().map(|&m| if o.members.contains(&m) { m } else { m | LINK_REMOVED }).collect())
                     .unwrap_or_default();
                 if changed == 0 && members.is_empty() {
                     continue;
                 }
-                Item {
-                    obj: idx,
-                    repr: Repr::Changed(changed),
-                    members,
-                }
+                Item { obj: idx, repr: Repr::Changed(changed), members }
             }
         };
         items.push(item);
@@ -352,16 +285,9 @@ pub struct Layout {
 /// group repeated on the following pages, and optional empty pages.
 pub fn layout(items: &[Item], paging: &PagingConfig, rng: &mut impl Rng) -> Layout {
     let slice = paging.member_slice.max(1);
-    let (lo, hi) = (
-        paging.min_objects_per_page.max(1),
-        paging.max_objects_per_page.max(1),
-    );
+    let (lo, hi) = (paging.min_objects_per_page.max(1), paging.max_objects_per_page.max(1));
     let mut draw = move || {
-        if lo >= hi {
-            hi
-        } else {
-            rng.random_range(lo..=hi)
-        }
+        if lo >= hi { hi } else { rng.random_range(lo..=hi) }
     };
     let mut entries = Vec::new();
     // End of each non-empty page in `entries`.
@@ -377,11 +303,7 @@ pub fn layout(items: &[Item], paging: &PagingConfig, rng: &mut impl Rng) -> Layo
                 ends.push(entries.len() as u32);
                 (count, links, cap) = (0, 0, draw());
             }
-            entries.push(Entry {
-                item: i as u32,
-                start: start as u32,
-                end: end as u32,
-            });
+            entries.push(Entry { item: i as u32, start: start as u32, end: end as u32 });
             count += 1;
             links += m;
             start = end;
@@ -398,10 +320,7 @@ pub fn layout(items: &[Item], paging: &PagingConfig, rng: &mut impl Rng) -> Layo
     for (n, end) in ends.into_iter().enumerate() {
         pages.push((start, end));
         start = end;
-        if paging
-            .empty_page_every
-            .is_some_and(|k| (n as u32 + 1).is_multiple_of(k))
-        {
+        if paging.empty_page_every.is_some_and(|k| (n as u32 + 1).is_multiple_of(k)) {
             pages.push((end, end));
         }
     }
@@ -478,18 +397,13 @@ impl Round {
             let item = &self.items[e.item as usize];
             let spans_pages = e.start > 0 || (e.end as usize) < item.members.len();
             let mut obj = if spans_pages {
-                self.rendered
-                    .entry(e.item)
-                    .or_insert_with(|| render_props(t, item, &returned, minimal))
-                    .clone()
+                self.rendered.entry(e.item).or_insert_with(|| render_props(t, item, &returned, minimal)).clone()
             } else {
                 render_props(t, item, &returned, minimal)
             };
             if e.end > e.start && !obj.contains_key("@removed") {
-                let members: Vec<Value> = item.members[e.start as usize..e.end as usize]
-                    .iter()
-                    .map(|&m| render_member(t, m))
-                    .collect();
+                let members: Vec<Value> =
+                    item.members[e.start as usize..e.end as usize].iter().map(|&m| render_member(t, m)).collect();
                 obj.insert("members@delta".into(), Value::Array(members));
             }
             out.push(Value::Object(obj));
@@ -513,11 +427,7 @@ fn render_props(t: &Tenant, item: &Item, returned: &[usize], minimal: bool) -> M
         m.insert("@removed".into(), json!({ "reason": reason }));
         return m;
     }
-    let defs = t
-        .obj(item.obj)
-        .resource()
-        .map(Resource::props)
-        .unwrap_or(&[]);
+    let defs = t.obj(item.obj).resource().map(Resource::props).unwrap_or(&[]);
     for &p in returned {
         let Some(def) = defs.get(p) else { continue };
         match (item.repr, minimal) {
@@ -560,18 +470,13 @@ impl Rounds {
     pub fn insert(&mut self, round: Round, ttl: Duration) -> u64 {
         self.purge(ttl);
         let mut held: usize = self.map.values().map(|r| r.weight).sum();
-        while self.map.len() >= MAX_ROUNDS
-            || (held + round.weight > MAX_WEIGHT && !self.map.is_empty())
-        {
+        while self.map.len() >= MAX_ROUNDS || (held + round.weight > MAX_WEIGHT && !self.map.is_empty()) {
             let Some((&oldest, _)) = self.map.iter().min_by_key(|(_, r)| r.last_used) else {
                 break;
             };
             if let Some(r) = self.map.remove(&oldest) {
                 held = held.saturating_sub(r.weight);
-                tracing::warn!(
-                    round = oldest,
-                    "dropping a held delta round to bound memory"
-                );
+                tracing::warn!(round = oldest, "dropping a held delta round to bound memory");
             }
         }
         loop {
@@ -609,11 +514,7 @@ mod tests {
         sizes
             .iter()
             .enumerate()
-            .map(|(i, &n)| Item {
-                obj: i as u32,
-                repr: Repr::Full,
-                members: (0..n as u32).collect(),
-            })
+            .map(|(i, &n)| Item { obj: i as u32, repr: Repr::Full, members: (0..n as u32).collect() })
             .collect()
     }
 
@@ -632,108 +533,35 @@ mod tests {
         let a = Uuid::new_v4();
         let b = Uuid::new_v4();
         assert_eq!(parse_filter(&format!("id eq '{a}'")).unwrap(), vec![a]);
-        assert_eq!(
-            parse_filter(&format!(" id eq '{a}' OR id eq '{b}' ")).unwrap(),
-            vec![a, b]
-        );
+        assert_eq!(parse_filter(&format!(" id eq '{a}' OR id eq '{b}' ")).unwrap(), vec![a, b]);
         assert!(parse_filter("displayName eq 'x'").is_err());
         assert!(parse_filter(&format!("id eq '{a}' and id eq '{b}'")).is_err());
         assert!(parse_filter("id eq 'nope'").is_err());
-        let many: Vec<String> = (0..51)
-            .map(|_| format!("id eq '{}'", Uuid::new_v4()))
-            .collect();
+        let many: Vec<String> = (0..51).map(|_| format!("id eq '{}'", Uuid::new_v4())).collect();
         assert!(parse_filter(&many.join(" or ")).is_err());
     }
 
     #[test]
     fn select_parsing() {
-        let q = Query::new(
-            Resource::Groups,
-            ApiVersion::V1,
-            Some("DisplayName,members,id"),
-            None,
-        )
-        .unwrap();
-        assert_eq!(
-            q.select_names.as_deref(),
-            Some(&["displayName".to_owned(), "members".into(), "id".into()][..])
-        );
+        let q = Query::new(Resource::Groups, ApiVersion::V1, Some("DisplayName,members,id"), None).unwrap();
+        assert_eq!(q.select_names.as_deref(), Some(&["displayName".to_owned(), "members".into(), "id".into()][..]));
         assert!(q.members);
         assert_eq!(q.context_suffix(), "(displayName,members,id)");
-        assert!(
-            Query::new(
-                Resource::Groups,
-                ApiVersion::V1,
-                Some("writebackConfiguration"),
-                None
-            )
-            .is_err()
-        );
-        assert!(
-            Query::new(
-                Resource::Groups,
-                ApiVersion::Beta,
-                Some("writebackConfiguration"),
-                None
-            )
-            .is_ok()
-        );
+        assert!(Query::new(Resource::Groups, ApiVersion::V1, Some("writebackConfiguration"), None).is_err());
+        assert!(Query::new(Resource::Groups, ApiVersion::Beta, Some("writebackConfiguration"), None).is_ok());
         assert!(Query::new(Resource::Users, ApiVersion::V1, Some("members"), None).is_err());
         assert!(Query::new(Resource::Users, ApiVersion::V1, None, None).is_ok_and(|q| !q.members));
     }
 
     #[test]
     fn large_membership_repeats_group_on_following_pages() {
-        let l = layout(
-            &items(&[3, 1200, 0]),
-            &paging(10, 500, None),
-            &mut rand::rng(),
-        );
-        let pages: Vec<Vec<Entry>> = l
-            .pages
-            .iter()
-            .map(|&(a, b)| l.entries[a as usize..b as usize].to_vec())
-            .collect();
+        let l = layout(&items(&[3, 1200, 0]), &paging(10, 500, None), &mut rand::rng());
+        let pages: Vec<Vec<Entry>> = l.pages.iter().map(|&(a, b)| l.entries[a as usize..b as usize].to_vec()).collect();
         assert_eq!(pages.len(), 4);
-        assert_eq!(
-            pages[0],
-            vec![Entry {
-                item: 0,
-                start: 0,
-                end: 3
-            }]
-        );
-        assert_eq!(
-            pages[1],
-            vec![Entry {
-                item: 1,
-                start: 0,
-                end: 500
-            }]
-        );
-        assert_eq!(
-            pages[2],
-            vec![Entry {
-                item: 1,
-                start: 500,
-                end: 1000
-            }]
-        );
-        assert_eq!(
-            pages[3],
-            vec![
-                Entry {
-                    item: 1,
-                    start: 1000,
-                    end: 1200
-                },
-                Entry {
-                    item: 2,
-                    start: 0,
-                    end: 0
-                }
-            ]
-        );
+        assert_eq!(pages[0], vec![Entry { item: 0, start: 0, end: 3 }]);
+        assert_eq!(pages[1], vec![Entry { item: 1, start: 0, end: 500 }]);
+        assert_eq!(pages[2], vec![Entry { item: 1, start: 500, end: 1000 }]);
+        assert_eq!(pages[3], vec![Entry { item: 1, start: 1000, end: 1200 }, Entry { item: 2, start: 0, end: 0 }]);
     }
 
     #[test]

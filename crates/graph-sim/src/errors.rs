@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use crate::time;
 
 /// Content type Graph sends with JSON bodies.
-pub const GRAPH_JSON: &str = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
+pub const GRAPH_JSON: &str =
+    "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
 
 /// Ids of one request: `request-id` is ours, `client-request-id` echoes the
 /// client's header or repeats `request-id`, as Graph does.
@@ -27,11 +28,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -61,12 +58,7 @@ impl ApiError {
 }
 
 /// The Graph error envelope; `inner` adds members to `innerError`.
-pub fn graph_error_body(
-    code: &str,
-    message: &str,
-    ids: &RequestIds,
-    inner: Option<Value>,
-) -> Value {
+pub fn graph_error_body(code: &str, message: &str, ids: &RequestIds, inner: Option<Value>) -> Value {
     let mut inner_error = json!({
         "date": time::graph_error_date(time::now_ms()),
         "request-id": ids.request_id,
@@ -80,7 +72,6 @@ pub fn graph_error_body(
 
 pub fn json_response(status: StatusCode, body: &Value, content_type: &'static str) -> Response {
     let mut resp = (status, body.to_string()).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }

@@ -120,11 +120,7 @@ pub struct FaultRule {
 
 impl FaultRule {
     pub fn new(matches: FaultMatch, kind: FaultKind, count: u32) -> Self {
-        FaultRule {
-            matches,
-            kind,
-            count,
-        }
+        FaultRule { matches, kind, count }
     }
 }
 
@@ -146,8 +142,7 @@ impl FaultQueue {
     pub fn add(&mut self, rules: Vec<FaultRule>) -> Result<(), String> {
         for r in &rules {
             match &r.kind {
-                FaultKind::SyncStateNotFound { status, .. }
-                | FaultKind::ResyncRequired { status, .. }
+                FaultKind::SyncStateNotFound { status, .. } | FaultKind::ResyncRequired { status, .. }
                     if !(400..500).contains(status) =>
                 {
                     return Err(format!("status {status} is not a 4xx status"));
@@ -253,23 +248,12 @@ mod tests {
             {"match": "any", "kind": "resyncRequired", "variant": "nestedLowercase"},
         ]))
         .unwrap();
-        assert_eq!(
-            rules[0].kind,
-            FaultKind::Throttle {
-                retry_after: Some("2.128".into())
-            }
-        );
+        assert_eq!(rules[0].kind, FaultKind::Throttle { retry_after: Some("2.128".into()) });
         assert_eq!(rules[0].count, 2);
         assert_eq!(rules[1].count, 1);
         assert_eq!(rules[2].kind, FaultKind::Throttle { retry_after: None });
         assert_eq!(rules[3].kind, FaultKind::Delay { ms: 10 });
-        assert_eq!(
-            rules[4].kind,
-            FaultKind::ResyncRequired {
-                variant: ErrorVariant::NestedLowercase,
-                status: 400
-            }
-        );
+        assert_eq!(rules[4].kind, FaultKind::ResyncRequired { variant: ErrorVariant::NestedLowercase, status: 400 });
         let back = serde_json::to_value(&rules[0]).unwrap();
         assert_eq!(back["match"], "groups/delta");
         assert_eq!(back["kind"], "throttle");

@@ -42,17 +42,13 @@ fn parse_options(query: Option<&str>) -> Result<Options, ApiError> {
                 )));
             }
             _ if dollar => {
-                return Err(ApiError::bad_request(format!(
-                    "The query option '{key}' is not supported."
-                )));
+                return Err(ApiError::bad_request(format!("The query option '{key}' is not supported.")));
             }
             // Graph ignores custom (non-OData) query parameters.
             _ => continue,
         };
         if slot.is_some() {
-            return Err(ApiError::bad_request(format!(
-                "The query option '${name}' was specified more than once."
-            )));
+            return Err(ApiError::bad_request(format!("The query option '${name}' was specified more than once.")));
         }
         *slot = Some(value.into_owned());
     }
@@ -72,23 +68,12 @@ impl LinkBase {
         let base = match &app.config.public_url {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => {
-                let host = headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("localhost");
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
                 format!("http://{host}")
             }
         };
-        let current = format!(
-            "{base}{}",
-            uri.path_and_query()
-                .map_or_else(|| uri.path(), |p| p.as_str())
-        );
-        LinkBase {
-            base,
-            path: uri.path().to_owned(),
-            current,
-        }
+        let current = format!("{base}{}", uri.path_and_query().map_or_else(|| uri.path(), |p| p.as_str()));
+        LinkBase { base, path: uri.path().to_owned(), current }
     }
 
     fn link(&self, option: &str, token: &str) -> String {
@@ -96,12 +81,7 @@ impl LinkBase {
     }
 
     fn context(&self, api: ApiVersion, resource: Resource, suffix: &str) -> String {
-        format!(
-            "{}/{}/$metadata#{}{suffix}",
-            self.base,
-            api.segment(),
-            resource.segment()
-        )
+        format!("{}/{}/$metadata#{}{suffix}", self.base, api.segment(), resource.segment())
     }
 
     /// The initial URL of a query with an empty `$deltatoken=`, for 410 `Location`.
@@ -129,10 +109,7 @@ fn wants_minimal(headers: &HeaderMap) -> bool {
         .get_all("prefer")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("return=minimal"))
-        })
+        .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("return=minimal")))
 }
 
 /// What the request asks for once its tokens are decoded.
@@ -161,33 +138,15 @@ fn decide(app: &App, resource: Resource, api: ApiVersion, o: &Options) -> Result
         };
     }
     match o.deltatoken.as_deref() {
-        None | Some("") => Ok(Plan::Initial(Query::new(
-            resource,
-            api,
-            o.select.as_deref(),
-            filter,
-        )?)),
-        Some(t) if t.eq_ignore_ascii_case("latest") => Ok(Plan::Latest(Query::new(
-            resource,
-            api,
-            o.select.as_deref(),
-            filter,
-        )?)),
+        None | Some("") => Ok(Plan::Initial(Query::new(resource, api, o.select.as_deref(), filter)?)),
+        Some(t) if t.eq_ignore_ascii_case("latest") => {
+            Ok(Plan::Latest(Query::new(resource, api, o.select.as_deref(), filter)?))
+        }
         Some(t) => {
             if o.filter.is_some() {
-                return Err(ApiError::bad_request(
-                    "$filter cannot be added to a deltaLink.",
-                ));
+                return Err(ApiError::bad_request("$filter cannot be added to a deltaLink."));
             }
-            let Some(Token::Delta {
-                e,
-                v,
-                t: issued,
-                r,
-                s,
-                f,
-            }) = tokens::decode(t)
-            else {
+            let Some(Token::Delta { e, v, t: issued, r, s, f }) = tokens::decode(t) else {
                 return Err(ApiError::bad_request("The $deltatoken is not valid."));
             };
             if r != resource {
@@ -204,8 +163,7 @@ fn decide(app: &App, resource: Resource, api: ApiVersion, o: &Options) -> Result
                     "The sync state generation is not found: the tenant was reset. Restart with a full synchronization.",
                 ));
             }
-            if time::now_ms().saturating_sub(issued) > lifetime || v < t.floor() || v > t.version()
-            {
+            if time::now_ms().saturating_sub(issued) > lifetime || v < t.floor() || v > t.version() {
                 return Err(ApiError::sync_state_not_found(
                     "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
                 ));
@@ -224,9 +182,7 @@ fn query_of(app: &App, resource: Resource, api: ApiVersion, o: &Options) -> Opti
         Plan::Latest(q) | Plan::Initial(q) | Plan::Incremental { query: q, .. } => Some(q),
         Plan::Page { round, .. } => {
             let ttl = app.round_ttl();
-            lock(&app.rounds)
-                .get_mut(round, ttl)
-                .map(|r| r.query.clone())
+            lock(&app.rounds).get_mut(round, ttl).map(|r| r.query.clone())
         }
     }
 }
@@ -256,25 +212,14 @@ async fn apply_fault(
         FaultKind::Throttle { retry_after } => {
             let mut resp = graph_json(
                 StatusCode::TOO_MANY_REQUESTS,
-                &crate::errors::graph_error_body(
-                    "TooManyRequests",
-                    "Too many requests.",
-                    ids,
-                    None,
-                ),
+                &crate::errors::graph_error_body("TooManyRequests", "Too many requests.", ids, None),
             );
             let h = resp.headers_mut();
-            let scope = format!(
-                "Tenant_Application/ReadWrite/{}/{}",
-                app.config.client_id, app.config.tenant_id
-            );
+            let scope = format!("Tenant_Application/ReadWrite/{}/{}", app.config.client_id, app.config.tenant_id);
             if let Ok(v) = HeaderValue::from_str(&scope) {
                 h.insert("x-ms-throttle-scope", v);
             }
-            h.insert(
-                "x-ms-throttle-information",
-                HeaderValue::from_static("ResourceUnitLimitExceeded"),
-            );
+            h.insert("x-ms-throttle-information", HeaderValue::from_static("ResourceUnitLimitExceeded"));
             with_retry_after(resp, retry_after)
         }
         FaultKind::Unavailable { retry_after } => with_retry_after(
@@ -324,15 +269,10 @@ async fn apply_fault(
             ),
         ),
         FaultKind::Malformed => {
-            let body = format!(
-                "{{\"@odata.context\":\"{}\",\"value\":[{{\"id\":\"",
-                links.context(api, resource, "")
-            );
+            let body = format!("{{\"@odata.context\":\"{}\",\"value\":[{{\"id\":\"", links.context(api, resource, ""));
             (StatusCode::OK, [(header::CONTENT_TYPE, GRAPH_JSON)], body).into_response()
         }
-        FaultKind::Unauthorized => {
-            auth::unauthorized("Lifetime validation failed, the token is expired.", ids)
-        }
+        FaultKind::Unauthorized => auth::unauthorized("Lifetime validation failed, the token is expired.", ids),
         FaultKind::NextLinkLoop => graph_json(
             StatusCode::OK,
             &serde_json::json!({
@@ -372,17 +312,7 @@ pub async fn delta(
     }
     let result = options
         .and_then(|o| decide(&app, resource, api, &o))
-        .and_then(|plan| {
-            serve_plan(
-                &app,
-                plan,
-                resource,
-                api,
-                &links,
-                wants_minimal(&headers),
-                duplicate,
-            )
-        });
+        .and_then(|plan| serve_plan(&app, plan, resource, api, &links, wants_minimal(&headers), duplicate));
     match result {
         Ok(resp) => resp,
         Err(e) => {
@@ -416,30 +346,13 @@ fn serve_plan(
         }
         Plan::Initial(query) => {
             let t = read(&app.tenant);
-            let items =
-                delta::plan_initial(&t, resource, &query, settings.soft_deleted_in_initial_sync);
-            Round::new(
-                resource,
-                api,
-                query,
-                t.version(),
-                false,
-                items,
-                &settings.paging,
-            )
+            let items = delta::plan_initial(&t, resource, &query, settings.soft_deleted_in_initial_sync);
+            Round::new(resource, api, query, t.version(), false, items, &settings.paging)
         }
         Plan::Incremental { query, since } => {
             let t = read(&app.tenant);
             let items = delta::plan_incremental(&t, resource, api, &query, since);
-            Round::new(
-                resource,
-                api,
-                query,
-                t.version(),
-                true,
-                items,
-                &settings.paging,
-            )
+            Round::new(resource, api, query, t.version(), true, items, &settings.paging)
         }
         Plan::Page { round, page } => {
             let mut rounds = lock(&app.rounds);
@@ -450,9 +363,7 @@ fn serve_plan(
                 )));
             };
             if r.resource != resource || r.api != api {
-                return Err(ApiError::bad_request(
-                    "The $skiptoken belongs to a different delta collection.",
-                ));
+                return Err(ApiError::bad_request("The $skiptoken belongs to a different delta collection."));
             }
             if page as usize >= r.page_count() {
                 return Err(ApiError::bad_request("The $skiptoken is not valid."));
@@ -460,11 +371,7 @@ fn serve_plan(
             let t = read(&app.tenant);
             let value = r.render_page(&t, page as usize, minimal);
             let next = if page as usize + 1 < r.page_count() {
-                Link::Next(tokens::encode(&Token::Skip {
-                    e: t.epoch,
-                    r: round,
-                    p: page + 1,
-                }))
+                Link::Next(tokens::encode(&Token::Skip { e: t.epoch, r: round, p: page + 1 }))
             } else {
                 Link::Delta(delta_token(t.epoch, r.start_version, resource, &r.query))
             };
@@ -480,24 +387,9 @@ fn serve_plan(
         let (epoch, incremental) = (t.epoch, round.incremental);
         drop(t);
         let id = lock(&app.rounds).insert(round, ttl);
-        (
-            Link::Next(tokens::encode(&Token::Skip {
-                e: epoch,
-                r: id,
-                p: 1,
-            })),
-            incremental,
-        )
+        (Link::Next(tokens::encode(&Token::Skip { e: epoch, r: id, p: 1 })), incremental)
     } else {
-        (
-            Link::Delta(delta_token(
-                t.epoch,
-                round.start_version,
-                resource,
-                &round.query,
-            )),
-            round.incremental,
-        )
+        (Link::Delta(delta_token(t.epoch, round.start_version, resource, &round.query)), round.incremental)
     };
     let body = page_body(links, api, resource, &ctx, value, next, duplicate);
     Ok(page_response(body, minimal && incremental))
@@ -545,10 +437,7 @@ fn page_body(
 fn page_response(body: Value, minimal_applied: bool) -> Response {
     let mut resp = graph_json(StatusCode::OK, &body);
     if minimal_applied {
-        resp.headers_mut().insert(
-            "preference-applied",
-            HeaderValue::from_static("return=minimal"),
-        );
+        resp.headers_mut().insert("preference-applied", HeaderValue::from_static("return=minimal"));
     }
     resp
 }

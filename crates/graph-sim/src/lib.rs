@@ -47,10 +47,9 @@ pub use client::{AdminClient, AdminError};
 pub use config::{PagingConfig, Settings, SettingsPatch, SimConfig};
 pub use faults::{ErrorVariant, FaultKind, FaultMatch, FaultRule};
 pub use model::{
-    Committed, GenerateResult, GenerateSpec, GeneratedGroupKind, GroupFields, GroupMutation,
-    GroupView, IdList, MemberRef, MembersMutation, NewDirectoryObject, NewGroup, NewUser,
-    ObjectCounts, ObjectKind, ObjectMutation, ObjectState, RequestCount, Seed, SeedResult, Stats,
-    UserFields, UserMutation, UserView, WritebackConfiguration,
+    Committed, GenerateResult, GenerateSpec, GeneratedGroupKind, GroupFields, GroupMutation, GroupView, IdList,
+    MemberRef, MembersMutation, NewDirectoryObject, NewGroup, NewUser, ObjectCounts, ObjectKind, ObjectMutation,
+    ObjectState, RequestCount, Seed, SeedResult, Stats, UserFields, UserMutation, UserView, WritebackConfiguration,
 };
 pub use subscriptions::SubscriptionView;
 
@@ -65,33 +64,23 @@ pub enum ServeError {
 }
 
 fn validate(config: &SimConfig) -> Result<(), ServeError> {
-    for (name, value) in [
-        ("tenant id", &config.tenant_id),
-        ("client id", &config.client_id),
-        ("client secret", &config.client_secret),
-    ] {
+    for (name, value) in
+        [("tenant id", &config.tenant_id), ("client id", &config.client_id), ("client secret", &config.client_secret)]
+    {
         if value.trim().is_empty() {
             return Err(ServeError::Config(format!("the {name} is empty")));
         }
     }
     if let Some(url) = &config.public_url {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| ServeError::Config(format!("public URL '{url}': {e}")))?;
+        let parsed = url::Url::parse(url).map_err(|e| ServeError::Config(format!("public URL '{url}': {e}")))?;
         if parsed.path() != "/" || parsed.query().is_some() {
-            return Err(ServeError::Config(format!(
-                "public URL '{url}' must be scheme://host[:port] without a path"
-            )));
+            return Err(ServeError::Config(format!("public URL '{url}' must be scheme://host[:port] without a path")));
         }
     }
-    config::Settings::from_config(config)
-        .validate()
-        .map_err(ServeError::Config)
+    config::Settings::from_config(config).validate().map_err(ServeError::Config)
 }
 
-type Built = (
-    Arc<app::App>,
-    tokio::sync::mpsc::UnboundedReceiver<Vec<subscriptions::Notice>>,
-);
+type Built = (Arc<app::App>, tokio::sync::mpsc::UnboundedReceiver<Vec<subscriptions::Notice>>);
 
 fn build(config: SimConfig) -> Result<Built, ServeError> {
     validate(&config)?;
@@ -110,9 +99,7 @@ fn build(config: SimConfig) -> Result<Built, ServeError> {
     let mut tenant = store::Tenant::new();
     if let Some(seed) = &config.seed {
         let value = serde_json::to_value(seed).map_err(|e| ServeError::Seed(e.to_string()))?;
-        let r = tenant
-            .seed(&value)
-            .map_err(|e| ServeError::Seed(e.message))?;
+        let r = tenant.seed(&value).map_err(|e| ServeError::Seed(e.message))?;
         tracing::info!(
             users = r.user_ids.len(),
             groups = r.group_ids.len(),
@@ -130,9 +117,7 @@ async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let deliverer = tokio::spawn(subscriptions::deliver(app.clone(), notices));
-    let served = axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown).await;
     deliverer.abort();
     served?;
     Ok(())
@@ -165,11 +150,7 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, ServeError> {
         // A dropped sender also stops the server.
         let _ = rx.await;
     }));
-    Ok(RunningSim {
-        base_url: format!("http://{addr}"),
-        shutdown: Some(tx),
-        task,
-    })
+    Ok(RunningSim { base_url: format!("http://{addr}"), shutdown: Some(tx), task })
 }
 
 impl RunningSim {

@@ -27,11 +27,7 @@ struct Args {
     #[arg(long, env = "GRAPH_SIM_CLIENT_SECRET_FILE")]
     client_secret_file: PathBuf,
     /// PEM certificate registered on the app for client assertions (repeatable).
-    #[arg(
-        long = "client-certificate-file",
-        env = "GRAPH_SIM_CLIENT_CERTIFICATE_FILE",
-        value_delimiter = ','
-    )]
+    #[arg(long = "client-certificate-file", env = "GRAPH_SIM_CLIENT_CERTIFICATE_FILE", value_delimiter = ',')]
     client_certificate_files: Vec<PathBuf>,
     /// JSON tenant (users, groups, objects) loaded before serving.
     #[arg(long, env = "GRAPH_SIM_SEED")]
@@ -76,18 +72,16 @@ fn read_secret(path: &Path) -> anyhow::Result<String> {
 }
 
 fn read_seed(path: &Path) -> anyhow::Result<Seed> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the seed file {}", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("the seed file {} is not a valid seed", path.display()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the seed file {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("the seed file {} is not a valid seed", path.display()))
 }
 
 /// Written to a temporary name first so that a watcher never reads half a URL.
 fn write_addr_file(path: &Path, url: &str) -> anyhow::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, url)
-        .with_context(|| format!("cannot write {}", Path::new(&tmp).display()))?;
+    std::fs::write(&tmp, url).with_context(|| format!("cannot write {}", Path::new(&tmp).display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -119,9 +113,7 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?,
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -145,8 +137,7 @@ async fn main() -> anyhow::Result<()> {
             .client_certificate_files
             .iter()
             .map(|p| {
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read the certificate file {}", p.display()))
+                std::fs::read_to_string(p).with_context(|| format!("cannot read the certificate file {}", p.display()))
             })
             .collect::<anyhow::Result<_>>()?,
         ..SimConfig::default()

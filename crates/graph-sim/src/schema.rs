@@ -70,12 +70,7 @@ pub struct PropDef {
 }
 
 const fn prop(name: &'static str, ty: PropType, default: bool) -> PropDef {
-    PropDef {
-        name,
-        ty,
-        default,
-        beta_only: false,
-    }
+    PropDef { name, ty, default, beta_only: false }
 }
 
 // Per the v1.0 user docs, accountEnabled, userType and every onPremises* property are
@@ -110,12 +105,7 @@ pub const GROUP_PROPS: &[PropDef] = &[
     prop("createdDateTime", PropType::DateTime, true),
     prop("membershipRule", PropType::Str, true),
     // Whether beta returns it by default is undocumented; it is treated as $select-only.
-    PropDef {
-        name: "writebackConfiguration",
-        ty: PropType::Writeback,
-        default: false,
-        beta_only: true,
-    },
+    PropDef { name: "writebackConfiguration", ty: PropType::Writeback, default: false, beta_only: true },
 ];
 
 // Schema indices the store fills in itself (checked by `indices_match_names`).
@@ -144,11 +134,7 @@ pub fn find(props: &[PropDef], name: &str) -> Option<usize> {
 
 /// Bit mask of every property visible on `api`.
 pub fn all_mask(props: &[PropDef], api: ApiVersion) -> u32 {
-    props
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| api == ApiVersion::Beta || !p.beta_only)
-        .fold(0, |m, (i, _)| m | 1 << i)
+    props.iter().enumerate().filter(|(_, p)| api == ApiVersion::Beta || !p.beta_only).fold(0, |m, (i, _)| m | 1 << i)
 }
 
 /// Indices of the properties returned without `$select` on `api`.
@@ -161,11 +147,8 @@ pub fn default_props(props: &[PropDef], api: ApiVersion) -> Vec<usize> {
         .collect()
 }
 
-const ONPREM_GROUP_TYPES: [&str; 3] = [
-    "universalDistributionGroup",
-    "universalSecurityGroup",
-    "universalMailEnabledSecurityGroup",
-];
+const ONPREM_GROUP_TYPES: [&str; 3] =
+    ["universalDistributionGroup", "universalSecurityGroup", "universalMailEnabledSecurityGroup"];
 const WRITEBACK_ODATA_TYPE: &str = "#microsoft.graph.groupWritebackConfiguration";
 
 /// Checks an admin-supplied value for `def` and returns it in the stored form.
@@ -210,9 +193,7 @@ fn validate_writeback(value: &Value) -> Result<Value, String> {
             "isEnabled" if v.is_boolean() || v.is_null() => is_enabled = v.clone(),
             "onPremisesGroupType" => match v {
                 Value::Null => {}
-                Value::String(s) if ONPREM_GROUP_TYPES.contains(&s.as_str()) => {
-                    group_type = v.clone()
-                }
+                Value::String(s) if ONPREM_GROUP_TYPES.contains(&s.as_str()) => group_type = v.clone(),
                 _ => {
                     return Err(format!(
                         "writebackConfiguration.onPremisesGroupType must be null or one of {}",
@@ -290,14 +271,8 @@ mod tests {
         assert_eq!(USER_PROPS[USER_PRINCIPAL_NAME].name, "userPrincipalName");
         assert_eq!(USER_PROPS[USER_ACCOUNT_ENABLED].name, "accountEnabled");
         assert_eq!(USER_PROPS[USER_TYPE].name, "userType");
-        assert_eq!(
-            USER_PROPS[USER_ONPREM_SID].name,
-            "onPremisesSecurityIdentifier"
-        );
-        assert_eq!(
-            USER_PROPS[USER_ONPREM_SYNC_ENABLED].name,
-            "onPremisesSyncEnabled"
-        );
+        assert_eq!(USER_PROPS[USER_ONPREM_SID].name, "onPremisesSecurityIdentifier");
+        assert_eq!(USER_PROPS[USER_ONPREM_SYNC_ENABLED].name, "onPremisesSyncEnabled");
         assert_eq!(USER_PROPS[USER_ONPREM_SAM].name, "onPremisesSamAccountName");
         assert_eq!(GROUP_PROPS[GROUP_DISPLAY_NAME].name, "displayName");
         assert_eq!(GROUP_PROPS[GROUP_MAIL_NICKNAME].name, "mailNickname");
@@ -305,27 +280,18 @@ mod tests {
         assert_eq!(GROUP_PROPS[GROUP_TYPES].name, "groupTypes");
         assert_eq!(GROUP_PROPS[GROUP_VISIBILITY].name, "visibility");
         assert_eq!(GROUP_PROPS[GROUP_CREATED].name, "createdDateTime");
-        assert_eq!(
-            GROUP_PROPS[GROUP_SECURITY_IDENTIFIER].name,
-            "securityIdentifier"
-        );
+        assert_eq!(GROUP_PROPS[GROUP_SECURITY_IDENTIFIER].name, "securityIdentifier");
         assert_eq!(GROUP_PROPS[GROUP_MAIL_ENABLED].name, "mailEnabled");
         assert_eq!(GROUP_PROPS[GROUP_SECURITY_ENABLED].name, "securityEnabled");
         assert_eq!(GROUP_PROPS[GROUP_PROXY_ADDRESSES].name, "proxyAddresses");
-        assert!(
-            GROUP_PROPS.len() < 30 && USER_PROPS.len() < 30,
-            "masks use bits 30 and 31"
-        );
+        assert!(GROUP_PROPS.len() < 30 && USER_PROPS.len() < 30, "masks use bits 30 and 31");
     }
 
     #[test]
     fn writeback_is_normalized() {
         let def = &GROUP_PROPS[GROUP_PROPS.len() - 1];
         let v = validate(def, &json!({"isEnabled": true})).unwrap();
-        assert_eq!(
-            v,
-            json!({"@odata.type": WRITEBACK_ODATA_TYPE, "isEnabled": true, "onPremisesGroupType": null})
-        );
+        assert_eq!(v, json!({"@odata.type": WRITEBACK_ODATA_TYPE, "isEnabled": true, "onPremisesGroupType": null}));
         assert!(validate(def, &json!({"onPremisesGroupType": "global"})).is_err());
         assert!(validate(def, &json!({"isEnabled": "yes"})).is_err());
     }

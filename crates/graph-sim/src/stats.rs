@@ -11,20 +11,13 @@ pub struct RequestStats {
 
 impl RequestStats {
     pub fn record(&mut self, endpoint: &str, status: u16) {
-        *self
-            .counts
-            .entry((endpoint.to_owned(), status))
-            .or_insert(0) += 1;
+        *self.counts.entry((endpoint.to_owned(), status)).or_insert(0) += 1;
     }
 
     pub fn snapshot(&self) -> Vec<RequestCount> {
         self.counts
             .iter()
-            .map(|((endpoint, status), &count)| RequestCount {
-                endpoint: endpoint.clone(),
-                status: *status,
-                count,
-            })
+            .map(|((endpoint, status), &count)| RequestCount { endpoint: endpoint.clone(), status: *status, count })
             .collect()
     }
 }

@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use crate::errors::ApiError;
 use crate::model::{
-    Committed, GenerateResult, GenerateSpec, GeneratedGroupKind, GroupView, MemberRef,
-    NewDirectoryObject, ObjectCounts, ObjectKind, ObjectState, SeedResult, UserView,
+    Committed, GenerateResult, GenerateSpec, GeneratedGroupKind, GroupView, MemberRef, NewDirectoryObject,
+    ObjectCounts, ObjectKind, ObjectState, SeedResult, UserView,
 };
 use crate::schema::{self, PropDef, Resource};
 use crate::time;
@@ -68,20 +68,11 @@ pub struct Obj {
 
 impl Obj {
     fn new(id: Uuid, kind: ObjectKind) -> Self {
-        Obj {
-            id,
-            kind,
-            life: Life::Active,
-            props: Vec::new(),
-            members: IdxSet::default(),
-        }
+        Obj { id, kind, life: Life::Active, props: Vec::new(), members: IdxSet::default() }
     }
 
     pub fn get(&self, prop: usize) -> Option<&Value> {
-        self.props
-            .iter()
-            .find(|(i, _)| usize::from(*i) == prop)
-            .map(|(_, v)| v)
+        self.props.iter().find(|(i, _)| usize::from(*i) == prop).map(|(_, v)| v)
     }
 
     /// Returns whether the value changed. Nulling a property that was never set
@@ -113,30 +104,18 @@ impl Obj {
     fn is_unified(&self) -> bool {
         self.get(schema::GROUP_TYPES)
             .and_then(Value::as_array)
-            .is_some_and(|types| {
-                types.iter().any(|t| {
-                    t.as_str()
-                        .is_some_and(|s| s.eq_ignore_ascii_case("Unified"))
-                })
-            })
+            .is_some_and(|types| types.iter().any(|t| t.as_str().is_some_and(|s| s.eq_ignore_ascii_case("Unified"))))
     }
 
     fn to_map(&self, defs: &[PropDef]) -> Map<String, Value> {
         self.props
             .iter()
-            .filter_map(|(i, v)| {
-                defs.get(usize::from(*i))
-                    .map(|d| (d.name.to_owned(), v.clone()))
-            })
+            .filter_map(|(i, v)| defs.get(usize::from(*i)).map(|d| (d.name.to_owned(), v.clone())))
             .collect()
     }
 
     fn state(&self) -> ObjectState {
-        if self.life == Life::SoftDeleted {
-            ObjectState::SoftDeleted
-        } else {
-            ObjectState::Active
-        }
+        if self.life == Life::SoftDeleted { ObjectState::SoftDeleted } else { ObjectState::Active }
     }
 }
 
@@ -180,23 +159,18 @@ fn kind_name(kind: ObjectKind) -> &'static str {
 }
 
 pub fn parse_id(s: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(s.trim())
-        .map_err(|_| ApiError::bad_request(format!("'{s}' is not a valid GUID")))
+    Uuid::parse_str(s.trim()).map_err(|_| ApiError::bad_request(format!("'{s}' is not a valid GUID")))
 }
 
 fn parse_id_list(value: &Value, what: &str) -> Result<Vec<Uuid>, ApiError> {
     let Value::Array(items) = value else {
-        return Err(ApiError::bad_request(format!(
-            "{what} must be an array of GUID strings"
-        )));
+        return Err(ApiError::bad_request(format!("{what} must be an array of GUID strings")));
     };
     items
         .iter()
         .map(|v| match v {
             Value::String(s) => parse_id(s),
-            _ => Err(ApiError::bad_request(format!(
-                "{what} must be an array of GUID strings"
-            ))),
+            _ => Err(ApiError::bad_request(format!("{what} must be an array of GUID strings"))),
         })
         .collect()
 }
@@ -204,9 +178,7 @@ fn parse_id_list(value: &Value, what: &str) -> Result<Vec<Uuid>, ApiError> {
 fn object_body(value: &Value, what: &str) -> Result<Map<String, Value>, ApiError> {
     match value {
         Value::Object(m) => Ok(m.clone()),
-        _ => Err(ApiError::bad_request(format!(
-            "{what} must be a JSON object"
-        ))),
+        _ => Err(ApiError::bad_request(format!("{what} must be a JSON object"))),
     }
 }
 
@@ -263,10 +235,7 @@ impl Tenant {
     }
 
     pub fn committed(&self) -> Committed {
-        Committed {
-            version: self.version,
-            committed_at_ms: self.committed_at.last().copied().unwrap_or(0),
-        }
+        Committed { version: self.version, committed_at_ms: self.committed_at.last().copied().unwrap_or(0) }
     }
 
     /// Log entries of versions after `version`.
@@ -282,11 +251,7 @@ impl Tenant {
             let last = self.committed_at.last().copied().unwrap_or(0);
             self.committed_at.push(time::now_ms().max(last));
             let v = self.version;
-            self.log.extend(
-                self.pending
-                    .drain(..)
-                    .map(|change| LogEntry { version: v, change }),
-            );
+            self.log.extend(self.pending.drain(..).map(|change| LogEntry { version: v, change }));
         }
         self.committed()
     }
@@ -314,10 +279,7 @@ impl Tenant {
     fn find(&self, id: Uuid, kind: ObjectKind) -> Result<u32, ApiError> {
         match self.index.get(&id) {
             Some(&i) if self.obj(i).kind == kind && self.obj(i).life != Life::HardDeleted => Ok(i),
-            _ => Err(ApiError::not_found(format!(
-                "no {} with id {id}",
-                kind_name(kind)
-            ))),
+            _ => Err(ApiError::not_found(format!("no {} with id {id}", kind_name(kind)))),
         }
     }
 
@@ -381,36 +343,23 @@ impl Tenant {
         Ok(out)
     }
 
-    fn prepare_user(
-        &self,
-        body: &Map<String, Value>,
-        reserved: &HashSet<Uuid>,
-    ) -> Result<Prepared, ApiError> {
+    fn prepare_user(&self, body: &Map<String, Value>, reserved: &HashSet<Uuid>) -> Result<Prepared, ApiError> {
         let id = self.fresh_id(body.get("id"), reserved)?;
         let mut obj = Obj::new(id, ObjectKind::User);
         for (p, v) in Self::parse_props(Resource::Users, body, &["id"], true)? {
             obj.set(p, v);
         }
-        Ok(Prepared {
-            obj,
-            members: Vec::new(),
-        })
+        Ok(Prepared { obj, members: Vec::new() })
     }
 
-    fn prepare_group(
-        &self,
-        body: &Map<String, Value>,
-        reserved: &HashSet<Uuid>,
-    ) -> Result<Prepared, ApiError> {
+    fn prepare_group(&self, body: &Map<String, Value>, reserved: &HashSet<Uuid>) -> Result<Prepared, ApiError> {
         let id = self.fresh_id(body.get("id"), reserved)?;
         let members = match body.get("members") {
             None | Some(Value::Null) => Vec::new(),
             Some(v) => parse_id_list(v, "members")?,
         };
         if members.contains(&id) {
-            return Err(ApiError::bad_request(
-                "a group cannot be a member of itself",
-            ));
+            return Err(ApiError::bad_request("a group cannot be a member of itself"));
         }
         let mut obj = Obj::new(id, ObjectKind::Group);
         for (p, v) in Self::parse_props(Resource::Groups, body, &["id", "members"], true)? {
@@ -433,10 +382,7 @@ impl Tenant {
             obj.set(schema::GROUP_VISIBILITY, "Public".into());
         }
         if obj.get(schema::GROUP_SECURITY_IDENTIFIER).is_none() {
-            obj.set(
-                schema::GROUP_SECURITY_IDENTIFIER,
-                schema::cloud_sid(&id).into(),
-            );
+            obj.set(schema::GROUP_SECURITY_IDENTIFIER, schema::cloud_sid(&id).into());
         }
         if obj.get(schema::GROUP_CREATED).is_none() {
             obj.set(schema::GROUP_CREATED, time::iso8601(time::now_ms()).into());
@@ -444,22 +390,13 @@ impl Tenant {
         Ok(Prepared { obj, members })
     }
 
-    fn prepare_other(
-        &self,
-        spec: &NewDirectoryObject,
-        reserved: &HashSet<Uuid>,
-    ) -> Result<Prepared, ApiError> {
+    fn prepare_other(&self, spec: &NewDirectoryObject, reserved: &HashSet<Uuid>) -> Result<Prepared, ApiError> {
         if matches!(spec.kind, ObjectKind::User | ObjectKind::Group) {
-            return Err(ApiError::bad_request(
-                "create users and groups through /admin/users and /admin/groups",
-            ));
+            return Err(ApiError::bad_request("create users and groups through /admin/users and /admin/groups"));
         }
         let given = spec.id.map(|id| Value::String(id.to_string()));
         let id = self.fresh_id(given.as_ref(), reserved)?;
-        Ok(Prepared {
-            obj: Obj::new(id, spec.kind),
-            members: Vec::new(),
-        })
+        Ok(Prepared { obj: Obj::new(id, spec.kind), members: Vec::new() })
     }
 
     fn insert(&mut self, obj: Obj) -> u32 {
@@ -491,10 +428,7 @@ impl Tenant {
     /// Links a new group's initial members; a new group is sent whole, so these links
     /// need no log entries of their own.
     fn link_initial(&mut self, group: u32, members: &[Uuid]) -> usize {
-        let idxs: Vec<u32> = members
-            .iter()
-            .filter_map(|id| self.index.get(id).copied())
-            .collect();
+        let idxs: Vec<u32> = members.iter().filter_map(|id| self.index.get(id).copied()).collect();
         let set = &mut self.objects[group as usize].members;
         set.reserve(idxs.len());
         let added = idxs.into_iter().filter(|m| set.insert(*m)).count();
@@ -540,10 +474,7 @@ impl Tenant {
         }
         let props = Self::parse_props(resource, &body, &["id"], false)?;
         let obj = &mut self.objects[idx as usize];
-        let mask = props.into_iter().fold(
-            0u32,
-            |mask, (p, v)| if obj.set(p, v) { mask | 1 << p } else { mask },
-        );
+        let mask = props.into_iter().fold(0u32, |mask, (p, v)| if obj.set(p, v) { mask | 1 << p } else { mask });
         if mask != 0 {
             self.log(Change::Object { idx, mask });
         }
@@ -581,10 +512,7 @@ impl Tenant {
             let g = self.groups[gi];
             if self.objects[g as usize].members.remove(&idx) {
                 self.memberships = self.memberships.saturating_sub(1);
-                self.log(Change::Link {
-                    group: g,
-                    member: idx,
-                });
+                self.log(Change::Link { group: g, member: idx });
             }
         }
         let obj = &mut self.objects[idx as usize];
@@ -601,10 +529,7 @@ impl Tenant {
     pub fn restore(&mut self, kind: ObjectKind, id: Uuid) -> Result<u32, ApiError> {
         let idx = self.find(id, kind)?;
         if self.obj(idx).life != Life::SoftDeleted {
-            return Err(ApiError::bad_request(format!(
-                "{} {id} is not deleted",
-                kind_name(kind)
-            )));
+            return Err(ApiError::bad_request(format!("{} {id} is not deleted", kind_name(kind))));
         }
         self.objects[idx as usize].life = Life::Active;
         self.log(Change::Object { idx, mask: FULL });
@@ -616,9 +541,7 @@ impl Tenant {
         let g = self.find_active(group, ObjectKind::Group)?;
         for id in ids {
             if *id == group {
-                return Err(ApiError::bad_request(
-                    "a group cannot be a member of itself",
-                ));
+                return Err(ApiError::bad_request("a group cannot be a member of itself"));
             }
             self.member_candidate(*id, &HashSet::new())?;
         }
@@ -628,10 +551,7 @@ impl Tenant {
             if self.objects[g as usize].members.insert(m) {
                 added += 1;
                 self.memberships += 1;
-                self.log(Change::Link {
-                    group: g,
-                    member: m,
-                });
+                self.log(Change::Link { group: g, member: m });
             }
         }
         Ok((added, ids.len() - added))
@@ -639,12 +559,7 @@ impl Tenant {
 
     /// Returns (links removed, ids that were not members). With `strict`, a
     /// non-member is an error.
-    pub fn remove_members(
-        &mut self,
-        group: Uuid,
-        ids: &[Uuid],
-        strict: bool,
-    ) -> Result<(usize, usize), ApiError> {
+    pub fn remove_members(&mut self, group: Uuid, ids: &[Uuid], strict: bool) -> Result<(usize, usize), ApiError> {
         let g = self.find_active(group, ObjectKind::Group)?;
         let mut idxs = Vec::with_capacity(ids.len());
         for id in ids {
@@ -653,9 +568,7 @@ impl Tenant {
                 _ => return Err(ApiError::not_found(format!("member {id} does not exist"))),
             };
             if strict && !self.obj(g).members.contains(&m) {
-                return Err(ApiError::not_found(format!(
-                    "{id} is not a member of group {group}"
-                )));
+                return Err(ApiError::not_found(format!("{id} is not a member of group {group}")));
             }
             idxs.push(m);
         }
@@ -664,10 +577,7 @@ impl Tenant {
             if self.objects[g as usize].members.remove(&m) {
                 removed += 1;
                 self.memberships = self.memberships.saturating_sub(1);
-                self.log(Change::Link {
-                    group: g,
-                    member: m,
-                });
+                self.log(Change::Link { group: g, member: m });
             }
         }
         Ok((removed, ids.len() - removed))
@@ -675,38 +585,23 @@ impl Tenant {
 
     pub fn user_view(&self, id: Uuid) -> Result<UserView, ApiError> {
         let o = self.obj(self.find(id, ObjectKind::User)?);
-        let fields = serde_json::from_value(Value::Object(o.to_map(schema::USER_PROPS)))
-            .map_err(internal)?;
-        Ok(UserView {
-            id,
-            state: o.state(),
-            fields,
-        })
+        let fields = serde_json::from_value(Value::Object(o.to_map(schema::USER_PROPS))).map_err(internal)?;
+        Ok(UserView { id, state: o.state(), fields })
     }
 
     pub fn group_view(&self, id: Uuid, include_members: bool) -> Result<GroupView, ApiError> {
         let o = self.obj(self.find(id, ObjectKind::Group)?);
-        let fields = serde_json::from_value(Value::Object(o.to_map(schema::GROUP_PROPS)))
-            .map_err(internal)?;
+        let fields = serde_json::from_value(Value::Object(o.to_map(schema::GROUP_PROPS))).map_err(internal)?;
         let members = include_members.then(|| {
             o.members
                 .iter()
                 .map(|&m| {
                     let mo = self.obj(m);
-                    MemberRef {
-                        id: mo.id,
-                        kind: mo.kind,
-                    }
+                    MemberRef { id: mo.id, kind: mo.kind }
                 })
                 .collect()
         });
-        Ok(GroupView {
-            id,
-            state: o.state(),
-            fields,
-            member_count: o.members.len(),
-            members,
-        })
+        Ok(GroupView { id, state: o.state(), fields, member_count: o.members.len(), members })
     }
 
     pub fn counts(&self) -> (ObjectCounts, ObjectCounts, usize, usize) {
@@ -741,18 +636,11 @@ impl Tenant {
             match body.get(key) {
                 None | Some(Value::Null) => Ok(Vec::new()),
                 Some(Value::Array(a)) => Ok(a.clone()),
-                Some(_) => Err(ApiError::bad_request(format!(
-                    "seed.{key} must be an array"
-                ))),
+                Some(_) => Err(ApiError::bad_request(format!("seed.{key} must be an array"))),
             }
         };
-        if let Some(k) = body
-            .keys()
-            .find(|k| !["users", "groups", "objects"].contains(&k.as_str()))
-        {
-            return Err(ApiError::bad_request(format!(
-                "unknown seed member '{k}' (expected users, groups, objects)"
-            )));
+        if let Some(k) = body.keys().find(|k| !["users", "groups", "objects"].contains(&k.as_str())) {
+            return Err(ApiError::bad_request(format!("unknown seed member '{k}' (expected users, groups, objects)")));
         }
         for (i, u) in list("users")?.iter().enumerate() {
             let p = object_body(u, "a seed user")
@@ -762,11 +650,9 @@ impl Tenant {
             prepared.push(p);
         }
         for (i, o) in list("objects")?.into_iter().enumerate() {
-            let spec: NewDirectoryObject = serde_json::from_value(o)
-                .map_err(|e| ApiError::bad_request(format!("objects[{i}]: {e}")))?;
-            let p = self
-                .prepare_other(&spec, &reserved)
-                .map_err(|e| at(e, &format!("objects[{i}]")))?;
+            let spec: NewDirectoryObject =
+                serde_json::from_value(o).map_err(|e| ApiError::bad_request(format!("objects[{i}]: {e}")))?;
+            let p = self.prepare_other(&spec, &reserved).map_err(|e| at(e, &format!("objects[{i}]")))?;
             reserved.insert(p.obj.id);
             prepared.push(p);
         }
@@ -779,8 +665,7 @@ impl Tenant {
         }
         for p in &prepared {
             for m in &p.members {
-                self.member_candidate(*m, &reserved)
-                    .map_err(|e| at(e, &format!("members of group {}", p.obj.id)))?;
+                self.member_candidate(*m, &reserved).map_err(|e| at(e, &format!("members of group {}", p.obj.id)))?;
             }
         }
         let mut result = SeedResult {
@@ -827,35 +712,20 @@ impl Tenant {
         let prefix = &spec.name_prefix;
         let n_users = spec.users as usize;
         // Large groups may need more member users than `users`.
-        let total_users = spec
-            .large_groups
-            .iter()
-            .map(|&n| n as usize)
-            .fold(n_users, usize::max);
-        self.objects
-            .reserve(total_users + spec.groups as usize + spec.large_groups.len());
-        self.index
-            .reserve(total_users + spec.groups as usize + spec.large_groups.len());
+        let total_users = spec.large_groups.iter().map(|&n| n as usize).fold(n_users, usize::max);
+        self.objects.reserve(total_users + spec.groups as usize + spec.large_groups.len());
+        self.index.reserve(total_users + spec.groups as usize + spec.large_groups.len());
         let mut user_idx = Vec::with_capacity(total_users);
         for i in 0..total_users {
             let mut u = Obj::new(next_id(&self.index), ObjectKind::User);
-            u.set(
-                schema::USER_DISPLAY_NAME,
-                format!("{prefix} User {i}").into(),
-            );
-            u.set(
-                schema::USER_PRINCIPAL_NAME,
-                format!("{prefix}.user{i}@{GENERATED_DOMAIN}").into(),
-            );
+            u.set(schema::USER_DISPLAY_NAME, format!("{prefix} User {i}").into());
+            u.set(schema::USER_PRINCIPAL_NAME, format!("{prefix}.user{i}@{GENERATED_DOMAIN}").into());
             u.set(schema::USER_ACCOUNT_ENABLED, true.into());
             u.set(schema::USER_TYPE, "Member".into());
             if let Some(sid) = &spec.sid_prefix
                 && i % 100 < usize::from(spec.synced_percent)
             {
-                u.set(
-                    schema::USER_ONPREM_SID,
-                    format!("{sid}-{}", 1000 + i).into(),
-                );
+                u.set(schema::USER_ONPREM_SID, format!("{sid}-{}", 1000 + i).into());
                 u.set(schema::USER_ONPREM_SYNC_ENABLED, true.into());
                 u.set(schema::USER_ONPREM_SAM, format!("{prefix}u{i}").into());
             }
@@ -874,36 +744,26 @@ impl Tenant {
             };
             let nick = format!("{prefix}-group-{g}");
             let mut o = Obj::new(id, ObjectKind::Group);
-            o.set(
-                schema::GROUP_DISPLAY_NAME,
-                format!("{prefix} Group {g}").into(),
-            );
+            o.set(schema::GROUP_DISPLAY_NAME, format!("{prefix} Group {g}").into());
             o.set(schema::GROUP_MAIL_NICKNAME, nick.clone().into());
             o.set(schema::GROUP_MAIL_ENABLED, unified.into());
             o.set(schema::GROUP_SECURITY_ENABLED, (!unified).into());
             if unified {
                 let mail = format!("{nick}@{GENERATED_DOMAIN}");
                 o.set(schema::GROUP_TYPES, json!(["Unified"]));
-                o.set(
-                    schema::GROUP_PROXY_ADDRESSES,
-                    json!([format!("SMTP:{mail}")]),
-                );
+                o.set(schema::GROUP_PROXY_ADDRESSES, json!([format!("SMTP:{mail}")]));
                 o.set(schema::GROUP_MAIL, mail.into());
                 o.set(schema::GROUP_VISIBILITY, "Public".into());
             } else {
                 o.set(schema::GROUP_TYPES, json!([]));
                 o.set(schema::GROUP_PROXY_ADDRESSES, json!([]));
             }
-            o.set(
-                schema::GROUP_SECURITY_IDENTIFIER,
-                schema::cloud_sid(&id).into(),
-            );
+            o.set(schema::GROUP_SECURITY_IDENTIFIER, schema::cloud_sid(&id).into());
             o.set(schema::GROUP_CREATED, created.clone().into());
             if per > 0 {
                 o.members.reserve(per);
                 let start = g * per;
-                o.members
-                    .extend((0..per).map(|j| user_idx[(start + j) % n_users]));
+                o.members.extend((0..per).map(|j| user_idx[(start + j) % n_users]));
                 memberships += o.members.len();
             }
             self.insert(o);
@@ -912,34 +772,22 @@ impl Tenant {
         for (k, &size) in spec.large_groups.iter().enumerate() {
             let id = next_id(&self.index);
             let mut o = Obj::new(id, ObjectKind::Group);
-            o.set(
-                schema::GROUP_DISPLAY_NAME,
-                format!("{prefix} Large Group {k}").into(),
-            );
-            o.set(
-                schema::GROUP_MAIL_NICKNAME,
-                format!("{prefix}-large-{k}").into(),
-            );
+            o.set(schema::GROUP_DISPLAY_NAME, format!("{prefix} Large Group {k}").into());
+            o.set(schema::GROUP_MAIL_NICKNAME, format!("{prefix}-large-{k}").into());
             o.set(schema::GROUP_MAIL_ENABLED, false.into());
             o.set(schema::GROUP_SECURITY_ENABLED, true.into());
             o.set(schema::GROUP_TYPES, json!([]));
             o.set(schema::GROUP_PROXY_ADDRESSES, json!([]));
-            o.set(
-                schema::GROUP_SECURITY_IDENTIFIER,
-                schema::cloud_sid(&id).into(),
-            );
+            o.set(schema::GROUP_SECURITY_IDENTIFIER, schema::cloud_sid(&id).into());
             o.set(schema::GROUP_CREATED, created.clone().into());
-            o.members
-                .extend(user_idx.iter().take(size as usize).copied());
+            o.members.extend(user_idx.iter().take(size as usize).copied());
             memberships += o.members.len();
             self.insert(o);
             group_ids.push(id);
         }
         self.memberships += memberships;
         let c = self.commit();
-        let user_ids = spec
-            .return_user_ids
-            .then(|| user_idx.iter().map(|&i| self.obj(i).id).collect());
+        let user_ids = spec.return_user_ids.then(|| user_idx.iter().map(|&i| self.obj(i).id).collect());
         Ok(GenerateResult {
             version: c.version,
             committed_at_ms: c.committed_at_ms,
@@ -960,47 +808,30 @@ fn validate_generate(spec: &GenerateSpec) -> Result<(), ApiError> {
     const MAX_GROUPS: u32 = 200_000;
     const MAX_LINKS: u64 = 20_000_000;
     if spec.users > MAX_USERS || spec.groups > MAX_GROUPS {
-        return Err(ApiError::bad_request(format!(
-            "at most {MAX_USERS} users and {MAX_GROUPS} groups"
-        )));
+        return Err(ApiError::bad_request(format!("at most {MAX_USERS} users and {MAX_GROUPS} groups")));
     }
     if spec.members_per_group > spec.users {
-        return Err(ApiError::bad_request(
-            "membersPerGroup cannot exceed users (a group has no duplicate members)",
-        ));
+        return Err(ApiError::bad_request("membersPerGroup cannot exceed users (a group has no duplicate members)"));
     }
     let large_links: u64 = spec.large_groups.iter().map(|&n| u64::from(n)).sum();
     if spec.large_groups.len() > 100 || spec.large_groups.iter().any(|&n| n > MAX_USERS) {
-        return Err(ApiError::bad_request(format!(
-            "at most 100 largeGroups of at most {MAX_USERS} members each"
-        )));
+        return Err(ApiError::bad_request(format!("at most 100 largeGroups of at most {MAX_USERS} members each")));
     }
     if u64::from(spec.groups) * u64::from(spec.members_per_group) + large_links > MAX_LINKS {
-        return Err(ApiError::bad_request(format!(
-            "groups × membersPerGroup must be at most {MAX_LINKS}"
-        )));
+        return Err(ApiError::bad_request(format!("groups × membersPerGroup must be at most {MAX_LINKS}")));
     }
     if spec.synced_percent > 100 {
-        return Err(ApiError::bad_request(
-            "syncedPercent must be between 0 and 100",
-        ));
+        return Err(ApiError::bad_request("syncedPercent must be between 0 and 100"));
     }
     if spec.name_prefix.is_empty()
-        || !spec
-            .name_prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || !spec.name_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(ApiError::bad_request(
-            "namePrefix must be non-empty ASCII letters, digits, '-' or '_'",
-        ));
+        return Err(ApiError::bad_request("namePrefix must be non-empty ASCII letters, digits, '-' or '_'"));
     }
     if let Some(sid) = &spec.sid_prefix {
         let sid_def = &schema::USER_PROPS[schema::USER_ONPREM_SID];
         schema::validate(sid_def, &Value::String(sid.clone())).map_err(|_| {
-            ApiError::bad_request(format!(
-                "sidPrefix '{sid}' is not a SID prefix such as S-1-5-21-1-2-3"
-            ))
+            ApiError::bad_request(format!("sidPrefix '{sid}' is not a SID prefix such as S-1-5-21-1-2-3"))
         })?;
     }
     Ok(())
@@ -1019,11 +850,7 @@ fn at(mut e: ApiError, place: &str) -> ApiError {
 }
 
 fn internal(e: serde_json::Error) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "generalException",
-        e.to_string(),
-    )
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "generalException", e.to_string())
 }
 
 #[cfg(test)]
@@ -1040,11 +867,9 @@ mod tests {
         let mut t = Tenant::new();
         let u = user(&mut t, "a");
         assert_eq!(t.commit().version, 1);
-        t.update(Resource::Users, u, &json!({"displayName": "a"}))
-            .unwrap();
+        t.update(Resource::Users, u, &json!({"displayName": "a"})).unwrap();
         assert_eq!(t.commit().version, 1, "same value is no change");
-        t.update(Resource::Users, u, &json!({"displayName": "b"}))
-            .unwrap();
+        t.update(Resource::Users, u, &json!({"displayName": "b"})).unwrap();
         assert_eq!(t.commit().version, 2);
     }
 
@@ -1052,21 +877,15 @@ mod tests {
     fn hard_delete_unlinks_everywhere() {
         let mut t = Tenant::new();
         let u = user(&mut t, "a");
-        let g1 = t
-            .create_group(&json!({"displayName": "g1", "members": [u.to_string()]}))
-            .unwrap();
-        let g2 = t
-            .create_group(&json!({"displayName": "g2", "members": [u.to_string()]}))
-            .unwrap();
+        let g1 = t.create_group(&json!({"displayName": "g1", "members": [u.to_string()]})).unwrap();
+        let g2 = t.create_group(&json!({"displayName": "g2", "members": [u.to_string()]})).unwrap();
         let before = t.commit();
         assert_eq!(t.counts().3, 2);
         t.delete(ObjectKind::User, u, false).unwrap();
         t.commit();
         assert_eq!(t.counts().3, 2, "soft delete keeps memberships");
         assert!(
-            t.log_since(before.version)
-                .iter()
-                .all(|e| matches!(e.change, Change::Object { .. })),
+            t.log_since(before.version).iter().all(|e| matches!(e.change, Change::Object { .. })),
             "soft delete logs no link change"
         );
         t.delete(ObjectKind::User, u, true).unwrap();
@@ -1088,22 +907,14 @@ mod tests {
     fn security_group_delete_is_hard_and_unified_is_soft() {
         let mut t = Tenant::new();
         let sec = t.create_group(&json!({"displayName": "s"})).unwrap();
-        let m365 = t
-            .create_group(&json!({"displayName": "m", "groupTypes": ["Unified"]}))
-            .unwrap();
+        let m365 = t.create_group(&json!({"displayName": "m", "groupTypes": ["Unified"]})).unwrap();
         let (sec, m365) = (t.obj(sec).id, t.obj(m365).id);
         t.delete(ObjectKind::Group, sec, false).unwrap();
         t.delete(ObjectKind::Group, m365, false).unwrap();
         assert!(t.group_view(sec, false).is_err());
-        assert_eq!(
-            t.group_view(m365, false).unwrap().state,
-            ObjectState::SoftDeleted
-        );
+        assert_eq!(t.group_view(m365, false).unwrap().state, ObjectState::SoftDeleted);
         t.restore(ObjectKind::Group, m365).unwrap();
-        assert_eq!(
-            t.group_view(m365, false).unwrap().state,
-            ObjectState::Active
-        );
+        assert_eq!(t.group_view(m365, false).unwrap().state, ObjectState::Active);
         assert!(t.restore(ObjectKind::Group, sec).is_err());
     }
 
@@ -1122,19 +933,12 @@ mod tests {
     #[test]
     fn group_defaults() {
         let mut t = Tenant::new();
-        let g = t
-            .create_group(&json!({"displayName": "m", "groupTypes": ["Unified"]}))
-            .unwrap();
+        let g = t.create_group(&json!({"displayName": "m", "groupTypes": ["Unified"]})).unwrap();
         let v = t.group_view(t.obj(g).id, false).unwrap();
         assert_eq!(v.fields.mail_enabled, Some(true));
         assert_eq!(v.fields.security_enabled, Some(false));
         assert_eq!(v.fields.visibility.as_deref(), Some("Public"));
-        assert!(
-            v.fields
-                .security_identifier
-                .unwrap()
-                .starts_with("S-1-12-1-")
-        );
+        assert!(v.fields.security_identifier.unwrap().starts_with("S-1-12-1-"));
         assert_eq!(v.fields.proxy_addresses, Some(vec![]));
     }
 }

@@ -60,11 +60,7 @@ enum Target {
 }
 
 fn parse_resource(resource: &str) -> Option<Target> {
-    let segments: Vec<&str> = resource
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let segments: Vec<&str> = resource.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let id = |s: &str| Uuid::parse_str(s).ok();
     match segments.as_slice() {
         [r] if r.eq_ignore_ascii_case("users") => Some(Target::AllUsers),
@@ -100,20 +96,14 @@ impl Subscription {
     }
 
     fn wants(&self, change_type: &str) -> bool {
-        self.change_type
-            .split(',')
-            .any(|c| c.trim().eq_ignore_ascii_case(change_type))
+        self.change_type.split(',').any(|c| c.trim().eq_ignore_ascii_case(change_type))
     }
 
     fn watches(&self, notice: &Notice) -> bool {
         match (self.target, notice.kind) {
             (Target::AllUsers, ObjectKind::User) | (Target::AllGroups, ObjectKind::Group) => true,
-            (Target::User(id), ObjectKind::User) | (Target::Group(id), ObjectKind::Group) => {
-                id == notice.id
-            }
-            (Target::GroupMembers(id), ObjectKind::Group) => {
-                id == notice.id && !notice.members.is_empty()
-            }
+            (Target::User(id), ObjectKind::User) | (Target::Group(id), ObjectKind::Group) => id == notice.id,
+            (Target::GroupMembers(id), ObjectKind::Group) => id == notice.id && !notice.members.is_empty(),
             _ => false,
         }
     }
@@ -170,12 +160,7 @@ pub fn notices_since(tenant: &Tenant, since: u64) -> Vec<Notice> {
         }
         let n = by_object.entry(idx).or_insert_with(|| {
             order.push(idx);
-            Notice {
-                kind: obj.kind,
-                id: obj.id,
-                deleted: false,
-                members: Vec::new(),
-            }
+            Notice { kind: obj.kind, id: obj.id, deleted: false, members: Vec::new() }
         });
         match (e.change, member) {
             (Change::Object { mask, .. }, _) => n.deleted = mask & REMOVED != 0,
@@ -186,10 +171,7 @@ pub fn notices_since(tenant: &Tenant, since: u64) -> Vec<Notice> {
             _ => {}
         }
     }
-    order
-        .into_iter()
-        .filter_map(|idx| by_object.remove(&idx))
-        .collect()
+    order.into_iter().filter_map(|idx| by_object.remove(&idx)).collect()
 }
 
 /// Delivers notices to the matching subscriptions until the sender side is dropped.
@@ -238,13 +220,11 @@ fn notification(app: &App, sub: &Subscription, n: &Notice) -> Value {
         resource_data["members@delta"] = n
             .members
             .iter()
-            .map(|(id, removed)| {
-                if *removed {
-                    json!({"id": id, "@removed": {"reason": "deleted"}})
-                } else {
-                    json!({"id": id})
-                }
-            })
+            .map(
+                |(id, removed)| {
+                    if *removed { json!({"id": id, "@removed": {"reason": "deleted"}}) } else { json!({"id": id}) }
+                },
+            )
             .collect();
     }
     json!({
@@ -260,13 +240,7 @@ fn notification(app: &App, sub: &Subscription, n: &Notice) -> Value {
 
 async fn post_with_retries(app: &App, url: &str, body: &Value) -> bool {
     for attempt in 1..=DELIVERY_ATTEMPTS {
-        let sent = app
-            .http
-            .post(url)
-            .timeout(Duration::from_secs(3))
-            .json(body)
-            .send()
-            .await;
+        let sent = app.http.post(url).timeout(Duration::from_secs(3)).json(body).send().await;
         match sent {
             Ok(r) if r.status().is_success() => return true,
             Ok(r) => tracing::debug!(status = %r.status(), attempt, "notification refused"),
@@ -280,14 +254,10 @@ async fn post_with_retries(app: &App, url: &str, body: &Value) -> bool {
 /// `POST {url}?validationToken=…`; the endpoint must echo the decoded token as
 /// `text/plain` with 200 within 10 s.
 async fn handshake(app: &App, url: &str) -> Result<(), String> {
-    let token = format!(
-        "Validation: Testing client application reachability for subscription Request-Id: {}",
-        Uuid::new_v4()
-    );
+    let token =
+        format!("Validation: Testing client application reachability for subscription Request-Id: {}", Uuid::new_v4());
     let mut target = url::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
-    target
-        .query_pairs_mut()
-        .append_pair("validationToken", &token);
+    target.query_pairs_mut().append_pair("validationToken", &token);
     let response = app
         .http
         .post(target)
@@ -301,19 +271,13 @@ async fn handshake(app: &App, url: &str) -> Result<(), String> {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/plain")
-        });
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/plain"));
     let body = response.text().await.unwrap_or_default();
     if status != reqwest::StatusCode::OK {
         return Err(format!("{url} answered {status} to the validation request"));
     }
     if !text_plain {
-        return Err(format!(
-            "{url} did not answer the validation request with text/plain"
-        ));
+        return Err(format!("{url} did not answer the validation request with text/plain"));
     }
     if body != token {
         return Err(format!("{url} did not echo the validation token"));
@@ -335,21 +299,14 @@ fn parse_expiration(value: Option<&Value>) -> Result<u64, ApiError> {
     let text = value
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::bad_request("expirationDateTime is required (ISO 8601, UTC)"))?;
-    let ms = time::parse_iso8601(text).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "expirationDateTime '{text}' is not an ISO 8601 date"
-        ))
-    })?;
+    let ms = time::parse_iso8601(text)
+        .ok_or_else(|| ApiError::bad_request(format!("expirationDateTime '{text}' is not an ISO 8601 date")))?;
     let now = time::now_ms();
     if ms <= now {
-        return Err(ApiError::bad_request(
-            "Subscription expiration must be in the future.",
-        ));
+        return Err(ApiError::bad_request("Subscription expiration must be in the future."));
     }
     if ms > now + MAX_LIFETIME_MS {
-        return Err(ApiError::bad_request(
-            "Subscription expiration can only be 41760 minutes in the future.",
-        ));
+        return Err(ApiError::bad_request("Subscription expiration can only be 41760 minutes in the future."));
     }
     Ok(ms)
 }
@@ -359,9 +316,7 @@ fn check_url(field: &str, value: &str) -> Result<(), ApiError> {
         // Graph requires https; graph-sim also takes http so that tests and the demo
         // need no TLS on their receivers.
         Ok(u) if matches!(u.scheme(), "https" | "http") => Ok(()),
-        _ => Err(ApiError::bad_request(format!(
-            "{field} '{value}' must be an absolute https URL"
-        ))),
+        _ => Err(ApiError::bad_request(format!("{field} '{value}' must be an absolute https URL"))),
     }
 }
 
@@ -395,10 +350,7 @@ pub async fn create(
         Ok(sub) => {
             tracing::info!(subscription = %sub.id, resource = %sub.resource, "subscription created");
             let mut v = sub.to_graph(&app);
-            v["@odata.context"] = json!(format!(
-                "{}/v1.0/$metadata#subscriptions/$entity",
-                app_base(&headers, &app)
-            ));
+            v["@odata.context"] = json!(format!("{}/v1.0/$metadata#subscriptions/$entity", app_base(&headers, &app)));
             graph_reply(StatusCode::CREATED, &v)
         }
         Err(e) => e.into_graph_response(&ids),
@@ -408,13 +360,7 @@ pub async fn create(
 fn app_base(headers: &HeaderMap, app: &App) -> String {
     match &app.config.public_url {
         Some(u) => u.trim_end_matches('/').to_owned(),
-        None => format!(
-            "http://{}",
-            headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost")
-        ),
+        None => format!("http://{}", headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost")),
     }
 }
 
@@ -422,17 +368,13 @@ async fn create_inner(app: &App, body: &Bytes) -> Result<Subscription, ApiError>
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
     let field = |name: &str| v.get(name).and_then(Value::as_str);
-    let resource = field("resource")
-        .ok_or_else(|| ApiError::bad_request("resource is required"))?
-        .to_owned();
+    let resource = field("resource").ok_or_else(|| ApiError::bad_request("resource is required"))?.to_owned();
     let target = parse_resource(&resource).ok_or_else(|| {
         ApiError::bad_request(format!(
             "Resource '{resource}' is not supported: graph-sim serves /users, /users/{{id}}, /groups, /groups/{{id}} and /groups/{{id}}/members"
         ))
     })?;
-    let change_type = field("changeType")
-        .ok_or_else(|| ApiError::bad_request("changeType is required"))?
-        .to_owned();
+    let change_type = field("changeType").ok_or_else(|| ApiError::bad_request("changeType is required"))?.to_owned();
     for c in change_type.split(',') {
         if !matches!(c.trim(), "updated" | "deleted") {
             return Err(ApiError::bad_request(format!(
@@ -441,22 +383,16 @@ async fn create_inner(app: &App, body: &Bytes) -> Result<Subscription, ApiError>
             )));
         }
     }
-    let notification_url = field("notificationUrl")
-        .ok_or_else(|| ApiError::bad_request("notificationUrl is required"))?
-        .to_owned();
+    let notification_url =
+        field("notificationUrl").ok_or_else(|| ApiError::bad_request("notificationUrl is required"))?.to_owned();
     check_url("notificationUrl", &notification_url)?;
     let lifecycle_notification_url = field("lifecycleNotificationUrl").map(str::to_owned);
     if let Some(l) = &lifecycle_notification_url {
         check_url("lifecycleNotificationUrl", l)?;
     }
     let client_state = field("clientState").map(str::to_owned);
-    if client_state
-        .as_ref()
-        .is_some_and(|c| c.chars().count() > 128)
-    {
-        return Err(ApiError::bad_request(
-            "clientState must be at most 128 characters",
-        ));
+    if client_state.as_ref().is_some_and(|c| c.chars().count() > 128) {
+        return Err(ApiError::bad_request("clientState must be at most 128 characters"));
     }
     if v.get("includeResourceData").and_then(Value::as_bool) == Some(true) {
         return Err(ApiError::bad_request(
@@ -468,14 +404,10 @@ async fn create_inner(app: &App, body: &Bytes) -> Result<Subscription, ApiError>
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "ExtensionError",
-            format!(
-                "The subscription quota of {MAX_PER_APP} per application and tenant is used up."
-            ),
+            format!("The subscription quota of {MAX_PER_APP} per application and tenant is used up."),
         ));
     }
-    handshake(app, &notification_url)
-        .await
-        .map_err(validation_failed)?;
+    handshake(app, &notification_url).await.map_err(validation_failed)?;
     if let Some(l) = &lifecycle_notification_url {
         handshake(app, l).await.map_err(validation_failed)?;
     }
@@ -496,11 +428,7 @@ async fn create_inner(app: &App, body: &Bytes) -> Result<Subscription, ApiError>
 }
 
 /// `GET /{version}/subscriptions`.
-pub async fn list(
-    State(app): State<Arc<App>>,
-    Extension(ids): Extension<RequestIds>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn list(State(app): State<Arc<App>>, Extension(ids): Extension<RequestIds>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&app, &headers, &ids) {
         return *r;
     }
@@ -519,9 +447,7 @@ pub async fn get(
     if let Err(r) = authorized(&app, &headers, &ids) {
         return *r;
     }
-    let found = Uuid::parse_str(&id)
-        .ok()
-        .and_then(|u| lock(&app.subscriptions).get(u).cloned());
+    let found = Uuid::parse_str(&id).ok().and_then(|u| lock(&app.subscriptions).get(u).cloned());
     match found {
         Some(s) => graph_reply(StatusCode::OK, &s.to_graph(&app)),
         None => not_found(&id).into_graph_response(&ids),
@@ -545,10 +471,7 @@ pub async fn renew(
         .and_then(|v| parse_expiration(v.get("expirationDateTime")))
         .and_then(|ms| {
             let mut subs = lock(&app.subscriptions);
-            let s = Uuid::parse_str(&id)
-                .ok()
-                .and_then(|u| subs.get(u))
-                .ok_or_else(|| not_found(&id))?;
+            let s = Uuid::parse_str(&id).ok().and_then(|u| subs.get(u)).ok_or_else(|| not_found(&id))?;
             s.expiration_ms = ms;
             s.reauthorization_required = false;
             Ok(s.clone())
@@ -658,26 +581,18 @@ pub async fn admin_lifecycle(
     body: Bytes,
 ) -> Response {
     let request: LifecycleRequest = if body.is_empty() {
-        LifecycleRequest {
-            lifecycle_event: reauthorization_required(),
-        }
+        LifecycleRequest { lifecycle_event: reauthorization_required() }
     } else {
         match serde_json::from_slice(&body) {
             Ok(r) => r,
             Err(e) => {
-                return ApiError::bad_request(format!("invalid request body: {e}"))
-                    .into_graph_response(&ids);
+                return ApiError::bad_request(format!("invalid request body: {e}")).into_graph_response(&ids);
             }
         }
     };
-    if !matches!(
-        request.lifecycle_event.as_str(),
-        "reauthorizationRequired" | "subscriptionRemoved" | "missed"
-    ) {
-        return ApiError::bad_request(
-            "lifecycleEvent must be reauthorizationRequired, subscriptionRemoved or missed",
-        )
-        .into_graph_response(&ids);
+    if !matches!(request.lifecycle_event.as_str(), "reauthorizationRequired" | "subscriptionRemoved" | "missed") {
+        return ApiError::bad_request("lifecycleEvent must be reauthorizationRequired, subscriptionRemoved or missed")
+            .into_graph_response(&ids);
     }
     let sub = {
         let mut subs = lock(&app.subscriptions);
@@ -692,8 +607,7 @@ pub async fn admin_lifecycle(
         }
     };
     let Some(url) = &sub.lifecycle_notification_url else {
-        return ApiError::bad_request("the subscription has no lifecycleNotificationUrl")
-            .into_graph_response(&ids);
+        return ApiError::bad_request("the subscription has no lifecycleNotificationUrl").into_graph_response(&ids);
     };
     let body = json!({"value": [{
         "subscriptionId": sub.id,
@@ -715,14 +629,8 @@ mod tests {
         let id = Uuid::new_v4();
         assert_eq!(parse_resource("/groups"), Some(Target::AllGroups));
         assert_eq!(parse_resource("users"), Some(Target::AllUsers));
-        assert_eq!(
-            parse_resource(&format!("/groups/{id}/members")),
-            Some(Target::GroupMembers(id))
-        );
-        assert_eq!(
-            parse_resource(&format!("/users/{id}")),
-            Some(Target::User(id))
-        );
+        assert_eq!(parse_resource(&format!("/groups/{id}/members")), Some(Target::GroupMembers(id)));
+        assert_eq!(parse_resource(&format!("/users/{id}")), Some(Target::User(id)));
         assert_eq!(parse_resource("/me/messages"), None);
     }
 }

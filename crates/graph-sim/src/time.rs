@@ -5,10 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 struct Civil {
@@ -34,23 +31,13 @@ fn civil(ms: u64) -> Civil {
     let day = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
     let month = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
     let year = yoe + era * 400 + i64::from(month <= 2);
-    Civil {
-        year,
-        month,
-        day,
-        hour: rem / 3600,
-        minute: rem % 3600 / 60,
-        second: rem % 60,
-    }
+    Civil { year, month, day, hour: rem / 3600, minute: rem % 3600 / 60, second: rem % 60 }
 }
 
 /// `2024-05-01T12:34:56Z`, the form Graph uses for `createdDateTime`.
 pub fn iso8601(ms: u64) -> String {
     let c = civil(ms);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    )
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", c.year, c.month, c.day, c.hour, c.minute, c.second)
 }
 
 /// `2024-05-01T12:34:56`, the form Graph puts in `innerError.date`.
@@ -73,12 +60,7 @@ pub fn parse_iso8601(s: &str) -> Option<u64> {
     let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     // Howard Hinnant's days-from-civil algorithm.
@@ -101,8 +83,7 @@ pub fn parse_iso8601(s: &str) -> Option<u64> {
         "Z" | "z" => 0,
         tz => {
             let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (tz.get(1..3)?.parse::<i64>().ok()? * 3600
-                + tz.get(4..6)?.parse::<i64>().ok()? * 60)
+            sign * (tz.get(1..3)?.parse::<i64>().ok()? * 3600 + tz.get(4..6)?.parse::<i64>().ok()? * 60)
         }
     };
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
@@ -112,8 +93,7 @@ pub fn parse_iso8601(s: &str) -> Option<u64> {
 /// Accepts `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
 pub fn is_iso8601(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
     if b.len() < 20
         || !digits(0..4)
         || b[4] != b'-'
@@ -165,18 +145,9 @@ mod tests {
 
     #[test]
     fn parses_iso8601() {
-        assert_eq!(
-            parse_iso8601("2024-05-01T12:34:56Z"),
-            Some(1_714_566_896_000)
-        );
-        assert_eq!(
-            parse_iso8601("2000-02-29T00:00:00.5Z"),
-            Some(951_782_400_500)
-        );
-        assert_eq!(
-            parse_iso8601("2024-05-01T14:34:56+02:00"),
-            Some(1_714_566_896_000)
-        );
+        assert_eq!(parse_iso8601("2024-05-01T12:34:56Z"), Some(1_714_566_896_000));
+        assert_eq!(parse_iso8601("2000-02-29T00:00:00.5Z"), Some(951_782_400_500));
+        assert_eq!(parse_iso8601("2024-05-01T14:34:56+02:00"), Some(1_714_566_896_000));
         assert_eq!(parse_iso8601("2024-13-01T00:00:00Z"), None);
     }
 

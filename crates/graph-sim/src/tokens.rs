@@ -55,10 +55,7 @@ mod tests {
             f: None,
         };
         let s = encode(&d);
-        assert!(
-            s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        );
+        assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(decode(&s), Some(d));
         let k = Token::Skip { e: 1, r: 2, p: 3 };
         assert_eq!(decode(&encode(&k)), Some(k));

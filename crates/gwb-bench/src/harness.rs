@@ -39,7 +39,6 @@ pub struct Services {
     http: reqwest::Client,
 }
 
-
 impl Services {
     /// Starts graph-sim, the planner and the writer; the collector waits for
     /// [`Services::start_collector`].
@@ -205,7 +204,12 @@ impl Services {
 
     /// The service's Prometheus text.
     pub async fn metrics(&self, name: &str) -> anyhow::Result<String> {
-        let port = self.metrics_ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p).with_context(|| format!("no service {name}"))?;
+        let port = self
+            .metrics_ports
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| *p)
+            .with_context(|| format!("no service {name}"))?;
         Ok(self.http.get(format!("http://127.0.0.1:{port}/metrics")).send().await?.error_for_status()?.text().await?)
     }
 
@@ -232,7 +236,10 @@ impl Services {
         for (name, _) in &self.children {
             let log = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
-            text.push_str(&format!("--- {name} log (tail) ---\n{}\n", lines[lines.len().saturating_sub(10)..].join("\n")));
+            text.push_str(&format!(
+                "--- {name} log (tail) ---\n{}\n",
+                lines[lines.len().saturating_sub(10)..].join("\n")
+            ));
         }
         text
     }
@@ -330,4 +337,3 @@ fn spawn(name: &str, dir: &Path, filter: &str, command: &mut Command) -> anyhow:
         .spawn()
         .with_context(|| format!("starting {name} (built? expected in the binary directory)"))
 }
-

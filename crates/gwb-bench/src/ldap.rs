@@ -80,7 +80,9 @@ impl Lab {
 
     pub async fn connect(&self) -> anyhow::Result<Ldap> {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(&self.ca_file).with_context(|| format!("reading {}", self.ca_file.display()))? {
+        for cert in CertificateDer::pem_file_iter(&self.ca_file)
+            .with_context(|| format!("reading {}", self.ca_file.display()))?
+        {
             roots.add(cert?)?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -89,7 +91,9 @@ impl Lab {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let settings = LdapConnSettings::new().set_config(Arc::new(config)).set_conn_timeout(Duration::from_secs(10));
-        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.url).await.with_context(|| format!("connecting to {}", self.url))?;
+        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.url)
+            .await
+            .with_context(|| format!("connecting to {}", self.url))?;
         ldap3::drive!(conn);
         ldap.simple_bind(&self.bind_dn, &self.password).await?.success().context("binding to the lab DC")?;
         Ok(ldap)
@@ -117,7 +121,11 @@ impl Lab {
     /// Samba, so callers do this after timing.
     pub async fn delete_subtree(&self, ldap: &mut Ldap, dn: &str) -> anyhow::Result<()> {
         let result = ldap
-            .with_controls(ldap3::controls::RawControl { ctype: "1.2.840.113556.1.4.805".into(), crit: true, val: None })
+            .with_controls(ldap3::controls::RawControl {
+                ctype: "1.2.840.113556.1.4.805".into(),
+                crit: true,
+                val: None,
+            })
             .delete(dn)
             .await?;
         match result.rc {
@@ -127,7 +135,13 @@ impl Lab {
     }
 }
 
-pub async fn paged_search(ldap: &mut Ldap, base: &str, scope: Scope, filter: &str, attrs: &[&str]) -> anyhow::Result<Vec<SearchEntry>> {
+pub async fn paged_search(
+    ldap: &mut Ldap,
+    base: &str,
+    scope: Scope,
+    filter: &str,
+    attrs: &[&str],
+) -> anyhow::Result<Vec<SearchEntry>> {
     let adapters: Vec<Box<dyn Adapter<_, _>>> = vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(1000))];
     let mut stream = ldap.streaming_search_with(adapters, base, scope, filter, attrs.to_vec()).await?;
     let mut entries = Vec::new();
@@ -157,7 +171,8 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn to_json(&self) -> serde_json::Value {
-        let rate = if self.created > 0 && self.seconds > 0.0 { (self.created as f64 / self.seconds).round() } else { 0.0 };
+        let rate =
+            if self.created > 0 && self.seconds > 0.0 { (self.created as f64 / self.seconds).round() } else { 0.0 };
         serde_json::json!({
             "created": self.created, "seconds": (self.seconds * 100.0).round() / 100.0,
             "users_per_second": rate, "method": self.method,
@@ -189,7 +204,12 @@ pub async fn ensure_users(lab: &Lab, count: usize) -> anyhow::Result<(Vec<User>,
     };
     let fixture = Fixture { created: missing.len(), seconds: started.elapsed().as_secs_f64(), method };
     if !missing.is_empty() {
-        eprintln!("fixture: {} users created in {:.1} s ({method}), {}", missing.len(), fixture.seconds, fixture.to_json()["users_per_second"]);
+        eprintln!(
+            "fixture: {} users created in {:.1} s ({method}), {}",
+            missing.len(),
+            fixture.seconds,
+            fixture.to_json()["users_per_second"]
+        );
     }
     let mut all = if missing.is_empty() { existing } else { read_users(&mut ldap, &ou, count).await? };
     let _ = ldap.unbind().await;
@@ -206,19 +226,33 @@ pub async fn ensure_users(lab: &Lab, count: usize) -> anyhow::Result<(Vec<User>,
 /// stopped for the load and answers LDAPS again when the script returns.
 async fn load_offline(lab_dir: &std::path::Path, ou: &str, missing: &[usize]) -> anyhow::Result<()> {
     use std::io::Write;
-    let name = lab_dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("no lab name in {}", lab_dir.display()))?;
+    let name =
+        lab_dir.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("no lab name in {}", lab_dir.display()))?;
     let ldif_path = std::env::temp_dir().join(format!("gwb-bench-users-{}.ldif", std::process::id()));
     {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&ldif_path)?);
         for n in missing {
             let cn = user_cn(*n);
-            writeln!(out, "dn: CN={cn},{ou}\nobjectClass: user\nsAMAccountName: {cn}\nuserAccountControl: {DISABLED_USER}\n")?;
+            writeln!(
+                out,
+                "dn: CN={cn},{ou}\nobjectClass: user\nsAMAccountName: {cn}\nuserAccountControl: {DISABLED_USER}\n"
+            )?;
         }
         out.flush()?;
     }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lab-ad.sh");
-    eprintln!("fixture: loading {} users offline into lab '{name}' ({} load; the DC restarts)", missing.len(), script.display());
-    let output = tokio::process::Command::new(&script).arg("load").arg(name).arg(&ldif_path).output().await.with_context(|| format!("running {}", script.display()))?;
+    eprintln!(
+        "fixture: loading {} users offline into lab '{name}' ({} load; the DC restarts)",
+        missing.len(),
+        script.display()
+    );
+    let output = tokio::process::Command::new(&script)
+        .arg("load")
+        .arg(name)
+        .arg(&ldif_path)
+        .output()
+        .await
+        .with_context(|| format!("running {}", script.display()))?;
     let _ = std::fs::remove_file(&ldif_path);
     eprint!("{}", String::from_utf8_lossy(&output.stderr));
     anyhow::ensure!(output.status.success(), "{} load {name} failed ({})", script.display(), output.status);
@@ -274,14 +308,26 @@ async fn read_users(ldap: &mut Ldap, ou: &str, count: usize) -> anyhow::Result<B
         let names: Vec<String> = (0..count).map(user_cn).collect();
         for chunk in names.chunks(500) {
             let terms: String = chunk.iter().map(|cn| format!("(cn={cn})")).collect();
-            entries.extend(paged_search(ldap, ou, Scope::OneLevel, &format!("(&(objectClass=user)(|{terms}))"), &["cn", "objectSid"]).await?);
+            entries.extend(
+                paged_search(
+                    ldap,
+                    ou,
+                    Scope::OneLevel,
+                    &format!("(&(objectClass=user)(|{terms}))"),
+                    &["cn", "objectSid"],
+                )
+                .await?,
+            );
         }
     } else {
-        entries = paged_search(ldap, ou, Scope::OneLevel, "(&(objectClass=user)(cn=bu-*))", &["cn", "objectSid"]).await?;
+        entries =
+            paged_search(ldap, ou, Scope::OneLevel, "(&(objectClass=user)(cn=bu-*))", &["cn", "objectSid"]).await?;
     }
     let mut users = BTreeMap::new();
     for entry in entries {
-        let sid = binary(&entry, "objectSid").and_then(|b| sid_from_bytes(&b)).ok_or_else(|| anyhow!("{} has no objectSid", entry.dn))?;
+        let sid = binary(&entry, "objectSid")
+            .and_then(|b| sid_from_bytes(&b))
+            .ok_or_else(|| anyhow!("{} has no objectSid", entry.dn))?;
         let cn = first(&entry, "cn").unwrap_or_default();
         users.insert(cn, User { dn: entry.dn, sid });
     }
@@ -323,7 +369,10 @@ pub async fn baseline_load(lab: &Lab, ou: &str, groups: &[GroupLoad], batch: usi
                 ldap.add(&dn, attrs).await?.success().with_context(|| format!("baseline add {dn}"))?;
                 for chunk in chunks {
                     let values: HashSet<&str> = chunk.iter().map(String::as_str).collect();
-                    ldap.modify(&dn, vec![Mod::Add("member", values)]).await?.success().with_context(|| format!("baseline member add {dn}"))?;
+                    ldap.modify(&dn, vec![Mod::Add("member", values)])
+                        .await?
+                        .success()
+                        .with_context(|| format!("baseline member add {dn}"))?;
                 }
                 anyhow::Ok(())
             }
@@ -351,8 +400,13 @@ pub async fn member_dns(ldap: &mut Ldap, group_dn: &str) -> anyhow::Result<BTree
     let mut start = 0usize;
     loop {
         let attribute = format!("member;range={start}-{}", start + WINDOW - 1);
-        let (entries, _) = ldap.search(group_dn, Scope::Base, "(objectClass=*)", vec![attribute.as_str()]).await?.success()?;
-        let entry = entries.into_iter().next().map(SearchEntry::construct).ok_or_else(|| anyhow!("{group_dn} does not exist"))?;
+        let (entries, _) =
+            ldap.search(group_dn, Scope::Base, "(objectClass=*)", vec![attribute.as_str()]).await?.success()?;
+        let entry = entries
+            .into_iter()
+            .next()
+            .map(SearchEntry::construct)
+            .ok_or_else(|| anyhow!("{group_dn} does not exist"))?;
         let mut next = None;
         for (name, values) in entry.attrs {
             let lower = name.to_ascii_lowercase();

@@ -26,7 +26,8 @@ impl Scale {
     }
 }
 
-pub const SCENARIOS: &[&str] = &["initial-sync", "incremental-latency", "large-group", "idle", "pipeline-throughput", "memory"];
+pub const SCENARIOS: &[&str] =
+    &["initial-sync", "incremental-latency", "large-group", "idle", "pipeline-throughput", "memory"];
 
 pub struct Bench {
     pub scale: Scale,
@@ -66,7 +67,10 @@ impl Bench {
     pub async fn run(&self, scenario: &str) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let result = self.run_one(scenario).await;
-        eprintln!("({scenario} took {:.1} s of wall-clock, fixtures and cleanup included)", started.elapsed().as_secs_f64());
+        eprintln!(
+            "({scenario} took {:.1} s of wall-clock, fixtures and cleanup included)",
+            started.elapsed().as_secs_f64()
+        );
         result
     }
 
@@ -91,7 +95,11 @@ fn machine() -> Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     json!({"cpus": cpus, "cpu_model": model, "loadavg_at_end": load.trim()})

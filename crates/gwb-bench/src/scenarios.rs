@@ -38,7 +38,13 @@ fn options(bench: &Bench, target_ou: &str, poll: f64) -> Options {
 /// A tenant in graph-sim: `groups` security groups; group g has `members` users,
 /// from g × members on (wrapping), like graph-sim's generator, but with the fixture
 /// users' real SIDs so the writer can resolve them.
-async fn seed_tenant(services: &Services, users: &[User], groups: usize, members: usize, tag: &str) -> anyhow::Result<(Vec<Uuid>, Vec<Uuid>, Vec<Vec<usize>>)> {
+async fn seed_tenant(
+    services: &Services,
+    users: &[User],
+    groups: usize,
+    members: usize,
+    tag: &str,
+) -> anyhow::Result<(Vec<Uuid>, Vec<Uuid>, Vec<Vec<usize>>)> {
     let user_ids: Vec<Uuid> = users.iter().map(|_| Uuid::new_v4()).collect();
     let mut membership = Vec::with_capacity(groups);
     let seed = Seed {
@@ -89,7 +95,11 @@ async fn wait_ingested(services: &Services, memberships: u64, timeout: Duration)
     services
         .eventually("the planner knows every membership", timeout, || async {
             let status = services.status().await?;
-            ensure!(status.memberships_known >= memberships, "{} of {memberships} memberships known", status.memberships_known);
+            ensure!(
+                status.memberships_known >= memberships,
+                "{} of {memberships} memberships known",
+                status.memberships_known
+            );
             Ok(())
         })
         .await?;
@@ -107,7 +117,10 @@ async fn wait_converged(services: &Services, groups: u64, members: u64, timeout:
             let upserts = metric_sum(&text, "gwb_commands_total", &[("kind", "upsert"), ("result", "applied")]) as u64;
             let failed = metric_sum(&text, "gwb_commands_total", &[("result", "failed")]) as u64;
             ensure!(failed == 0, "{failed} commands failed");
-            ensure!(written >= members && upserts >= groups, "{written}/{members} members, {upserts}/{groups} groups written");
+            ensure!(
+                written >= members && upserts >= groups,
+                "{written}/{members} members, {upserts}/{groups} groups written"
+            );
             Ok(())
         })
         .await?;
@@ -136,7 +149,12 @@ async fn verify(lab: &Lab, ou: &str, expected: &BTreeMap<String, Vec<String>>) -
 }
 
 fn memory_of(services: &Services) -> Value {
-    services.process_stats().into_iter().map(|(name, s)| (name, json!({"peak_rss_mb": round(s.peak_rss_mb), "cpu_seconds": round(s.cpu_seconds)}))).collect::<serde_json::Map<_, _>>().into()
+    services
+        .process_stats()
+        .into_iter()
+        .map(|(name, s)| (name, json!({"peak_rss_mb": round(s.peak_rss_mb), "cpu_seconds": round(s.cpu_seconds)})))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 fn round(x: f64) -> f64 {
@@ -168,7 +186,15 @@ struct LoadResult {
     proxy: Option<ByteProxy>,
 }
 
-async fn load(bench: &Bench, lab: &Lab, users: &[User], groups: usize, members: usize, what: &str, with_proxy: bool) -> anyhow::Result<(LoadResult, String)> {
+async fn load(
+    bench: &Bench,
+    lab: &Lab,
+    users: &[User],
+    groups: usize,
+    members: usize,
+    what: &str,
+    with_proxy: bool,
+) -> anyhow::Result<(LoadResult, String)> {
     let mut ldap = lab.connect().await?;
     let ou = fresh_ou(lab, &mut ldap, what).await?;
     let proxy = if with_proxy {
@@ -267,7 +293,11 @@ pub async fn initial_sync(bench: &Bench) -> anyhow::Result<()> {
             "peak_memory": result.memory,
         }),
     )?;
-    bench.memory.lock().map_err(|_| anyhow!("poisoned"))?.push(json!({"scenario": "initial-sync", "memberships": memberships, "services": result.memory}));
+    bench
+        .memory
+        .lock()
+        .map_err(|_| anyhow!("poisoned"))?
+        .push(json!({"scenario": "initial-sync", "memberships": memberships, "services": result.memory}));
     result.services.stop().await?;
     cleanup(&lab, &[&ou]).await;
     Ok(())
@@ -363,15 +393,22 @@ async fn latency_run(bench: &Bench, webhook: bool) -> anyhow::Result<serde_json:
         let user = (g * members + members + round) % users.len();
         let group_dn = dns.get(&format!("Group_{}", group_ids[g])).ok_or_else(|| anyhow!("group {g} not in AD"))?;
         let result = services.sim.add_members(group_ids[g], &[user_ids[user]]).await?;
-        tx.send((users[user].dn.clone(), group_dn.clone(), result.committed_at_ms)).map_err(|_| anyhow!("watcher stopped"))?;
+        tx.send((users[user].dn.clone(), group_dn.clone(), result.committed_at_ms))
+            .map_err(|_| anyhow!("watcher stopped"))?;
         // Steady rate: sleep until this change's slot, not a fixed gap (no drift).
         let next = started + interval * (k as u32 + 1);
         tokio::time::sleep_until(next.into()).await;
     }
     drop(tx);
-    let mut latencies = tokio::time::timeout(Duration::from_secs(120), watcher).await.context("changes never all reached AD")???;
+    let mut latencies =
+        tokio::time::timeout(Duration::from_secs(120), watcher).await.context("changes never all reached AD")???;
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let (p50, p95, p99, max) = (percentile(&latencies, 50.0), percentile(&latencies, 95.0), percentile(&latencies, 99.0), percentile(&latencies, 100.0));
+    let (p50, p95, p99, max) = (
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 95.0),
+        percentile(&latencies, 99.0),
+        percentile(&latencies, 100.0),
+    );
     let writer_metrics = services.metrics("gwb-writer").await?;
     let e2e_sum = metric_sum(&writer_metrics, "gwb_end_to_end_latency_seconds_sum", &[]);
     let e2e_count = metric_sum(&writer_metrics, "gwb_end_to_end_latency_seconds_count", &[]);
@@ -392,7 +429,15 @@ fn round3(x: f64) -> f64 {
 }
 
 /// LDAP operations (by kind) and bytes the writer sends for one membership change.
-async fn one_member_cost(services: &Services, proxy: &ByteProxy, lab: &Lab, group: Uuid, group_dn: &str, user: Uuid, user_dn: &str) -> anyhow::Result<Value> {
+async fn one_member_cost(
+    services: &Services,
+    proxy: &ByteProxy,
+    lab: &Lab,
+    group: Uuid,
+    group_dn: &str,
+    user: Uuid,
+    user_dn: &str,
+) -> anyhow::Result<Value> {
     let kinds = ["search", "add", "modify", "modify_dn", "delete", "connect", "bind"];
     let before_text = services.metrics("gwb-writer").await?;
     let before_bytes = proxy.bytes_sent();
@@ -419,7 +464,8 @@ async fn one_member_cost(services: &Services, proxy: &ByteProxy, lab: &Lab, grou
     let mut ops = serde_json::Map::new();
     let mut total = 0.0;
     for kind in kinds {
-        let n = metric_sum(&after_text, LDAP_OP, &[("kind", kind)]) - metric_sum(&before_text, LDAP_OP, &[("kind", kind)]);
+        let n =
+            metric_sum(&after_text, LDAP_OP, &[("kind", kind)]) - metric_sum(&before_text, LDAP_OP, &[("kind", kind)]);
         if n > 0.0 {
             ops.insert(kind.to_string(), json!(n));
             total += n;
@@ -458,7 +504,8 @@ pub async fn large_group(bench: &Bench) -> anyhow::Result<()> {
         .user
         .id;
     let mut ldap = lab.connect().await?;
-    let group_dn = ldap::groups_in(&mut ldap, &ou).await?.into_values().next().ok_or_else(|| anyhow!("large group not in AD"))?;
+    let group_dn =
+        ldap::groups_in(&mut ldap, &ou).await?.into_values().next().ok_or_else(|| anyhow!("large group not in AD"))?;
     // Let the user's own event pass through the planner first, so the cost below is the
     // membership change alone.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -479,7 +526,11 @@ pub async fn large_group(bench: &Bench) -> anyhow::Result<()> {
             "peak_memory": memory,
         }),
     )?;
-    bench.memory.lock().map_err(|_| anyhow!("poisoned"))?.push(json!({"scenario": "large-group", "memberships": size, "services": memory}));
+    bench
+        .memory
+        .lock()
+        .map_err(|_| anyhow!("poisoned"))?
+        .push(json!({"scenario": "large-group", "memberships": size, "services": memory}));
     services.stop().await?;
     cleanup(&lab, &[&ou]).await;
     Ok(())
@@ -502,8 +553,16 @@ pub async fn idle(bench: &Bench) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs_f64(poll * 3.0)).await;
 
     let rounds_of = |text: &str| metric_sum(text, "gwb_delta_rounds_total", &[("resource", "groups")]);
-    let requests = |s: &graph_sim::Stats| s.requests.iter().filter(|r| r.endpoint.contains("delta") || r.endpoint.contains("token")).map(|r| r.count).sum::<u64>();
-    let writes = |text: &str| ["add", "modify", "modify_dn", "delete"].iter().map(|k| metric_sum(text, LDAP_OP, &[("kind", k)])).sum::<f64>();
+    let requests = |s: &graph_sim::Stats| {
+        s.requests
+            .iter()
+            .filter(|r| r.endpoint.contains("delta") || r.endpoint.contains("token"))
+            .map(|r| r.count)
+            .sum::<u64>()
+    };
+    let writes = |text: &str| {
+        ["add", "modify", "modify_dn", "delete"].iter().map(|k| metric_sum(text, LDAP_OP, &[("kind", k)])).sum::<f64>()
+    };
     let cpu_before = services.process_stats();
     let stats_before = services.sim.stats().await?;
     let collector_before = services.metrics("gwb-collector").await?;
@@ -524,7 +583,8 @@ pub async fn idle(bench: &Bench) -> anyhow::Result<()> {
     let observed_rounds = rounds_of(&collector_after) - rounds_of(&collector_before);
     let graph_requests = requests(&stats_after) - requests(&stats_before);
     let ldap_writes = writes(&writer_after) - writes(&writer_before);
-    let ldap_reads = metric_sum(&writer_after, LDAP_OP, &[("kind", "search")]) - metric_sum(&writer_before, LDAP_OP, &[("kind", "search")]);
+    let ldap_reads = metric_sum(&writer_after, LDAP_OP, &[("kind", "search")])
+        - metric_sum(&writer_before, LDAP_OP, &[("kind", "search")]);
     let mut cpu = serde_json::Map::new();
     for (name, after) in &cpu_after {
         let before = cpu_before.iter().find(|(n, _)| n == name).map(|(_, s)| s.cpu_seconds).unwrap_or_default();
@@ -589,7 +649,10 @@ pub async fn throughput(bench: &Bench) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
         anyhow::ensure!(started.elapsed() < timeout, "timed out waiting for the dry run\n{}", services.log_tails());
         let collector = services.metrics("gwb-collector").await.unwrap_or_default();
-        if published_at.is_none() && metric_sum(&collector, "gwb_delta_rounds_total", &[("resource", "groups"), ("result", "completed")]) >= 1.0 {
+        if published_at.is_none()
+            && metric_sum(&collector, "gwb_delta_rounds_total", &[("resource", "groups"), ("result", "completed")])
+                >= 1.0
+        {
             published_at = Some(started.elapsed());
         }
         let Ok(status) = services.status().await else { continue };
@@ -619,7 +682,11 @@ pub async fn throughput(bench: &Bench) -> anyhow::Result<()> {
             "peak_memory": memory,
         }),
     )?;
-    bench.memory.lock().map_err(|_| anyhow!("poisoned"))?.push(json!({"scenario": "pipeline-throughput", "memberships": memberships, "services": memory}));
+    bench
+        .memory
+        .lock()
+        .map_err(|_| anyhow!("poisoned"))?
+        .push(json!({"scenario": "pipeline-throughput", "memberships": memberships, "services": memory}));
     services.stop().await?;
     Ok(())
 }
@@ -642,14 +709,22 @@ pub async fn memory(bench: &Bench) -> anyhow::Result<()> {
         .find(|v| v["scenario"] == "pipeline-throughput")
         .and_then(|v| v["services"]["gwb-planner"]["peak_rss_mb"].as_f64())
         .unwrap_or(f64::NAN);
-    let tracked = runs.iter().find(|v| v["scenario"] == "pipeline-throughput").and_then(|v| v["memberships"].as_u64()).unwrap_or_default();
+    let tracked = runs
+        .iter()
+        .find(|v| v["scenario"] == "pipeline-throughput")
+        .and_then(|v| v["memberships"].as_u64())
+        .unwrap_or_default();
     let row = runs
         .iter()
         .map(|v| {
             format!(
                 "{}: {}",
                 v["scenario"].as_str().unwrap_or(""),
-                ["gwb-collector", "gwb-planner", "gwb-writer"].iter().map(|s| format!("{} {} MB", s.trim_start_matches("gwb-"), v["services"][s]["peak_rss_mb"])).collect::<Vec<_>>().join(", ")
+                ["gwb-collector", "gwb-planner", "gwb-writer"]
+                    .iter()
+                    .map(|s| format!("{} {} MB", s.trim_start_matches("gwb-"), v["services"][s]["peak_rss_mb"]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })
         .collect::<Vec<_>>()

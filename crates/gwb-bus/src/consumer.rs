@@ -105,12 +105,14 @@ where
     .await
 }
 
-async fn open_consumer(config: &BusConfig, topology: &Topology, queue: &str) -> Result<(lapin::Connection, lapin::Consumer), BusError> {
+async fn open_consumer(
+    config: &BusConfig,
+    topology: &Topology,
+    queue: &str,
+) -> Result<(lapin::Connection, lapin::Consumer), BusError> {
     let connection = connect(config).await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|source| BusError::Amqp { operation: "channel.open", source })?;
+    let channel =
+        connection.create_channel().await.map_err(|source| BusError::Amqp { operation: "channel.open", source })?;
     topology.declare(&channel).await?;
     channel
         .basic_qos(config.prefetch, BasicQosOptions::default())
@@ -142,15 +144,22 @@ async fn settle(delivery: &lapin::message::Delivery, disposition: Disposition) -
 /// order. With a non-zero `linger`, a batch that is not full yet waits up to that long
 /// for more deliveries: a consumer slightly faster than its producer would otherwise
 /// pay its per-batch cost for every few messages.
-pub async fn consume_batches<H, F>(config: BusConfig, queue: String, shutdown: Shutdown, max_batch: usize, linger: Duration, mut handler: H)
-where
+pub async fn consume_batches<H, F>(
+    config: BusConfig,
+    queue: String,
+    shutdown: Shutdown,
+    max_batch: usize,
+    linger: Duration,
+    mut handler: H,
+) where
     H: FnMut(Vec<Delivery>) -> F,
     F: Future<Output = Vec<Disposition>>,
 {
     let topology = Topology::new(&config);
     let mut failures: u32 = 0;
     while !shutdown.is_triggered() {
-        match consume_batches_once(&config, &topology, &queue, &shutdown, max_batch.max(1), linger, &mut handler).await {
+        match consume_batches_once(&config, &topology, &queue, &shutdown, max_batch.max(1), linger, &mut handler).await
+        {
             Ok(()) => return,
             Err(error) => {
                 failures = failures.saturating_add(1);

@@ -182,10 +182,8 @@ pub(crate) async fn connect(config: &BusConfig) -> Result<Connection, BusError> 
 
 async fn open_link(config: &BusConfig, topology: &Topology) -> Result<Link, BusError> {
     let connection = connect(config).await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|source| BusError::Amqp { operation: "channel.open", source })?;
+    let channel =
+        connection.create_channel().await.map_err(|source| BusError::Amqp { operation: "channel.open", source })?;
     topology.declare(&channel).await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -252,7 +250,10 @@ mod tests {
             assert_ne!(child.span_id(), sent.span_id());
 
             let lag = delivery.queue_lag().unwrap();
-            assert!(lag >= std::time::Duration::from_millis(1500) && lag < std::time::Duration::from_secs(60), "{lag:?}");
+            assert!(
+                lag >= std::time::Duration::from_millis(1500) && lag < std::time::Duration::from_secs(60),
+                "{lag:?}"
+            );
         });
     }
 

@@ -162,10 +162,8 @@ pub async fn delete_topology(config: &BusConfig) -> Result<(), BusError> {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let topology = Topology::new(config);
     let connection = crate::publisher::connect(config).await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|source| BusError::Amqp { operation: "channel.open", source })?;
+    let channel =
+        connection.create_channel().await.map_err(|source| BusError::Amqp { operation: "channel.open", source })?;
     for queue in topology.all_queues() {
         channel
             .queue_delete(queue.into(), QueueDeleteOptions::default())

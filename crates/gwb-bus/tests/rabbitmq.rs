@@ -39,10 +39,14 @@ async fn wait_for(condition: impl Fn() -> bool) {
 #[tokio::test]
 async fn confirmed_messages_arrive_in_order_and_poison_is_dead_lettered() {
     let config = config();
-    let publisher = Publisher::connect(config.clone()).await.expect("RabbitMQ at 127.0.0.1:5672 (run scripts/ensure-rabbitmq.sh)");
+    let publisher =
+        Publisher::connect(config.clone()).await.expect("RabbitMQ at 127.0.0.1:5672 (run scripts/ensure-rabbitmq.sh)");
     let batch: Vec<_> = (0..500).map(|n| (Route::Events, message(n))).collect();
     publisher.publish_all(&batch).await.expect("publish");
-    publisher.publish(&Route::Events, &Message { id: "poison".into(), payload: b"garbage".to_vec(), ..message(0) }).await.expect("publish poison");
+    publisher
+        .publish(&Route::Events, &Message { id: "poison".into(), payload: b"garbage".to_vec(), ..message(0) })
+        .await
+        .expect("publish poison");
 
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (trigger, shutdown) = gwb_runtime::shutdown::channel();
@@ -54,7 +58,12 @@ async fn confirmed_messages_arrive_in_order_and_poison_is_dead_lettered() {
             if delivery.payload.len() != 4 {
                 return Disposition::DeadLetter;
             }
-            let n = u32::from_be_bytes([delivery.payload[0], delivery.payload[1], delivery.payload[2], delivery.payload[3]]);
+            let n = u32::from_be_bytes([
+                delivery.payload[0],
+                delivery.payload[1],
+                delivery.payload[2],
+                delivery.payload[3],
+            ]);
             assert_eq!(delivery.headers.get("traceparent"), Some(&format!("t{n}")));
             sink.lock().unwrap().push(n);
             Disposition::Ack
@@ -65,13 +74,14 @@ async fn confirmed_messages_arrive_in_order_and_poison_is_dead_lettered() {
 
     let dead = Arc::new(Mutex::new(Vec::new()));
     let dead_sink = dead.clone();
-    let dead_task = tokio::spawn(consume(config.clone(), publisher.topology().dead_letter_queue(), shutdown, move |delivery| {
-        let sink = dead_sink.clone();
-        async move {
-            sink.lock().unwrap().push(delivery.message_id.clone().unwrap_or_default());
-            Disposition::Ack
-        }
-    }));
+    let dead_task =
+        tokio::spawn(consume(config.clone(), publisher.topology().dead_letter_queue(), shutdown, move |delivery| {
+            let sink = dead_sink.clone();
+            async move {
+                sink.lock().unwrap().push(delivery.message_id.clone().unwrap_or_default());
+                Disposition::Ack
+            }
+        }));
     wait_for(|| !dead.lock().unwrap().is_empty()).await;
     assert_eq!(*dead.lock().unwrap(), vec!["poison".to_string()]);
     trigger.trigger();

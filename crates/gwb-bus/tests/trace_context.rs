@@ -30,10 +30,12 @@ async fn one_trace_across_publish_and_consume() {
         command_partitions: 1,
         ..BusConfig::default()
     };
-    let publisher = Publisher::connect(config.clone()).await.expect("RabbitMQ at 127.0.0.1:5672 (run scripts/ensure-rabbitmq.sh)");
+    let publisher =
+        Publisher::connect(config.clone()).await.expect("RabbitMQ at 127.0.0.1:5672 (run scripts/ensure-rabbitmq.sh)");
     let round = tracing::info_span!("delta round");
     let sent = round.context().span().span_context().trace_id();
-    let message = Message { id: "m1".into(), kind: "test.Kind", payload: vec![1], headers: BTreeMap::new(), timestamp_ms: 0 };
+    let message =
+        Message { id: "m1".into(), kind: "test.Kind", payload: vec![1], headers: BTreeMap::new(), timestamp_ms: 0 };
     {
         use tracing::Instrument;
         publisher.publish(&Route::Events, &message).instrument(round.clone()).await.expect("publish");

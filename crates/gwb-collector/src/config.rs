@@ -152,7 +152,11 @@ mod tests {
 
     #[test]
     fn the_active_interval_is_clamped_between_a_tenth_of_a_second_and_the_idle_interval() {
-        let with = |idle: f64, active: f64| CollectorSettings { poll_interval_seconds: idle, active_poll_interval_seconds: active, ..Default::default() };
+        let with = |idle: f64, active: f64| CollectorSettings {
+            poll_interval_seconds: idle,
+            active_poll_interval_seconds: active,
+            ..Default::default()
+        };
         assert_eq!((with(30.0, 0.25).poll_interval_ms(), with(30.0, 0.25).active_poll_interval_ms()), (30_000, 250));
         assert_eq!(with(1.0, 5.0).active_poll_interval_ms(), 1_000);
         assert_eq!(with(1.0, 0.0).active_poll_interval_ms(), 100);

@@ -27,7 +27,10 @@ impl Collector for CollectorService {
         Ok(Response::new(pb::SyncNowResponse { started }))
     }
 
-    async fn full_resync(&self, _request: Request<pb::FullResyncRequest>) -> Result<Response<pb::SyncNowResponse>, Status> {
+    async fn full_resync(
+        &self,
+        _request: Request<pb::FullResyncRequest>,
+    ) -> Result<Response<pb::SyncNowResponse>, Status> {
         self.shared.full_resync.store(true, Ordering::SeqCst);
         let started = !self.shared.running.load(Ordering::SeqCst);
         self.shared.wake.notify_one();
@@ -70,7 +73,9 @@ impl TokenCheck {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` (collector.control.token_file)"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated("missing `authorization: Bearer <token>` (collector.control.token_file)")
+            })?;
         if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
             Ok(request)
         } else {
@@ -88,7 +93,12 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-pub(crate) async fn serve(listener: TcpListener, shared: Shared, token: TokenCheck, shutdown: Shutdown) -> Result<(), CollectorError> {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Shared,
+    token: TokenCheck,
+    shutdown: Shutdown,
+) -> Result<(), CollectorError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<CollectorServer<CollectorService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -100,7 +110,9 @@ pub(crate) async fn serve(listener: TcpListener, shared: Shared, token: TokenChe
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move { shutdown.triggered().await })
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            shutdown.triggered().await
+        })
         .await
         .map_err(|e| CollectorError::Control(e.to_string()))
 }

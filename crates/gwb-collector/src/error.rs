@@ -7,7 +7,9 @@ pub enum CollectorError {
     Bus(#[from] gwb_bus::BusError),
     #[error("cursor store: {0}")]
     Cursor(#[from] rusqlite::Error),
-    #[error("{resource} delta round {round_id} is looping (page {page}: link seen before or collector.max_pages_per_round reached); abandoning it")]
+    #[error(
+        "{resource} delta round {round_id} is looping (page {page}: link seen before or collector.max_pages_per_round reached); abandoning it"
+    )]
     Loop { resource: &'static str, round_id: String, page: u64 },
     #[error("Graph asked for a resync again during a full round: {0}")]
     ResyncLoop(String),

@@ -78,7 +78,11 @@ impl Shared {
     }
 }
 
-async fn bind(listener: Option<TcpListener>, address: std::net::SocketAddr, key: &str) -> Result<TcpListener, CollectorError> {
+async fn bind(
+    listener: Option<TcpListener>,
+    address: std::net::SocketAddr,
+    key: &str,
+) -> Result<TcpListener, CollectorError> {
     match listener {
         Some(listener) => Ok(listener),
         None => TcpListener::bind(address)
@@ -95,7 +99,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let settings = &config.collector;
     let cursors = cursor::CursorStore::open(&settings.state_path)?;
     let control_token = match &settings.control.token_file {
-        Some(path) => Some(secret::read_secret_file("collector.control.token_file", path).map_err(|e| CollectorError::Config(e.to_string()))?),
+        Some(path) => Some(
+            secret::read_secret_file("collector.control.token_file", path)
+                .map_err(|e| CollectorError::Config(e.to_string()))?,
+        ),
         None if settings.control.listen.ip().is_loopback() => {
             tracing::warn!(listen = %settings.control.listen, "collector.control.token_file is not set: the control API accepts unauthenticated calls on loopback");
             None
@@ -112,7 +119,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
             let state = secret::read_secret_file("collector.notifications.client_state_file", &n.client_state_file)
                 .map_err(|e| CollectorError::Config(e.to_string()))?;
             if state.expose().chars().count() > 128 {
-                return Err(CollectorError::Config("collector.notifications.client_state_file: clientState must be at most 128 characters".into()));
+                return Err(CollectorError::Config(
+                    "collector.notifications.client_state_file: clientState must be at most 128 characters".into(),
+                ));
             }
             Some(state)
         }
@@ -122,7 +131,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let shared = Shared::new();
 
     let control_listener = bind(listeners.control, settings.control.listen, "collector.control.listen").await?;
-    let control_task = tokio::spawn(control::serve(control_listener, shared.clone(), control::TokenCheck::new(control_token), shutdown.clone()));
+    let control_task = tokio::spawn(control::serve(
+        control_listener,
+        shared.clone(),
+        control::TokenCheck::new(control_token),
+        shutdown.clone(),
+    ));
 
     let mut background = Vec::new();
     if let (Some(n), Some(client_state)) = (&settings.notifications, notification_secret) {

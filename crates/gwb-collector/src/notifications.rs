@@ -22,9 +22,9 @@ use gwb_graph::{GraphClient, GraphError, MAX_SUBSCRIPTION_LIFETIME, NewSubscript
 use gwb_runtime::secret::Secret;
 use gwb_runtime::shutdown::Shutdown;
 
+use crate::Shared;
 use crate::config::NotificationSettings;
 use crate::control::constant_time_eq;
-use crate::Shared;
 
 /// Retry delay after a subscription could not be created or renewed.
 const RETRY: Duration = Duration::from_secs(60);
@@ -52,13 +52,13 @@ impl Receiver {
 }
 
 pub async fn serve(listener: TcpListener, receiver: Receiver, shutdown: Shutdown) {
-    let app = Router::new()
-        .route("/notifications", post(receive))
-        .route("/lifecycle", post(receive))
-        .with_state(receiver);
+    let app =
+        Router::new().route("/notifications", post(receive)).route("/lifecycle", post(receive)).with_state(receiver);
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%address, "change-notification receiver listening");
-    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.triggered().await }).await {
+    if let Err(error) =
+        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.triggered().await }).await
+    {
         tracing::error!(%error, "change-notification receiver stopped");
     }
 }
@@ -66,7 +66,11 @@ pub async fn serve(listener: TcpListener, receiver: Receiver, shutdown: Shutdown
 /// One handler for both URLs: a validation request carries `validationToken`; a
 /// delivery is a `value` array whose items are change notifications or, with
 /// `lifecycleEvent`, lifecycle notifications.
-async fn receive(State(receiver): State<Receiver>, Query(query): Query<BTreeMap<String, String>>, body: Bytes) -> Response {
+async fn receive(
+    State(receiver): State<Receiver>,
+    Query(query): Query<BTreeMap<String, String>>,
+    body: Bytes,
+) -> Response {
     if let Some(token) = query.get("validationToken") {
         // Axum's query extractor has already URL-decoded the token, which is what
         // Graph expects back, as text/plain, within 10 seconds.

@@ -67,7 +67,14 @@ impl Collector {
         let mut visited = HashSet::new();
         let boundary = pb::RoundBoundary { resource: events::resource(resource) as i32, full };
         if full {
-            self.publish(&round_id, &mut position, now_ms(), vec![Change::RoundStarted(boundary)], "full round started").await?;
+            self.publish(
+                &round_id,
+                &mut position,
+                now_ms(),
+                vec![Change::RoundStarted(boundary)],
+                "full round started",
+            )
+            .await?;
         }
         let mut pages = 0u64;
         let mut objects = 0usize;
@@ -95,7 +102,14 @@ impl Collector {
             match page.link {
                 PageLink::Next(next) => url = next,
                 PageLink::Delta(delta) => {
-                    self.publish(&round_id, &mut position, now_ms(), vec![Change::RoundCompleted(boundary)], "round completed").await?;
+                    self.publish(
+                        &round_id,
+                        &mut position,
+                        now_ms(),
+                        vec![Change::RoundCompleted(boundary)],
+                        "round completed",
+                    )
+                    .await?;
                     // Only now, with every event of the round confirmed, does the
                     // cursor move.
                     self.cursors.save(resource, &delta, now_ms()).map_err(|e| RoundFailure::Other(e.into()))?;

@@ -13,13 +13,15 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use graph_sim::{AdminClient, FaultKind, FaultMatch, FaultRule, NewGroup, NewUser, PagingConfig, RunningSim, Seed, SimConfig};
+use ev::change_event::Change;
+use graph_sim::{
+    AdminClient, FaultKind, FaultMatch, FaultRule, NewGroup, NewUser, PagingConfig, RunningSim, Seed, SimConfig,
+};
 use gwb_bus::{BusConfig, Disposition, Topology};
 use gwb_collector::{CollectorError, Listeners};
 use gwb_proto::control::v1 as ctl;
 use gwb_proto::events::v1 as ev;
 use gwb_runtime::shutdown::{self, Shutdown, ShutdownTrigger};
-use ev::change_event::Change;
 
 const CERT: &str = include_str!("../../graph-sim/fixtures/client-cert.pem");
 const KEY: &str = include_str!("../../graph-sim/fixtures/client-key.pem");
@@ -43,7 +45,13 @@ struct Running {
 }
 
 fn paging() -> PagingConfig {
-    PagingConfig { max_objects_per_page: 4, min_objects_per_page: 1, member_slice: 7, empty_page_every: Some(2), shuffle: true }
+    PagingConfig {
+        max_objects_per_page: 4,
+        min_objects_per_page: 1,
+        member_slice: 7,
+        empty_page_every: Some(2),
+        shuffle: true,
+    }
 }
 
 async fn tenant(sim_config: SimConfig) -> Tenant {
@@ -109,7 +117,11 @@ impl Tenant {
             state = self.dir.join("cursors.db").display(),
         );
         // A test that sets its own poll interval replaces the fast default.
-        let text = if extra_collector.contains("poll_interval_seconds") { text.replace("poll_interval_seconds = 0.5\n", "") } else { text };
+        let text = if extra_collector.contains("poll_interval_seconds") {
+            text.replace("poll_interval_seconds = 0.5\n", "")
+        } else {
+            text
+        };
         let path = self.dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
@@ -117,7 +129,8 @@ impl Tenant {
 
     async fn start(&self, extra_graph: &str, extra_collector: &str) -> Running {
         let path = self.config_file(extra_graph, extra_collector, "collector.toml");
-        let config: gwb_collector::Config = gwb_runtime::config::load_with_env(Some(&path), Vec::<(String, String)>::new()).unwrap();
+        let config: gwb_collector::Config =
+            gwb_runtime::config::load_with_env(Some(&path), Vec::<(String, String)>::new()).unwrap();
         let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let notifications = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let control_addr = format!("http://{}", control.local_addr().unwrap());
@@ -167,7 +180,9 @@ fn boundaries(events: &[ev::ChangeEvent], completed: bool) -> Vec<(String, i32, 
     events
         .iter()
         .filter_map(|e| match (&e.change, completed) {
-            (Some(Change::RoundStarted(b)), false) | (Some(Change::RoundCompleted(b)), true) => Some((e.round_id.clone(), b.resource, b.full)),
+            (Some(Change::RoundStarted(b)), false) | (Some(Change::RoundCompleted(b)), true) => {
+                Some((e.round_id.clone(), b.resource, b.full))
+            }
             _ => None,
         })
         .collect()
@@ -204,7 +219,9 @@ fn summary(events: &[ev::ChangeEvent]) -> Vec<String> {
         .iter()
         .map(|e| match &e.change {
             Some(Change::RoundStarted(b)) => format!("{} started r{} full={}", &e.round_id[..8], b.resource, b.full),
-            Some(Change::RoundCompleted(b)) => format!("{} completed r{} full={}", &e.round_id[..8], b.resource, b.full),
+            Some(Change::RoundCompleted(b)) => {
+                format!("{} completed r{} full={}", &e.round_id[..8], b.resource, b.full)
+            }
             Some(Change::Group(g)) => format!("{} group {}", &e.round_id[..8], g.id),
             Some(Change::User(u)) => format!("{} user {}", &e.round_id[..8], u.id),
             other => format!("{} {other:?}", &e.round_id[..8]),
@@ -217,8 +234,10 @@ fn rule(matches: FaultMatch, kind: FaultKind, count: u32) -> FaultRule {
 }
 
 async fn initial_rounds(t: &Tenant) {
-    t.wait_for("both initial full rounds", |e| completed(e, ev::Resource::Users, true) >= 1 && completed(e, ev::Resource::Groups, true) >= 1)
-        .await;
+    t.wait_for("both initial full rounds", |e| {
+        completed(e, ev::Resource::Users, true) >= 1 && completed(e, ev::Resource::Groups, true) >= 1
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -281,15 +300,22 @@ async fn lost_delta_token_410_or_sync_state_codes_runs_a_full_round() {
         )])
         .await
         .unwrap();
-    t.wait_for("a second full users round after syncStateNotFound", |e| completed(e, ev::Resource::Users, true) >= 2).await;
+    t.wait_for("a second full users round after syncStateNotFound", |e| completed(e, ev::Resource::Users, true) >= 2)
+        .await;
     t.admin
-        .add_faults(&[rule(FaultMatch::GroupsDelta, FaultKind::ResyncRequired { variant: graph_sim::ErrorVariant::PascalCase, status: 400 }, 1)])
+        .add_faults(&[rule(
+            FaultMatch::GroupsDelta,
+            FaultKind::ResyncRequired { variant: graph_sim::ErrorVariant::PascalCase, status: 400 },
+            1,
+        )])
         .await
         .unwrap();
-    t.wait_for("a third full groups round after ResyncRequired", |e| completed(e, ev::Resource::Groups, true) >= 3).await;
+    t.wait_for("a third full groups round after ResyncRequired", |e| completed(e, ev::Resource::Groups, true) >= 3)
+        .await;
     // Each full round carries every group again, so the planner can sweep.
     let events = t.snapshot();
-    let last = boundaries(&events, true).into_iter().rfind(|(_, r, f)| *r == resource(ev::Resource::Groups) && *f).unwrap();
+    let last =
+        boundaries(&events, true).into_iter().rfind(|(_, r, f)| *r == resource(ev::Resource::Groups) && *f).unwrap();
     assert_eq!(groups_in_round(&events, &last.0).len(), groups.len());
     running.stop().await.unwrap();
     t.finish().await;
@@ -300,18 +326,26 @@ async fn malformed_page_fails_the_full_round_without_completion_and_the_retry_re
     let (t, _, groups) = seeded(8, 8).await;
     // Users round fine; the groups round breaks on its second page.
     t.admin
-        .add_faults(&[rule(FaultMatch::GroupsDelta, FaultKind::Delay { ms: 0 }, 1), rule(FaultMatch::GroupsDelta, FaultKind::Malformed, 1)])
+        .add_faults(&[
+            rule(FaultMatch::GroupsDelta, FaultKind::Delay { ms: 0 }, 1),
+            rule(FaultMatch::GroupsDelta, FaultKind::Malformed, 1),
+        ])
         .await
         .unwrap();
     let running = t.start("", "").await;
     initial_rounds(&t).await;
     let events = t.snapshot();
-    let group_rounds: Vec<_> = boundaries(&events, false).into_iter().filter(|(_, r, _)| *r == resource(ev::Resource::Groups)).collect();
+    let group_rounds: Vec<_> =
+        boundaries(&events, false).into_iter().filter(|(_, r, _)| *r == resource(ev::Resource::Groups)).collect();
     assert!(group_rounds.len() >= 2, "the failed round and its retry");
     let failed = &group_rounds[0].0;
-    assert!(events.iter().any(|e| &e.round_id == failed && matches!(e.change, Some(Change::Group(_)))), "the failed round had published a page");
+    assert!(
+        events.iter().any(|e| &e.round_id == failed && matches!(e.change, Some(Change::Group(_)))),
+        "the failed round had published a page"
+    );
     assert!(!boundaries(&events, true).iter().any(|(id, _, _)| id == failed), "a failed full round is never completed");
-    let retry = &boundaries(&events, true).into_iter().find(|(_, r, _)| *r == resource(ev::Resource::Groups)).unwrap().0;
+    let retry =
+        &boundaries(&events, true).into_iter().find(|(_, r, _)| *r == resource(ev::Resource::Groups)).unwrap().0;
     assert_eq!(groups_in_round(&events, retry).len(), groups.len(), "nothing lost");
     running.stop().await.unwrap();
     t.finish().await;
@@ -326,8 +360,12 @@ async fn round_timeout_and_next_link_loop_abandon_the_round_without_completion()
     let status = status(&running.control, None).await;
     assert!(status.rounds_failed >= 1, "{status:?}");
     let events = t.snapshot();
-    let group_starts: Vec<_> = boundaries(&events, false).into_iter().filter(|(_, r, _)| *r == resource(ev::Resource::Groups)).collect();
-    assert!(!boundaries(&events, true).iter().any(|(id, _, _)| *id == group_starts[0].0), "timed-out round not completed");
+    let group_starts: Vec<_> =
+        boundaries(&events, false).into_iter().filter(|(_, r, _)| *r == resource(ev::Resource::Groups)).collect();
+    assert!(
+        !boundaries(&events, true).iter().any(|(id, _, _)| *id == group_starts[0].0),
+        "timed-out round not completed"
+    );
 
     let failed_before = self::status(&running.control, None).await.rounds_failed;
     t.admin.add_faults(&[rule(FaultMatch::GroupsDelta, FaultKind::NextLinkLoop, 1)]).await.unwrap();
@@ -409,7 +447,10 @@ async fn status(endpoint: &str, token: Option<&str>) -> ctl::CollectorStatus {
 async fn grpc_sync_now_full_resync_and_status_require_the_bearer_token() {
     let (t, _, _) = seeded(4, 2).await;
     gwb_runtime::secret::write_secret_file(&t.dir.join("control-token"), "control-t0ken").unwrap();
-    let token_line = format!("poll_interval_seconds = 3600\n[collector.control]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n", t.dir.join("control-token").display());
+    let token_line = format!(
+        "poll_interval_seconds = 3600\n[collector.control]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+        t.dir.join("control-token").display()
+    );
     let running = t.start("", &token_line).await;
     initial_rounds(&t).await;
 
@@ -422,16 +463,27 @@ async fn grpc_sync_now_full_resync_and_status_require_the_bearer_token() {
         request
     }
     let s = status(&running.control, Some("control-t0ken")).await;
-    assert!(s.rounds_completed >= 2 && s.users_round_completed_ms > 0 && s.groups_round_completed_ms > 0 && s.last_error.is_empty(), "{s:?}");
+    assert!(
+        s.rounds_completed >= 2
+            && s.users_round_completed_ms > 0
+            && s.groups_round_completed_ms > 0
+            && s.last_error.is_empty(),
+        "{s:?}"
+    );
 
     let created = t.admin.create_user(&NewUser::default()).await.unwrap().user.id;
     tokio::time::sleep(Duration::from_millis(300)).await;
     client.sync_now(with_token(ctl::SyncNowRequest {})).await.unwrap();
-    t.wait_for("the user after SyncNow", |e| e.iter().any(|e| matches!(&e.change, Some(Change::User(u)) if u.id == created.to_string()))).await;
+    t.wait_for("the user after SyncNow", |e| {
+        e.iter().any(|e| matches!(&e.change, Some(Change::User(u)) if u.id == created.to_string()))
+    })
+    .await;
 
     client.full_resync(with_token(ctl::FullResyncRequest {})).await.unwrap();
-    t.wait_for("full rounds after FullResync", |e| completed(e, ev::Resource::Users, true) >= 2 && completed(e, ev::Resource::Groups, true) >= 2)
-        .await;
+    t.wait_for("full rounds after FullResync", |e| {
+        completed(e, ev::Resource::Users, true) >= 2 && completed(e, ev::Resource::Groups, true) >= 2
+    })
+    .await;
 
     let channel = tonic::transport::Channel::from_shared(running.control.clone()).unwrap().connect().await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -457,11 +509,16 @@ async fn change_notifications_trigger_rounds_and_lifecycle_events_renew_the_subs
         t.dir.join("client-state").display()
     );
     let path = t.config_file("", &extra, "notify.toml");
-    let config: gwb_collector::Config = gwb_runtime::config::load_with_env(Some(&path), Vec::<(String, String)>::new()).unwrap();
+    let config: gwb_collector::Config =
+        gwb_runtime::config::load_with_env(Some(&path), Vec::<(String, String)>::new()).unwrap();
     let (trigger, stop) = shutdown::channel();
     let control = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let control_addr = format!("http://{}", control.local_addr().unwrap());
-    let task = tokio::spawn(gwb_collector::run(config, Listeners { control: Some(control), notifications: Some(listener) }, stop));
+    let task = tokio::spawn(gwb_collector::run(
+        config,
+        Listeners { control: Some(control), notifications: Some(listener) },
+        stop,
+    ));
     let running = Running { trigger, task, control: control_addr };
     initial_rounds(&t).await;
 
@@ -493,7 +550,8 @@ async fn change_notifications_trigger_rounds_and_lifecycle_events_renew_the_subs
     assert_eq!(status(&running.control, None).await.rounds_completed, rounds);
 
     // The validation handshake echoes the decoded token as text/plain.
-    let answer = http.post(format!("{public}/notifications?validationToken=Validation%3A%20a%2Bb")).send().await.unwrap();
+    let answer =
+        http.post(format!("{public}/notifications?validationToken=Validation%3A%20a%2Bb")).send().await.unwrap();
     assert_eq!(answer.status(), 200);
     assert!(answer.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     assert_eq!(answer.text().await.unwrap(), "Validation: a+b");

@@ -19,9 +19,7 @@ impl GroupType {
         const UNIVERSAL: i32 = 0x8;
         const SECURITY: i32 = i32::MIN; // 0x80000000
         match self {
-            GroupType::UniversalSecurity | GroupType::UniversalMailEnabledSecurity => {
-                UNIVERSAL | SECURITY
-            }
+            GroupType::UniversalSecurity | GroupType::UniversalMailEnabledSecurity => UNIVERSAL | SECURITY,
             GroupType::UniversalDistribution => UNIVERSAL,
         }
     }
@@ -41,13 +39,9 @@ impl GroupType {
     }
 
     pub fn from_graph_name(name: &str) -> Option<Self> {
-        [
-            GroupType::UniversalSecurity,
-            GroupType::UniversalDistribution,
-            GroupType::UniversalMailEnabledSecurity,
-        ]
-        .into_iter()
-        .find(|t| t.graph_name().eq_ignore_ascii_case(name))
+        [GroupType::UniversalSecurity, GroupType::UniversalDistribution, GroupType::UniversalMailEnabledSecurity]
+            .into_iter()
+            .find(|t| t.graph_name().eq_ignore_ascii_case(name))
     }
 }
 
@@ -128,12 +122,23 @@ pub enum WriteCommand {
     /// Create the group if no object carries the anchor, else make its name, OU and
     /// attributes match (rename/move keep objectGUID and SID).
     Upsert(GroupSpec),
-    AddMembers { anchor: String, members: Vec<MemberRef> },
-    RemoveMembers { anchor: String, members: Vec<MemberRef> },
+    AddMembers {
+        anchor: String,
+        members: Vec<MemberRef>,
+    },
+    RemoveMembers {
+        anchor: String,
+        members: Vec<MemberRef>,
+    },
     /// Delete the group carrying the anchor; absent already counts as done.
-    Delete { anchor: String },
+    Delete {
+        anchor: String,
+    },
     /// Move the group carrying the anchor into the retired OU, keeping it.
-    Retire { anchor: String, retired_ou: String },
+    Retire {
+        anchor: String,
+        retired_ou: String,
+    },
 }
 
 impl WriteCommand {

@@ -30,9 +30,13 @@ impl Default for DeletionThreshold {
 pub fn must_hold(deletions: u64, written_back: u64, threshold: DeletionThreshold) -> Option<String> {
     let window = threshold.window_minutes;
     if deletions > threshold.max_groups {
-        return Some(format!("{deletions} deletions within {window} minutes exceed the threshold of {} groups", threshold.max_groups));
+        return Some(format!(
+            "{deletions} deletions within {window} minutes exceed the threshold of {} groups",
+            threshold.max_groups
+        ));
     }
-    let percent_exceeded = deletions > 1 && deletions.saturating_mul(100) > threshold.max_percent.saturating_mul(written_back);
+    let percent_exceeded =
+        deletions > 1 && deletions.saturating_mul(100) > threshold.max_percent.saturating_mul(written_back);
     percent_exceeded.then(|| {
         format!(
             "{deletions} deletions within {window} minutes are more than {} % of the {written_back} written-back groups",

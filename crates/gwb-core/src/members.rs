@@ -65,7 +65,9 @@ pub fn resolve_user(user: Option<&UserAnchor>) -> Resolution {
         return Resolution::Skip("user deleted in the cloud".into());
     }
     match (&user.on_premises_sid, user.on_premises_sync_enabled) {
-        (Some(sid), Some(true)) if !is_sid(sid) => Resolution::Skip(format!("onPremisesSecurityIdentifier {sid:?} is not a SID")),
+        (Some(sid), Some(true)) if !is_sid(sid) => {
+            Resolution::Skip(format!("onPremisesSecurityIdentifier {sid:?} is not a SID"))
+        }
         (Some(sid), Some(true)) if is_privileged_sid(sid) => {
             Resolution::Skip(format!("{sid} is a well-known or privileged SID; it is never written as a member"))
         }
@@ -100,12 +102,12 @@ pub fn is_privileged_sid(sid: &str) -> bool {
 /// worse, be interpreted as something else inside `<SID=…>`.
 pub fn is_sid(text: &str) -> bool {
     let mut parts = text.split('-');
-    parts.next() == Some("S")
-        && parts.next() == Some("1")
-        && {
-            let rest: Vec<&str> = parts.collect();
-            rest.len() >= 2 && rest.len() <= 16 && rest.iter().all(|p| !p.is_empty() && p.len() <= 10 && p.bytes().all(|b| b.is_ascii_digit()))
-        }
+    parts.next() == Some("S") && parts.next() == Some("1") && {
+        let rest: Vec<&str> = parts.collect();
+        rest.len() >= 2
+            && rest.len() <= 16
+            && rest.iter().all(|p| !p.is_empty() && p.len() <= 10 && p.bytes().all(|b| b.is_ascii_digit()))
+    }
 }
 
 #[cfg(test)]
@@ -114,7 +116,11 @@ mod tests {
 
     #[test]
     fn synced_user_resolves_by_sid() {
-        let user = UserAnchor { on_premises_sid: Some("S-1-5-21-1-2-3-1105".into()), on_premises_sync_enabled: Some(true), deleted: false };
+        let user = UserAnchor {
+            on_premises_sid: Some("S-1-5-21-1-2-3-1105".into()),
+            on_premises_sync_enabled: Some(true),
+            deleted: false,
+        };
         assert_eq!(resolve_user(Some(&user)), Resolution::Write(MemberRef::Sid("S-1-5-21-1-2-3-1105".into())));
     }
 
@@ -123,14 +129,29 @@ mod tests {
         assert!(matches!(resolve_user(None), Resolution::Skip(r) if r.contains("not seen")));
         let cloud = UserAnchor::default();
         assert!(matches!(resolve_user(Some(&cloud)), Resolution::Skip(r) if r.contains("cloud-only")));
-        let unsynced = UserAnchor { on_premises_sid: Some("S-1-5-21-1-2-3-4".into()), on_premises_sync_enabled: Some(false), deleted: false };
+        let unsynced = UserAnchor {
+            on_premises_sid: Some("S-1-5-21-1-2-3-4".into()),
+            on_premises_sync_enabled: Some(false),
+            deleted: false,
+        };
         assert!(matches!(resolve_user(Some(&unsynced)), Resolution::Skip(r) if r.contains("no longer synced")));
-        let hostile = UserAnchor { on_premises_sid: Some("S-1-5-21>;<GUID=x".into()), on_premises_sync_enabled: Some(true), deleted: false };
+        let hostile = UserAnchor {
+            on_premises_sid: Some("S-1-5-21>;<GUID=x".into()),
+            on_premises_sync_enabled: Some(true),
+            deleted: false,
+        };
         assert!(matches!(resolve_user(Some(&hostile)), Resolution::Skip(r) if r.contains("not a SID")));
         assert!(matches!(resolve_group(None), Resolution::Skip(_)));
         for privileged in ["S-1-5-32-544", "S-1-5-21-1-2-3-512", "S-1-5-21-1-2-3-500", "S-1-5-18", "S-1-1-0"] {
-            let user = UserAnchor { on_premises_sid: Some(privileged.into()), on_premises_sync_enabled: Some(true), deleted: false };
-            assert!(matches!(resolve_user(Some(&user)), Resolution::Skip(r) if r.contains("privileged")), "{privileged}");
+            let user = UserAnchor {
+                on_premises_sid: Some(privileged.into()),
+                on_premises_sync_enabled: Some(true),
+                deleted: false,
+            };
+            assert!(
+                matches!(resolve_user(Some(&user)), Resolution::Skip(r) if r.contains("privileged")),
+                "{privileged}"
+            );
         }
         assert!(matches!(resolve_other(MemberKind::Device), Resolution::Skip(r) if r.starts_with("device")));
     }

@@ -43,11 +43,7 @@ pub fn cn(template: NameTemplate, display_name: &str, object_id: &str) -> String
             let cleaned: String = display_name.chars().filter(|c| !c.is_control()).collect();
             let base: String = cleaned.trim().chars().take(DISPLAY_NAME_CHARS).collect();
             let base = base.trim_end();
-            if base.is_empty() {
-                anchor(object_id)
-            } else {
-                format!("{base}_{}", last_12(object_id))
-            }
+            if base.is_empty() { anchor(object_id) } else { format!("{base}_{}", last_12(object_id)) }
         }
     }
 }
@@ -166,7 +162,11 @@ mod hostile_names {
                 let escaped = dn_value(&cn);
                 assert!(!escaped.starts_with('#') && !escaped.starts_with(' '), "{escaped:?}");
                 for special in [",", "+", "\"", "<", ">", ";", "="] {
-                    assert_eq!(escaped.matches(special).count(), escaped.matches(&format!("\\{special}")).count(), "{escaped:?}");
+                    assert_eq!(
+                        escaped.matches(special).count(),
+                        escaped.matches(&format!("\\{special}")).count(),
+                        "{escaped:?}"
+                    );
                 }
                 assert_eq!(cn, super::cn(template, name, ID), "not deterministic");
             }
@@ -178,7 +178,10 @@ mod hostile_names {
                 assert!(!sam.ends_with('.') && sam.trim() == sam, "{sam:?}");
             }
             let filter = filter_value(name);
-            assert!(!filter.contains('*') && !filter.contains('(') && !filter.contains(')') && !filter.contains('\0'), "{filter:?}");
+            assert!(
+                !filter.contains('*') && !filter.contains('(') && !filter.contains(')') && !filter.contains('\0'),
+                "{filter:?}"
+            );
         }
     }
 }

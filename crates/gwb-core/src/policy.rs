@@ -103,7 +103,9 @@ pub fn decide(
     }
     let is_m365 = group.is_microsoft_365();
     if !is_m365 && group.mail_enabled && !group.security_enabled {
-        return Decision::Skip("cloud distribution lists are not written back (Microsoft 365 and security groups only)".into());
+        return Decision::Skip(
+            "cloud distribution lists are not written back (Microsoft 365 and security groups only)".into(),
+        );
     }
     let enabled = over
         .enabled
@@ -113,16 +115,17 @@ pub fn decide(
     if !enabled.0 {
         return Decision::Skip(format!("writeback not enabled for this group ({})", enabled.1));
     }
-    let requested = over.group_type.or_else(|| {
-        group.writeback_group_type.as_deref().and_then(GroupType::from_graph_name)
-    });
+    let requested =
+        over.group_type.or_else(|| group.writeback_group_type.as_deref().and_then(GroupType::from_graph_name));
     let group_type = match requested {
         Some(t) => t,
         None if is_m365 => GroupType::UniversalDistribution,
         None => GroupType::UniversalSecurity,
     };
     if !is_m365 && group_type != GroupType::UniversalSecurity {
-        return Decision::Skip(format!("a security group can only be written back as universalSecurityGroup, not {group_type}"));
+        return Decision::Skip(format!(
+            "a security group can only be written back as universalSecurityGroup, not {group_type}"
+        ));
     }
     if group_type.needs_exchange() && !schema.has_exchange {
         return Decision::Skip(format!(
@@ -161,7 +164,12 @@ mod tests {
     use super::*;
 
     fn placement() -> Placement {
-        Placement { default_ou: "OU=WB,DC=lab".into(), security_ou: None, distribution_ou: Some("OU=DL,DC=lab".into()), name_template: NameTemplate::ObjectId }
+        Placement {
+            default_ou: "OU=WB,DC=lab".into(),
+            security_ou: None,
+            distribution_ou: Some("OU=DL,DC=lab".into()),
+            name_template: NameTemplate::ObjectId,
+        }
     }
 
     fn security(id: &str) -> CloudGroup {
@@ -169,7 +177,13 @@ mod tests {
     }
 
     fn m365(id: &str) -> CloudGroup {
-        CloudGroup { id: id.into(), display_name: "Team".into(), mail_enabled: true, group_types: vec!["Unified".into()], ..Default::default() }
+        CloudGroup {
+            id: id.into(),
+            display_name: "Team".into(),
+            mail_enabled: true,
+            group_types: vec!["Unified".into()],
+            ..Default::default()
+        }
     }
 
     fn all_security() -> Scope {
@@ -178,7 +192,13 @@ mod tests {
 
     #[test]
     fn security_group_in_scope_is_written_as_universal_security() {
-        let Decision::Write(spec) = decide(&security("ID1"), &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()) else {
+        let Decision::Write(spec) = decide(
+            &security("ID1"),
+            &GroupOverride::default(),
+            &all_security(),
+            &placement(),
+            DirectorySchema::default(),
+        ) else {
             panic!("expected write")
         };
         assert_eq!(spec.group_type, GroupType::UniversalSecurity);
@@ -192,39 +212,67 @@ mod tests {
         let mut g = security("a");
         g.on_premises_sync_enabled = Some(true);
         let over = GroupOverride { enabled: Some(true), ..Default::default() };
-        assert!(matches!(decide(&g, &over, &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(r) if r.contains("loop")));
+        assert!(
+            matches!(decide(&g, &over, &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(r) if r.contains("loop"))
+        );
     }
 
     #[test]
     fn precedence_override_then_writeback_configuration_then_scope() {
         let mut g = security("a");
         g.writeback_enabled = Some(false);
-        assert!(matches!(decide(&g, &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(_)));
+        assert!(matches!(
+            decide(&g, &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()),
+            Decision::Skip(_)
+        ));
         let over = GroupOverride { enabled: Some(true), ..Default::default() };
-        assert!(matches!(decide(&g, &over, &Scope::default(), &placement(), DirectorySchema::default()), Decision::Write(_)));
+        assert!(matches!(
+            decide(&g, &over, &Scope::default(), &placement(), DirectorySchema::default()),
+            Decision::Write(_)
+        ));
         let out = GroupOverride { enabled: Some(false), ..Default::default() };
-        assert!(matches!(decide(&security("a"), &out, &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(r) if r.contains("operator")));
+        assert!(
+            matches!(decide(&security("a"), &out, &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(r) if r.contains("operator"))
+        );
     }
 
     #[test]
     fn microsoft_365_needs_exchange_for_distribution() {
         let scope = Scope { all_microsoft_365_groups: true, ..Default::default() };
-        let refused = decide(&m365("b"), &GroupOverride::default(), &scope, &placement(), DirectorySchema { has_exchange: false });
+        let refused = decide(
+            &m365("b"),
+            &GroupOverride::default(),
+            &scope,
+            &placement(),
+            DirectorySchema { has_exchange: false },
+        );
         assert!(matches!(&refused, Decision::Skip(r) if r.contains("Exchange schema")), "{refused:?}");
-        let Decision::Write(spec) = decide(&m365("b"), &GroupOverride::default(), &scope, &placement(), DirectorySchema { has_exchange: true }) else { panic!() };
+        let Decision::Write(spec) =
+            decide(&m365("b"), &GroupOverride::default(), &scope, &placement(), DirectorySchema { has_exchange: true })
+        else {
+            panic!()
+        };
         assert_eq!(spec.group_type, GroupType::UniversalDistribution);
         assert_eq!(spec.parent_dn, "OU=DL,DC=lab");
         assert!(spec.mail.is_some());
         let as_security = GroupOverride { group_type: Some(GroupType::UniversalSecurity), ..Default::default() };
-        assert!(matches!(decide(&m365("b"), &as_security, &scope, &placement(), DirectorySchema::default()), Decision::Write(_)));
+        assert!(matches!(
+            decide(&m365("b"), &as_security, &scope, &placement(), DirectorySchema::default()),
+            Decision::Write(_)
+        ));
     }
 
     #[test]
     fn security_group_cannot_become_distribution_and_dls_are_refused() {
         let over = GroupOverride { group_type: Some(GroupType::UniversalDistribution), ..Default::default() };
-        assert!(matches!(decide(&security("a"), &over, &all_security(), &placement(), DirectorySchema { has_exchange: true }), Decision::Skip(_)));
+        assert!(matches!(
+            decide(&security("a"), &over, &all_security(), &placement(), DirectorySchema { has_exchange: true }),
+            Decision::Skip(_)
+        ));
         let dl = CloudGroup { id: "d".into(), mail_enabled: true, ..Default::default() };
-        assert!(matches!(decide(&dl, &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(r) if r.contains("distribution lists")));
+        assert!(
+            matches!(decide(&dl, &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()), Decision::Skip(r) if r.contains("distribution lists"))
+        );
     }
 
     #[test]
@@ -232,7 +280,11 @@ mod tests {
         let mut g = security("a");
         g.display_name = "n".repeat(400);
         g.description = Some("d".repeat(2000));
-        let Decision::Write(spec) = decide(&g, &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()) else { panic!() };
+        let Decision::Write(spec) =
+            decide(&g, &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default())
+        else {
+            panic!()
+        };
         assert_eq!(spec.display_name.chars().count(), DISPLAY_NAME_MAX_CHARS);
         assert_eq!(spec.description.map(|d| d.chars().count()), Some(DESCRIPTION_MAX_CHARS));
     }
@@ -240,9 +292,18 @@ mod tests {
     #[test]
     fn prefix_and_id_scopes() {
         let scope = Scope { display_name_prefixes: vec!["Se".into()], ..Default::default() };
-        assert!(matches!(decide(&security("a"), &GroupOverride::default(), &scope, &placement(), DirectorySchema::default()), Decision::Write(_)));
+        assert!(matches!(
+            decide(&security("a"), &GroupOverride::default(), &scope, &placement(), DirectorySchema::default()),
+            Decision::Write(_)
+        ));
         let scope = Scope { group_ids: ["x".to_string()].into(), ..Default::default() };
-        assert!(matches!(decide(&security("X"), &GroupOverride::default(), &scope, &placement(), DirectorySchema::default()), Decision::Write(_)));
-        assert!(matches!(decide(&security("y"), &GroupOverride::default(), &scope, &placement(), DirectorySchema::default()), Decision::Skip(_)));
+        assert!(matches!(
+            decide(&security("X"), &GroupOverride::default(), &scope, &placement(), DirectorySchema::default()),
+            Decision::Write(_)
+        ));
+        assert!(matches!(
+            decide(&security("y"), &GroupOverride::default(), &scope, &placement(), DirectorySchema::default()),
+            Decision::Skip(_)
+        ));
     }
 }

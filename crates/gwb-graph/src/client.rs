@@ -4,8 +4,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use gwb_runtime::secret::Secret;
 use rand::Rng;
-use reqwest::{Method, StatusCode};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -27,11 +27,16 @@ pub struct GraphClient {
 
 impl GraphClient {
     pub fn new(config: GraphConfig, credential: Credential) -> Result<Self, GraphError> {
-        for (key, value) in [("graph.login_endpoint", &config.login_endpoint), ("graph.graph_endpoint", &config.graph_endpoint)] {
+        for (key, value) in
+            [("graph.login_endpoint", &config.login_endpoint), ("graph.graph_endpoint", &config.graph_endpoint)]
+        {
             url::Url::parse(value).map_err(|e| GraphError::Config(format!("{key} = {value:?}: {e}")))?;
         }
         if !matches!(config.api_version.as_str(), "v1.0" | "beta") {
-            return Err(GraphError::Config(format!("graph.api_version must be \"v1.0\" or \"beta\", not {:?}", config.api_version)));
+            return Err(GraphError::Config(format!(
+                "graph.api_version must be \"v1.0\" or \"beta\", not {:?}",
+                config.api_version
+            )));
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.request_timeout_seconds.max(1)))
@@ -131,11 +136,8 @@ impl GraphClient {
             };
             let status = response.status();
             let wait = retry_after(response.headers(), SystemTime::now());
-            let location = response
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let location =
+                response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
             let body = match response.bytes().await {
                 Ok(body) => body.to_vec(),
                 Err(error) => {
@@ -158,7 +160,9 @@ impl GraphClient {
                     attempts -= 1;
                 }
                 StatusCode::UNAUTHORIZED => {
-                    return Err(GraphError::Unauthorized(format!("Graph answered 401 after a token renewal: {code}: {message}")));
+                    return Err(GraphError::Unauthorized(format!(
+                        "Graph answered 401 after a token renewal: {code}: {message}"
+                    )));
                 }
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
                     let last = format!("{status} {code}");
@@ -200,11 +204,21 @@ impl GraphClient {
         let mut attempt = 0;
         let fresh = loop {
             attempt += 1;
-            match request_token(&self.http, &self.config.token_url(), &self.config.client_id, &self.credential, &scope, now).await {
+            match request_token(
+                &self.http,
+                &self.config.token_url(),
+                &self.config.client_id,
+                &self.credential,
+                &scope,
+                now,
+            )
+            .await
+            {
                 Ok(fresh) => break fresh,
                 Err(GraphError::Unavailable { last, .. }) if attempt <= self.config.max_retries => {
                     tracing::warn!(attempt, %last, "token endpoint unavailable");
-                    tokio::time::sleep(backoff(attempt, Duration::from_secs(self.config.max_backoff_seconds.max(1)))).await;
+                    tokio::time::sleep(backoff(attempt, Duration::from_secs(self.config.max_backoff_seconds.max(1))))
+                        .await;
                 }
                 Err(other) => return Err(other),
             }
@@ -290,7 +304,9 @@ mod tests {
     #[test]
     fn resync_codes_nested_any_case() {
         assert!(is_resync_code(br#"{"error":{"code":"SyncStateNotFound"}}"#));
-        assert!(is_resync_code(br#"{"error":{"code":"badRequest","innerError":{"code":"x","innererror":{"code":"resyncrequired"}}}}"#));
+        assert!(is_resync_code(
+            br#"{"error":{"code":"badRequest","innerError":{"code":"x","innererror":{"code":"resyncrequired"}}}}"#
+        ));
         assert!(!is_resync_code(br#"{"error":{"code":"badRequest","message":"syncStateNotFound"}}"#));
         assert!(!is_resync_code(b"not json"));
     }

@@ -118,7 +118,10 @@ mod tests {
     fn exactly_one_credential_and_errors_name_the_keys() {
         for (secret, certificate, key) in [(false, false, false), (true, true, true), (true, true, false)] {
             let error = config(secret, certificate, key).load_credential().unwrap_err().to_string();
-            assert!(error.contains("graph.client_secret_file") && error.contains("graph.client_certificate_file"), "{error}");
+            assert!(
+                error.contains("graph.client_secret_file") && error.contains("graph.client_certificate_file"),
+                "{error}"
+            );
         }
         let error = config(false, true, false).load_credential().unwrap_err().to_string();
         assert!(error.contains("graph.client_private_key_file"), "{error}");

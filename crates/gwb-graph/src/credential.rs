@@ -58,16 +58,19 @@ impl CertificateCredential {
     /// key file is a secret: it is refused when group or others can read it.
     pub fn load(certificate_file: &Path, key_file: &Path) -> Result<Self, GraphError> {
         let certificate = std::fs::read(certificate_file).map_err(|e| {
-            GraphError::Config(format!("graph.client_certificate_file: cannot read {}: {e}", certificate_file.display()))
+            GraphError::Config(format!(
+                "graph.client_certificate_file: cannot read {}: {e}",
+                certificate_file.display()
+            ))
         })?;
-        let key = read_secret_file("graph.client_private_key_file", key_file).map_err(|e| GraphError::Config(e.to_string()))?;
+        let key = read_secret_file("graph.client_private_key_file", key_file)
+            .map_err(|e| GraphError::Config(e.to_string()))?;
         Self::from_pem(&certificate, &key)
     }
 
     pub fn from_pem(certificate_pem: &[u8], key_pem: &Secret) -> Result<Self, GraphError> {
-        let certificate = CertificateDer::from_pem_slice(certificate_pem).map_err(|e| {
-            GraphError::Config(format!("graph.client_certificate_file holds no PEM certificate: {e}"))
-        })?;
+        let certificate = CertificateDer::from_pem_slice(certificate_pem)
+            .map_err(|e| GraphError::Config(format!("graph.client_certificate_file holds no PEM certificate: {e}")))?;
         // The parse error text never includes key material, only its kind.
         let key = match PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()) {
             Ok(PrivateKeyDer::Pkcs8(der)) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
@@ -104,15 +107,12 @@ impl CertificateCredential {
             "iat": issued,
             "exp": issued + ASSERTION_LIFETIME.as_secs(),
         });
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
+        let signing_input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
         let mut signature = vec![0u8; self.key.public().modulus_len()];
-        self.key
-            .sign(&RSA_PSS_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut signature)
-            .map_err(|_| GraphError::Config("graph.client_private_key_file: signing the client assertion failed".into()))?;
+        self.key.sign(&RSA_PSS_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut signature).map_err(
+            |_| GraphError::Config("graph.client_private_key_file: signing the client assertion failed".into()),
+        )?;
         Ok(Secret::new(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))))
     }
 }
@@ -159,7 +159,8 @@ mod tests {
         assert!(claims["exp"].as_u64().unwrap() - claims["nbf"].as_u64().unwrap() <= 600);
         assert_eq!(claims["jti"].as_str().unwrap().len(), 36);
         let key = RsaKeyPair::from_pkcs8(PrivateKeyDer::from_pem_slice(KEY.as_bytes()).unwrap().secret_der()).unwrap();
-        let public = ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PSS_2048_8192_SHA256, key.public().as_ref());
+        let public =
+            ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PSS_2048_8192_SHA256, key.public().as_ref());
         let signed = format!("{}.{}", parts[0], parts[1]);
         public.verify(signed.as_bytes(), &URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
     }

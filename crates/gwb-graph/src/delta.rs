@@ -123,10 +123,7 @@ pub(crate) fn parse_page(resource: Resource, body: &[u8]) -> Result<DeltaPage, S
         (Some(_), Some(_)) => return Err("page carries both @odata.nextLink and @odata.deltaLink".into()),
         (None, None) => return Err("page carries neither @odata.nextLink nor @odata.deltaLink".into()),
     };
-    let values = object
-        .get("value")
-        .and_then(Value::as_array)
-        .ok_or("page has no `value` array")?;
+    let values = object.get("value").and_then(Value::as_array).ok_or("page has no `value` array")?;
     let items = values
         .iter()
         .enumerate()

@@ -16,7 +16,9 @@ mod token;
 
 pub use client::GraphClient;
 pub use config::GraphConfig;
-pub use delta::{DeltaItem, DeltaPage, GroupChange, MemberChange, MemberType, PageLink, RemovedReason, Resource, UserChange};
 pub use credential::{CertificateCredential, Credential};
+pub use delta::{
+    DeltaItem, DeltaPage, GroupChange, MemberChange, MemberType, PageLink, RemovedReason, Resource, UserChange,
+};
 pub use error::GraphError;
 pub use subscription::{MAX_SUBSCRIPTION_LIFETIME, NewSubscription, Subscription, rfc3339};

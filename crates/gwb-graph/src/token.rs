@@ -61,22 +61,19 @@ pub(crate) async fn request_token(
         (Credential::Secret(secret), None) => form.push(("client_secret", secret.expose())),
         (Credential::Certificate(_), None) => {}
     }
-    let response = http
-        .post(token_url)
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| GraphError::Unavailable { attempts: 1, last: format!("token endpoint: {}", without_url(&e)) })?;
+    let response =
+        http.post(token_url).form(&form).send().await.map_err(|e| GraphError::Unavailable {
+            attempts: 1,
+            last: format!("token endpoint: {}", without_url(&e)),
+        })?;
     let status = response.status();
     let body = response
         .bytes()
         .await
         .map_err(|e| GraphError::Unavailable { attempts: 1, last: format!("token endpoint: {}", without_url(&e)) })?;
     if status.is_success() {
-        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| GraphError::Malformed {
-            url: token_url.to_string(),
-            reason: e.to_string(),
-        })?;
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| GraphError::Malformed { url: token_url.to_string(), reason: e.to_string() })?;
         let lifetime = Duration::from_secs(parsed.expires_in.max(1));
         let token = AccessToken { value: Secret::new(parsed.access_token), expires_at: now + lifetime };
         return Ok((token, lifetime));

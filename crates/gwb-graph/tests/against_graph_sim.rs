@@ -33,7 +33,9 @@ fn config(sim: &RunningSim, sim_config: &SimConfig) -> GraphConfig {
 async fn start() -> (RunningSim, GraphClient) {
     let sim_config = SimConfig::default();
     let sim = graph_sim::start(sim_config.clone()).await.unwrap();
-    let client = GraphClient::new(config(&sim, &sim_config), Credential::Secret(Secret::new(sim_config.client_secret.clone()))).unwrap();
+    let client =
+        GraphClient::new(config(&sim, &sim_config), Credential::Secret(Secret::new(sim_config.client_secret.clone())))
+            .unwrap();
     (sim, client)
 }
 
@@ -82,7 +84,9 @@ async fn retry_after_decimal_and_http_date_are_honoured_then_the_page_is_read() 
             fault(FaultMatch::UsersDelta, FaultKind::Throttle { retry_after: Some("0.4".into()) }, 2),
             fault(
                 FaultMatch::UsersDelta,
-                FaultKind::Unavailable { retry_after: Some(httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2))) },
+                FaultKind::Unavailable {
+                    retry_after: Some(httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2))),
+                },
                 1,
             ),
         ])
@@ -130,7 +134,9 @@ async fn resync_signals_are_recognised_in_every_shape() {
     let admin = sim.admin().unwrap();
     admin.add_faults(&[fault(FaultMatch::GroupsDelta, FaultKind::Reset, 1)]).await.unwrap();
     match read_round(&client, Resource::Groups).await {
-        Err(GraphError::ResyncRequired { location: Some(location), .. }) => assert!(location.contains("deltatoken="), "{location}"),
+        Err(GraphError::ResyncRequired { location: Some(location), .. }) => {
+            assert!(location.contains("deltatoken="), "{location}")
+        }
         other => panic!("410 with Location expected, got {other:?}"),
     }
     for variant in [ErrorVariant::Top, ErrorVariant::PascalCase, ErrorVariant::Nested, ErrorVariant::NestedLowercase] {
@@ -141,8 +147,14 @@ async fn resync_signals_are_recognised_in_every_shape() {
             ])
             .await
             .unwrap();
-        assert!(matches!(read_round(&client, Resource::Groups).await, Err(GraphError::ResyncRequired { .. })), "{variant:?}");
-        assert!(matches!(read_round(&client, Resource::Users).await, Err(GraphError::ResyncRequired { .. })), "{variant:?}");
+        assert!(
+            matches!(read_round(&client, Resource::Groups).await, Err(GraphError::ResyncRequired { .. })),
+            "{variant:?}"
+        );
+        assert!(
+            matches!(read_round(&client, Resource::Users).await, Err(GraphError::ResyncRequired { .. })),
+            "{variant:?}"
+        );
     }
 }
 

@@ -52,9 +52,7 @@ pub(crate) fn sid_from_bytes(bytes: &[u8]) -> Option<String> {
     if subs.len() != usize::from(count) * 4 {
         return None;
     }
-    let authority = authority
-        .iter()
-        .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte));
+    let authority = authority.iter().fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte));
     let mut out = format!("S-{revision}-{authority}");
     for chunk in subs.chunks_exact(4) {
         let sub = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
@@ -69,10 +67,7 @@ pub(crate) fn canonical_sid(sid: &str) -> String {
 }
 
 pub(crate) fn canonical_guid(guid: &str) -> String {
-    guid.trim()
-        .trim_start_matches('{')
-        .trim_end_matches('}')
-        .to_ascii_lowercase()
+    guid.trim().trim_start_matches('{').trim_end_matches('}').to_ascii_lowercase()
 }
 
 /// A value in extended-DN string form: `<GUID=…>;<SID=…>;CN=…` (SID absent for
@@ -103,17 +98,12 @@ pub(crate) fn parse_extended_dn(value: &str) -> Option<ExtendedDn> {
             None => return None,
         };
     }
-    Some(ExtendedDn {
-        guid: guid?,
-        sid,
-        dn: rest.to_string(),
-    })
+    Some(ExtendedDn { guid: guid?, sid, dn: rest.to_string() })
 }
 
 fn strip_prefix_ci<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &text[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
 }
 
 /// Parses a returned attribute description `member;range=0-1499` (or `…;range=1500-*`
@@ -123,9 +113,7 @@ pub(crate) fn parse_range(description: &str, attribute: &str) -> Option<(usize, 
     if !name.eq_ignore_ascii_case(attribute) {
         return None;
     }
-    let range = options
-        .split(';')
-        .find_map(|option| strip_prefix_ci(option, "range="))?;
+    let range = options.split(';').find_map(|option| strip_prefix_ci(option, "range="))?;
     let (low, high) = range.split_once('-')?;
     let low = low.parse().ok()?;
     let high = match high {
@@ -205,10 +193,7 @@ fn unescape_value(value: &str) -> Option<String> {
             continue;
         }
         let first = chars.next()?;
-        match (
-            first.to_digit(16),
-            chars.peek().and_then(|c| c.to_digit(16)),
-        ) {
+        match (first.to_digit(16), chars.peek().and_then(|c| c.to_digit(16))) {
             (Some(high), Some(low)) => {
                 chars.next();
                 bytes.push(u8::try_from(high * 16 + low).ok()?);
@@ -291,14 +276,8 @@ mod tests {
     #[test]
     fn guid_mixed_endianness() {
         // objectGUID:: VF19Bx1Fqk6N8UpSZBQlfg== as read from Samba.
-        let bytes = [
-            0x54, 0x5d, 0x7d, 0x07, 0x1d, 0x45, 0xaa, 0x4e, 0x8d, 0xf1, 0x4a, 0x52, 0x64, 0x14,
-            0x25, 0x7e,
-        ];
-        assert_eq!(
-            guid_from_bytes(&bytes).as_deref(),
-            Some("077d5d54-451d-4eaa-8df1-4a526414257e")
-        );
+        let bytes = [0x54, 0x5d, 0x7d, 0x07, 0x1d, 0x45, 0xaa, 0x4e, 0x8d, 0xf1, 0x4a, 0x52, 0x64, 0x14, 0x25, 0x7e];
+        assert_eq!(guid_from_bytes(&bytes).as_deref(), Some("077d5d54-451d-4eaa-8df1-4a526414257e"));
         assert_eq!(guid_from_bytes(&bytes[..15]), None);
     }
 
@@ -306,13 +285,10 @@ mod tests {
     fn sid_decodes() {
         // objectSid:: AQUAAAAAAAUVAAAA52wOQQqG3zo5chvrTwQAAA==
         let bytes = [
-            1, 5, 0, 0, 0, 0, 0, 5, 21, 0, 0, 0, 0xe7, 0x6c, 0x0e, 0x41, 0x0a, 0x86, 0xdf, 0x3a,
-            0x39, 0x72, 0x1b, 0xeb, 0x4f, 0x04, 0, 0,
+            1, 5, 0, 0, 0, 0, 0, 5, 21, 0, 0, 0, 0xe7, 0x6c, 0x0e, 0x41, 0x0a, 0x86, 0xdf, 0x3a, 0x39, 0x72, 0x1b,
+            0xeb, 0x4f, 0x04, 0, 0,
         ];
-        assert_eq!(
-            sid_from_bytes(&bytes).as_deref(),
-            Some("S-1-5-21-1091464423-987727370-3944444473-1103")
-        );
+        assert_eq!(sid_from_bytes(&bytes).as_deref(), Some("S-1-5-21-1091464423-987727370-3944444473-1103"));
         // Builtin Administrators: S-1-5-32-544.
         assert_eq!(
             sid_from_bytes(&[1, 2, 0, 0, 0, 0, 0, 5, 32, 0, 0, 0, 0x20, 0x02, 0, 0]).as_deref(),
@@ -336,24 +312,15 @@ mod tests {
             })
         );
         let no_sid = parse_extended_dn("<GUID=abc>;CN=x\\;y,OU=o");
-        assert_eq!(
-            no_sid.map(|e| (e.sid, e.dn)),
-            Some((None, "CN=x\\;y,OU=o".into()))
-        );
+        assert_eq!(no_sid.map(|e| (e.sid, e.dn)), Some((None, "CN=x\\;y,OU=o".into())));
         assert_eq!(parse_extended_dn("CN=plain,DC=x"), None);
         assert_eq!(parse_extended_dn("<GUID=abc"), None);
     }
 
     #[test]
     fn ranges() {
-        assert_eq!(
-            parse_range("member;range=0-1499", "member"),
-            Some((0, Some(1499)))
-        );
-        assert_eq!(
-            parse_range("Member;Range=1500-*", "member"),
-            Some((1500, None))
-        );
+        assert_eq!(parse_range("member;range=0-1499", "member"), Some((0, Some(1499))));
+        assert_eq!(parse_range("Member;Range=1500-*", "member"), Some((1500, None)));
         assert_eq!(parse_range("member", "member"), None);
         assert_eq!(parse_range("memberOf;range=0-*", "member"), None);
         assert_eq!(parse_range("member;range=x-*", "member"), None);
@@ -361,10 +328,7 @@ mod tests {
 
     #[test]
     fn dn_comparison_ignores_case_spacing_and_escape_style() {
-        assert!(dn_eq(
-            "CN=A\\,B,OU=Groups,DC=lab,DC=example",
-            "cn=a\\2cb, ou=groups,dc=LAB,dc=example"
-        ));
+        assert!(dn_eq("CN=A\\,B,OU=Groups,DC=lab,DC=example", "cn=a\\2cb, ou=groups,dc=LAB,dc=example"));
         assert!(dn_eq("CN=x\\ ,DC=y", "cn=x\\20,dc=y"));
         assert!(!dn_eq("CN=x\\ ,DC=y", "cn=x,dc=y"));
         assert!(!dn_eq("CN=a,DC=x", "CN=b,DC=x"));
@@ -414,8 +378,6 @@ mod tests {
         assert!(is_privileged_sid("S-1-1-0"));
         assert!(is_privileged_sid("S-1-5-21-1-2"));
         assert!(!is_privileged_sid("S-1-5-21-1-2-3-1000"));
-        assert!(!is_privileged_sid(
-            "s-1-5-21-1091464423-987727370-3944444473-1103"
-        ));
+        assert!(!is_privileged_sid("s-1-5-21-1091464423-987727370-3944444473-1103"));
     }
 }

@@ -70,24 +70,16 @@ impl DirectoryConfig {
                 "no managed OUs configured: the writer would have nowhere it may write",
             ));
         }
-        if let Some(bad) = self
-            .managed_ous
-            .iter()
-            .find(|ou| crate::codec::parse_dn(ou).is_none_or(|rdns| rdns.is_empty()))
+        if let Some(bad) =
+            self.managed_ous.iter().find(|ou| crate::codec::parse_dn(ou).is_none_or(|rdns| rdns.is_empty()))
         {
-            return Err(DirectoryError::permanent(format!(
-                "managed OU {bad:?} is not a distinguished name"
-            )));
+            return Err(DirectoryError::permanent(format!("managed OU {bad:?} is not a distinguished name")));
         }
         if self.member_batch_size == 0 {
-            return Err(DirectoryError::permanent(
-                "member_batch_size must be at least 1",
-            ));
+            return Err(DirectoryError::permanent("member_batch_size must be at least 1"));
         }
         if self.operation_timeout.is_zero() {
-            return Err(DirectoryError::permanent(
-                "operation_timeout must be positive",
-            ));
+            return Err(DirectoryError::permanent("operation_timeout must be positive"));
         }
         Ok(())
     }

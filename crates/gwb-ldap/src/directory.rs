@@ -8,9 +8,7 @@ use std::time::Instant;
 use gwb_core::command::{AppliedGroup, ApplyReport, WriteCommand};
 use gwb_core::escape::filter_value;
 use ldap3::controls::RawControl;
-use ldap3::{
-    Ldap, LdapConnAsync, LdapConnSettings, LdapResult, Mod, Scope, SearchEntry, SearchResult,
-};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapResult, Mod, Scope, SearchEntry, SearchResult};
 use rustls::ClientConfig;
 use tokio::task::JoinHandle;
 use tokio::time::{error::Elapsed, timeout};
@@ -138,15 +136,7 @@ impl Directory {
 
     /// A rootDSE read: proves the connection (re-established if needed) and the bind.
     pub async fn check_health(&mut self) -> Result<(), DirectoryError> {
-        self.search(
-            "",
-            Scope::Base,
-            "(objectClass=*)",
-            &["dnsHostName"],
-            Vec::new(),
-        )
-        .await
-        .map(drop)
+        self.search("", Scope::Base, "(objectClass=*)", &["dnsHostName"], Vec::new()).await.map(drop)
     }
 
     /// Applies one command. Every command is idempotent: applying it again after
@@ -154,9 +144,7 @@ impl Directory {
     pub async fn apply(&mut self, command: &WriteCommand) -> Result<ApplyReport, DirectoryError> {
         match command {
             WriteCommand::Upsert(spec) => self.upsert(spec).await,
-            WriteCommand::AddMembers { anchor, members } => {
-                self.change_members(anchor, members, MemberOp::Add).await
-            }
+            WriteCommand::AddMembers { anchor, members } => self.change_members(anchor, members, MemberOp::Add).await,
             WriteCommand::RemoveMembers { anchor, members } => {
                 self.change_members(anchor, members, MemberOp::Remove).await
             }
@@ -167,20 +155,16 @@ impl Directory {
 
     /// The group carrying `anchor` in the managed OUs, if any. Read-only, so no safety
     /// refusal applies; more than one match is still an error.
-    pub async fn find_group(
-        &mut self,
-        anchor: &str,
-    ) -> Result<Option<AppliedGroup>, DirectoryError> {
+    pub async fn find_group(&mut self, anchor: &str) -> Result<Option<AppliedGroup>, DirectoryError> {
         Ok(self.find_in_managed(anchor).await?.map(|g| g.applied()))
     }
 
     /// Every member of the group carrying `anchor` (ranged retrieval, any size).
     pub async fn read_members(&mut self, anchor: &str) -> Result<Vec<AdMember>, DirectoryError> {
-        let group = self.find_in_managed(anchor).await?.ok_or_else(|| {
-            DirectoryError::permanent(format!(
-                "no group carries anchor {anchor} in the managed OUs"
-            ))
-        })?;
+        let group = self
+            .find_in_managed(anchor)
+            .await?
+            .ok_or_else(|| DirectoryError::permanent(format!("no group carries anchor {anchor} in the managed OUs")))?;
         self.read_members_of(&group.dn).await
     }
 
@@ -190,12 +174,7 @@ impl Directory {
                 "",
                 Scope::Base,
                 "(objectClass=*)",
-                &[
-                    "defaultNamingContext",
-                    "schemaNamingContext",
-                    "dnsHostName",
-                    "supportedControl",
-                ],
+                &["defaultNamingContext", "schemaNamingContext", "dnsHostName", "supportedControl"],
                 Vec::new(),
             )
             .await?
@@ -203,27 +182,16 @@ impl Directory {
             .next()
             .ok_or_else(|| DirectoryError::permanent("the server returned no rootDSE"))?;
         let default_naming_context = first_value(&root, "defaultNamingContext").ok_or_else(|| {
-            DirectoryError::permanent(
-                "rootDSE has no defaultNamingContext: the server is not an AD domain controller",
-            )
+            DirectoryError::permanent("rootDSE has no defaultNamingContext: the server is not an AD domain controller")
         })?;
         let schema_naming_context = first_value(&root, "schemaNamingContext")
             .ok_or_else(|| DirectoryError::permanent("rootDSE has no schemaNamingContext"))?;
         let controls: HashSet<String> = values(&root, "supportedControl").into_iter().collect();
 
-        let schema_filter = format!(
-            "(|(lDAPDisplayName={})(lDAPDisplayName={}))",
-            group::EXTERNAL_ID,
-            group::RECIPIENT_TYPE_DETAILS
-        );
+        let schema_filter =
+            format!("(|(lDAPDisplayName={})(lDAPDisplayName={}))", group::EXTERNAL_ID, group::RECIPIENT_TYPE_DETAILS);
         let found: HashSet<String> = self
-            .search(
-                &schema_naming_context,
-                Scope::OneLevel,
-                &schema_filter,
-                &["lDAPDisplayName"],
-                Vec::new(),
-            )
+            .search(&schema_naming_context, Scope::OneLevel, &schema_filter, &["lDAPDisplayName"], Vec::new())
             .await?
             .iter()
             .filter_map(|e| first_value(e, "lDAPDisplayName"))
@@ -245,10 +213,8 @@ impl Directory {
             default_naming_context,
             schema_naming_context,
             dns_host_name: first_value(&root, "dnsHostName").unwrap_or_default(),
-            has_external_directory_object_id: found
-                .contains(&group::EXTERNAL_ID.to_ascii_lowercase()),
-            has_exchange_schema: found
-                .contains(&group::RECIPIENT_TYPE_DETAILS.to_ascii_lowercase()),
+            has_external_directory_object_id: found.contains(&group::EXTERNAL_ID.to_ascii_lowercase()),
+            has_exchange_schema: found.contains(&group::RECIPIENT_TYPE_DETAILS.to_ascii_lowercase()),
             supports_permissive_modify: controls.contains(PERMISSIVE_MODIFY_OID),
             supports_extended_dn: controls.contains(EXTENDED_DN_OID),
             missing_ous,
@@ -258,10 +224,7 @@ impl Directory {
 
     // ---- anchor lookup and safety -------------------------------------------------
 
-    pub(crate) async fn find_in_managed(
-        &mut self,
-        anchor: &str,
-    ) -> Result<Option<GroupEntry>, DirectoryError> {
+    pub(crate) async fn find_in_managed(&mut self, anchor: &str) -> Result<Option<GroupEntry>, DirectoryError> {
         if anchor.trim().is_empty() {
             return Err(DirectoryError::permanent("empty anchor"));
         }
@@ -269,10 +232,7 @@ impl Directory {
         let attrs = group::attributes_to_read(&self.caps);
         let mut found: Vec<GroupEntry> = Vec::new();
         for ou in self.config.managed_ous.clone() {
-            let entries = match self
-                .search(&ou, Scope::Subtree, &filter, &attrs, Vec::new())
-                .await
-            {
+            let entries = match self.search(&ou, Scope::Subtree, &filter, &attrs, Vec::new()).await {
                 Err(e) if e.code == Some(NO_SUCH_OBJECT) => continue,
                 other => other?,
             };
@@ -297,10 +257,7 @@ impl Directory {
     /// A group this process found or created before is read by its objectGUID and
     /// must still carry the anchor, lie in a managed OU and pass every other check;
     /// otherwise it is forgotten and the anchor is searched for again.
-    pub(crate) async fn locate_for_write(
-        &mut self,
-        anchor: &str,
-    ) -> Result<Option<GroupEntry>, DirectoryError> {
+    pub(crate) async fn locate_for_write(&mut self, anchor: &str) -> Result<Option<GroupEntry>, DirectoryError> {
         if anchor.trim().is_empty() {
             return Err(DirectoryError::permanent("empty anchor"));
         }
@@ -320,9 +277,7 @@ impl Directory {
         // OU, and does anything outside them carry the anchor?
         let base = self.caps.default_naming_context.clone();
         let attrs = group::attributes_to_read(&self.caps);
-        let entries = self
-            .search(&base, Scope::Subtree, &anchor_filter(anchor), &attrs, Vec::new())
-            .await?;
+        let entries = self.search(&base, Scope::Subtree, &anchor_filter(anchor), &attrs, Vec::new()).await?;
         let mut managed = Vec::new();
         let mut elsewhere = None;
         for entry in entries {
@@ -414,10 +369,7 @@ impl Directory {
     /// The group with this objectGUID, if it still exists.
     async fn read_group_by_guid(&mut self, guid: &str) -> Result<Option<GroupEntry>, DirectoryError> {
         let attrs = group::attributes_to_read(&self.caps);
-        match self
-            .search(&format!("<GUID={guid}>"), Scope::Base, "(objectClass=group)", &attrs, Vec::new())
-            .await
-        {
+        match self.search(&format!("<GUID={guid}>"), Scope::Base, "(objectClass=group)", &attrs, Vec::new()).await {
             Ok(entries) => entries.into_iter().next().map(GroupEntry::from_search).transpose(),
             Err(e) if e.code == Some(NO_SUCH_OBJECT) => Ok(None),
             Err(e) => Err(e),
@@ -430,20 +382,11 @@ impl Directory {
     }
 
     fn check_safe(&self, group: &GroupEntry, anchor: &str) -> Result<(), DirectoryError> {
-        let refuse = |why: String| {
-            Err(DirectoryError::permanent(format!(
-                "refusing to modify {}: {why}",
-                group.dn
-            )))
-        };
+        let refuse = |why: String| Err(DirectoryError::permanent(format!("refusing to modify {}: {why}", group.dn)));
         if !self.in_managed_ous(&group.dn) {
             return refuse("it is outside the managed OUs".into());
         }
-        if !group
-            .admin_description
-            .as_deref()
-            .is_some_and(|d| d.trim().eq_ignore_ascii_case(anchor.trim()))
-        {
+        if !group.admin_description.as_deref().is_some_and(|d| d.trim().eq_ignore_ascii_case(anchor.trim())) {
             return refuse(format!("it does not carry the anchor {anchor}"));
         }
         if group.admin_count {
@@ -454,21 +397,14 @@ impl Directory {
         }
         match &group.sid {
             None => refuse("it has no objectSid".into()),
-            Some(sid) if is_privileged_sid(sid) => {
-                refuse(format!("its SID {sid} is well-known or privileged"))
-            }
+            Some(sid) if is_privileged_sid(sid) => refuse(format!("its SID {sid} is well-known or privileged")),
             Some(_) => Ok(()),
         }
     }
 
     /// Targets for creates and moves must be a managed OU or lie below one.
     pub(crate) fn check_target_ou(&self, dn: &str, what: &str) -> Result<(), DirectoryError> {
-        if self
-            .config
-            .managed_ous
-            .iter()
-            .any(|ou| is_at_or_below(dn, ou))
-        {
+        if self.config.managed_ous.iter().any(|ou| is_at_or_below(dn, ou)) {
             Ok(())
         } else {
             Err(DirectoryError::permanent(format!(
@@ -492,9 +428,8 @@ impl Directory {
     /// AD computes `allowedChildClassesEffective` from the bind account's rights: the
     /// object classes it may create under `dn`.
     async fn may_create_groups_in(&mut self, dn: &str) -> Result<bool, DirectoryError> {
-        let entries = self
-            .search(dn, Scope::Base, "(objectClass=*)", &["allowedChildClassesEffective"], Vec::new())
-            .await?;
+        let entries =
+            self.search(dn, Scope::Base, "(objectClass=*)", &["allowedChildClassesEffective"], Vec::new()).await?;
         Ok(entries.iter().any(|entry| {
             entry
                 .attrs
@@ -506,10 +441,7 @@ impl Directory {
     }
 
     pub(crate) async fn exists(&mut self, dn: &str) -> Result<bool, DirectoryError> {
-        match self
-            .search(dn, Scope::Base, "(objectClass=*)", &["1.1"], Vec::new())
-            .await
-        {
+        match self.search(dn, Scope::Base, "(objectClass=*)", &["1.1"], Vec::new()).await {
             Ok(entries) => Ok(!entries.is_empty()),
             Err(e) if e.code == Some(NO_SUCH_OBJECT) => Ok(false),
             Err(e) => Err(e),
@@ -564,28 +496,14 @@ impl Directory {
         };
         let outcome = match result {
             Ok(_) => OperationOutcome::Success,
-            Err(DirectoryError {
-                code: Some(code), ..
-            }) => OperationOutcome::Ldap(*code),
+            Err(DirectoryError { code: Some(code), .. }) => OperationOutcome::Ldap(*code),
             Err(_) => OperationOutcome::NoAnswer,
         };
-        observer(&OperationRecord {
-            kind,
-            outcome,
-            duration: started.elapsed(),
-        });
+        observer(&OperationRecord { kind, outcome, duration: started.elapsed() });
     }
 
     fn checked(context: &str, result: LdapResult) -> Result<(), DirectoryError> {
-        if result.rc == 0 {
-            Ok(())
-        } else {
-            Err(DirectoryError::from_result(
-                context,
-                result.rc,
-                &result.text,
-            ))
-        }
+        if result.rc == 0 { Ok(()) } else { Err(DirectoryError::from_result(context, result.rc, &result.text)) }
     }
 
     pub(crate) async fn search(
@@ -602,16 +520,10 @@ impl Directory {
         if !controls.is_empty() {
             ldap.with_controls(controls);
         }
-        let outcome = timeout(
-            self.config.operation_timeout,
-            ldap.search(base, scope, filter, attrs.to_vec()),
-        )
-        .await;
+        let outcome = timeout(self.config.operation_timeout, ldap.search(base, scope, filter, attrs.to_vec())).await;
         let result = self
             .settle(&context, outcome)
-            .and_then(|SearchResult(entries, result)| {
-                Self::checked(&context, result).map(|()| entries)
-            });
+            .and_then(|SearchResult(entries, result)| Self::checked(&context, result).map(|()| entries));
         self.record(OperationKind::Search, started, &result);
         Ok(result?
             .into_iter()
@@ -621,18 +533,12 @@ impl Directory {
             .collect())
     }
 
-    pub(crate) async fn add(
-        &mut self,
-        dn: &str,
-        attrs: Vec<(String, HashSet<String>)>,
-    ) -> Result<(), DirectoryError> {
+    pub(crate) async fn add(&mut self, dn: &str, attrs: Vec<(String, HashSet<String>)>) -> Result<(), DirectoryError> {
         let context = format!("add {dn}");
         let mut ldap = self.ldap().await?;
         let started = Instant::now();
         let outcome = timeout(self.config.operation_timeout, ldap.add(dn, attrs)).await;
-        let result = self
-            .settle(&context, outcome)
-            .and_then(|r| Self::checked(&context, r));
+        let result = self.settle(&context, outcome).and_then(|r| Self::checked(&context, r));
         self.record(OperationKind::Add, started, &result);
         result
     }
@@ -650,9 +556,7 @@ impl Directory {
         }
         let started = Instant::now();
         let outcome = timeout(self.config.operation_timeout, ldap.modify(dn, mods)).await;
-        let result = self
-            .settle(context, outcome)
-            .and_then(|r| Self::checked(context, r));
+        let result = self.settle(context, outcome).and_then(|r| Self::checked(context, r));
         self.record(OperationKind::Modify, started, &result);
         result
     }
@@ -669,14 +573,8 @@ impl Directory {
         };
         let mut ldap = self.ldap().await?;
         let started = Instant::now();
-        let outcome = timeout(
-            self.config.operation_timeout,
-            ldap.modifydn(dn, new_rdn, true, new_superior),
-        )
-        .await;
-        let result = self
-            .settle(&context, outcome)
-            .and_then(|r| Self::checked(&context, r));
+        let outcome = timeout(self.config.operation_timeout, ldap.modifydn(dn, new_rdn, true, new_superior)).await;
+        let result = self.settle(&context, outcome).and_then(|r| Self::checked(&context, r));
         self.record(OperationKind::ModifyDn, started, &result);
         result
     }
@@ -686,28 +584,19 @@ impl Directory {
         let mut ldap = self.ldap().await?;
         let started = Instant::now();
         let outcome = timeout(self.config.operation_timeout, ldap.delete(dn)).await;
-        let result = self
-            .settle(&context, outcome)
-            .and_then(|r| Self::checked(&context, r));
+        let result = self.settle(&context, outcome).and_then(|r| Self::checked(&context, r));
         self.record(OperationKind::Delete, started, &result);
         result
     }
 }
 
-async fn open_session(
-    config: &DirectoryConfig,
-    tls: &Arc<ClientConfig>,
-) -> Result<Session, DirectoryError> {
+async fn open_session(config: &DirectoryConfig, tls: &Arc<ClientConfig>) -> Result<Session, DirectoryError> {
     let context = format!("connect to {}", config.url);
     let settings = LdapConnSettings::new()
         .set_conn_timeout(config.operation_timeout)
         .set_starttls(config.starttls)
         .set_config(Arc::clone(tls));
-    let connected = timeout(
-        config.operation_timeout,
-        LdapConnAsync::with_settings(settings, &config.url),
-    )
-    .await;
+    let connected = timeout(config.operation_timeout, LdapConnAsync::with_settings(settings, &config.url)).await;
     let (conn, ldap) = match connected {
         Err(_) => return Err(DirectoryError::timeout(&context)),
         Ok(Err(err)) => return Err(DirectoryError::from_ldap(&context, err).0),
@@ -720,13 +609,8 @@ async fn open_session(
     });
     let mut session = Session { ldap, driver };
     let context = format!("bind to {} as {}", config.url, config.bind_dn);
-    let bound = timeout(
-        config.operation_timeout,
-        session
-            .ldap
-            .simple_bind(&config.bind_dn, &config.bind_password),
-    )
-    .await;
+    let bound =
+        timeout(config.operation_timeout, session.ldap.simple_bind(&config.bind_dn, &config.bind_password)).await;
     match bound {
         Err(_) => Err(DirectoryError::timeout(&context)),
         Ok(Err(err)) => Err(DirectoryError::from_ldap(&context, err).0),
@@ -750,10 +634,7 @@ fn several_carriers(anchor: &str, groups: &[GroupEntry]) -> DirectoryError {
 }
 
 fn anchor_filter(anchor: &str) -> String {
-    format!(
-        "(&(objectClass=group)(adminDescription={}))",
-        filter_value(anchor)
-    )
+    format!("(&(objectClass=group)(adminDescription={}))", filter_value(anchor))
 }
 
 pub(crate) fn values(entry: &SearchEntry, name: &str) -> Vec<String> {
@@ -770,11 +651,7 @@ pub(crate) fn first_value(entry: &SearchEntry, name: &str) -> Option<String> {
 }
 
 pub(crate) fn permissive_modify() -> RawControl {
-    RawControl {
-        ctype: PERMISSIVE_MODIFY_OID.to_string(),
-        crit: false,
-        val: None,
-    }
+    RawControl { ctype: PERMISSIVE_MODIFY_OID.to_string(), crit: false, val: None }
 }
 
 pub(crate) fn extended_dn() -> RawControl {

@@ -26,19 +26,11 @@ pub(crate) const ENTRY_ALREADY_EXISTS: u32 = 68;
 
 impl DirectoryError {
     pub fn permanent(message: impl Into<String>) -> Self {
-        DirectoryError {
-            class: FailureClass::Permanent,
-            code: None,
-            message: message.into(),
-        }
+        DirectoryError { class: FailureClass::Permanent, code: None, message: message.into() }
     }
 
     pub fn transient(message: impl Into<String>) -> Self {
-        DirectoryError {
-            class: FailureClass::Transient,
-            code: None,
-            message: message.into(),
-        }
+        DirectoryError { class: FailureClass::Transient, code: None, message: message.into() }
     }
 
     pub fn is_transient(&self) -> bool {
@@ -57,11 +49,7 @@ impl DirectoryError {
         } else {
             format!("{context}: LDAP {rc} ({}): {text}", result_name(rc))
         };
-        DirectoryError {
-            class,
-            code: Some(rc),
-            message,
-        }
+        DirectoryError { class, code: Some(rc), message }
     }
 
     pub(crate) fn timeout(context: &str) -> Self {
@@ -71,10 +59,7 @@ impl DirectoryError {
     /// Classifies an ldap3 error. Returns whether the connection must be dropped too.
     pub(crate) fn from_ldap(context: &str, err: LdapError) -> (Self, bool) {
         match err {
-            LdapError::LdapResult { result } => (
-                DirectoryError::from_result(context, result.rc, &result.text),
-                false,
-            ),
+            LdapError::LdapResult { result } => (DirectoryError::from_result(context, result.rc, &result.text), false),
             LdapError::Timeout { .. } => (DirectoryError::timeout(context), true),
             LdapError::Io { source } => {
                 // tokio-rustls reports certificate problems as I/O errors wrapping the
@@ -85,22 +70,15 @@ impl DirectoryError {
                     .map(|e| format!("{context}: TLS handshake failed: {e}"));
                 match tls {
                     Some(message) => (DirectoryError::permanent(message), true),
-                    None => (
-                        DirectoryError::transient(format!("{context}: connection error: {source}")),
-                        true,
-                    ),
+                    None => (DirectoryError::transient(format!("{context}: connection error: {source}")), true),
                 }
             }
-            LdapError::Rustls { source } => (
-                DirectoryError::permanent(format!("{context}: TLS error: {source}")),
-                true,
-            ),
-            LdapError::DNSName { source } => (
-                DirectoryError::permanent(format!(
-                    "{context}: invalid server name for TLS: {source}"
-                )),
-                true,
-            ),
+            LdapError::Rustls { source } => {
+                (DirectoryError::permanent(format!("{context}: TLS error: {source}")), true)
+            }
+            LdapError::DNSName { source } => {
+                (DirectoryError::permanent(format!("{context}: invalid server name for TLS: {source}")), true)
+            }
             LdapError::UrlParsing { .. } | LdapError::UnknownScheme(_) => {
                 (DirectoryError::permanent(format!("{context}: {err}")), true)
             }
@@ -108,14 +86,8 @@ impl DirectoryError {
             | LdapError::ResultRecv { .. }
             | LdapError::IdScrubSend { .. }
             | LdapError::MiscSend { .. }
-            | LdapError::EndOfStream => (
-                DirectoryError::transient(format!("{context}: connection lost: {err}")),
-                true,
-            ),
-            other => (
-                DirectoryError::permanent(format!("{context}: {other}")),
-                false,
-            ),
+            | LdapError::EndOfStream => (DirectoryError::transient(format!("{context}: connection lost: {err}")), true),
+            other => (DirectoryError::permanent(format!("{context}: {other}")), false),
         }
     }
 }

@@ -36,13 +36,7 @@ pub(crate) fn attributes_to_read(caps: &Capabilities) -> Vec<&'static str> {
         attrs.push(EXTERNAL_ID);
     }
     if caps.has_exchange_schema {
-        attrs.extend([
-            "mail",
-            "mailNickname",
-            "proxyAddresses",
-            RECIPIENT_DISPLAY_TYPE,
-            RECIPIENT_TYPE_DETAILS,
-        ]);
+        attrs.extend(["mail", "mailNickname", "proxyAddresses", RECIPIENT_DISPLAY_TYPE, RECIPIENT_TYPE_DETAILS]);
     }
     attrs
 }
@@ -66,28 +60,18 @@ impl GroupEntry {
     pub fn from_search(entry: SearchEntry) -> Result<GroupEntry, DirectoryError> {
         let guid = binary(&entry, "objectGUID")
             .and_then(|b| guid_from_bytes(&b))
-            .ok_or_else(|| {
-                DirectoryError::permanent(format!("{} has no readable objectGUID", entry.dn))
-            })?;
+            .ok_or_else(|| DirectoryError::permanent(format!("{} has no readable objectGUID", entry.dn)))?;
         let sid = binary(&entry, "objectSid").and_then(|b| sid_from_bytes(&b));
         let mut values: HashMap<String, Vec<String>> = HashMap::new();
         for (name, vals) in &entry.attrs {
-            values
-                .entry(name.to_ascii_lowercase())
-                .or_default()
-                .extend(vals.iter().cloned());
+            values.entry(name.to_ascii_lowercase()).or_default().extend(vals.iter().cloned());
         }
-        let first = |name: &str| {
-            values
-                .get(&name.to_ascii_lowercase())
-                .and_then(|v| v.first().cloned())
-        };
+        let first = |name: &str| values.get(&name.to_ascii_lowercase()).and_then(|v| v.first().cloned());
         Ok(GroupEntry {
             cn: first("cn").unwrap_or_default(),
             sam: first("sAMAccountName").unwrap_or_default(),
             admin_count: first("adminCount").is_some_and(|v| v.trim() == "1"),
-            critical: first("isCriticalSystemObject")
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("TRUE")),
+            critical: first("isCriticalSystemObject").is_some_and(|v| v.trim().eq_ignore_ascii_case("TRUE")),
             admin_description: first("adminDescription"),
             dn: entry.dn,
             guid,
@@ -97,9 +81,7 @@ impl GroupEntry {
     }
 
     fn current(&self, name: &str) -> &[String] {
-        self.values
-            .get(&name.to_ascii_lowercase())
-            .map_or(&[], Vec::as_slice)
+        self.values.get(&name.to_ascii_lowercase()).map_or(&[], Vec::as_slice)
     }
 
     pub fn applied(&self) -> AppliedGroup {
@@ -143,11 +125,7 @@ fn recipient_types(group_type: GroupType) -> Option<(&'static str, &'static str)
 }
 
 fn non_empty(value: &str) -> Vec<String> {
-    if value.trim().is_empty() {
-        Vec::new()
-    } else {
-        vec![value.to_string()]
-    }
+    if value.trim().is_empty() { Vec::new() } else { vec![value.to_string()] }
 }
 
 /// The attributes the writer owns on a group, with their desired values (empty = the
@@ -155,18 +133,9 @@ fn non_empty(value: &str) -> Vec<String> {
 /// group was found by, so it already matches.
 fn managed_attributes(spec: &GroupSpec, caps: &Capabilities) -> Vec<(&'static str, Vec<String>)> {
     let mut attrs = vec![
-        (
-            "groupType",
-            vec![spec.group_type.ad_group_type().to_string()],
-        ),
+        ("groupType", vec![spec.group_type.ad_group_type().to_string()]),
         ("displayName", non_empty(&spec.display_name)),
-        (
-            "description",
-            spec.description
-                .as_deref()
-                .map(non_empty)
-                .unwrap_or_default(),
-        ),
+        ("description", spec.description.as_deref().map(non_empty).unwrap_or_default()),
     ];
     if caps.has_external_directory_object_id {
         attrs.push((EXTERNAL_ID, vec![spec.anchor.clone()]));
@@ -174,50 +143,22 @@ fn managed_attributes(spec: &GroupSpec, caps: &Capabilities) -> Vec<(&'static st
     // Mail attributes are only managed when the command carries them; `None` leaves
     // whatever Exchange or an administrator put there alone.
     if let (Some(mail), true) = (&spec.mail, caps.has_exchange_schema) {
-        attrs.push((
-            "mail",
-            mail.mail.as_deref().map(non_empty).unwrap_or_default(),
-        ));
-        attrs.push((
-            "mailNickname",
-            mail.mail_nickname
-                .as_deref()
-                .map(non_empty)
-                .unwrap_or_default(),
-        ));
+        attrs.push(("mail", mail.mail.as_deref().map(non_empty).unwrap_or_default()));
+        attrs.push(("mailNickname", mail.mail_nickname.as_deref().map(non_empty).unwrap_or_default()));
         attrs.push(("proxyAddresses", mail.proxy_addresses.clone()));
         let (display, details) = recipient_types(spec.group_type).unzip();
-        attrs.push((
-            RECIPIENT_DISPLAY_TYPE,
-            display.map(non_empty).unwrap_or_default(),
-        ));
-        attrs.push((
-            RECIPIENT_TYPE_DETAILS,
-            details.map(non_empty).unwrap_or_default(),
-        ));
+        attrs.push((RECIPIENT_DISPLAY_TYPE, display.map(non_empty).unwrap_or_default()));
+        attrs.push((RECIPIENT_TYPE_DETAILS, details.map(non_empty).unwrap_or_default()));
     }
     attrs
 }
 
 /// Attributes of a group to be created.
-pub(crate) fn new_group_attributes(
-    spec: &GroupSpec,
-    sam: &str,
-    caps: &Capabilities,
-) -> Vec<(String, HashSet<String>)> {
+pub(crate) fn new_group_attributes(spec: &GroupSpec, sam: &str, caps: &Capabilities) -> Vec<(String, HashSet<String>)> {
     let mut attrs = vec![
-        (
-            "objectClass".to_string(),
-            HashSet::from(["group".to_string()]),
-        ),
-        (
-            "sAMAccountName".to_string(),
-            HashSet::from([sam.to_string()]),
-        ),
-        (
-            "adminDescription".to_string(),
-            HashSet::from([spec.anchor.clone()]),
-        ),
+        ("objectClass".to_string(), HashSet::from(["group".to_string()])),
+        ("sAMAccountName".to_string(), HashSet::from([sam.to_string()])),
+        ("adminDescription".to_string(), HashSet::from([spec.anchor.clone()])),
     ];
     attrs.extend(
         managed_attributes(spec, caps)
@@ -238,10 +179,7 @@ pub(crate) fn attribute_changes(
 ) -> Vec<Mod<String>> {
     let mut mods = Vec::new();
     if let Some(sam) = new_sam {
-        mods.push(Mod::Replace(
-            "sAMAccountName".to_string(),
-            HashSet::from([sam.to_string()]),
-        ));
+        mods.push(Mod::Replace("sAMAccountName".to_string(), HashSet::from([sam.to_string()])));
     }
     for (name, desired) in managed_attributes(spec, caps) {
         let have = current.current(name);
@@ -252,10 +190,7 @@ pub(crate) fn attribute_changes(
         if desired.is_empty() {
             mods.push(Mod::Delete(name.to_string(), HashSet::new()));
         } else {
-            mods.push(Mod::Replace(
-                name.to_string(),
-                desired.into_iter().collect(),
-            ));
+            mods.push(Mod::Replace(name.to_string(), desired.into_iter().collect()));
         }
     }
     mods
@@ -267,11 +202,7 @@ mod tests {
     use gwb_core::command::MailAttributes;
 
     fn caps(ext: bool, exchange: bool) -> Capabilities {
-        Capabilities {
-            has_external_directory_object_id: ext,
-            has_exchange_schema: exchange,
-            ..Capabilities::default()
-        }
+        Capabilities { has_external_directory_object_id: ext, has_exchange_schema: exchange, ..Capabilities::default() }
     }
 
     fn spec() -> GroupSpec {
@@ -295,11 +226,9 @@ mod tests {
             bin_attrs: HashMap::new(),
         };
         for (name, values) in attrs {
-            e.attrs
-                .insert((*name).into(), values.iter().map(|v| (*v).into()).collect());
+            e.attrs.insert((*name).into(), values.iter().map(|v| (*v).into()).collect());
         }
-        e.bin_attrs
-            .insert("objectGUID".into(), vec![vec![0xff; 16]]);
+        e.bin_attrs.insert("objectGUID".into(), vec![vec![0xff; 16]]);
         match GroupEntry::from_search(e) {
             Ok(entry) => entry,
             Err(err) => panic!("{err}"),
@@ -321,15 +250,9 @@ mod tests {
     fn new_group_has_anchor_and_type() {
         let attrs = new_group_attributes(&spec(), "Sales", &caps(true, false));
         let get = |n: &str| attrs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        assert_eq!(
-            get("adminDescription"),
-            Some(HashSet::from([spec().anchor]))
-        );
+        assert_eq!(get("adminDescription"), Some(HashSet::from([spec().anchor])));
         assert_eq!(get(EXTERNAL_ID), Some(HashSet::from([spec().anchor])));
-        assert_eq!(
-            get("groupType"),
-            Some(HashSet::from(["-2147483640".to_string()]))
-        );
+        assert_eq!(get("groupType"), Some(HashSet::from(["-2147483640".to_string()])));
         assert_eq!(get("mail"), None);
         let without = new_group_attributes(&spec(), "Sales", &caps(false, false));
         assert!(without.iter().all(|(k, _)| k != EXTERNAL_ID));
@@ -350,11 +273,7 @@ mod tests {
         assert_eq!(get(RECIPIENT_TYPE_DETAILS), Some(1));
         assert_eq!(get("groupType"), Some(1));
         let without = new_group_attributes(&s, "Sales", &caps(true, false));
-        assert!(
-            without
-                .iter()
-                .all(|(k, _)| k != "mail" && k != "proxyAddresses")
-        );
+        assert!(without.iter().all(|(k, _)| k != "mail" && k != "proxyAddresses"));
     }
 
     #[test]
@@ -370,35 +289,21 @@ mod tests {
 
     #[test]
     fn only_differences_are_written() {
-        let e = entry(&[
-            ("groupType", &["-2147483640"]),
-            ("displayName", &["Old"]),
-            ("description", &["All of sales"]),
-        ]);
+        let e =
+            entry(&[("groupType", &["-2147483640"]), ("displayName", &["Old"]), ("description", &["All of sales"])]);
         let mods = attribute_changes(&e, &spec(), &caps(true, false), Some("Sales2"));
         assert_eq!(
             names(&mods),
-            vec![
-                "replace sAMAccountName",
-                "replace displayName",
-                format!("replace {EXTERNAL_ID}").as_str()
-            ]
+            vec!["replace sAMAccountName", "replace displayName", format!("replace {EXTERNAL_ID}").as_str()]
         );
     }
 
     #[test]
     fn description_removed_when_none() {
-        let e = entry(&[
-            ("groupType", &["-2147483640"]),
-            ("displayName", &["Sales"]),
-            ("description", &["stale"]),
-        ]);
+        let e = entry(&[("groupType", &["-2147483640"]), ("displayName", &["Sales"]), ("description", &["stale"])]);
         let mut s = spec();
         s.description = None;
-        assert_eq!(
-            names(&attribute_changes(&e, &s, &caps(false, false), None)),
-            vec!["delete description"]
-        );
+        assert_eq!(names(&attribute_changes(&e, &s, &caps(false, false), None)), vec!["delete description"]);
         let e = entry(&[("groupType", &["-2147483640"]), ("displayName", &["Sales"])]);
         assert!(attribute_changes(&e, &s, &caps(false, false), None).is_empty());
     }
@@ -426,10 +331,7 @@ mod tests {
 
     #[test]
     fn flags_are_parsed() {
-        let e = entry(&[
-            ("adminCount", &["1"]),
-            ("isCriticalSystemObject", &["TRUE"]),
-        ]);
+        let e = entry(&[("adminCount", &["1"]), ("isCriticalSystemObject", &["TRUE"])]);
         assert!(e.admin_count && e.critical);
         assert_eq!(e.guid, "ffffffff-ffff-ffff-ffff-ffffffffffff");
     }

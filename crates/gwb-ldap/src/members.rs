@@ -8,9 +8,8 @@ use ldap3::{Mod, Scope};
 use crate::codec::{canonical_guid, canonical_sid, parse_extended_dn, parse_range};
 use crate::directory::{AdMember, Directory, extended_dn, permissive_modify, values};
 use crate::error::{
-    ATTRIBUTE_OR_VALUE_EXISTS, CONSTRAINT_VIOLATION, DirectoryError, ENTRY_ALREADY_EXISTS,
-    INVALID_ATTRIBUTE_SYNTAX, INVALID_DN_SYNTAX, NO_SUCH_ATTRIBUTE, NO_SUCH_OBJECT,
-    UNWILLING_TO_PERFORM,
+    ATTRIBUTE_OR_VALUE_EXISTS, CONSTRAINT_VIOLATION, DirectoryError, ENTRY_ALREADY_EXISTS, INVALID_ATTRIBUTE_SYNTAX,
+    INVALID_DN_SYNTAX, NO_SUCH_ATTRIBUTE, NO_SUCH_OBJECT, UNWILLING_TO_PERFORM,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,16 +124,13 @@ impl Directory {
                  changing its members"
             ))
         })?;
-        let mut report = ApplyReport {
-            group: Some(group.applied()),
-            ..ApplyReport::default()
-        };
+        let mut report = ApplyReport { group: Some(group.applied()), ..ApplyReport::default() };
         // Never nest a privileged or well-known principal (BUILTIN\Administrators,
         // Domain Admins…) into a group: adding it would change that principal's
         // memberships, whoever asked. Removing one is harmless and allowed.
-        let (refused, allowed): (Vec<MemberRef>, Vec<MemberRef>) = dedupe(members)
-            .into_iter()
-            .partition(|m| op == MemberOp::Add && matches!(m, MemberRef::Sid(sid) if crate::codec::is_privileged_sid(sid)));
+        let (refused, allowed): (Vec<MemberRef>, Vec<MemberRef>) = dedupe(members).into_iter().partition(|m| {
+            op == MemberOp::Add && matches!(m, MemberRef::Sid(sid) if crate::codec::is_privileged_sid(sid))
+        });
         for member in refused {
             tracing::warn!(anchor, member = ?member, "refusing to add a well-known or privileged SID as a member");
             report.members_rejected.push((member, "well-known or privileged SID: never added as a member".into()));
@@ -142,19 +138,14 @@ impl Directory {
         let unique = allowed;
         let batch_size = self.config.member_batch_size.max(1);
         // A stack, so bisected halves are retried before the remaining batches.
-        let mut pending: Vec<Vec<MemberRef>> = unique
-            .chunks(batch_size)
-            .rev()
-            .map(<[MemberRef]>::to_vec)
-            .collect();
+        let mut pending: Vec<Vec<MemberRef>> = unique.chunks(batch_size).rev().map(<[MemberRef]>::to_vec).collect();
         // Read lazily: only a replay (or a clash) needs the current membership.
         let mut current: Option<CurrentMembers> = None;
 
         while let Some(batch) = pending.pop() {
             let batch = match &current {
                 Some(known) => {
-                    let (todo, done): (Vec<_>, Vec<_>) =
-                        batch.into_iter().partition(|m| known.needs_change(m, op));
+                    let (todo, done): (Vec<_>, Vec<_>) = batch.into_iter().partition(|m| known.needs_change(m, op));
                     report.members_unchanged += count(done.len());
                     todo
                 }
@@ -201,22 +192,13 @@ impl Directory {
         Ok(report)
     }
 
-    async fn modify_members(
-        &mut self,
-        dn: &str,
-        op: MemberOp,
-        batch: &[MemberRef],
-    ) -> Result<(), DirectoryError> {
+    async fn modify_members(&mut self, dn: &str, op: MemberOp, batch: &[MemberRef]) -> Result<(), DirectoryError> {
         let values: HashSet<String> = batch.iter().map(MemberRef::ldap_value).collect();
         let (change, verb) = match op {
             MemberOp::Add => (Mod::Add("member".to_string(), values), "add"),
             MemberOp::Remove => (Mod::Delete("member".to_string(), values), "remove"),
         };
-        let controls = if self.caps.supports_permissive_modify {
-            vec![permissive_modify()]
-        } else {
-            Vec::new()
-        };
+        let controls = if self.caps.supports_permissive_modify { vec![permissive_modify()] } else { Vec::new() };
         let context = format!("{verb} {} member value(s) of {dn}", batch.len());
         self.modify(dn, vec![change], controls, &context).await
     }
@@ -228,33 +210,20 @@ impl Directory {
     /// Samba returns everything for `N-*` but honours explicit windows. Asking for
     /// explicit windows of at most 1,500 pages the same way on both, and a smaller
     /// MaxValRange just yields shorter windows.
-    pub(crate) async fn read_members_of(
-        &mut self,
-        dn: &str,
-    ) -> Result<Vec<AdMember>, DirectoryError> {
+    pub(crate) async fn read_members_of(&mut self, dn: &str) -> Result<Vec<AdMember>, DirectoryError> {
         const WINDOW: usize = 1500;
         let mut members = Vec::new();
         let mut start = 0usize;
         loop {
             let attribute = format!("member;range={start}-{}", start + WINDOW - 1);
             let entry = self
-                .search(
-                    dn,
-                    Scope::Base,
-                    "(objectClass=*)",
-                    &[attribute.as_str()],
-                    vec![extended_dn()],
-                )
+                .search(dn, Scope::Base, "(objectClass=*)", &[attribute.as_str()], vec![extended_dn()])
                 .await?
                 .into_iter()
                 .next()
-                .ok_or_else(|| {
-                    DirectoryError::permanent(format!("{dn} vanished while reading members"))
-                })?;
-            let ranged = entry
-                .attrs
-                .iter()
-                .find_map(|(name, vals)| parse_range(name, "member").map(|range| (range, vals)));
+                .ok_or_else(|| DirectoryError::permanent(format!("{dn} vanished while reading members")))?;
+            let ranged =
+                entry.attrs.iter().find_map(|(name, vals)| parse_range(name, "member").map(|range| (range, vals)));
             let (chunk, next) = match ranged {
                 Some(((_, Some(high)), vals)) if high >= start => (vals.clone(), Some(high + 1)),
                 Some(((_, Some(high)), _)) => {
@@ -269,15 +238,9 @@ impl Directory {
             };
             for value in chunk {
                 let member = parse_extended_dn(&value).ok_or_else(|| {
-                    DirectoryError::permanent(format!(
-                        "member value of {dn} is not in extended-DN form: {value}"
-                    ))
+                    DirectoryError::permanent(format!("member value of {dn} is not in extended-DN form: {value}"))
                 })?;
-                members.push(AdMember {
-                    dn: member.dn,
-                    guid: member.guid,
-                    sid: member.sid,
-                });
+                members.push(AdMember { dn: member.dn, guid: member.guid, sid: member.sid });
             }
             match next {
                 Some(next) => start = next,

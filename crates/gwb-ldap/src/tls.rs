@@ -17,15 +17,11 @@ pub(crate) fn client_config(ca_file: &Path) -> Result<Arc<ClientConfig>, Directo
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| DirectoryError::permanent(format!("bad PEM in CA file {shown}: {e}")))?;
     if certs.is_empty() {
-        return Err(DirectoryError::permanent(format!(
-            "CA file {shown} holds no certificate"
-        )));
+        return Err(DirectoryError::permanent(format!("CA file {shown} holds no certificate")));
     }
     let mut roots = RootCertStore::empty();
     for cert in certs {
-        roots.add(cert).map_err(|e| {
-            DirectoryError::permanent(format!("unusable CA certificate in {shown}: {e}"))
-        })?;
+        roots.add(cert).map_err(|e| DirectoryError::permanent(format!("unusable CA certificate in {shown}: {e}")))?;
     }
     // The provider is chosen explicitly so a second rustls backend elsewhere in the
     // process cannot make the choice ambiguous.

@@ -6,7 +6,9 @@ use gwb_core::command::{ApplyReport, GroupSpec, MemberRef};
 use gwb_core::escape::{child_dn, dn_value, filter_value};
 use ldap3::Scope;
 
-use crate::codec::{CN_MAX_CHARS, canonical_sid, dn_eq, fallback_cn, guid_from_bytes, is_privileged_sid, parent_dn, sid_from_bytes};
+use crate::codec::{
+    CN_MAX_CHARS, canonical_sid, dn_eq, fallback_cn, guid_from_bytes, is_privileged_sid, parent_dn, sid_from_bytes,
+};
 use crate::directory::Directory;
 use crate::error::{DirectoryError, ENTRY_ALREADY_EXISTS};
 use crate::group::{GroupEntry, attribute_changes, binary, new_group_attributes};
@@ -82,10 +84,8 @@ impl Directory {
         if wanted.is_empty() {
             return Ok((Vec::new(), members.to_vec()));
         }
-        let filter = format!(
-            "(|{})",
-            wanted.iter().map(|sid| format!("(objectSid={})", filter_value(sid))).collect::<String>()
-        );
+        let filter =
+            format!("(|{})", wanted.iter().map(|sid| format!("(objectSid={})", filter_value(sid))).collect::<String>());
         let base = self.caps.default_naming_context.clone();
         let found: HashMap<String, String> = self
             .search(&base, Scope::Subtree, &filter, &["objectSid", "objectGUID"], Vec::new())
@@ -118,10 +118,7 @@ impl Directory {
             return Err(DirectoryError::permanent("group spec has an empty anchor"));
         }
         if spec.cn.trim().is_empty() {
-            return Err(DirectoryError::permanent(format!(
-                "group {} has an empty name",
-                spec.anchor
-            )));
+            return Err(DirectoryError::permanent(format!("group {} has an empty name", spec.anchor)));
         }
         let length = spec.cn.chars().count();
         if length > CN_MAX_CHARS {
@@ -130,15 +127,8 @@ impl Directory {
                 spec.anchor
             )));
         }
-        if spec
-            .sam_account_name_candidates
-            .iter()
-            .all(|c| c.trim().is_empty())
-        {
-            return Err(DirectoryError::permanent(format!(
-                "group {} has no sAMAccountName candidate",
-                spec.anchor
-            )));
+        if spec.sam_account_name_candidates.iter().all(|c| c.trim().is_empty()) {
+            return Err(DirectoryError::permanent(format!("group {} has no sAMAccountName candidate", spec.anchor)));
         }
         self.check_target_ou(&spec.parent_dn, "target OU")?;
         if spec.group_type.needs_exchange() && !self.caps.has_exchange_schema {
@@ -214,29 +204,14 @@ impl Directory {
         };
         let group = self.read_group(&dn).await?;
         self.remember(&spec.anchor, &group.guid);
-        Ok(ApplyReport {
-            group: Some(group.applied()),
-            changed: true,
-            ..ApplyReport::default()
-        })
+        Ok(ApplyReport { group: Some(group.applied()), changed: true, ..ApplyReport::default() })
     }
 
-    async fn update(
-        &mut self,
-        mut group: GroupEntry,
-        spec: &GroupSpec,
-    ) -> Result<ApplyReport, DirectoryError> {
+    async fn update(&mut self, mut group: GroupEntry, spec: &GroupSpec) -> Result<ApplyReport, DirectoryError> {
         let mut changed = self.place(&mut group, spec).await?;
 
-        let keeps_sam = spec
-            .sam_account_name_candidates
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(&group.sam));
-        let new_sam = if keeps_sam {
-            None
-        } else {
-            Some(self.pick_sam(&spec.sam_account_name_candidates).await?)
-        };
+        let keeps_sam = spec.sam_account_name_candidates.iter().any(|c| c.eq_ignore_ascii_case(&group.sam));
+        let new_sam = if keeps_sam { None } else { Some(self.pick_sam(&spec.sam_account_name_candidates).await?) };
         let mods = attribute_changes(&group, spec, &self.caps, new_sam.as_deref());
         if !mods.is_empty() {
             let context = format!("update attributes of {}", group.dn);
@@ -246,20 +221,12 @@ impl Directory {
         if let Some(sam) = new_sam {
             group.sam = sam;
         }
-        Ok(ApplyReport {
-            group: Some(group.applied()),
-            changed,
-            ..ApplyReport::default()
-        })
+        Ok(ApplyReport { group: Some(group.applied()), changed, ..ApplyReport::default() })
     }
 
     /// Renames and/or moves the group to `CN=<cn>,<parent_dn>` (modDN keeps its
     /// objectGUID and SID). Returns whether it moved.
-    async fn place(
-        &mut self,
-        group: &mut GroupEntry,
-        spec: &GroupSpec,
-    ) -> Result<bool, DirectoryError> {
+    async fn place(&mut self, group: &mut GroupEntry, spec: &GroupSpec) -> Result<bool, DirectoryError> {
         let current_parent = parent_dn(&group.dn).unwrap_or_default().to_string();
         let same_parent = dn_eq(&current_parent, &spec.parent_dn);
         if same_parent && group.cn == spec.cn {
@@ -273,10 +240,7 @@ impl Directory {
             // The foreign object still holds the wanted name.
             return Ok(false);
         }
-        match self
-            .move_group(group, &spec.cn, new_superior, &spec.parent_dn)
-            .await
-        {
+        match self.move_group(group, &spec.cn, new_superior, &spec.parent_dn).await {
             Ok(()) => Ok(true),
             Err(e) if e.code == Some(ENTRY_ALREADY_EXISTS) => {
                 if at_fallback || dn_eq(&wanted, &group.dn) {
@@ -288,19 +252,17 @@ impl Directory {
                     anchor = %spec.anchor, wanted = %wanted, used = %fallback,
                     "name taken by a foreign object; using the fallback name"
                 );
-                self.move_group(group, &fallback, new_superior, &spec.parent_dn)
-                    .await
-                    .map_err(|e| {
-                        if e.code == Some(ENTRY_ALREADY_EXISTS) {
-                            DirectoryError::permanent(format!(
-                                "cannot rename {} for {}: both {wanted} and its fallback name \
+                self.move_group(group, &fallback, new_superior, &spec.parent_dn).await.map_err(|e| {
+                    if e.code == Some(ENTRY_ALREADY_EXISTS) {
+                        DirectoryError::permanent(format!(
+                            "cannot rename {} for {}: both {wanted} and its fallback name \
                                  {fallback} are taken ({})",
-                                group.dn, spec.anchor, e.message
-                            ))
-                        } else {
-                            e
-                        }
-                    })?;
+                            group.dn, spec.anchor, e.message
+                        ))
+                    } else {
+                        e
+                    }
+                })?;
                 Ok(true)
             }
             Err(e) => Err(e),
@@ -326,9 +288,7 @@ impl Directory {
         let base = self.caps.default_naming_context.clone();
         for candidate in candidates.iter().filter(|c| !c.trim().is_empty()) {
             let filter = format!("(sAMAccountName={})", filter_value(candidate));
-            let holders = self
-                .search(&base, Scope::Subtree, &filter, &["1.1"], Vec::new())
-                .await?;
+            let holders = self.search(&base, Scope::Subtree, &filter, &["1.1"], Vec::new()).await?;
             if holders.is_empty() {
                 return Ok(candidate.clone());
             }
@@ -339,44 +299,26 @@ impl Directory {
         )))
     }
 
-    pub(crate) async fn delete_group(
-        &mut self,
-        anchor: &str,
-    ) -> Result<ApplyReport, DirectoryError> {
+    pub(crate) async fn delete_group(&mut self, anchor: &str) -> Result<ApplyReport, DirectoryError> {
         let Some(group) = self.locate_for_write(anchor).await? else {
             return Ok(ApplyReport::default());
         };
         self.delete(&group.dn).await?;
         self.forget(anchor);
-        Ok(ApplyReport {
-            group: None,
-            changed: true,
-            ..ApplyReport::default()
-        })
+        Ok(ApplyReport { group: None, changed: true, ..ApplyReport::default() })
     }
 
-    pub(crate) async fn retire(
-        &mut self,
-        anchor: &str,
-        retired_ou: &str,
-    ) -> Result<ApplyReport, DirectoryError> {
+    pub(crate) async fn retire(&mut self, anchor: &str, retired_ou: &str) -> Result<ApplyReport, DirectoryError> {
         self.check_target_ou(retired_ou, "retired OU")?;
         let Some(mut group) = self.locate_for_write(anchor).await? else {
             return Ok(ApplyReport::default());
         };
         let current_parent = parent_dn(&group.dn).unwrap_or_default().to_string();
         if dn_eq(&current_parent, retired_ou) {
-            return Ok(ApplyReport {
-                group: Some(group.applied()),
-                changed: false,
-                ..ApplyReport::default()
-            });
+            return Ok(ApplyReport { group: Some(group.applied()), changed: false, ..ApplyReport::default() });
         }
         let cn = group.cn.clone();
-        match self
-            .move_group(&mut group, &cn, Some(retired_ou), retired_ou)
-            .await
-        {
+        match self.move_group(&mut group, &cn, Some(retired_ou), retired_ou).await {
             Ok(()) => {}
             Err(e) if e.code == Some(ENTRY_ALREADY_EXISTS) => {
                 // Another retired group has the same name: keep both, deterministically.
@@ -386,15 +328,10 @@ impl Directory {
                     anchor = %anchor, retired_ou = %retired_ou, used = %fallback,
                     "name taken in the retired OU; using the fallback name"
                 );
-                self.move_group(&mut group, &fallback, Some(retired_ou), retired_ou)
-                    .await?;
+                self.move_group(&mut group, &fallback, Some(retired_ou), retired_ou).await?;
             }
             Err(e) => return Err(e),
         }
-        Ok(ApplyReport {
-            group: Some(group.applied()),
-            changed: true,
-            ..ApplyReport::default()
-        })
+        Ok(ApplyReport { group: Some(group.applied()), changed: true, ..ApplyReport::default() })
     }
 }

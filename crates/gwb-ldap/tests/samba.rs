@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use ad::LabAd;
 use anyhow::{Context, anyhow, ensure};
 use gwb_core::command::{ApplyReport, FailureClass, GroupSpec, GroupType, MemberRef, WriteCommand};
-use gwb_ldap::{
-    Directory, DirectoryConfig, DirectoryError, OperationKind, OperationOutcome, OperationRecord,
-};
+use gwb_ldap::{Directory, DirectoryConfig, DirectoryError, OperationKind, OperationOutcome, OperationRecord};
 
 const TESTS_OU: &str = "gwb-ldap-tests";
 
@@ -40,12 +38,7 @@ async fn fixture() -> anyhow::Result<Fixture> {
     let parent = lab.create_ou(TESTS_OU).await?;
     let id = short_id();
     let ou = lab.create_ou_in(&parent, &format!("t-{id}")).await?;
-    Ok(Fixture {
-        lab,
-        parent,
-        ou,
-        id,
-    })
+    Ok(Fixture { lab, parent, ou, id })
 }
 
 impl Fixture {
@@ -89,24 +82,12 @@ async fn upsert(dir: &mut Directory, spec: &GroupSpec) -> anyhow::Result<ApplyRe
     Ok(dir.apply(&WriteCommand::Upsert(spec.clone())).await?)
 }
 
-fn expect_permanent(
-    result: Result<ApplyReport, DirectoryError>,
-    needle: &str,
-) -> anyhow::Result<()> {
+fn expect_permanent(result: Result<ApplyReport, DirectoryError>, needle: &str) -> anyhow::Result<()> {
     match result {
-        Ok(report) => Err(anyhow!(
-            "expected a refusal mentioning {needle:?}, got {report:?}"
-        )),
+        Ok(report) => Err(anyhow!("expected a refusal mentioning {needle:?}, got {report:?}")),
         Err(e) => {
-            ensure!(
-                e.class == FailureClass::Permanent,
-                "expected Permanent, got {e:?}"
-            );
-            ensure!(
-                e.message.contains(needle),
-                "expected {needle:?} in: {}",
-                e.message
-            );
+            ensure!(e.class == FailureClass::Permanent, "expected Permanent, got {e:?}");
+            ensure!(e.message.contains(needle), "expected {needle:?} in: {}", e.message);
             Ok(())
         }
     }
@@ -125,10 +106,7 @@ fn record_operations(dir: &mut Directory) -> std::sync::Arc<std::sync::Mutex<Vec
 }
 
 fn sids(users: &[(String, String)]) -> Vec<MemberRef> {
-    users
-        .iter()
-        .map(|(_, sid)| MemberRef::Sid(sid.clone()))
-        .collect()
+    users.iter().map(|(_, sid)| MemberRef::Sid(sid.clone())).collect()
 }
 
 #[tokio::test]
@@ -139,24 +117,10 @@ async fn connect_reports_capabilities() -> anyhow::Result<()> {
     let (not_an_ou, _) = f.lab.create_user(&f.ou, &format!("c{}", f.id)).await?;
     let mut dir = Directory::connect(f.config(vec![f.ou.clone(), missing.clone(), not_an_ou.clone()])).await?;
     let caps = dir.capabilities().clone();
-    ensure!(
-        caps.default_naming_context
-            .eq_ignore_ascii_case(&f.lab.base_dn),
-        "{caps:?}"
-    );
-    ensure!(
-        caps.schema_naming_context
-            .starts_with("CN=Schema,CN=Configuration,"),
-        "{caps:?}"
-    );
-    ensure!(
-        caps.dns_host_name.eq_ignore_ascii_case("dc1.lab.example"),
-        "{caps:?}"
-    );
-    ensure!(
-        caps.supports_extended_dn && caps.supports_permissive_modify,
-        "{caps:?}"
-    );
+    ensure!(caps.default_naming_context.eq_ignore_ascii_case(&f.lab.base_dn), "{caps:?}");
+    ensure!(caps.schema_naming_context.starts_with("CN=Schema,CN=Configuration,"), "{caps:?}");
+    ensure!(caps.dns_host_name.eq_ignore_ascii_case("dc1.lab.example"), "{caps:?}");
+    ensure!(caps.supports_extended_dn && caps.supports_permissive_modify, "{caps:?}");
     // lab-ad.sh adds the 2016 schema's msDS-ExternalDirectoryObjectId; Samba has no Exchange.
     ensure!(caps.has_external_directory_object_id, "{caps:?}");
     ensure!(!caps.has_exchange_schema, "{caps:?}");
@@ -164,10 +128,7 @@ async fn connect_reports_capabilities() -> anyhow::Result<()> {
     ensure!(caps.unwritable_ous == vec![not_an_ou], "the test OU is writable, the user object is not: {caps:?}");
     dir.check_health().await?;
     ensure!(*dir.rediscover().await? == caps);
-    ensure!(
-        !format!("{dir:?}").contains(f.lab.password()),
-        "password leaked into Debug"
-    );
+    ensure!(!format!("{dir:?}").contains(f.lab.password()), "password leaked into Debug");
     f.cleanup().await
 }
 
@@ -176,65 +137,35 @@ async fn connection_failures_are_classified() -> anyhow::Result<()> {
     let f = fixture().await?;
 
     let mut untrusted = f.config(vec![f.ou.clone()]);
-    untrusted.ca_file =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/untrusted-ca.pem");
-    let err = Directory::connect(untrusted)
-        .await
-        .err()
-        .context("untrusted CA was accepted")?;
+    untrusted.ca_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/untrusted-ca.pem");
+    let err = Directory::connect(untrusted).await.err().context("untrusted CA was accepted")?;
     ensure!(err.class == FailureClass::Permanent, "{err:?}");
     ensure!(err.message.contains("TLS"), "{err:?}");
 
     let mut wrong_password = f.config(vec![f.ou.clone()]);
     wrong_password.bind_password = "Not-the-password-1".into();
-    let err = Directory::connect(wrong_password)
-        .await
-        .err()
-        .context("bad password accepted")?;
-    ensure!(
-        err.class == FailureClass::Permanent && err.code == Some(49),
-        "{err:?}"
-    );
+    let err = Directory::connect(wrong_password).await.err().context("bad password accepted")?;
+    ensure!(err.class == FailureClass::Permanent && err.code == Some(49), "{err:?}");
     ensure!(!err.message.contains("Not-the-password-1"), "{err:?}");
 
     let mut closed_port = f.config(vec![f.ou.clone()]);
     closed_port.url = f.lab.url.replace(":636", ":1");
-    let err = Directory::connect(closed_port)
-        .await
-        .err()
-        .context("closed port connected")?;
+    let err = Directory::connect(closed_port).await.err().context("closed port connected")?;
     ensure!(err.class == FailureClass::Transient, "{err:?}");
 
     let mut hurried = f.config(vec![f.ou.clone()]);
     hurried.operation_timeout = Duration::from_nanos(1);
-    let err = Directory::connect(hurried)
-        .await
-        .err()
-        .context("1 ns timeout met")?;
-    ensure!(
-        err.class == FailureClass::Transient && err.message.contains("timed out"),
-        "{err:?}"
-    );
+    let err = Directory::connect(hurried).await.err().context("1 ns timeout met")?;
+    ensure!(err.class == FailureClass::Transient && err.message.contains("timed out"), "{err:?}");
 
     let mut plain = f.config(vec![f.ou.clone()]);
-    plain.url = f
-        .lab
-        .url
-        .replace("ldaps://", "ldap://")
-        .replace(":636", ":389");
-    let err = Directory::connect(plain)
-        .await
-        .err()
-        .context("plain LDAP accepted")?;
+    plain.url = f.lab.url.replace("ldaps://", "ldap://").replace(":636", ":389");
+    let err = Directory::connect(plain).await.err().context("plain LDAP accepted")?;
     ensure!(err.class == FailureClass::Permanent, "{err:?}");
 
     // The same URL with StartTLS is fine: TLS (verified) before the bind.
     let mut starttls = f.config(vec![f.ou.clone()]);
-    starttls.url = f
-        .lab
-        .url
-        .replace("ldaps://", "ldap://")
-        .replace(":636", ":389");
+    starttls.url = f.lab.url.replace("ldaps://", "ldap://").replace(":636", ":389");
     starttls.starttls = true;
     Directory::connect(starttls).await?.check_health().await?;
     f.cleanup().await
@@ -249,54 +180,32 @@ async fn upsert_creates_then_is_idempotent() -> anyhow::Result<()> {
     let first = upsert(&mut dir, &spec).await?;
     ensure!(first.changed, "{first:?}");
     let applied = first.group.clone().context("no group reported")?;
-    ensure!(
-        applied.dn == format!("CN={},{}", spec.cn, f.ou),
-        "{applied:?}"
-    );
+    ensure!(applied.dn == format!("CN={},{}", spec.cn, f.ou), "{applied:?}");
     ensure!(applied.sam_account_name == spec.cn, "{applied:?}");
     ensure!(applied.object_sid.starts_with("S-1-5-21-"), "{applied:?}");
 
     let found = f.lab.find_groups_by_anchor(&spec.anchor).await?;
     ensure!(found.len() == 1, "{found:?}");
     let group = &found[0];
-    ensure!(
-        group.guid == applied.object_guid && group.sid == applied.object_sid,
-        "{group:?}"
-    );
-    ensure!(
-        group.group_type == GroupType::UniversalSecurity.ad_group_type(),
-        "{group:?}"
-    );
-    ensure!(
-        group.display_name.as_deref() == Some(spec.display_name.as_str()),
-        "{group:?}"
-    );
+    ensure!(group.guid == applied.object_guid && group.sid == applied.object_sid, "{group:?}");
+    ensure!(group.group_type == GroupType::UniversalSecurity.ad_group_type(), "{group:?}");
+    ensure!(group.display_name.as_deref() == Some(spec.display_name.as_str()), "{group:?}");
     ensure!(group.description == spec.description, "{group:?}");
     let external = f
         .lab
         .entry(&group.dn, &["msDS-ExternalDirectoryObjectId"])
         .await?
         .and_then(|e| ad::first(&e, "msDS-ExternalDirectoryObjectId"));
-    ensure!(
-        external.as_deref() == Some(spec.anchor.as_str()),
-        "{external:?}"
-    );
+    ensure!(external.as_deref() == Some(spec.anchor.as_str()), "{external:?}");
 
     let before = f.lab.snapshot_entry(&group.dn).await?;
     let second = upsert(&mut dir, &spec).await?;
     ensure!(!second.changed, "replay changed something: {second:?}");
     ensure!(second.group == first.group, "{second:?}");
-    ensure!(
-        f.lab.snapshot_entry(&group.dn).await? == before,
-        "replay touched the object"
-    );
+    ensure!(f.lab.snapshot_entry(&group.dn).await? == before, "replay touched the object");
 
     ensure!(dir.find_group(&spec.anchor).await? == first.group);
-    ensure!(
-        dir.find_group("Group_nothing-carries-this")
-            .await?
-            .is_none()
-    );
+    ensure!(dir.find_group("Group_nothing-carries-this").await?.is_none());
     f.cleanup().await
 }
 
@@ -313,27 +222,11 @@ async fn rename_and_move_keep_guid_and_sid() -> anyhow::Result<()> {
     let renamed = upsert(&mut dir, &spec).await?;
     ensure!(renamed.changed, "{renamed:?}");
     let renamed = renamed.group.context("no group")?;
-    ensure!(
-        renamed.object_guid == original.object_guid,
-        "GUID changed on rename"
-    );
-    ensure!(
-        renamed.object_sid == original.object_sid,
-        "SID changed on rename"
-    );
-    let entry = f
-        .lab
-        .entry(&renamed.dn, &["cn"])
-        .await?
-        .context("renamed DN not found")?;
-    ensure!(
-        ad::first(&entry, "cn").as_deref() == Some(spec.cn.as_str()),
-        "{entry:?}"
-    );
-    ensure!(
-        !upsert(&mut dir, &spec).await?.changed,
-        "escaped name not recognised as current"
-    );
+    ensure!(renamed.object_guid == original.object_guid, "GUID changed on rename");
+    ensure!(renamed.object_sid == original.object_sid, "SID changed on rename");
+    let entry = f.lab.entry(&renamed.dn, &["cn"]).await?.context("renamed DN not found")?;
+    ensure!(ad::first(&entry, "cn").as_deref() == Some(spec.cn.as_str()), "{entry:?}");
+    ensure!(!upsert(&mut dir, &spec).await?.changed, "escaped name not recognised as current");
 
     // A change of letter case only is still a rename of the same object.
     spec.cn = spec.cn.to_uppercase();
@@ -341,15 +234,8 @@ async fn rename_and_move_keep_guid_and_sid() -> anyhow::Result<()> {
     ensure!(upper.changed, "{upper:?}");
     let upper = upper.group.context("no group")?;
     ensure!(upper.object_guid == original.object_guid, "{upper:?}");
-    let entry = f
-        .lab
-        .entry(&upper.dn, &["cn"])
-        .await?
-        .context("renamed DN not found")?;
-    ensure!(
-        ad::first(&entry, "cn").as_deref() == Some(spec.cn.as_str()),
-        "{entry:?}"
-    );
+    let entry = f.lab.entry(&upper.dn, &["cn"]).await?.context("renamed DN not found")?;
+    ensure!(ad::first(&entry, "cn").as_deref() == Some(spec.cn.as_str()), "{entry:?}");
 
     spec.parent_dn = sub.clone();
     let moved = upsert(&mut dir, &spec).await?;
@@ -357,14 +243,8 @@ async fn rename_and_move_keep_guid_and_sid() -> anyhow::Result<()> {
     let moved = moved.group.context("no group")?;
     ensure!(moved.object_guid == original.object_guid && moved.object_sid == original.object_sid);
     let found = f.lab.find_groups_by_anchor(&spec.anchor).await?;
-    ensure!(
-        found.len() == 1 && found[0].dn.to_lowercase().ends_with(&sub.to_lowercase()),
-        "{found:?}"
-    );
-    ensure!(
-        !upsert(&mut dir, &spec).await?.changed,
-        "move replay changed something"
-    );
+    ensure!(found.len() == 1 && found[0].dn.to_lowercase().ends_with(&sub.to_lowercase()), "{found:?}");
+    ensure!(!upsert(&mut dir, &spec).await?.changed, "move replay changed something");
     f.cleanup().await
 }
 
@@ -376,16 +256,11 @@ fn attribute_versions(blob: &[u8]) -> anyhow::Result<BTreeMap<u32, u32>> {
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     };
     let count = word(8)? as usize;
-    (0..count)
-        .map(|i| Ok((word(16 + i * 48)?, word(16 + i * 48 + 4)?)))
-        .collect()
+    (0..count).map(|i| Ok((word(16 + i * 48)?, word(16 + i * 48 + 4)?))).collect()
 }
 
 async fn versions(lab: &LabAd, dn: &str) -> anyhow::Result<BTreeMap<u32, u32>> {
-    let entry = lab
-        .entry(dn, &["replPropertyMetaData"])
-        .await?
-        .context("group gone")?;
+    let entry = lab.entry(dn, &["replPropertyMetaData"]).await?.context("group gone")?;
     attribute_versions(&ad::binary(&entry, "replPropertyMetaData").context("no metadata")?)
 }
 
@@ -400,15 +275,9 @@ async fn only_changed_attributes_are_written() -> anyhow::Result<()> {
     spec.description = Some("a new description".into());
     ensure!(upsert(&mut dir, &spec).await?.changed);
     let after = versions(&f.lab, &dn).await?;
-    let written: BTreeSet<u32> = after
-        .iter()
-        .filter(|(id, version)| before.get(id) != Some(version))
-        .map(|(id, _)| *id)
-        .collect();
-    ensure!(
-        written == BTreeSet::from([DESCRIPTION]),
-        "attributes written: {written:?}"
-    );
+    let written: BTreeSet<u32> =
+        after.iter().filter(|(id, version)| before.get(id) != Some(version)).map(|(id, _)| *id).collect();
+    ensure!(written == BTreeSet::from([DESCRIPTION]), "attributes written: {written:?}");
 
     spec.description = None;
     ensure!(upsert(&mut dir, &spec).await?.changed);
@@ -424,24 +293,13 @@ async fn sam_account_name_collision_takes_next_candidate() -> anyhow::Result<()>
     let mut dir = f.directory().await?;
     let spec = f.spec("sam");
     let foreign_dn = format!("CN=foreign-{},{}", f.id, f.ou);
-    f.lab
-        .add_entry(
-            &foreign_dn,
-            &[("objectClass", &["group"]), ("sAMAccountName", &[&spec.cn])],
-        )
-        .await?;
+    f.lab.add_entry(&foreign_dn, &[("objectClass", &["group"]), ("sAMAccountName", &[&spec.cn])]).await?;
     let foreign_before = f.lab.snapshot_entry(&foreign_dn).await?;
 
     let report = upsert(&mut dir, &spec).await?;
     let group = report.group.context("no group")?;
-    ensure!(
-        group.sam_account_name == format!("{}-2", spec.cn),
-        "{group:?}"
-    );
-    ensure!(
-        !upsert(&mut dir, &spec).await?.changed,
-        "kept candidate should not change"
-    );
+    ensure!(group.sam_account_name == format!("{}-2", spec.cn), "{group:?}");
+    ensure!(!upsert(&mut dir, &spec).await?.changed, "kept candidate should not change");
 
     // A current name that is no longer a candidate is replaced by the first free one.
     let mut renamed = spec.clone();
@@ -449,19 +307,10 @@ async fn sam_account_name_collision_takes_next_candidate() -> anyhow::Result<()>
     let report = upsert(&mut dir, &renamed).await?;
     ensure!(report.changed, "{report:?}");
     let group = report.group.context("no group")?;
-    ensure!(
-        group.sam_account_name == format!("{}-3", spec.cn),
-        "{group:?}"
-    );
+    ensure!(group.sam_account_name == format!("{}-3", spec.cn), "{group:?}");
     let found = f.lab.find_groups_by_anchor(&spec.anchor).await?;
-    ensure!(
-        found.len() == 1 && found[0].sam == format!("{}-3", spec.cn),
-        "{found:?}"
-    );
-    ensure!(
-        f.lab.snapshot_entry(&foreign_dn).await? == foreign_before,
-        "foreign group touched"
-    );
+    ensure!(found.len() == 1 && found[0].sam == format!("{}-3", spec.cn), "{found:?}");
+    ensure!(f.lab.snapshot_entry(&foreign_dn).await? == foreign_before, "foreign group touched");
     f.cleanup().await
 }
 
@@ -471,39 +320,22 @@ async fn name_collision_uses_fallback_and_never_adopts() -> anyhow::Result<()> {
     let mut dir = f.directory().await?;
     let spec = f.spec("cn");
     let foreign_dn = format!("CN={},{}", spec.cn, f.ou);
-    f.lab
-        .add_entry(
-            &foreign_dn,
-            &[
-                ("objectClass", &["group"]),
-                ("sAMAccountName", &[&format!("f-{}", f.id)]),
-            ],
-        )
-        .await?;
+    f.lab.add_entry(&foreign_dn, &[("objectClass", &["group"]), ("sAMAccountName", &[&format!("f-{}", f.id)])]).await?;
     let foreign_before = f.lab.snapshot_entry(&foreign_dn).await?;
 
     let report = upsert(&mut dir, &spec).await?;
     let group = report.group.context("no group")?;
     let fallback = format!("{}_{}", spec.cn, spec.object_id);
     ensure!(group.dn == format!("CN={fallback},{}", f.ou), "{group:?}");
-    ensure!(
-        f.lab.snapshot_entry(&foreign_dn).await? == foreign_before,
-        "foreign object touched"
-    );
-    ensure!(
-        !upsert(&mut dir, &spec).await?.changed,
-        "fallback name should be stable"
-    );
+    ensure!(f.lab.snapshot_entry(&foreign_dn).await? == foreign_before, "foreign object touched");
+    ensure!(!upsert(&mut dir, &spec).await?.changed, "fallback name should be stable");
 
     // Once the name is free again, the group takes it (same object).
     f.lab.delete_subtree(&foreign_dn).await?;
     let report = upsert(&mut dir, &spec).await?;
     ensure!(report.changed, "{report:?}");
     let renamed = report.group.context("no group")?;
-    ensure!(
-        renamed.dn == foreign_dn && renamed.object_guid == group.object_guid,
-        "{renamed:?}"
-    );
+    ensure!(renamed.dn == foreign_dn && renamed.object_guid == group.object_guid, "{renamed:?}");
     f.cleanup().await
 }
 
@@ -517,47 +349,27 @@ async fn members_add_remove_and_replay() -> anyhow::Result<()> {
     let all = sids(&users);
     let anchor = spec.anchor.clone();
 
-    let add = |members: Vec<MemberRef>| WriteCommand::AddMembers {
-        anchor: anchor.clone(),
-        members,
-    };
-    let remove = |members: Vec<MemberRef>| WriteCommand::RemoveMembers {
-        anchor: anchor.clone(),
-        members,
-    };
+    let add = |members: Vec<MemberRef>| WriteCommand::AddMembers { anchor: anchor.clone(), members };
+    let remove = |members: Vec<MemberRef>| WriteCommand::RemoveMembers { anchor: anchor.clone(), members };
 
     let r = dir.apply(&add(all[..3].to_vec())).await?;
-    ensure!(
-        (r.members_added, r.members_unchanged, r.changed) == (3, 0, true),
-        "{r:?}"
-    );
+    ensure!((r.members_added, r.members_unchanged, r.changed) == (3, 0, true), "{r:?}");
     // Three present, two new: Samba fails the batch with 68; the writer retries the rest.
     let r = dir.apply(&add(all.clone())).await?;
     ensure!((r.members_added, r.members_unchanged) == (2, 3), "{r:?}");
     ensure!(r.members_rejected.is_empty(), "{r:?}");
     let r = dir.apply(&add(all.clone())).await?;
-    ensure!(
-        (r.members_added, r.members_unchanged, r.changed) == (0, 5, false),
-        "{r:?}"
-    );
+    ensure!((r.members_added, r.members_unchanged, r.changed) == (0, 5, false), "{r:?}");
     let expected: BTreeSet<String> = users.iter().map(|(_, sid)| sid.clone()).collect();
     ensure!(f.lab.member_sids(&group_dn).await? == expected);
 
     let r = dir.apply(&remove(all[..2].to_vec())).await?;
     ensure!((r.members_removed, r.changed) == (2, true), "{r:?}");
     let r = dir.apply(&remove(all[..2].to_vec())).await?;
-    ensure!(
-        (r.members_removed, r.members_unchanged, r.changed) == (0, 2, false),
-        "{r:?}"
-    );
+    ensure!((r.members_removed, r.members_unchanged, r.changed) == (0, 2, false), "{r:?}");
     let remaining: BTreeSet<String> = users[2..].iter().map(|(_, sid)| sid.clone()).collect();
     ensure!(f.lab.member_sids(&group_dn).await? == remaining);
-    let read: BTreeSet<String> = dir
-        .read_members(&spec.anchor)
-        .await?
-        .into_iter()
-        .filter_map(|m| m.sid)
-        .collect();
+    let read: BTreeSet<String> = dir.read_members(&spec.anchor).await?.into_iter().filter_map(|m| m.sid).collect();
     ensure!(read == remaining, "read_members disagrees: {read:?}");
     f.cleanup().await
 }
@@ -576,42 +388,17 @@ async fn unresolvable_member_is_rejected_alone() -> anyhow::Result<()> {
     members.insert(2, unknown_sid.clone());
     members.push(unknown_guid.clone());
 
-    let r = dir
-        .apply(&WriteCommand::AddMembers {
-            anchor: spec.anchor.clone(),
-            members: members.clone(),
-        })
-        .await?;
+    let r = dir.apply(&WriteCommand::AddMembers { anchor: spec.anchor.clone(), members: members.clone() }).await?;
     ensure!(r.members_added == 6, "{r:?}");
     let rejected: BTreeSet<MemberRef> = r.members_rejected.iter().map(|(m, _)| m.clone()).collect();
-    ensure!(
-        rejected == BTreeSet::from([unknown_sid.clone(), unknown_guid.clone()]),
-        "{r:?}"
-    );
-    ensure!(
-        r.members_rejected
-            .iter()
-            .all(|(_, why)| why.contains("LDAP")),
-        "{r:?}"
-    );
+    ensure!(rejected == BTreeSet::from([unknown_sid.clone(), unknown_guid.clone()]), "{r:?}");
+    ensure!(r.members_rejected.iter().all(|(_, why)| why.contains("LDAP")), "{r:?}");
     let expected: BTreeSet<String> = users.iter().map(|(_, sid)| sid.clone()).collect();
     ensure!(f.lab.member_sids(&group_dn).await? == expected);
 
     // Replaying: the good ones are unchanged, the bad ones rejected again.
-    let r = dir
-        .apply(&WriteCommand::AddMembers {
-            anchor: spec.anchor.clone(),
-            members,
-        })
-        .await?;
-    ensure!(
-        (
-            r.members_added,
-            r.members_unchanged,
-            r.members_rejected.len()
-        ) == (0, 6, 2),
-        "{r:?}"
-    );
+    let r = dir.apply(&WriteCommand::AddMembers { anchor: spec.anchor.clone(), members }).await?;
+    ensure!((r.members_added, r.members_unchanged, r.members_rejected.len()) == (0, 6, 2), "{r:?}");
     f.cleanup().await
 }
 
@@ -621,41 +408,19 @@ async fn nested_group_by_guid() -> anyhow::Result<()> {
     let mut dir = f.directory().await?;
     let outer = f.spec("outer");
     let inner = f.spec("inner");
-    let outer_dn = upsert(&mut dir, &outer)
-        .await?
-        .group
-        .context("no group")?
-        .dn;
+    let outer_dn = upsert(&mut dir, &outer).await?.group.context("no group")?.dn;
     let inner_group = upsert(&mut dir, &inner).await?.group.context("no group")?;
     let member = MemberRef::Guid(inner_group.object_guid.clone());
-    let r = dir
-        .apply(&WriteCommand::AddMembers {
-            anchor: outer.anchor.clone(),
-            members: vec![member.clone()],
-        })
-        .await?;
+    let r =
+        dir.apply(&WriteCommand::AddMembers { anchor: outer.anchor.clone(), members: vec![member.clone()] }).await?;
     ensure!(r.members_added == 1, "{r:?}");
     let members = f.lab.members(&outer_dn).await?;
-    ensure!(
-        members.len() == 1 && members[0].guid == inner_group.object_guid,
-        "{members:?}"
-    );
-    ensure!(
-        members[0].sid.as_deref() == Some(inner_group.object_sid.as_str()),
-        "{members:?}"
-    );
+    ensure!(members.len() == 1 && members[0].guid == inner_group.object_guid, "{members:?}");
+    ensure!(members[0].sid.as_deref() == Some(inner_group.object_sid.as_str()), "{members:?}");
     let read = dir.read_members(&outer.anchor).await?;
-    ensure!(
-        read.len() == 1 && read[0].guid == inner_group.object_guid,
-        "{read:?}"
-    );
+    ensure!(read.len() == 1 && read[0].guid == inner_group.object_guid, "{read:?}");
     ensure!(read[0].dn.eq_ignore_ascii_case(&inner_group.dn), "{read:?}");
-    let r = dir
-        .apply(&WriteCommand::AddMembers {
-            anchor: outer.anchor.clone(),
-            members: vec![member],
-        })
-        .await?;
+    let r = dir.apply(&WriteCommand::AddMembers { anchor: outer.anchor.clone(), members: vec![member] }).await?;
     ensure!((r.members_added, r.members_unchanged) == (0, 1), "{r:?}");
     f.cleanup().await
 }
@@ -669,51 +434,25 @@ async fn large_group_is_read_in_ranges() -> anyhow::Result<()> {
     let group_dn = upsert(&mut dir, &spec).await?.group.context("no group")?.dn;
 
     let started = Instant::now();
-    let users = f
-        .lab
-        .create_users(&f.ou, &format!("l{}", f.id), USERS)
-        .await?;
+    let users = f.lab.create_users(&f.ou, &format!("l{}", f.id), USERS).await?;
     eprintln!("created {USERS} users in {:?}", started.elapsed());
 
     let started = Instant::now();
-    let r = dir
-        .apply(&WriteCommand::AddMembers {
-            anchor: spec.anchor.clone(),
-            members: sids(&users),
-        })
-        .await?;
+    let r = dir.apply(&WriteCommand::AddMembers { anchor: spec.anchor.clone(), members: sids(&users) }).await?;
     eprintln!("added {USERS} members in {:?}", started.elapsed());
-    ensure!(
-        r.members_added as usize == USERS && r.members_rejected.is_empty(),
-        "{r:?}"
-    );
+    ensure!(r.members_added as usize == USERS && r.members_rejected.is_empty(), "{r:?}");
 
     let started = Instant::now();
     let members = dir.read_members(&spec.anchor).await?;
     eprintln!("read {} members in {:?}", members.len(), started.elapsed());
     let read: BTreeSet<String> = members.iter().filter_map(|m| m.sid.clone()).collect();
     let expected: BTreeSet<String> = users.iter().map(|(_, sid)| sid.clone()).collect();
-    ensure!(
-        members.len() == USERS && read == expected,
-        "read {} members",
-        members.len()
-    );
-    ensure!(
-        f.lab.member_sids(&group_dn).await? == expected,
-        "independent read disagrees"
-    );
+    ensure!(members.len() == USERS && read == expected, "read {} members", members.len());
+    ensure!(f.lab.member_sids(&group_dn).await? == expected, "independent read disagrees");
 
     // A replay of the whole list, after a clash, only reads and changes nothing.
-    let r = dir
-        .apply(&WriteCommand::AddMembers {
-            anchor: spec.anchor.clone(),
-            members: sids(&users),
-        })
-        .await?;
-    ensure!(
-        (r.members_added as usize, r.members_unchanged as usize) == (0, USERS),
-        "{r:?}"
-    );
+    let r = dir.apply(&WriteCommand::AddMembers { anchor: spec.anchor.clone(), members: sids(&users) }).await?;
+    ensure!((r.members_added as usize, r.members_unchanged as usize) == (0, USERS), "{r:?}");
     f.cleanup().await
 }
 
@@ -725,65 +464,34 @@ async fn delete_and_retire() -> anyhow::Result<()> {
 
     let spec = f.spec("retire");
     let group = upsert(&mut dir, &spec).await?.group.context("no group")?;
-    let retire = WriteCommand::Retire {
-        anchor: spec.anchor.clone(),
-        retired_ou: retired.clone(),
-    };
+    let retire = WriteCommand::Retire { anchor: spec.anchor.clone(), retired_ou: retired.clone() };
     let r = dir.apply(&retire).await?;
     ensure!(r.changed, "{r:?}");
     let moved = r.group.context("no group")?;
     ensure!(moved.dn == format!("CN={},{retired}", spec.cn), "{moved:?}");
     ensure!(moved.object_guid == group.object_guid && moved.object_sid == group.object_sid);
-    ensure!(
-        !dir.apply(&retire).await?.changed,
-        "retire replay changed something"
-    );
+    ensure!(!dir.apply(&retire).await?.changed, "retire replay changed something");
 
     // A second group with the same name retires beside the first one.
     let mut twin = f.spec("retire");
     twin.parent_dn = f.lab.create_ou_in(&f.ou, "twin").await?;
     upsert(&mut dir, &twin).await?;
-    let r = dir
-        .apply(&WriteCommand::Retire {
-            anchor: twin.anchor.clone(),
-            retired_ou: retired.clone(),
-        })
-        .await?;
+    let r = dir.apply(&WriteCommand::Retire { anchor: twin.anchor.clone(), retired_ou: retired.clone() }).await?;
     let twin_dn = r.group.context("no group")?.dn;
-    ensure!(
-        twin_dn == format!("CN={}_{},{retired}", twin.cn, twin.object_id),
-        "{twin_dn}"
-    );
+    ensure!(twin_dn == format!("CN={}_{},{retired}", twin.cn, twin.object_id), "{twin_dn}");
 
     // Restoring from the retired OU is an ordinary upsert: same object comes back.
     let restored = upsert(&mut dir, &spec).await?.group.context("no group")?;
-    ensure!(
-        restored.dn == group.dn && restored.object_sid == group.object_sid,
-        "{restored:?}"
-    );
+    ensure!(restored.dn == group.dn && restored.object_sid == group.object_sid, "{restored:?}");
 
-    let delete = WriteCommand::Delete {
-        anchor: spec.anchor.clone(),
-    };
+    let delete = WriteCommand::Delete { anchor: spec.anchor.clone() };
     let r = dir.apply(&delete).await?;
     ensure!(r.changed && r.group.is_none(), "{r:?}");
-    ensure!(
-        f.lab.find_groups_by_anchor(&spec.anchor).await?.is_empty(),
-        "group still there"
-    );
-    ensure!(
-        !dir.apply(&delete).await?.changed,
-        "delete replay changed something"
-    );
-    ensure!(
-        !dir.apply(&retire).await?.changed,
-        "retiring an absent group changed something"
-    );
+    ensure!(f.lab.find_groups_by_anchor(&spec.anchor).await?.is_empty(), "group still there");
+    ensure!(!dir.apply(&delete).await?.changed, "delete replay changed something");
+    ensure!(!dir.apply(&retire).await?.changed, "retiring an absent group changed something");
 
-    let outside = WriteCommand::Retire {
-        anchor: twin.anchor.clone(),
-        retired_ou: f.lab.base_dn.clone(),
-    };
+    let outside = WriteCommand::Retire { anchor: twin.anchor.clone(), retired_ou: f.lab.base_dn.clone() };
     expect_permanent(dir.apply(&outside).await, "not inside the managed OUs")?;
     f.cleanup().await
 }
@@ -795,37 +503,18 @@ async fn refuses_objects_without_the_anchor() -> anyhow::Result<()> {
     let spec = f.spec("noanchor");
     let foreign_dn = format!("CN={},{}", spec.cn, f.ou);
     f.lab
-        .add_entry(
-            &foreign_dn,
-            &[
-                ("objectClass", &["group"]),
-                ("sAMAccountName", &[&format!("na-{}", f.id)]),
-            ],
-        )
+        .add_entry(&foreign_dn, &[("objectClass", &["group"]), ("sAMAccountName", &[&format!("na-{}", f.id)])])
         .await?;
     let before = f.lab.snapshot_entry(&foreign_dn).await?;
     let (_, user_sid) = f.lab.create_user(&f.ou, &format!("na-u-{}", f.id)).await?;
 
-    let r = dir
-        .apply(&WriteCommand::Delete {
-            anchor: spec.anchor.clone(),
-        })
-        .await?;
+    let r = dir.apply(&WriteCommand::Delete { anchor: spec.anchor.clone() }).await?;
     ensure!(!r.changed, "{r:?}");
-    let add = WriteCommand::AddMembers {
-        anchor: spec.anchor.clone(),
-        members: vec![MemberRef::Sid(user_sid)],
-    };
+    let add = WriteCommand::AddMembers { anchor: spec.anchor.clone(), members: vec![MemberRef::Sid(user_sid)] };
     expect_permanent(dir.apply(&add).await, "no group carries anchor")?;
-    let retire = WriteCommand::Retire {
-        anchor: spec.anchor.clone(),
-        retired_ou: f.ou.clone(),
-    };
+    let retire = WriteCommand::Retire { anchor: spec.anchor.clone(), retired_ou: f.ou.clone() };
     ensure!(!dir.apply(&retire).await?.changed);
-    ensure!(
-        f.lab.snapshot_entry(&foreign_dn).await? == before,
-        "foreign group touched"
-    );
+    ensure!(f.lab.snapshot_entry(&foreign_dn).await? == before, "foreign group touched");
     f.cleanup().await
 }
 
@@ -851,37 +540,16 @@ async fn refuses_groups_outside_the_managed_ous() -> anyhow::Result<()> {
         .await?;
     let before = f.lab.snapshot_entry(&outside_dn).await?;
 
-    expect_permanent(
-        dir.apply(&WriteCommand::Upsert(spec.clone())).await,
-        "outside the",
-    )?;
-    expect_permanent(
-        dir.apply(&WriteCommand::Delete {
-            anchor: spec.anchor.clone(),
-        })
-        .await,
-        "outside the",
-    )?;
-    let add = WriteCommand::AddMembers {
-        anchor: spec.anchor.clone(),
-        members: vec![],
-    };
+    expect_permanent(dir.apply(&WriteCommand::Upsert(spec.clone())).await, "outside the")?;
+    expect_permanent(dir.apply(&WriteCommand::Delete { anchor: spec.anchor.clone() }).await, "outside the")?;
+    let add = WriteCommand::AddMembers { anchor: spec.anchor.clone(), members: vec![] };
     expect_permanent(dir.apply(&add).await, "outside the")?;
-    ensure!(
-        f.lab.snapshot_entry(&outside_dn).await? == before,
-        "object outside managed OUs touched"
-    );
-    ensure!(
-        f.lab.find_groups_by_anchor(&spec.anchor).await?.len() == 1,
-        "a duplicate was created"
-    );
+    ensure!(f.lab.snapshot_entry(&outside_dn).await? == before, "object outside managed OUs touched");
+    ensure!(f.lab.find_groups_by_anchor(&spec.anchor).await?.len() == 1, "a duplicate was created");
 
     let mut elsewhere_spec = f.spec("target");
     elsewhere_spec.parent_dn = elsewhere;
-    expect_permanent(
-        dir.apply(&WriteCommand::Upsert(elsewhere_spec)).await,
-        "not inside the managed OUs",
-    )?;
+    expect_permanent(dir.apply(&WriteCommand::Upsert(elsewhere_spec)).await, "not inside the managed OUs")?;
     f.cleanup().await
 }
 
@@ -899,48 +567,24 @@ async fn real_domain_admins_is_never_touched() -> anyhow::Result<()> {
         object_id,
         cn: "Domain Admins".into(),
         parent_dn: f.ou.clone(),
-        sam_account_name_candidates: vec![
-            "Domain Admins".into(),
-            format!("Domain Admins {}", f.id),
-        ],
+        sam_account_name_candidates: vec!["Domain Admins".into(), format!("Domain Admins {}", f.id)],
         group_type: GroupType::UniversalSecurity,
         display_name: "Domain Admins".into(),
         description: Some("a cloud group that happens to be called Domain Admins".into()),
         mail: None,
     };
     let created = upsert(&mut dir, &spec).await?.group.context("no group")?;
-    ensure!(
-        created.dn == format!("CN=Domain Admins,{}", f.ou),
-        "{created:?}"
-    );
-    ensure!(
-        created.sam_account_name == format!("Domain Admins {}", f.id),
-        "{created:?}"
-    );
-    let add = WriteCommand::AddMembers {
-        anchor: spec.anchor.clone(),
-        members: vec![MemberRef::Sid(user_sid)],
-    };
+    ensure!(created.dn == format!("CN=Domain Admins,{}", f.ou), "{created:?}");
+    ensure!(created.sam_account_name == format!("Domain Admins {}", f.id), "{created:?}");
+    let add = WriteCommand::AddMembers { anchor: spec.anchor.clone(), members: vec![MemberRef::Sid(user_sid)] };
     ensure!(dir.apply(&add).await?.members_added == 1);
-    ensure!(
-        dir.apply(&WriteCommand::Delete {
-            anchor: spec.anchor.clone()
-        })
-        .await?
-        .changed
-    );
+    ensure!(dir.apply(&WriteCommand::Delete { anchor: spec.anchor.clone() }).await?.changed);
 
     // Asked to put it where the real one lives: refused before anything is looked up.
     spec.parent_dn = format!("CN=Users,{}", f.lab.base_dn);
-    expect_permanent(
-        dir.apply(&WriteCommand::Upsert(spec)).await,
-        "not inside the managed OUs",
-    )?;
+    expect_permanent(dir.apply(&WriteCommand::Upsert(spec)).await, "not inside the managed OUs")?;
 
-    ensure!(
-        f.lab.snapshot_entry(&domain_admins).await? == before,
-        "Domain Admins changed"
-    );
+    ensure!(f.lab.snapshot_entry(&domain_admins).await? == before, "Domain Admins changed");
     f.cleanup().await
 }
 
@@ -967,25 +611,14 @@ async fn refuses_protected_groups() -> anyhow::Result<()> {
     let (_, user_sid) = f.lab.create_user(&f.ou, &format!("pr-u-{}", f.id)).await?;
     let commands = [
         WriteCommand::Upsert(renamed),
-        WriteCommand::AddMembers {
-            anchor: spec.anchor.clone(),
-            members: vec![MemberRef::Sid(user_sid)],
-        },
-        WriteCommand::Delete {
-            anchor: spec.anchor.clone(),
-        },
-        WriteCommand::Retire {
-            anchor: spec.anchor.clone(),
-            retired_ou: f.ou.clone(),
-        },
+        WriteCommand::AddMembers { anchor: spec.anchor.clone(), members: vec![MemberRef::Sid(user_sid)] },
+        WriteCommand::Delete { anchor: spec.anchor.clone() },
+        WriteCommand::Retire { anchor: spec.anchor.clone(), retired_ou: f.ou.clone() },
     ];
     for command in &commands {
         expect_permanent(dir.apply(command).await, "adminCount=1")?;
     }
-    ensure!(
-        f.lab.snapshot_entry(&dn).await? == before,
-        "protected group touched"
-    );
+    ensure!(f.lab.snapshot_entry(&dn).await? == before, "protected group touched");
     f.cleanup().await
 }
 
@@ -1006,14 +639,8 @@ async fn ambiguous_anchor_is_refused() -> anyhow::Result<()> {
             )
             .await?;
     }
-    expect_permanent(
-        dir.apply(&WriteCommand::Upsert(spec.clone())).await,
-        "refusing to guess",
-    )?;
-    ensure!(
-        dir.find_group(&spec.anchor).await.is_err(),
-        "find_group guessed"
-    );
+    expect_permanent(dir.apply(&WriteCommand::Upsert(spec.clone())).await, "refusing to guess")?;
+    ensure!(dir.find_group(&spec.anchor).await.is_err(), "find_group guessed");
     f.cleanup().await
 }
 
@@ -1021,16 +648,10 @@ async fn ambiguous_anchor_is_refused() -> anyhow::Result<()> {
 async fn mail_enabled_types_need_exchange() -> anyhow::Result<()> {
     let f = fixture().await?;
     let mut dir = f.directory().await?;
-    for group_type in [
-        GroupType::UniversalDistribution,
-        GroupType::UniversalMailEnabledSecurity,
-    ] {
+    for group_type in [GroupType::UniversalDistribution, GroupType::UniversalMailEnabledSecurity] {
         let mut spec = f.spec("mail");
         spec.group_type = group_type;
-        expect_permanent(
-            dir.apply(&WriteCommand::Upsert(spec.clone())).await,
-            "Exchange",
-        )?;
+        expect_permanent(dir.apply(&WriteCommand::Upsert(spec.clone())).await, "Exchange")?;
         ensure!(f.lab.find_groups_by_anchor(&spec.anchor).await?.is_empty());
     }
     f.cleanup().await
@@ -1052,25 +673,16 @@ async fn nothing_outside_the_test_ou_changes() -> anyhow::Result<()> {
     let f = fixture().await?;
     let base = f.lab.base_dn.clone();
     let provisioned = |snapshot: BTreeMap<String, String>| -> BTreeMap<String, String> {
-        snapshot
-            .into_iter()
-            .filter(|(dn, _)| !in_test_ou(dn, &base))
-            .collect()
+        snapshot.into_iter().filter(|(dn, _)| !in_test_ou(dn, &base)).collect()
     };
     let before = provisioned(f.lab.snapshot_outside(&f.parent).await?);
     let mut dir = f.directory().await?;
     let spec = f.spec("quiet");
     let users = f.lab.create_users(&f.ou, &format!("q{}", f.id), 3).await?;
     upsert(&mut dir, &spec).await?;
-    let add = WriteCommand::AddMembers {
-        anchor: spec.anchor.clone(),
-        members: sids(&users),
-    };
+    let add = WriteCommand::AddMembers { anchor: spec.anchor.clone(), members: sids(&users) };
     dir.apply(&add).await?;
-    dir.apply(&WriteCommand::Delete {
-        anchor: spec.anchor.clone(),
-    })
-    .await?;
+    dir.apply(&WriteCommand::Delete { anchor: spec.anchor.clone() }).await?;
     let after = provisioned(f.lab.snapshot_outside(&f.parent).await?);
     let changed: Vec<&String> = after
         .iter()
@@ -1078,15 +690,8 @@ async fn nothing_outside_the_test_ou_changes() -> anyhow::Result<()> {
         .map(|(dn, _)| dn)
         .chain(before.keys().filter(|dn| !after.contains_key(*dn)))
         .collect();
-    ensure!(
-        changed.is_empty(),
-        "changed outside the test OUs: {changed:?}"
-    );
-    ensure!(
-        before.len() > 50,
-        "the snapshot saw only {} objects",
-        before.len()
-    );
+    ensure!(changed.is_empty(), "changed outside the test OUs: {changed:?}");
+    ensure!(before.len() > 50, "the snapshot saw only {} objects", before.len());
     f.cleanup().await
 }
 
@@ -1100,14 +705,8 @@ struct Relay {
 
 impl Relay {
     async fn start(lab_url: &str) -> anyhow::Result<Relay> {
-        let upstream = lab_url
-            .strip_prefix("ldaps://")
-            .context("lab url is not ldaps://")?
-            .to_string();
-        let host = upstream
-            .rsplit_once(':')
-            .map_or(upstream.as_str(), |(h, _)| h)
-            .to_string();
+        let upstream = lab_url.strip_prefix("ldaps://").context("lab url is not ldaps://")?.to_string();
+        let host = upstream.rsplit_once(':').map_or(upstream.as_str(), |(h, _)| h).to_string();
         let listener = tokio::net::TcpListener::bind((host.as_str(), 0)).await?;
         let url = format!("ldaps://{host}:{}", listener.local_addr()?.port());
         let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1125,11 +724,7 @@ impl Relay {
                 }
             }
         });
-        Ok(Relay {
-            url,
-            connections,
-            accept,
-        })
+        Ok(Relay { url, connections, accept })
     }
 
     fn cut(&self) {
@@ -1175,32 +770,14 @@ async fn reconnects_after_the_connection_drops() -> anyhow::Result<()> {
     ensure!(!upsert(&mut dir, &spec).await?.changed);
     drop(relay);
 
-    let records = records
-        .lock()
-        .map_err(|_| anyhow!("observer poisoned"))?
-        .clone();
+    let records = records.lock().map_err(|_| anyhow!("observer poisoned"))?.clone();
     let count = |kind: OperationKind, outcome: OperationOutcome| {
-        records
-            .iter()
-            .filter(|r| r.kind == kind && r.outcome == outcome)
-            .count()
+        records.iter().filter(|r| r.kind == kind && r.outcome == outcome).count()
     };
-    ensure!(
-        count(OperationKind::Connect, OperationOutcome::Success) >= 2,
-        "{records:?}"
-    );
-    ensure!(
-        count(OperationKind::Add, OperationOutcome::Success) == 1,
-        "{records:?}"
-    );
-    ensure!(
-        count(OperationKind::Modify, OperationOutcome::Success) == 1,
-        "{records:?}"
-    );
-    ensure!(
-        count(OperationKind::Search, OperationOutcome::Success) > 0,
-        "{records:?}"
-    );
+    ensure!(count(OperationKind::Connect, OperationOutcome::Success) >= 2, "{records:?}");
+    ensure!(count(OperationKind::Add, OperationOutcome::Success) == 1, "{records:?}");
+    ensure!(count(OperationKind::Modify, OperationOutcome::Success) == 1, "{records:?}");
+    ensure!(count(OperationKind::Search, OperationOutcome::Success) > 0, "{records:?}");
     f.cleanup().await
 }
 
@@ -1262,14 +839,22 @@ async fn a_remembered_group_is_checked_again_before_every_write() -> anyhow::Res
     let managed = f.lab.create_ou_in(&f.ou, "managed").await?;
     let mut dir = Directory::connect(f.config(vec![managed.clone()])).await?;
     let (_, user_sid) = f.lab.create_user(&f.ou, &format!("rm-u-{}", f.id)).await?;
-    let add = |spec: &GroupSpec| WriteCommand::AddMembers { anchor: spec.anchor.clone(), members: vec![MemberRef::Sid(user_sid.clone())] };
+    let add = |spec: &GroupSpec| WriteCommand::AddMembers {
+        anchor: spec.anchor.clone(),
+        members: vec![MemberRef::Sid(user_sid.clone())],
+    };
 
     // Anchor cleared by an administrator: the object is no longer ours.
     let mut cleared = f.spec("cleared");
     cleared.parent_dn = managed.clone();
     let cleared_dn = upsert(&mut dir, &cleared).await?.group.context("no group")?.dn;
     let mut ldap = f.lab.connection().await?;
-    ldap.modify(&cleared_dn, vec![ldap3::Mod::Delete("adminDescription".to_string(), std::collections::HashSet::new())]).await?.success()?;
+    ldap.modify(
+        &cleared_dn,
+        vec![ldap3::Mod::Delete("adminDescription".to_string(), std::collections::HashSet::new())],
+    )
+    .await?
+    .success()?;
     let before = f.lab.snapshot_entry(&cleared_dn).await?;
     expect_permanent(dir.apply(&add(&cleared)).await, "no group carries anchor")?;
     ensure!(f.lab.snapshot_entry(&cleared_dn).await? == before, "a group without our anchor was changed");
@@ -1307,7 +892,11 @@ async fn anchors_looked_up_for_a_batch_keep_every_refusal() -> anyhow::Result<()
     f.lab
         .add_entry(
             &format!("CN={},{elsewhere}", outside.cn),
-            &[("objectClass", &["group"]), ("sAMAccountName", &[&format!("lo-{}", f.id)]), ("adminDescription", &[&outside.anchor])],
+            &[
+                ("objectClass", &["group"]),
+                ("sAMAccountName", &[&format!("lo-{}", f.id)]),
+                ("adminDescription", &[&outside.anchor]),
+            ],
         )
         .await?;
 

@@ -84,13 +84,21 @@ pub struct DeletionSettings {
 
 impl Default for DeletionSettings {
     fn default() -> Self {
-        DeletionSettings { max_groups: default_max_groups(), max_percent: default_max_percent(), window_minutes: default_window_minutes() }
+        DeletionSettings {
+            max_groups: default_max_groups(),
+            max_percent: default_max_percent(),
+            window_minutes: default_window_minutes(),
+        }
     }
 }
 
 impl DeletionSettings {
     pub fn threshold(&self) -> gwb_core::deletion::DeletionThreshold {
-        gwb_core::deletion::DeletionThreshold { max_groups: self.max_groups, max_percent: self.max_percent, window_minutes: self.window_minutes }
+        gwb_core::deletion::DeletionThreshold {
+            max_groups: self.max_groups,
+            max_percent: self.max_percent,
+            window_minutes: self.window_minutes,
+        }
     }
 }
 
@@ -139,7 +147,12 @@ pub struct ScopeSettings {
 
 impl Default for ScopeSettings {
     fn default() -> Self {
-        ScopeSettings { security_groups: false, microsoft365_groups: true, group_ids: BTreeSet::new(), display_name_prefixes: Vec::new() }
+        ScopeSettings {
+            security_groups: false,
+            microsoft365_groups: true,
+            group_ids: BTreeSet::new(),
+            display_name_prefixes: Vec::new(),
+        }
     }
 }
 
@@ -174,12 +187,25 @@ fn yes() -> bool {
 
 impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.planner.default_ou.contains('='), "planner.default_ou must be a DN such as \"OU=Cloud Groups,DC=contoso,DC=com\"");
-        anyhow::ensure!((1..=5000).contains(&self.planner.member_batch_size), "planner.member_batch_size must be between 1 and 5000");
+        anyhow::ensure!(
+            self.planner.default_ou.contains('='),
+            "planner.default_ou must be a DN such as \"OU=Cloud Groups,DC=contoso,DC=com\""
+        );
+        anyhow::ensure!(
+            (1..=5000).contains(&self.planner.member_batch_size),
+            "planner.member_batch_size must be between 1 and 5000"
+        );
         let needs_retired = [self.planner.on_leave_scope, self.planner.on_soft_delete].contains(&RemovalAction::Move);
-        anyhow::ensure!(!needs_retired || self.planner.retired_ou.is_some(), "planner.retired_ou is required when an action is \"move\"");
+        anyhow::ensure!(
+            !needs_retired || self.planner.retired_ou.is_some(),
+            "planner.retired_ou is required when an action is \"move\""
+        );
         let listen_is_loopback = self.control.listen.ip().is_loopback();
-        anyhow::ensure!(listen_is_loopback || self.control.token_file.is_some(), "control.token_file is required when control.listen ({}) is not a loopback address", self.control.listen);
+        anyhow::ensure!(
+            listen_is_loopback || self.control.token_file.is_some(),
+            "control.token_file is required when control.listen ({}) is not a loopback address",
+            self.control.listen
+        );
         Ok(())
     }
 

@@ -31,7 +31,8 @@ impl ControlService {
     ) -> Result<T, Status> {
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = engine.lock().map_err(|_| Status::internal("planner state lock poisoned; restart the planner"))?;
+            let mut guard =
+                engine.lock().map_err(|_| Status::internal("planner state lock poisoned; restart the planner"))?;
             work(&mut guard).map_err(|e| Status::internal(format!("planner store: {e}")))
         })
         .await
@@ -48,7 +49,10 @@ impl Operator for ControlService {
         Ok(Response::new(status))
     }
 
-    async fn enable_writeback(&self, _request: Request<pb::EnableWritebackRequest>) -> Result<Response<pb::Status>, Status> {
+    async fn enable_writeback(
+        &self,
+        _request: Request<pb::EnableWritebackRequest>,
+    ) -> Result<Response<pb::Status>, Status> {
         tracing::info!("operator enabled writeback");
         self.with_engine(|engine| {
             engine.set_writeback(true, false, now_ms())?;
@@ -58,7 +62,10 @@ impl Operator for ControlService {
         .map(Response::new)
     }
 
-    async fn disable_writeback(&self, request: Request<pb::DisableWritebackRequest>) -> Result<Response<pb::Status>, Status> {
+    async fn disable_writeback(
+        &self,
+        request: Request<pb::DisableWritebackRequest>,
+    ) -> Result<Response<pb::Status>, Status> {
         let mode = pb::DisableMode::try_from(request.get_ref().mode).unwrap_or(pb::DisableMode::Unspecified);
         let delete = match mode {
             pb::DisableMode::Keep => false,
@@ -78,7 +85,10 @@ impl Operator for ControlService {
         .map(Response::new)
     }
 
-    async fn list_groups(&self, request: Request<pb::ListGroupsRequest>) -> Result<Response<pb::ListGroupsResponse>, Status> {
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let request = request.into_inner();
         let page_size = if request.page_size == 0 { 100 } else { request.page_size.min(1000) } as usize;
         self.with_engine(move |engine| {
@@ -112,7 +122,10 @@ impl Operator for ControlService {
         detail.map(Response::new).ok_or_else(|| unknown_group(&id))
     }
 
-    async fn set_group_writeback(&self, request: Request<pb::SetGroupWritebackRequest>) -> Result<Response<pb::GroupDetail>, Status> {
+    async fn set_group_writeback(
+        &self,
+        request: Request<pb::SetGroupWritebackRequest>,
+    ) -> Result<Response<pb::GroupDetail>, Status> {
         let request = request.into_inner();
         let id = request.id.to_ascii_lowercase();
         let group_type = target_type(request.target_type)?;
@@ -120,7 +133,9 @@ impl Operator for ControlService {
         if let Some(ou) = &parent_dn
             && !ou.contains('=')
         {
-            return Err(Status::invalid_argument(format!("ou {ou:?} is not a distinguished name (e.g. \"OU=Sales,DC=contoso,DC=com\")")));
+            return Err(Status::invalid_argument(format!(
+                "ou {ou:?} is not a distinguished name (e.g. \"OU=Sales,DC=contoso,DC=com\")"
+            )));
         }
         let over = GroupOverride { enabled: request.enabled, group_type, parent_dn };
         let clear = request.clear;
@@ -147,7 +162,10 @@ impl Operator for ControlService {
         Ok(Response::new(detail))
     }
 
-    async fn preview_group(&self, request: Request<pb::PreviewGroupRequest>) -> Result<Response<pb::GroupPlan>, Status> {
+    async fn preview_group(
+        &self,
+        request: Request<pb::PreviewGroupRequest>,
+    ) -> Result<Response<pb::GroupPlan>, Status> {
         let id = request.into_inner().id.to_ascii_lowercase();
         let wanted = id.clone();
         let preview = self.with_engine(move |engine| engine.preview(&wanted, now_ms())).await?;
@@ -156,7 +174,11 @@ impl Operator for ControlService {
             id,
             members_to_write: preview.members_to_write,
             commands: preview.commands.into_iter().map(|(kind, detail)| pb::PlannedCommand { kind, detail }).collect(),
-            members_skipped: preview.skipped.into_iter().map(|(member_id, kind, reason)| pb::SkippedMember { member_id, kind, reason }).collect(),
+            members_skipped: preview
+                .skipped
+                .into_iter()
+                .map(|(member_id, kind, reason)| pb::SkippedMember { member_id, kind, reason })
+                .collect(),
             ..Default::default()
         };
         match preview.decision {
@@ -175,27 +197,42 @@ impl Operator for ControlService {
         Ok(Response::new(plan))
     }
 
-    async fn sync_now(&self, _request: Request<gwb_proto::control::v1::SyncNowRequest>) -> Result<Response<pb::CoordinationResponse>, Status> {
+    async fn sync_now(
+        &self,
+        _request: Request<gwb_proto::control::v1::SyncNowRequest>,
+    ) -> Result<Response<pb::CoordinationResponse>, Status> {
         self.coordinator.sync_now(false).await.map(Response::new)
     }
 
-    async fn full_resync(&self, _request: Request<gwb_proto::control::v1::FullResyncRequest>) -> Result<Response<pb::CoordinationResponse>, Status> {
+    async fn full_resync(
+        &self,
+        _request: Request<gwb_proto::control::v1::FullResyncRequest>,
+    ) -> Result<Response<pb::CoordinationResponse>, Status> {
         tracing::info!("operator requested a full resync");
         self.coordinator.sync_now(true).await.map(Response::new)
     }
 
-    async fn pause_writer(&self, request: Request<pb::PauseWriterRequest>) -> Result<Response<pb::CoordinationResponse>, Status> {
+    async fn pause_writer(
+        &self,
+        request: Request<pb::PauseWriterRequest>,
+    ) -> Result<Response<pb::CoordinationResponse>, Status> {
         let reason = request.into_inner().reason;
         tracing::info!(%reason, "operator paused the writers");
         self.coordinator.pause_writers(Some(reason)).await.map(Response::new)
     }
 
-    async fn resume_writer(&self, _request: Request<pb::ResumeWriterRequest>) -> Result<Response<pb::CoordinationResponse>, Status> {
+    async fn resume_writer(
+        &self,
+        _request: Request<pb::ResumeWriterRequest>,
+    ) -> Result<Response<pb::CoordinationResponse>, Status> {
         tracing::info!("operator resumed the writers");
         self.coordinator.pause_writers(None).await.map(Response::new)
     }
 
-    async fn list_held_deletions(&self, _request: Request<pb::ListHeldDeletionsRequest>) -> Result<Response<pb::ListHeldDeletionsResponse>, Status> {
+    async fn list_held_deletions(
+        &self,
+        _request: Request<pb::ListHeldDeletionsRequest>,
+    ) -> Result<Response<pb::ListHeldDeletionsResponse>, Status> {
         self.with_engine(|engine| {
             let db = engine.db();
             let mut stmt = db.prepare(
@@ -203,31 +240,47 @@ impl Operator for ControlService {
                  FROM writeback w LEFT JOIN groups g ON g.id = w.group_id WHERE w.state = ?1 ORDER BY w.group_id",
             )?;
             let rows = stmt.query_map(params![state::HELD], |row| {
-                Ok(pb::HeldDeletion { group_id: row.get(0)?, display_name: row.get(1)?, ad_dn: row.get(2)?, reason: row.get(3)?, held_at_ms: row.get(4)? })
+                Ok(pb::HeldDeletion {
+                    group_id: row.get(0)?,
+                    display_name: row.get(1)?,
+                    ad_dn: row.get(2)?,
+                    reason: row.get(3)?,
+                    held_at_ms: row.get(4)?,
+                })
             })?;
             let deletions: Vec<pb::HeldDeletion> = rows.collect::<Result<_, _>>()?;
-            let threshold_reason = if deletions.is_empty() { String::new() } else { engine::meta(db, "held_reason")?.unwrap_or_default() };
+            let threshold_reason =
+                if deletions.is_empty() { String::new() } else { engine::meta(db, "held_reason")?.unwrap_or_default() };
             Ok(pb::ListHeldDeletionsResponse { deletions, threshold_reason })
         })
         .await
         .map(Response::new)
     }
 
-    async fn approve_deletions(&self, request: Request<pb::DeletionDecisionRequest>) -> Result<Response<pb::DeletionDecisionResponse>, Status> {
+    async fn approve_deletions(
+        &self,
+        request: Request<pb::DeletionDecisionRequest>,
+    ) -> Result<Response<pb::DeletionDecisionResponse>, Status> {
         let ids = request.into_inner().group_ids;
         tracing::info!(groups = ids.len(), "operator approved held deletions");
         let affected = self.with_engine(move |engine| engine.decide_held(&ids, true, now_ms())).await?;
         Ok(Response::new(pb::DeletionDecisionResponse { affected }))
     }
 
-    async fn discard_deletions(&self, request: Request<pb::DeletionDecisionRequest>) -> Result<Response<pb::DeletionDecisionResponse>, Status> {
+    async fn discard_deletions(
+        &self,
+        request: Request<pb::DeletionDecisionRequest>,
+    ) -> Result<Response<pb::DeletionDecisionResponse>, Status> {
         let ids = request.into_inner().group_ids;
         tracing::info!(groups = ids.len(), "operator discarded held deletions");
         let affected = self.with_engine(move |engine| engine.decide_held(&ids, false, now_ms())).await?;
         Ok(Response::new(pb::DeletionDecisionResponse { affected }))
     }
 
-    async fn list_audit(&self, request: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let request = request.into_inner();
         let id = request.group_id.to_ascii_lowercase();
         let limit = if request.limit == 0 { 100 } else { request.limit.min(10_000) };
@@ -272,13 +325,16 @@ fn group_detail(engine: &Engine, wanted: &str) -> Result<Option<pb::GroupDetail>
         .optional()?
         .unwrap_or_default();
     let members_written: Vec<String> = {
-        let mut stmt = db.prepare("SELECT ref_key FROM planned_members WHERE group_id = ?1 ORDER BY ref_key LIMIT 10000")?;
+        let mut stmt =
+            db.prepare("SELECT ref_key FROM planned_members WHERE group_id = ?1 ORDER BY ref_key LIMIT 10000")?;
         let rows = stmt.query_map(params![wanted], |row| row.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
     let members_skipped: Vec<pb::SkippedMember> = {
         let mut stmt = db.prepare("SELECT member_id, member_kind, reason FROM skipped_members WHERE group_id = ?1 ORDER BY member_id LIMIT 10000")?;
-        let rows = stmt.query_map(params![wanted], |row| Ok(pb::SkippedMember { member_id: row.get(0)?, kind: row.get(1)?, reason: row.get(2)? }))?;
+        let rows = stmt.query_map(params![wanted], |row| {
+            Ok(pb::SkippedMember { member_id: row.get(0)?, kind: row.get(1)?, reason: row.get(2)? })
+        })?;
         rows.collect::<Result<_, _>>()?
     };
     Ok(Some(pb::GroupDetail {
@@ -362,11 +418,14 @@ fn status(engine: &Engine) -> Result<pb::Status, engine::EngineError> {
     }
     let groups_by_state = {
         let mut stmt = db.prepare("SELECT state, COUNT(*) FROM writeback GROUP BY state ORDER BY state")?;
-        let rows = stmt.query_map([], |row| Ok(pb::StateCount { state: row.get(0)?, count: row.get::<_, i64>(1)? as u64 }))?;
+        let rows =
+            stmt.query_map([], |row| Ok(pb::StateCount { state: row.get(0)?, count: row.get::<_, i64>(1)? as u64 }))?;
         rows.collect::<Result<Vec<_>, _>>()?
     };
-    let count = |sql: &str| -> rusqlite::Result<u64> { db.query_row(sql, [], |row| row.get::<_, i64>(0)).map(|n| n as u64) };
-    let (in_flight, oldest): (i64, Option<i64>) = db.query_row("SELECT COUNT(*), MIN(planned_ms) FROM inflight", [], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let count =
+        |sql: &str| -> rusqlite::Result<u64> { db.query_row(sql, [], |row| row.get::<_, i64>(0)).map(|n| n as u64) };
+    let (in_flight, oldest): (i64, Option<i64>) =
+        db.query_row("SELECT COUNT(*), MIN(planned_ms) FROM inflight", [], |row| Ok((row.get(0)?, row.get(1)?)))?;
     let recent_errors = {
         let mut stmt = db.prepare("SELECT message FROM errors ORDER BY id DESC LIMIT 10")?;
         let rows = stmt.query_map([], |row| row.get(0))?;

@@ -34,9 +34,9 @@ impl Coordinator {
 
     fn authorize<T>(&self, mut request: tonic::Request<T>) -> Result<tonic::Request<T>, Status> {
         if let Some(token) = &self.token {
-            let value: MetadataValue<_> = format!("Bearer {}", token.expose())
-                .parse()
-                .map_err(|_| Status::failed_precondition("coordination token holds characters not allowed in a header"))?;
+            let value: MetadataValue<_> = format!("Bearer {}", token.expose()).parse().map_err(|_| {
+                Status::failed_precondition("coordination token holds characters not allowed in a header")
+            })?;
             request.metadata_mut().insert("authorization", value);
         }
         Ok(request)
@@ -69,7 +69,12 @@ impl Coordinator {
         if let Some(endpoint) = &self.collector {
             let answer = tokio::time::timeout(Duration::from_secs(2), async {
                 let mut client = pb::collector_client::CollectorClient::new(Self::channel(endpoint).await?);
-                Ok::<_, Status>(client.get_collector_status(self.authorize(tonic::Request::new(pb::GetCollectorStatusRequest {}))?).await?.into_inner())
+                Ok::<_, Status>(
+                    client
+                        .get_collector_status(self.authorize(tonic::Request::new(pb::GetCollectorStatusRequest {}))?)
+                        .await?
+                        .into_inner(),
+                )
             })
             .await;
             services.push(match answer {
@@ -91,7 +96,12 @@ impl Coordinator {
         for endpoint in &self.writers {
             let answer = tokio::time::timeout(Duration::from_secs(2), async {
                 let mut client = pb::writer_client::WriterClient::new(Self::channel(endpoint).await?);
-                Ok::<_, Status>(client.get_writer_state(self.authorize(tonic::Request::new(pb::GetWriterStateRequest {}))?).await?.into_inner())
+                Ok::<_, Status>(
+                    client
+                        .get_writer_state(self.authorize(tonic::Request::new(pb::GetWriterStateRequest {}))?)
+                        .await?
+                        .into_inner(),
+                )
             })
             .await;
             services.push(match answer {
@@ -99,7 +109,11 @@ impl Coordinator {
                     service: format!("gwb-writer@{endpoint}"),
                     healthy: state.directory_connected,
                     version: state.version,
-                    detail: if state.paused { format!("paused: {}; {}", state.pause_reason, state.detail) } else { state.detail },
+                    detail: if state.paused {
+                        format!("paused: {}; {}", state.pause_reason, state.detail)
+                    } else {
+                        state.detail
+                    },
                     last_seen_ms: now,
                 },
                 Ok(Err(status)) => unreachable(format!("gwb-writer@{endpoint}"), status.message()),
@@ -113,7 +127,9 @@ impl Coordinator {
     /// any writer could not be reached, after trying them all.
     pub async fn pause_writers(&self, pause: Option<String>) -> Result<pb::CoordinationResponse, Status> {
         if self.writers.is_empty() {
-            return Err(Status::failed_precondition("the planner does not know the writers: set coordination.writer_endpoints"));
+            return Err(Status::failed_precondition(
+                "the planner does not know the writers: set coordination.writer_endpoints",
+            ));
         }
         let mut results = Vec::new();
         let mut failures = Vec::new();
@@ -121,7 +137,11 @@ impl Coordinator {
             let outcome = async {
                 let mut client = pb::writer_client::WriterClient::new(Self::channel(endpoint).await?);
                 let state = match &pause {
-                    Some(reason) => client.pause(self.authorize(tonic::Request::new(pb::PauseRequest { reason: reason.clone() }))?).await?,
+                    Some(reason) => {
+                        client
+                            .pause(self.authorize(tonic::Request::new(pb::PauseRequest { reason: reason.clone() }))?)
+                            .await?
+                    }
                     None => client.resume(self.authorize(tonic::Request::new(pb::ResumeRequest {}))?).await?,
                 };
                 Ok::<_, Status>(state.into_inner())
@@ -139,11 +159,21 @@ impl Coordinator {
         if failures.is_empty() {
             Ok(pb::CoordinationResponse { results })
         } else {
-            Err(Status::unavailable(format!("not every writer was reached ({}); reached: {}", failures.join("; "), results.join("; "))))
+            Err(Status::unavailable(format!(
+                "not every writer was reached ({}); reached: {}",
+                failures.join("; "),
+                results.join("; ")
+            )))
         }
     }
 }
 
 fn unreachable(service: String, why: &str) -> pb::ServiceHealth {
-    pb::ServiceHealth { service, healthy: false, version: String::new(), detail: format!("unreachable: {why}"), last_seen_ms: 0 }
+    pb::ServiceHealth {
+        service,
+        healthy: false,
+        version: String::new(),
+        detail: format!("unreachable: {why}"),
+        last_seen_ms: 0,
+    }
 }

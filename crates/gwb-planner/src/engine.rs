@@ -112,7 +112,11 @@ impl Engine {
     /// the failed event and those after it are left to be redelivered, so order is
     /// never broken. Returns how many events were applied (or recognised as applied
     /// before) and the error that stopped the batch.
-    pub fn apply_events(&mut self, events: &[(ev::ChangeEvent, tracing::Span)], now_ms: i64) -> (usize, Option<EngineError>) {
+    pub fn apply_events(
+        &mut self,
+        events: &[(ev::ChangeEvent, tracing::Span)],
+        now_ms: i64,
+    ) -> (usize, Option<EngineError>) {
         match self.apply_all(events, now_ms) {
             Ok(()) => (events.len(), None),
             Err((0, error)) => (0, Some(error)),
@@ -128,7 +132,11 @@ impl Engine {
 
     /// All of `events` in one transaction, or none of them: the error carries the
     /// index of the event that failed (0 when the transaction itself failed).
-    fn apply_all(&mut self, events: &[(ev::ChangeEvent, tracing::Span)], now_ms: i64) -> Result<(), (usize, EngineError)> {
+    fn apply_all(
+        &mut self,
+        events: &[(ev::ChangeEvent, tracing::Span)],
+        now_ms: i64,
+    ) -> Result<(), (usize, EngineError)> {
         let tx = self.db.transaction().map_err(|error| (0, error.into()))?;
         for (index, (event, span)) in events.iter().enumerate() {
             let _entered = span.enter();
@@ -148,7 +156,11 @@ impl Engine {
 
     pub fn apply_writer_status(&mut self, status: &cmd::WriterStatus, now_ms: i64) -> Result<(), EngineError> {
         let tx = self.db.transaction()?;
-        let detail = if status.directory_connected { status.detail.clone() } else { format!("directory unreachable: {}", status.detail) };
+        let detail = if status.directory_connected {
+            status.detail.clone()
+        } else {
+            format!("directory unreachable: {}", status.detail)
+        };
         tx.execute(
             "INSERT INTO services (name, healthy, version, detail, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(name) DO UPDATE SET healthy = excluded.healthy, version = excluded.version, detail = excluded.detail, last_seen_ms = excluded.last_seen_ms",
@@ -171,14 +183,27 @@ impl Engine {
     pub fn set_writeback(&mut self, enabled: bool, delete_on_disable: bool, now_ms: i64) -> Result<(), EngineError> {
         let tx = self.db.transaction()?;
         set_meta(&tx, "writeback_enabled", if enabled { "1" } else { "0" })?;
-        let cause_text = if enabled { "operator enabled writeback" } else if delete_on_disable { "operator disabled writeback (delete)" } else { "operator disabled writeback (keep)" };
+        let cause_text = if enabled {
+            "operator enabled writeback"
+        } else if delete_on_disable {
+            "operator disabled writeback (delete)"
+        } else {
+            "operator disabled writeback (keep)"
+        };
         let cause = Cause::operator(cause_text, now_ms);
         let mut plan = Plan { tx: &tx, policy: &self.policy, cause, ignore_switch: false };
         if enabled {
             plan.reconcile_all()?;
         } else {
             set_meta(&tx, "last_disable_mode", if delete_on_disable { "delete" } else { "keep" })?;
-            let owned: Vec<String> = plan.group_ids_in_states(&[state::PENDING, state::WRITTEN, state::ERROR, state::KEPT, state::RETIRED, state::HELD])?;
+            let owned: Vec<String> = plan.group_ids_in_states(&[
+                state::PENDING,
+                state::WRITTEN,
+                state::ERROR,
+                state::KEPT,
+                state::RETIRED,
+                state::HELD,
+            ])?;
             for group_id in owned {
                 if delete_on_disable {
                     plan.delete_group(&group_id, "writeback disabled by the operator (delete)")?;
@@ -196,7 +221,8 @@ impl Engine {
     pub fn decide_held(&mut self, group_ids: &[String], approve: bool, now_ms: i64) -> Result<u64, EngineError> {
         let tx = self.db.transaction()?;
         let text = if approve { "operator approved held deletions" } else { "operator discarded held deletions" };
-        let mut plan = Plan { tx: &tx, policy: &self.policy, cause: Cause::operator(text, now_ms), ignore_switch: false };
+        let mut plan =
+            Plan { tx: &tx, policy: &self.policy, cause: Cause::operator(text, now_ms), ignore_switch: false };
         let held = plan.group_ids_in_states(&[state::HELD])?;
         let wanted: Vec<String> = if group_ids.is_empty() {
             held
@@ -217,7 +243,12 @@ impl Engine {
     }
 
     /// Sets (or clears) the operator's override of one group and re-plans it.
-    pub fn set_override(&mut self, group_id: &str, over: Option<&GroupOverride>, now_ms: i64) -> Result<(), EngineError> {
+    pub fn set_override(
+        &mut self,
+        group_id: &str,
+        over: Option<&GroupOverride>,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
         let id = group_id.to_ascii_lowercase();
         let tx = self.db.transaction()?;
         match over {
@@ -232,7 +263,12 @@ impl Engine {
                 tx.execute("DELETE FROM group_overrides WHERE group_id = ?1", params![id])?;
             }
         }
-        let mut plan = Plan { tx: &tx, policy: &self.policy, cause: Cause::operator("operator changed the group's writeback settings", now_ms), ignore_switch: false };
+        let mut plan = Plan {
+            tx: &tx,
+            policy: &self.policy,
+            cause: Cause::operator("operator changed the group's writeback settings", now_ms),
+            ignore_switch: false,
+        };
         plan.reconcile(&id, None, false)?;
         tx.commit()?;
         Ok(())
@@ -250,7 +286,8 @@ impl Engine {
         let id = group_id.to_ascii_lowercase();
         let tx = self.db.transaction()?;
         let before: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM outbox", [], |row| row.get(0))?;
-        let mut plan = Plan { tx: &tx, policy: &self.policy, cause: Cause::operator("preview", now_ms), ignore_switch: true };
+        let mut plan =
+            Plan { tx: &tx, policy: &self.policy, cause: Cause::operator("preview", now_ms), ignore_switch: true };
         let Some(group) = plan.load_group(&id)? else { return Ok(None) };
         let over = plan.load_override(&id)?;
         let decision = policy::decide(&group, &over, &plan.policy.scope, &plan.policy.placement, plan.schema()?);
@@ -267,7 +304,8 @@ impl Engine {
                 .map(|action| (action_kind(&action).to_string(), describe_action(&action)))
                 .collect()
         };
-        let members_to_write: i64 = tx.query_row("SELECT COUNT(*) FROM planned_members WHERE group_id = ?1", params![id], |row| row.get(0))?;
+        let members_to_write: i64 =
+            tx.query_row("SELECT COUNT(*) FROM planned_members WHERE group_id = ?1", params![id], |row| row.get(0))?;
         let skipped: Vec<(String, String, String)> = {
             let mut stmt = tx.prepare("SELECT member_id, member_kind, reason FROM skipped_members WHERE group_id = ?1 ORDER BY member_id LIMIT 10000")?;
             let rows = stmt.query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
@@ -304,7 +342,9 @@ impl Engine {
 
     /// Oldest outbox entries, in order.
     pub fn outbox_batch(&self, limit: usize) -> Result<Vec<OutboxRow>, EngineError> {
-        let mut stmt = self.db.prepare_cached("SELECT seq, partition, payload, command_id, headers FROM outbox ORDER BY seq LIMIT ?1")?;
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT seq, partition, payload, command_id, headers FROM outbox ORDER BY seq LIMIT ?1")?;
         let rows = stmt.query_map(params![limit as i64], |row| {
             let headers: String = row.get(4)?;
             Ok(OutboxRow {
@@ -320,7 +360,9 @@ impl Engine {
 
     /// Held deletions and skipped members by reason category, for the gauges.
     pub fn gauges(&self) -> Result<(u64, Vec<(String, u64)>), EngineError> {
-        let held: i64 = self.db.query_row("SELECT COUNT(*) FROM writeback WHERE state = ?1", params![state::HELD], |row| row.get(0))?;
+        let held: i64 =
+            self.db
+                .query_row("SELECT COUNT(*) FROM writeback WHERE state = ?1", params![state::HELD], |row| row.get(0))?;
         let mut stmt = self.db.prepare_cached("SELECT reason, COUNT(*) FROM skipped_members GROUP BY reason")?;
         let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
         let mut by_category: HashMap<String, u64> = HashMap::new();
@@ -348,7 +390,12 @@ impl Engine {
 }
 
 /// Plans one event inside the caller's transaction or savepoint.
-fn apply_one(tx: &Connection, policy: &PolicySettings, event: &ev::ChangeEvent, now_ms: i64) -> Result<bool, EngineError> {
+fn apply_one(
+    tx: &Connection,
+    policy: &PolicySettings,
+    event: &ev::ChangeEvent,
+    now_ms: i64,
+) -> Result<bool, EngineError> {
     let fresh = tx
         .prepare_cached("INSERT OR IGNORE INTO processed_events (event_id, at_ms) VALUES (?1, ?2)")?
         .execute(params![event.event_id, now_ms])?
@@ -451,7 +498,9 @@ impl Plan<'_> {
     /// Keeps a status counter (see the `counters` table) in step with a change.
     fn count(&self, name: &str, delta: i64) -> rusqlite::Result<()> {
         if delta != 0 {
-            self.tx.prepare_cached("UPDATE counters SET value = value + ?2 WHERE name = ?1")?.execute(params![name, delta])?;
+            self.tx
+                .prepare_cached("UPDATE counters SET value = value + ?2 WHERE name = ?1")?
+                .execute(params![name, delta])?;
         }
         Ok(())
     }
@@ -460,7 +509,11 @@ impl Plan<'_> {
         self.tx
             .prepare_cached("SELECT sid, sync_enabled, deleted FROM users WHERE id = ?1")?
             .query_row(params![user_id], |row| {
-                Ok(UserAnchor { on_premises_sid: row.get(0)?, on_premises_sync_enabled: row.get(1)?, deleted: row.get(2)? })
+                Ok(UserAnchor {
+                    on_premises_sid: row.get(0)?,
+                    on_premises_sync_enabled: row.get(1)?,
+                    deleted: row.get(2)?,
+                })
             })
             .optional()
     }
@@ -543,7 +596,9 @@ impl Plan<'_> {
             let mut insert = self.tx.prepare_cached(
                 "INSERT OR IGNORE INTO memberships (group_id, member_id, member_kind, seen_round) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            let mut update = self.tx.prepare_cached("UPDATE memberships SET member_kind = ?3, seen_round = ?4 WHERE group_id = ?1 AND member_id = ?2")?;
+            let mut update = self.tx.prepare_cached(
+                "UPDATE memberships SET member_kind = ?3, seen_round = ?4 WHERE group_id = ?1 AND member_id = ?2",
+            )?;
             for member in &group.members_added {
                 let member_id = member.id.to_ascii_lowercase();
                 let values = params![id, member_id, kind_name(member.kind), round];
@@ -554,7 +609,8 @@ impl Plan<'_> {
                 }
                 touched.push(member_id);
             }
-            let mut remove = self.tx.prepare_cached("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2")?;
+            let mut remove =
+                self.tx.prepare_cached("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2")?;
             for member in &group.members_removed {
                 let member_id = member.id.to_ascii_lowercase();
                 counted -= remove.execute(params![id, member_id])? as i64;
@@ -582,7 +638,10 @@ impl Plan<'_> {
             return Ok(());
         }
         let Some(current) = self.state_of(&id)? else { return Ok(()) };
-        let owned = state::is_active(&current) || current == state::ERROR || current == state::KEPT || current == state::RETIRED;
+        let owned = state::is_active(&current)
+            || current == state::ERROR
+            || current == state::KEPT
+            || current == state::RETIRED;
         if !owned {
             return Ok(());
         }
@@ -618,7 +677,11 @@ impl Plan<'_> {
                     self.emit(group_id, cmd::write_command::Action::Upsert(spec_message(&spec)))?;
                     self.sync_all_members(group_id)?;
                 } else {
-                    let stored: Option<String> = self.tx.query_row("SELECT spec FROM writeback WHERE group_id = ?1", params![group_id], |row| row.get(0))?;
+                    let stored: Option<String> = self.tx.query_row(
+                        "SELECT spec FROM writeback WHERE group_id = ?1",
+                        params![group_id],
+                        |row| row.get(0),
+                    )?;
                     if stored.as_deref() != Some(spec_text.as_str()) {
                         self.tx.execute(
                             "UPDATE writeback SET spec = ?2, target_type = ?3, updated_ms = ?4 WHERE group_id = ?1",
@@ -637,7 +700,11 @@ impl Plan<'_> {
             }
             Decision::Skip(reason) => match current.as_deref() {
                 Some(s) if state::is_active(s) || s == state::ERROR => {
-                    self.remove_per_policy(group_id, self.policy.on_leave_scope, &format!("left writeback scope: {reason}"))?;
+                    self.remove_per_policy(
+                        group_id,
+                        self.policy.on_leave_scope,
+                        &format!("left writeback scope: {reason}"),
+                    )?;
                 }
                 Some(state::KEPT) | Some(state::RETIRED) | Some(state::DELETING) | Some(state::HELD) => {}
                 _ => {
@@ -703,20 +770,24 @@ impl Plan<'_> {
         }
         self.tx.execute("DELETE FROM pending_deletions", [])?;
         let threshold = self.policy.threshold;
-        let window_start = self.cause.now_ms - i64::try_from(threshold.window_minutes.saturating_mul(60_000)).unwrap_or(i64::MAX);
+        let window_start =
+            self.cause.now_ms - i64::try_from(threshold.window_minutes.saturating_mul(60_000)).unwrap_or(i64::MAX);
         self.tx.execute("DELETE FROM deletions_sent WHERE at_ms < ?1", params![window_start])?;
-        let count = |sql: &str| -> rusqlite::Result<u64> { self.tx.query_row(sql, [], |row| row.get::<_, i64>(0)).map(|n| n.max(0) as u64) };
+        let count = |sql: &str| -> rusqlite::Result<u64> {
+            self.tx.query_row(sql, [], |row| row.get::<_, i64>(0)).map(|n| n.max(0) as u64)
+        };
         let recent = count("SELECT COUNT(*) FROM deletions_sent")?;
         let held = count("SELECT COUNT(*) FROM writeback WHERE state = 'held'")?;
-        let written_back = count("SELECT COUNT(*) FROM writeback WHERE state IN ('pending', 'written', 'error', 'kept', 'retired', 'held')")?;
+        let written_back = count(
+            "SELECT COUNT(*) FROM writeback WHERE state IN ('pending', 'written', 'error', 'kept', 'retired', 'held')",
+        )?;
         let why = if held > 0 {
             Some(format!("{held} deletions are already held for an operator; later ones wait with them"))
         } else {
             let deletions = pending.len() as u64 + recent;
             // The base is what was written back when the window began.
-            deletion::must_hold(deletions, written_back + recent, threshold).map(|why| {
-                if recent > 0 { format!("{why} ({recent} of them already sent)") } else { why }
-            })
+            deletion::must_hold(deletions, written_back + recent, threshold)
+                .map(|why| if recent > 0 { format!("{why} ({recent} of them already sent)") } else { why })
         };
         match why {
             Some(why) => {
@@ -789,13 +860,17 @@ impl Plan<'_> {
             if let Some(old) = known.planned.as_deref().and_then(MemberRef::from_key) {
                 delta.remove.push(old);
                 if wanted.is_none() {
-                    self.tx.prepare_cached("DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2")?.execute(params![group_id, member_id])?;
+                    self.tx
+                        .prepare_cached("DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2")?
+                        .execute(params![group_id, member_id])?;
                 }
             }
             if let Some(new) = wanted {
                 delta.add.push(new.clone());
                 self.tx
-                    .prepare_cached("INSERT OR REPLACE INTO planned_members (group_id, member_id, ref_key) VALUES (?1, ?2, ?3)")?
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO planned_members (group_id, member_id, ref_key) VALUES (?1, ?2, ?3)",
+                    )?
                     .execute(params![group_id, member_id, new.key()])?;
             }
         }
@@ -807,7 +882,9 @@ impl Plan<'_> {
             }
             (Some(Resolution::Skip(_)), Some(_)) => {}
             _ if known.skipped.is_some() => {
-                self.tx.prepare_cached("DELETE FROM skipped_members WHERE group_id = ?1 AND member_id = ?2")?.execute(params![group_id, member_id])?;
+                self.tx
+                    .prepare_cached("DELETE FROM skipped_members WHERE group_id = ?1 AND member_id = ?2")?
+                    .execute(params![group_id, member_id])?;
             }
             _ => {}
         }
@@ -901,7 +978,9 @@ impl Plan<'_> {
         self.tx.execute("DELETE FROM meta WHERE key = ?1", params![key])?;
         if boundary.resource == ev::Resource::Users as i32 {
             let vanished: Vec<String> = {
-                let mut stmt = self.tx.prepare("SELECT id FROM users WHERE deleted = 0 AND (seen_round IS NULL OR seen_round <> ?1)")?;
+                let mut stmt = self
+                    .tx
+                    .prepare("SELECT id FROM users WHERE deleted = 0 AND (seen_round IS NULL OR seen_round <> ?1)")?;
                 let rows = stmt.query_map(params![round], |row| row.get(0))?;
                 rows.collect::<Result<_, _>>()?
             };
@@ -910,7 +989,9 @@ impl Plan<'_> {
             }
         } else if boundary.resource == ev::Resource::Groups as i32 {
             let vanished: Vec<String> = {
-                let mut stmt = self.tx.prepare("SELECT id FROM groups WHERE removed IS NULL AND (seen_round IS NULL OR seen_round <> ?1)")?;
+                let mut stmt = self.tx.prepare(
+                    "SELECT id FROM groups WHERE removed IS NULL AND (seen_round IS NULL OR seen_round <> ?1)",
+                )?;
                 let rows = stmt.query_map(params![round], |row| row.get(0))?;
                 rows.collect::<Result<_, _>>()?
             };
@@ -928,7 +1009,10 @@ impl Plan<'_> {
             };
             let mut by_group: HashMap<String, Vec<String>> = HashMap::new();
             for (group_id, member_id) in stale {
-                let removed = self.tx.execute("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2", params![group_id, member_id])?;
+                let removed = self.tx.execute(
+                    "DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2",
+                    params![group_id, member_id],
+                )?;
                 self.count("memberships", -(removed as i64))?;
                 by_group.entry(group_id).or_default().push(member_id);
             }
@@ -945,12 +1029,19 @@ impl Plan<'_> {
         self.tx.execute("DELETE FROM inflight WHERE command_id = ?1", params![outcome.command_id])?;
         let group_id = outcome.group_id.to_ascii_lowercase();
         let Some(current) = self.state_of(&group_id)? else { return Ok(()) };
-        let last: i64 = self.tx.query_row("SELECT last_outcome_sequence FROM writeback WHERE group_id = ?1", params![group_id], |row| row.get(0))?;
+        let last: i64 = self.tx.query_row(
+            "SELECT last_outcome_sequence FROM writeback WHERE group_id = ?1",
+            params![group_id],
+            |row| row.get(0),
+        )?;
         let sequence = i64::try_from(outcome.sequence).unwrap_or(i64::MAX);
         if sequence < last {
             return Ok(());
         }
-        self.tx.execute("UPDATE writeback SET last_outcome_sequence = ?2 WHERE group_id = ?1", params![group_id, sequence])?;
+        self.tx.execute(
+            "UPDATE writeback SET last_outcome_sequence = ?2 WHERE group_id = ?1",
+            params![group_id, sequence],
+        )?;
         let status = cmd::OutcomeStatus::try_from(outcome.status).unwrap_or(cmd::OutcomeStatus::Unspecified);
         let (result, detail) = match status {
             cmd::OutcomeStatus::Failed => ("failed", format!("LDAP {}: {}", outcome.ldap_code, outcome.message)),
@@ -977,20 +1068,30 @@ impl Plan<'_> {
                 "UPDATE writeback SET state = ?2, last_error = CASE WHEN ?5 THEN last_error ELSE ?3 END, updated_ms = ?4 WHERE group_id = ?1",
                 params![group_id, state::ERROR, message, self.cause.now_ms, keep_cause],
             )?;
-            self.tx.execute("INSERT INTO errors (at_ms, group_id, message) VALUES (?1, ?2, ?3)", params![self.cause.now_ms, group_id, message])?;
+            self.tx.execute(
+                "INSERT INTO errors (at_ms, group_id, message) VALUES (?1, ?2, ?3)",
+                params![self.cause.now_ms, group_id, message],
+            )?;
             self.tx.execute("DELETE FROM errors WHERE id <= (SELECT MAX(id) - 200 FROM errors)", [])?;
             return Ok(());
         }
         match outcome.kind.as_str() {
             "upsert" | "retire" => {
                 if let Some(group) = &outcome.group {
-                    let previous_guid: Option<String> = self.tx.query_row("SELECT object_guid FROM writeback WHERE group_id = ?1", params![group_id], |row| row.get(0))?;
+                    let previous_guid: Option<String> = self.tx.query_row(
+                        "SELECT object_guid FROM writeback WHERE group_id = ?1",
+                        params![group_id],
+                        |row| row.get(0),
+                    )?;
                     self.tx.execute(
                         "UPDATE writeback SET dn = ?2, object_guid = ?3, object_sid = ?4, sam_account_name = ?5, updated_ms = ?6 WHERE group_id = ?1",
                         params![group_id, group.dn, group.object_guid.to_ascii_lowercase(), group.object_sid, group.sam_account_name, self.cause.now_ms],
                     )?;
                     if outcome.kind == "upsert" && (current == state::PENDING || current == state::ERROR) {
-                        self.tx.execute("UPDATE writeback SET state = ?2, last_error = NULL WHERE group_id = ?1", params![group_id, state::WRITTEN])?;
+                        self.tx.execute(
+                            "UPDATE writeback SET state = ?2, last_error = NULL WHERE group_id = ?1",
+                            params![group_id, state::WRITTEN],
+                        )?;
                     }
                     if previous_guid.as_deref() != Some(group.object_guid.to_ascii_lowercase().as_str()) {
                         // Groups that nest this one can now reference it by objectGUID.
@@ -1011,13 +1112,24 @@ impl Plan<'_> {
             let key = reference.key();
             let member: Option<String> = self
                 .tx
-                .query_row("SELECT member_id FROM planned_members WHERE group_id = ?1 AND ref_key = ?2", params![group_id, key], |row| row.get(0))
+                .query_row(
+                    "SELECT member_id FROM planned_members WHERE group_id = ?1 AND ref_key = ?2",
+                    params![group_id, key],
+                    |row| row.get(0),
+                )
                 .optional()?;
             if let Some(member_id) = member {
-                self.tx.execute("DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2", params![group_id, member_id])?;
+                self.tx.execute(
+                    "DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2",
+                    params![group_id, member_id],
+                )?;
                 let kind: String = self
                     .tx
-                    .query_row("SELECT member_kind FROM memberships WHERE group_id = ?1 AND member_id = ?2", params![group_id, member_id], |row| row.get(0))
+                    .query_row(
+                        "SELECT member_kind FROM memberships WHERE group_id = ?1 AND member_id = ?2",
+                        params![group_id, member_id],
+                        |row| row.get(0),
+                    )
                     .optional()?
                     .unwrap_or_else(|| "user".into());
                 self.tx.execute(
@@ -1065,14 +1177,21 @@ impl Plan<'_> {
             .prepare_cached("SELECT enabled, group_type, parent_dn FROM group_overrides WHERE group_id = ?1")?
             .query_row(params![group_id], |row| {
                 let group_type: Option<String> = row.get(1)?;
-                Ok(GroupOverride { enabled: row.get(0)?, group_type: group_type.as_deref().and_then(GroupType::from_graph_name), parent_dn: row.get(2)? })
+                Ok(GroupOverride {
+                    enabled: row.get(0)?,
+                    group_type: group_type.as_deref().and_then(GroupType::from_graph_name),
+                    parent_dn: row.get(2)?,
+                })
             })
             .optional()?
             .unwrap_or_default())
     }
 
     fn state_of(&self, group_id: &str) -> rusqlite::Result<Option<String>> {
-        self.tx.prepare_cached("SELECT state FROM writeback WHERE group_id = ?1")?.query_row(params![group_id], |row| row.get(0)).optional()
+        self.tx
+            .prepare_cached("SELECT state FROM writeback WHERE group_id = ?1")?
+            .query_row(params![group_id], |row| row.get(0))
+            .optional()
     }
 
     fn group_ids_in_states(&self, states: &[&str]) -> rusqlite::Result<Vec<String>> {
@@ -1150,15 +1269,14 @@ impl Plan<'_> {
 pub fn describe_action(action: &cmd::write_command::Action) -> String {
     use cmd::write_command::Action;
     let members = |change: &cmd::MemberChange| {
-        let shown: Vec<String> = change
-            .members
-            .iter()
-            .take(5)
-            .filter_map(member_from_message)
-            .map(|m| m.ldap_value())
-            .collect();
+        let shown: Vec<String> =
+            change.members.iter().take(5).filter_map(member_from_message).map(|m| m.ldap_value()).collect();
         let more = change.members.len().saturating_sub(shown.len());
-        if more > 0 { format!("{} values: {} … (+{more})", change.members.len(), shown.join(" ")) } else { format!("{} values: {}", change.members.len(), shown.join(" ")) }
+        if more > 0 {
+            format!("{} values: {} … (+{more})", change.members.len(), shown.join(" "))
+        } else {
+            format!("{} values: {}", change.members.len(), shown.join(" "))
+        }
     };
     match action {
         Action::Upsert(spec) => format!(
@@ -1251,7 +1369,12 @@ mod tests {
         let db = crate::store::open(std::path::Path::new(":memory:")).unwrap();
         let policy = PolicySettings {
             scope: Scope { all_security_groups: true, ..Default::default() },
-            placement: Placement { default_ou: "OU=G,DC=lab".into(), security_ou: None, distribution_ou: None, name_template: NameTemplate::ObjectId },
+            placement: Placement {
+                default_ou: "OU=G,DC=lab".into(),
+                security_ou: None,
+                distribution_ou: None,
+                name_template: NameTemplate::ObjectId,
+            },
             member_batch_size: 500,
             on_leave_scope: RemovalAction::Keep,
             on_soft_delete: RemovalAction::Keep,
@@ -1265,7 +1388,14 @@ mod tests {
     }
 
     fn event(change: ev::change_event::Change) -> ev::ChangeEvent {
-        ev::ChangeEvent { event_id: uuid::Uuid::new_v4().to_string(), cause: "test".into(), observed_at_ms: 1, round_id: "r1".into(), round_position: 0, change: Some(change) }
+        ev::ChangeEvent {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            cause: "test".into(),
+            observed_at_ms: 1,
+            round_id: "r1".into(),
+            round_position: 0,
+            change: Some(change),
+        }
     }
 
     fn user(n: u32) -> ev::ChangeEvent {
@@ -1277,7 +1407,11 @@ mod tests {
         }))
     }
 
-    fn group(id: &str, added: impl IntoIterator<Item = u32>, removed: impl IntoIterator<Item = u32>) -> ev::ChangeEvent {
+    fn group(
+        id: &str,
+        added: impl IntoIterator<Item = u32>,
+        removed: impl IntoIterator<Item = u32>,
+    ) -> ev::ChangeEvent {
         let link = |n: u32| ev::MemberLink { id: format!("u{n}"), kind: ev::MemberKind::User as i32 };
         event(ev::change_event::Change::Group(ev::GroupUpsert {
             id: id.into(),
@@ -1296,7 +1430,10 @@ mod tests {
     }
 
     fn round_completed() -> ev::ChangeEvent {
-        event(ev::change_event::Change::RoundCompleted(ev::RoundBoundary { resource: ev::Resource::Groups as i32, full: false }))
+        event(ev::change_event::Change::RoundCompleted(ev::RoundBoundary {
+            resource: ev::Resource::Groups as i32,
+            full: false,
+        }))
     }
 
     /// Takes the outbox: (kind, number of member values) per command.
@@ -1310,7 +1447,9 @@ mod tests {
                 let command = cmd::WriteCommand::decode(row.payload.as_slice()).unwrap();
                 let action = command.action.unwrap();
                 let values = match &action {
-                    cmd::write_command::Action::AddMembers(c) | cmd::write_command::Action::RemoveMembers(c) => c.members.len(),
+                    cmd::write_command::Action::AddMembers(c) | cmd::write_command::Action::RemoveMembers(c) => {
+                        c.members.len()
+                    }
                     _ => 0,
                 };
                 (action_kind(&action).to_string(), values)
@@ -1429,7 +1568,8 @@ mod tests {
         // "gone" vanished (soft-delete policy: keep) and "keep" lost its member, which
         // the full round no longer listed.
         assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 1)]);
-        let state: String = engine.db().query_row("SELECT state FROM writeback WHERE group_id = 'gone'", [], |r| r.get(0)).unwrap();
+        let state: String =
+            engine.db().query_row("SELECT state FROM writeback WHERE group_id = 'gone'", [], |r| r.get(0)).unwrap();
         assert_eq!(state, state::KEPT);
     }
 
@@ -1459,16 +1599,22 @@ mod tests {
         assert_eq!(applied, 2);
         assert!(matches!(failure, Some(EngineError::Invalid(_))));
         let known = |engine: &Engine, id: &str| -> bool {
-            engine.db().query_row("SELECT COUNT(*) FROM users WHERE id = ?1", params![id], |row| row.get::<_, i64>(0)).unwrap() == 1
+            engine
+                .db()
+                .query_row("SELECT COUNT(*) FROM users WHERE id = ?1", params![id], |row| row.get::<_, i64>(0))
+                .unwrap()
+                == 1
         };
         assert!(known(&engine, "u1") && known(&engine, "u2"));
         assert!(!known(&engine, "u4"), "an event after the failure was applied out of order");
-        let processed: i64 = engine.db().query_row("SELECT COUNT(*) FROM processed_events", [], |row| row.get(0)).unwrap();
+        let processed: i64 =
+            engine.db().query_row("SELECT COUNT(*) FROM processed_events", [], |row| row.get(0)).unwrap();
         assert_eq!(processed, 2, "the failed event must not be recorded as processed");
         // Redelivered (with the failing one fixed), everything lands once.
         let (applied, failure) = engine.apply_events(&batch[..2], 0);
         assert_eq!((applied, failure.is_none()), (2, true));
-        let processed_again: i64 = engine.db().query_row("SELECT COUNT(*) FROM processed_events", [], |row| row.get(0)).unwrap();
+        let processed_again: i64 =
+            engine.db().query_row("SELECT COUNT(*) FROM processed_events", [], |row| row.get(0)).unwrap();
         assert_eq!(processed_again, 2);
     }
 
@@ -1476,9 +1622,16 @@ mod tests {
     fn the_status_counters_follow_every_membership_and_user_change() {
         let mut engine = engine(DeletionThreshold::default());
         let check = |engine: &Engine| {
-            let counted = |name: &str| -> i64 { engine.db().query_row("SELECT value FROM counters WHERE name = ?1", params![name], |row| row.get(0)).unwrap() };
-            let memberships: i64 = engine.db().query_row("SELECT COUNT(*) FROM memberships", [], |row| row.get(0)).unwrap();
-            let users: i64 = engine.db().query_row("SELECT COUNT(*) FROM users WHERE deleted = 0", [], |row| row.get(0)).unwrap();
+            let counted = |name: &str| -> i64 {
+                engine
+                    .db()
+                    .query_row("SELECT value FROM counters WHERE name = ?1", params![name], |row| row.get(0))
+                    .unwrap()
+            };
+            let memberships: i64 =
+                engine.db().query_row("SELECT COUNT(*) FROM memberships", [], |row| row.get(0)).unwrap();
+            let users: i64 =
+                engine.db().query_row("SELECT COUNT(*) FROM users WHERE deleted = 0", [], |row| row.get(0)).unwrap();
             assert_eq!((counted("memberships"), counted("users")), (memberships, users));
             (memberships, users)
         };
@@ -1490,7 +1643,10 @@ mod tests {
         engine.apply_event(&group("g2", 4..10, []), 0).unwrap();
         engine.apply_event(&group("g1", 0..3, [5]), 0).unwrap();
         assert_eq!(check(&engine), (11, 10));
-        let gone = event(ev::change_event::Change::UserRemoved(ev::ObjectRemoved { id: "u7".into(), reason: ev::RemovalReason::Deleted as i32 }));
+        let gone = event(ev::change_event::Change::UserRemoved(ev::ObjectRemoved {
+            id: "u7".into(),
+            reason: ev::RemovalReason::Deleted as i32,
+        }));
         engine.apply_event(&gone, 0).unwrap();
         engine.apply_event(&removed("g2", true), 0).unwrap();
         assert_eq!(check(&engine), (5, 9));

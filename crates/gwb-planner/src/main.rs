@@ -90,11 +90,18 @@ async fn main() -> anyhow::Result<()> {
     // events or more (one commit for all of them), and an incremental change waits at
     // most 10 ms longer.
     let (max_batch, linger) = (usize::from(config.bus.prefetch), Duration::from_millis(10));
-    let events = tokio::spawn(gwb_bus::consume_batches(config.bus.clone(), topology.events_queue(), shutdown.clone(), max_batch, linger, {
-        let engine = engine.clone();
-        let ready = outbox_ready.clone();
-        move |deliveries| handle_events(engine.clone(), ready.clone(), deliveries)
-    }));
+    let events = tokio::spawn(gwb_bus::consume_batches(
+        config.bus.clone(),
+        topology.events_queue(),
+        shutdown.clone(),
+        max_batch,
+        linger,
+        {
+            let engine = engine.clone();
+            let ready = outbox_ready.clone();
+            move |deliveries| handle_events(engine.clone(), ready.clone(), deliveries)
+        },
+    ));
     let outcomes = tokio::spawn(gwb_bus::consume(config.bus.clone(), topology.outcomes_queue(), shutdown.clone(), {
         let engine = engine.clone();
         let ready = outbox_ready.clone();
@@ -104,8 +111,15 @@ async fn main() -> anyhow::Result<()> {
     if staging {
         tracing::warn!("staging mode: commands are planned and audited, never sent to the writer");
     }
-    let outbox = tokio::spawn(publish_outbox(engine.clone(), publisher, outbox_ready.clone(), staging, shutdown.clone()));
-    let server = tokio::spawn(serve_control(listener, engine.clone(), coordinator, gwb_proto::auth::TokenCheck::new(token.map(|t| t.expose().to_string())), shutdown.clone()));
+    let outbox =
+        tokio::spawn(publish_outbox(engine.clone(), publisher, outbox_ready.clone(), staging, shutdown.clone()));
+    let server = tokio::spawn(serve_control(
+        listener,
+        engine.clone(),
+        coordinator,
+        gwb_proto::auth::TokenCheck::new(token.map(|t| t.expose().to_string())),
+        shutdown.clone(),
+    ));
     tracing::info!(listen = %config.control.listen, "planner running");
 
     server.await??;
@@ -129,12 +143,17 @@ async fn serve_control(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(gwb_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let operator = OperatorServer::with_interceptor(control::ControlService::new(engine, coordinator), move |request| token.check(request));
+    let operator =
+        OperatorServer::with_interceptor(control::ControlService::new(engine, coordinator), move |request| {
+            token.check(request)
+        });
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(operator)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move { shutdown.triggered().await })
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            shutdown.triggered().await
+        })
         .await?;
     Ok(())
 }
@@ -252,14 +271,24 @@ fn update_gauges(engine: &SharedEngine) {
 
 /// Publishes outbox rows in order with confirms, then deletes them. After a crash the
 /// rows are still there and are published again (the writer is idempotent).
-async fn publish_outbox(engine: SharedEngine, publisher: Publisher, ready: Arc<Notify>, staging: bool, shutdown: Shutdown) {
+async fn publish_outbox(
+    engine: SharedEngine,
+    publisher: Publisher,
+    ready: Arc<Notify>,
+    staging: bool,
+    shutdown: Shutdown,
+) {
     let mut last_prune = 0i64;
     let mut last_gauges = 0i64;
     while !shutdown.is_triggered() {
         if staging {
             let staged = {
                 let engine = engine.clone();
-                tokio::task::spawn_blocking(move || engine.lock().ok().and_then(|mut e| e.stage_outbox(now_ms()).ok()).unwrap_or(0)).await.unwrap_or(0)
+                tokio::task::spawn_blocking(move || {
+                    engine.lock().ok().and_then(|mut e| e.stage_outbox(now_ms()).ok()).unwrap_or(0)
+                })
+                .await
+                .unwrap_or(0)
             };
             if staged == 0 {
                 tokio::select! {
@@ -272,7 +301,11 @@ async fn publish_outbox(engine: SharedEngine, publisher: Publisher, ready: Arc<N
         }
         let batch = {
             let engine = engine.clone();
-            tokio::task::spawn_blocking(move || engine.lock().ok().and_then(|e| e.outbox_batch(1000).ok()).unwrap_or_default()).await.unwrap_or_default()
+            tokio::task::spawn_blocking(move || {
+                engine.lock().ok().and_then(|e| e.outbox_batch(1000).ok()).unwrap_or_default()
+            })
+            .await
+            .unwrap_or_default()
         };
         if batch.is_empty() {
             let now = now_ms();
@@ -297,7 +330,13 @@ async fn publish_outbox(engine: SharedEngine, publisher: Publisher, ready: Arc<N
         let messages: Vec<(Route, Message)> = batch
             .into_iter()
             .map(|row| {
-                let message = Message { id: row.command_id, kind: gwb_bus::COMMAND_TYPE, payload: row.payload, headers: row.headers, timestamp_ms: now_ms() };
+                let message = Message {
+                    id: row.command_id,
+                    kind: gwb_bus::COMMAND_TYPE,
+                    payload: row.payload,
+                    headers: row.headers,
+                    timestamp_ms: now_ms(),
+                };
                 (Route::Command { partition: row.partition }, message)
             })
             .collect();

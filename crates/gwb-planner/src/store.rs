@@ -8,7 +8,8 @@ use std::path::Path;
 use rusqlite::Connection;
 
 /// Ordered schema migrations; `PRAGMA user_version` records how many were applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 CREATE TABLE users (
@@ -119,7 +120,8 @@ CREATE TABLE errors (
     group_id TEXT,
     message TEXT NOT NULL
 );
-"#, r#"
+"#,
+    r#"
 -- Every AD change planned, with its cause, and what became of it.
 CREATE TABLE audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -140,21 +142,25 @@ CREATE TABLE pending_deletions (
     reason TEXT NOT NULL,
     requested_ms INTEGER NOT NULL
 );
-"#, r#"
+"#,
+    r#"
 -- W3C trace context of the change that caused each command, so one cloud change is
 -- one trace from the collector to the writer.
 ALTER TABLE outbox ADD COLUMN headers TEXT NOT NULL DEFAULT '{}';
-"#, r#"
+"#,
+    r#"
 -- Row counts the status call reports, kept up to date by the engine: counting a
 -- million memberships on every status call read the whole table each time.
 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO counters SELECT 'memberships', COUNT(*) FROM memberships;
 INSERT INTO counters SELECT 'users', COUNT(*) FROM users WHERE deleted = 0;
-"#, r#"
+"#,
+    r#"
 -- Cloud-caused deletions sent without an operator, for the deletion threshold's window.
 CREATE TABLE deletions_sent (group_id TEXT NOT NULL, at_ms INTEGER NOT NULL);
 CREATE INDEX deletions_sent_by_time ON deletions_sent (at_ms);
-"#];
+"#,
+];
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let mut db = Connection::open(path)?;

@@ -24,7 +24,9 @@ impl TokenCheck {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`; gwbctl reads it from --token-file"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated("missing `authorization: Bearer <token>`; gwbctl reads it from --token-file")
+            })?;
         if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
             Ok(request)
         } else {

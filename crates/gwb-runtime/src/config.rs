@@ -40,21 +40,15 @@ pub fn load_with_env<T: DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     let mut table = match path {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-            text.parse::<Table>().map_err(|e| ConfigError::Syntax {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            text.parse::<Table>()
+                .map_err(|e| ConfigError::Syntax { path: path.display().to_string(), message: e.to_string() })?
         }
         None => Table::new(),
     };
-    let mut env: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(ENV_PREFIX) && name != CONFIG_PATH_ENV)
-        .collect();
+    let mut env: Vec<(String, String)> =
+        env.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX) && name != CONFIG_PATH_ENV).collect();
     // Deterministic order, so the outcome never depends on the environment's order.
     env.sort();
     for (name, value) in &env {
@@ -97,10 +91,8 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
 }
 
 fn overlay_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigError> {
-    let key_path: Vec<String> = name[ENV_PREFIX.len()..]
-        .split("__")
-        .map(|segment| segment.to_ascii_lowercase())
-        .collect();
+    let key_path: Vec<String> =
+        name[ENV_PREFIX.len()..].split("__").map(|segment| segment.to_ascii_lowercase()).collect();
     if key_path.iter().any(String::is_empty) {
         return Err(ConfigError::Env {
             name: name.to_string(),
@@ -112,9 +104,7 @@ fn overlay_env(table: &mut Table, name: &str, raw: &str) -> Result<(), ConfigErr
     };
     let mut current = table;
     for section in sections {
-        let entry = current
-            .entry(section.clone())
-            .or_insert_with(|| Value::Table(Table::new()));
+        let entry = current.entry(section.clone()).or_insert_with(|| Value::Table(Table::new()));
         current = match entry {
             Value::Table(inner) => inner,
             _ => {
@@ -177,20 +167,31 @@ mod tests {
         std::fs::create_dir_all(&dir).ok();
         let file = dir.join("c.toml");
         std::fs::write(&file, "name = \"file\"\n[inner]\nport = 1\n").ok();
-        let got: Sample = load_with_env(Some(&file), env(&[("GWB_INNER__PORT", "2")])).ok().unwrap_or_else(|| panic!("load"));
+        let got: Sample =
+            load_with_env(Some(&file), env(&[("GWB_INNER__PORT", "2")])).ok().unwrap_or_else(|| panic!("load"));
         assert_eq!(got, Sample { name: "file".into(), inner: Inner { port: 2, tags: vec![] } });
-        let got: Sample = load_with_env(None, env(&[("GWB_NAME", "contoso.com"), ("GWB_INNER__TAGS", r#"["a","b"]"#)])).ok().unwrap_or_else(|| panic!("load"));
+        let got: Sample = load_with_env(None, env(&[("GWB_NAME", "contoso.com"), ("GWB_INNER__TAGS", r#"["a","b"]"#)]))
+            .ok()
+            .unwrap_or_else(|| panic!("load"));
         assert_eq!(got.name, "contoso.com");
         assert_eq!(got.inner.tags, vec!["a", "b"]);
-        let defaults: Sample = load_with_env(None, env(&[("OTHER", "x"), (CONFIG_PATH_ENV, "/etc/gwb/x.toml")])).ok().unwrap_or_else(|| panic!("load"));
+        let defaults: Sample = load_with_env(None, env(&[("OTHER", "x"), (CONFIG_PATH_ENV, "/etc/gwb/x.toml")]))
+            .ok()
+            .unwrap_or_else(|| panic!("load"));
         assert_eq!(defaults.name, "default");
     }
 
     #[test]
     fn unknown_and_mistyped_keys_are_named() {
-        let err = load_with_env::<Sample>(None, env(&[("GWB_INNER__PROT", "2")])).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load_with_env::<Sample>(None, env(&[("GWB_INNER__PROT", "2")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("`inner.prot`"), "{err}");
-        let err = load_with_env::<Sample>(None, env(&[("GWB_INNER__PORT", "\"x\"")])).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load_with_env::<Sample>(None, env(&[("GWB_INNER__PORT", "\"x\"")]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("`inner.port`") && err.contains("GWB_INNER__PORT"), "{err}");
     }
 }

@@ -52,9 +52,8 @@ pub enum MetricsError {
 
 /// Buckets of `gwb_end_to_end_latency_seconds`: 10 ms (a hot pipeline) to 30 min
 /// (Microsoft's own cycle, the figure to beat), roughly ×2.5 per step.
-pub const END_TO_END_BUCKETS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
-];
+pub const END_TO_END_BUCKETS: &[f64] =
+    &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0];
 
 /// Buckets of `gwb_ldap_operation_duration_seconds`: 1 ms to the 30 s default
 /// operation timeout.
@@ -448,14 +447,25 @@ mod tests {
         metrics.message_consumed("gwb.events", "ack");
         let text = metrics.render().unwrap();
         let version = env!("CARGO_PKG_VERSION");
-        assert_eq!(sample(&text, &format!("gwb_build_info{{service=\"gwb-test\",version=\"{version}\"}}")), Some(1.0), "{text}");
+        assert_eq!(
+            sample(&text, &format!("gwb_build_info{{service=\"gwb-test\",version=\"{version}\"}}")),
+            Some(1.0),
+            "{text}"
+        );
         assert_eq!(sample(&text, "gwb_graph_requests_total{status=\"200\"}"), Some(2.0), "{text}");
         assert_eq!(sample(&text, "gwb_graph_requests_total{status=\"network_error\"}"), Some(1.0));
         assert_eq!(sample(&text, "gwb_events_published_total"), Some(5.0));
         assert_eq!(sample(&text, "gwb_delta_rounds_total{resource=\"groups\",result=\"ok\"}"), Some(1.0));
         assert_eq!(sample(&text, "gwb_commands_total{kind=\"create_group\",result=\"applied\"}"), Some(1.0));
-        assert_eq!(sample(&text, "gwb_ldap_operation_duration_seconds_bucket{kind=\"add\",result=\"ok\",le=\"0.005\"}"), Some(1.0), "{text}");
-        assert_eq!(sample(&text, "gwb_ldap_operation_duration_seconds_bucket{kind=\"add\",result=\"ok\",le=\"0.0025\"}"), Some(0.0));
+        assert_eq!(
+            sample(&text, "gwb_ldap_operation_duration_seconds_bucket{kind=\"add\",result=\"ok\",le=\"0.005\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "gwb_ldap_operation_duration_seconds_bucket{kind=\"add\",result=\"ok\",le=\"0.0025\"}"),
+            Some(0.0)
+        );
         assert_eq!(sample(&text, "gwb_members_written_total"), Some(7.0));
         // A gauge: the last value set wins.
         assert_eq!(sample(&text, "gwb_skipped_members{reason=\"cloud_only_user\"}"), Some(1.0));
@@ -466,7 +476,11 @@ mod tests {
         assert_eq!(sample(&text, "gwb_end_to_end_latency_seconds_sum"), Some(2.0));
         assert_eq!(sample(&text, "gwb_dead_lettered_total{queue=\"gwb.events\"}"), Some(1.0));
         assert_eq!(sample(&text, "gwb_messages_published_total{kind=\"gwb.events.v1.ChangeEvent\"}"), Some(3.0));
-        assert_eq!(sample(&text, "gwb_messages_consumed_total{disposition=\"ack\",queue=\"gwb.events\"}"), Some(1.0), "{text}");
+        assert_eq!(
+            sample(&text, "gwb_messages_consumed_total{disposition=\"ack\",queue=\"gwb.events\"}"),
+            Some(1.0),
+            "{text}"
+        );
         assert!(text.contains("# TYPE gwb_graph_requests_total counter"), "{text}");
         assert!(!text.contains("otel_scope"), "scope labels are off: {text}");
     }

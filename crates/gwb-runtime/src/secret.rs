@@ -46,11 +46,8 @@ pub enum SecretError {
 pub fn read_secret_file(key: &str, path: &Path) -> Result<Secret, SecretError> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| SecretError::Read {
-        key: key.into(),
-        path: shown.clone(),
-        source,
-    })?;
+    let meta =
+        std::fs::metadata(path).map_err(|source| SecretError::Read { key: key.into(), path: shown.clone(), source })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(SecretError::TooOpen { key: key.into(), path: shown, mode });

@@ -81,13 +81,11 @@ pub fn init_logging(service: &'static str, config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer));
+    let registry = tracing_subscriber::registry().with(filter).with(tracing_opentelemetry::layer().with_tracer(tracer));
     let result = match config.format {
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_target(true))
-            .try_init(),
+        LogFormat::Json => {
+            registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_target(true)).try_init()
+        }
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_target(true)).try_init(),
     };
     if result.is_ok() {
@@ -222,10 +220,7 @@ mod tests {
     #[test]
     fn garbage_or_missing_headers_give_an_empty_context() {
         with_tracing(|| {
-            for headers in [
-                BTreeMap::new(),
-                BTreeMap::from([(TRACEPARENT.to_string(), "not-a-trace".to_string())]),
-            ] {
+            for headers in [BTreeMap::new(), BTreeMap::from([(TRACEPARENT.to_string(), "not-a-trace".to_string())])] {
                 let context = extract(&headers);
                 assert!(!context.span().span_context().is_valid());
                 let span = tracing::info_span!("fresh");

@@ -104,12 +104,18 @@ fn writes(unit: &Unit) -> Vec<Write> {
 
 fn member_refs(command: &WriteCommand) -> BTreeSet<MemberRef> {
     match command {
-        WriteCommand::AddMembers { members, .. } | WriteCommand::RemoveMembers { members, .. } => members.iter().cloned().collect(),
+        WriteCommand::AddMembers { members, .. } | WriteCommand::RemoveMembers { members, .. } => {
+            members.iter().cloned().collect()
+        }
         _ => BTreeSet::new(),
     }
 }
 
-pub async fn handle_batch(shared: Arc<Shared>, directory: Arc<Mutex<Option<Directory>>>, deliveries: Vec<Delivery>) -> Vec<Disposition> {
+pub async fn handle_batch(
+    shared: Arc<Shared>,
+    directory: Arc<Mutex<Option<Directory>>>,
+    deliveries: Vec<Delivery>,
+) -> Vec<Disposition> {
     let count = deliveries.len();
     let mut dispositions = vec![Disposition::Requeue; count];
     // (delivery index, outcome, disposition once the outcome is confirmed)
@@ -170,7 +176,9 @@ pub async fn handle_batch(shared: Arc<Shared>, directory: Arc<Mutex<Option<Direc
         if !shared.dry_run {
             for write in writes(&unit) {
                 result = match result {
-                    Some(Ok(total)) => apply_with_retry(&shared, &mut guard, &write).await.map(|r| r.map(|next| total.combined_with(next))),
+                    Some(Ok(total)) => apply_with_retry(&shared, &mut guard, &write)
+                        .await
+                        .map(|r| r.map(|next| total.combined_with(next))),
                     other => other,
                 };
             }
@@ -193,7 +201,12 @@ pub async fn handle_batch(shared: Arc<Shared>, directory: Arc<Mutex<Option<Direc
                     let mut mine = ApplyReport {
                         group: report.group.clone(),
                         changed: report.changed,
-                        members_rejected: report.members_rejected.iter().filter(|(m, _)| own.contains(m)).cloned().collect(),
+                        members_rejected: report
+                            .members_rejected
+                            .iter()
+                            .filter(|(m, _)| own.contains(m))
+                            .cloned()
+                            .collect(),
                         ..ApplyReport::default()
                     };
                     if Some(index) == last {
@@ -301,7 +314,9 @@ async fn apply_with_retry(
         };
         let result = match (connected, write) {
             (Ok(connected), Write::Command(command)) => connected.apply(command).await,
-            (Ok(connected), Write::UpsertWithMembers(spec, members)) => connected.upsert_with_members(spec, members).await,
+            (Ok(connected), Write::UpsertWithMembers(spec, members)) => {
+                connected.upsert_with_members(spec, members).await
+            }
             (Err(error), _) => Err(error),
         };
         match result {
@@ -324,11 +339,17 @@ mod tests {
     use super::*;
 
     fn add(anchor: &str, sids: &[&str]) -> WriteCommand {
-        WriteCommand::AddMembers { anchor: anchor.into(), members: sids.iter().map(|s| MemberRef::Sid(s.to_string())).collect() }
+        WriteCommand::AddMembers {
+            anchor: anchor.into(),
+            members: sids.iter().map(|s| MemberRef::Sid(s.to_string())).collect(),
+        }
     }
 
     fn remove(anchor: &str, sids: &[&str]) -> WriteCommand {
-        WriteCommand::RemoveMembers { anchor: anchor.into(), members: sids.iter().map(|s| MemberRef::Sid(s.to_string())).collect() }
+        WriteCommand::RemoveMembers {
+            anchor: anchor.into(),
+            members: sids.iter().map(|s| MemberRef::Sid(s.to_string())).collect(),
+        }
     }
 
     fn merged(sequence: impl IntoIterator<Item = WriteCommand>) -> Vec<Unit> {
@@ -350,8 +371,12 @@ mod tests {
                 let writes = writes(u)
                     .iter()
                     .map(|w| match w {
-                        Write::Command(command) => (w.kind(), member_refs(command).into_iter().map(|m| m.key()).collect()),
-                        Write::UpsertWithMembers(_, members) => (w.kind(), members.iter().map(MemberRef::key).collect()),
+                        Write::Command(command) => {
+                            (w.kind(), member_refs(command).into_iter().map(|m| m.key()).collect())
+                        }
+                        Write::UpsertWithMembers(_, members) => {
+                            (w.kind(), members.iter().map(MemberRef::key).collect())
+                        }
                     })
                     .collect();
                 (u.indices.clone(), writes)
@@ -376,7 +401,10 @@ mod tests {
         assert_eq!(
             shape(&merged(sequence)),
             vec![
-                (vec![0, 2, 3, 4], vec![("remove_members", vec![key("1"), key("9")]), ("add_members", vec![key("3"), key("4")])]),
+                (
+                    vec![0, 2, 3, 4],
+                    vec![("remove_members", vec![key("1"), key("9")]), ("add_members", vec![key("3"), key("4")])]
+                ),
                 (vec![1], vec![("add_members", vec![key("2")])]),
                 (vec![5], vec![("delete", vec![])]),
                 (vec![6], vec![("add_members", vec![key("5")])]),
@@ -402,13 +430,24 @@ mod tests {
 
     #[test]
     fn members_right_after_an_upsert_join_it_and_a_removal_keeps_them_apart() {
-        let sequence = [upsert("A"), add("A", &["1", "2"]), add("A", &["3"]), upsert("B"), add("B", &["4"]), remove("B", &["9"]), upsert("C")];
+        let sequence = [
+            upsert("A"),
+            add("A", &["1", "2"]),
+            add("A", &["3"]),
+            upsert("B"),
+            add("B", &["4"]),
+            remove("B", &["9"]),
+            upsert("C"),
+        ];
         let key = |s: &str| format!("sid:{s}");
         assert_eq!(
             shape(&merged(sequence)),
             vec![
                 (vec![0, 1, 2], vec![("upsert_with_members", vec![key("1"), key("2"), key("3")])]),
-                (vec![3, 4, 5], vec![("upsert", vec![]), ("remove_members", vec![key("9")]), ("add_members", vec![key("4")])]),
+                (
+                    vec![3, 4, 5],
+                    vec![("upsert", vec![]), ("remove_members", vec![key("9")]), ("add_members", vec![key("4")])]
+                ),
                 (vec![6], vec![("upsert_with_members", vec![])]),
             ]
         );

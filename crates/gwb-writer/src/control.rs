@@ -69,7 +69,10 @@ impl Writer for WriterService {
         Ok(Response::new(self.state()))
     }
 
-    async fn get_writer_state(&self, _request: Request<pb::GetWriterStateRequest>) -> Result<Response<pb::WriterState>, Status> {
+    async fn get_writer_state(
+        &self,
+        _request: Request<pb::GetWriterStateRequest>,
+    ) -> Result<Response<pb::WriterState>, Status> {
         Ok(Response::new(self.state()))
     }
 }

@@ -31,13 +31,23 @@ pub fn to_domain(command: &cmd::WriteCommand) -> Result<WriteCommand, String> {
                 group_type,
                 display_name: spec.display_name.clone(),
                 description: spec.description.clone(),
-                mail: spec.mail.as_ref().map(|m| MailAttributes { mail: m.mail.clone(), mail_nickname: m.mail_nickname.clone(), proxy_addresses: m.proxy_addresses.clone() }),
+                mail: spec.mail.as_ref().map(|m| MailAttributes {
+                    mail: m.mail.clone(),
+                    mail_nickname: m.mail_nickname.clone(),
+                    proxy_addresses: m.proxy_addresses.clone(),
+                }),
             })
         }
-        cmd::write_command::Action::AddMembers(change) => WriteCommand::AddMembers { anchor, members: members(change)? },
-        cmd::write_command::Action::RemoveMembers(change) => WriteCommand::RemoveMembers { anchor, members: members(change)? },
+        cmd::write_command::Action::AddMembers(change) => {
+            WriteCommand::AddMembers { anchor, members: members(change)? }
+        }
+        cmd::write_command::Action::RemoveMembers(change) => {
+            WriteCommand::RemoveMembers { anchor, members: members(change)? }
+        }
         cmd::write_command::Action::Delete(_) => WriteCommand::Delete { anchor },
-        cmd::write_command::Action::Retire(retire) => WriteCommand::Retire { anchor, retired_ou: retire.retired_ou.clone() },
+        cmd::write_command::Action::Retire(retire) => {
+            WriteCommand::Retire { anchor, retired_ou: retire.retired_ou.clone() }
+        }
     })
 }
 
@@ -47,7 +57,9 @@ fn members(change: &cmd::MemberChange) -> Result<Vec<MemberRef>, String> {
         .iter()
         .map(|member| match member.reference.as_ref() {
             Some(cmd::member_ref::Reference::Sid(sid)) if is_sid(sid) => Ok(MemberRef::Sid(sid.clone())),
-            Some(cmd::member_ref::Reference::Guid(guid)) if is_guid(guid) => Ok(MemberRef::Guid(guid.to_ascii_lowercase())),
+            Some(cmd::member_ref::Reference::Guid(guid)) if is_guid(guid) => {
+                Ok(MemberRef::Guid(guid.to_ascii_lowercase()))
+            }
             other => Err(format!("member reference {other:?} is neither a SID nor a GUID")),
         })
         .collect()
@@ -55,7 +67,10 @@ fn members(change: &cmd::MemberChange) -> Result<Vec<MemberRef>, String> {
 
 fn is_guid(text: &str) -> bool {
     text.len() == 36
-        && text.chars().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+        && text
+            .chars()
+            .enumerate()
+            .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
 }
 
 pub fn member_message(reference: &MemberRef) -> cmd::MemberRef {
@@ -71,14 +86,21 @@ mod tests {
     use super::*;
 
     fn command(action: cmd::write_command::Action) -> cmd::WriteCommand {
-        cmd::WriteCommand { group_id: "ABC".into(), anchor: "Group_abc".into(), action: Some(action), ..Default::default() }
+        cmd::WriteCommand {
+            group_id: "ABC".into(),
+            anchor: "Group_abc".into(),
+            action: Some(action),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn hostile_member_values_are_refused() {
         let bad = cmd::MemberChange { members: vec![member_message(&MemberRef::Sid("S-1-5-21>;<GUID=x".into()))] };
         assert!(to_domain(&command(cmd::write_command::Action::AddMembers(bad))).is_err());
-        let good = cmd::MemberChange { members: vec![member_message(&MemberRef::Guid("0D6A8E1C-1111-2222-3333-444455556666".into()))] };
+        let good = cmd::MemberChange {
+            members: vec![member_message(&MemberRef::Guid("0D6A8E1C-1111-2222-3333-444455556666".into()))],
+        };
         assert!(to_domain(&command(cmd::write_command::Action::AddMembers(good))).is_ok());
     }
 

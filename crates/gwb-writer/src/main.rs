@@ -108,7 +108,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut tasks = Vec::new();
     for partition in partitions {
-        anyhow::ensure!(partition < topology.partitions(), "writer.partitions: {partition} is not below bus.command_partitions ({})", topology.partitions());
+        anyhow::ensure!(
+            partition < topology.partitions(),
+            "writer.partitions: {partition} is not below bus.command_partitions ({})",
+            topology.partitions()
+        );
         let shared = shared.clone();
         let directory: Arc<Mutex<Option<Directory>>> = Arc::new(Mutex::new(None));
         tasks.push(tokio::spawn(gwb_bus::consume_batches(
@@ -120,8 +124,16 @@ async fn main() -> anyhow::Result<()> {
             move |deliveries| apply::handle_batch(shared.clone(), directory.clone(), deliveries),
         )));
     }
-    tasks.push(tokio::spawn(report_status(shared.clone(), Duration::from_secs(config.writer.status_interval_seconds.max(1)))));
-    let server = tokio::spawn(serve_control(control_listener, health_service, shared.clone(), gwb_proto::auth::TokenCheck::new(control_token)));
+    tasks.push(tokio::spawn(report_status(
+        shared.clone(),
+        Duration::from_secs(config.writer.status_interval_seconds.max(1)),
+    )));
+    let server = tokio::spawn(serve_control(
+        control_listener,
+        health_service,
+        shared.clone(),
+        gwb_proto::auth::TokenCheck::new(control_token),
+    ));
     tracing::info!(writer_id = %shared.writer_id, dry_run = shared.dry_run, "writer running");
     for task in tasks {
         task.await?;
@@ -152,7 +164,9 @@ async fn serve_control(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(WriterServer::with_interceptor(service, move |request| token.check(request)))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move { shutdown.triggered().await })
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            shutdown.triggered().await
+        })
         .await?;
     Ok(())
 }
@@ -162,7 +176,12 @@ fn hostname() -> String {
 }
 
 pub(crate) fn fill_report(outcome: &mut cmd::Outcome, report: ApplyReport) {
-    outcome.group = report.group.map(|g| cmd::AppliedGroup { dn: g.dn, object_guid: g.object_guid, object_sid: g.object_sid, sam_account_name: g.sam_account_name });
+    outcome.group = report.group.map(|g| cmd::AppliedGroup {
+        dn: g.dn,
+        object_guid: g.object_guid,
+        object_sid: g.object_sid,
+        sam_account_name: g.sam_account_name,
+    });
     outcome.members_added = report.members_added;
     outcome.members_removed = report.members_removed;
     outcome.members_unchanged = report.members_unchanged;
@@ -245,7 +264,10 @@ async fn report_status(shared: Arc<Shared>, every: Duration) {
                         detail.push_str(&format!("; managed OUs missing: {}", caps.missing_ous.join("; ")));
                     }
                     if !caps.unwritable_ous.is_empty() {
-                        detail.push_str(&format!("; the bind account may not create groups in: {}", caps.unwritable_ous.join("; ")));
+                        detail.push_str(&format!(
+                            "; the bind account may not create groups in: {}",
+                            caps.unwritable_ous.join("; ")
+                        ));
                     }
                     status.detail = detail;
                 }
@@ -260,7 +282,11 @@ async fn report_status(shared: Arc<Shared>, every: Duration) {
         if let Some(metrics) = gwb_runtime::metrics::global() {
             metrics.set_healthy(status.directory_connected);
         }
-        let serving = if status.directory_connected { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+        let serving = if status.directory_connected {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
         shared.health.set_service_status("gwb.control.v1.Writer", serving).await;
         if let Ok(mut snapshot) = shared.snapshot.lock() {
             *snapshot = gwb_proto::control::v1::WriterState {

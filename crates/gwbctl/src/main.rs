@@ -164,11 +164,10 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure { code: 3, message: format!("cannot reach the planner at {}: {e}", cli.endpoint) })?;
     let bearer: Option<MetadataValue<_>> = match &token {
-        Some(token) => Some(
-            format!("Bearer {}", token.expose())
-                .parse()
-                .map_err(|_| Failure { code: 2, message: "the token file holds characters not allowed in a header".into() })?,
-        ),
+        Some(token) => Some(format!("Bearer {}", token.expose()).parse().map_err(|_| Failure {
+            code: 2,
+            message: "the token file holds characters not allowed in a header".into(),
+        })?),
         None => None,
     };
     let mut client = OperatorClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
@@ -194,10 +193,13 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 Mode::Keep => pb::DisableMode::Keep,
                 Mode::Delete => pb::DisableMode::Delete,
             };
-            let status = client.disable_writeback(pb::DisableWritebackRequest { mode: mode as i32 }).await?.into_inner();
+            let status =
+                client.disable_writeback(pb::DisableWritebackRequest { mode: mode as i32 }).await?.into_inner();
             if !cli.json {
                 match mode {
-                    pb::DisableMode::Delete => println!("Writeback is OFF. Written groups are being deleted from AD.\n"),
+                    pb::DisableMode::Delete => {
+                        println!("Writeback is OFF. Written groups are being deleted from AD.\n")
+                    }
                     _ => println!("Writeback is OFF. Written groups stay in AD, frozen.\n"),
                 }
             }
@@ -218,7 +220,10 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::SetGroup { id, enable, disable, target_type, ou, clear } => {
             if !(*enable || *disable || target_type.is_some() || ou.is_some() || *clear) {
-                return Err(Failure { code: 2, message: "say what to change: --enable, --disable, --type, --ou or --clear".into() });
+                return Err(Failure {
+                    code: 2,
+                    message: "say what to change: --enable, --disable, --type, --ou or --clear".into(),
+                });
             }
             let target_type = match target_type {
                 None => pb::TargetType::Unspecified,
@@ -228,7 +233,13 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             };
             let request = pb::SetGroupWritebackRequest {
                 id: id.clone(),
-                enabled: if *enable { Some(true) } else if *disable { Some(false) } else { None },
+                enabled: if *enable {
+                    Some(true)
+                } else if *disable {
+                    Some(false)
+                } else {
+                    None
+                },
                 target_type: target_type as i32,
                 ou: ou.clone().unwrap_or_default(),
                 clear: *clear,
@@ -263,7 +274,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Approve { ids } | Command::Discard { ids } => {
             let approve = matches!(cli.command, Command::Approve { .. });
             let request = pb::DeletionDecisionRequest { group_ids: ids.clone() };
-            let response = if approve { client.approve_deletions(request).await? } else { client.discard_deletions(request).await? };
+            let response = if approve {
+                client.approve_deletions(request).await?
+            } else {
+                client.discard_deletions(request).await?
+            };
             let affected = response.into_inner().affected;
             if cli.json {
                 print_json(json!({ "affected": affected }));
@@ -274,7 +289,8 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             }
         }
         Command::Audit { id, limit } => {
-            let audit = client.list_audit(pb::ListAuditRequest { group_id: id.clone(), limit: *limit }).await?.into_inner();
+            let audit =
+                client.list_audit(pb::ListAuditRequest { group_id: id.clone(), limit: *limit }).await?.into_inner();
             print_audit(&audit, cli.json);
         }
     }
@@ -352,7 +368,14 @@ fn print_audit(audit: &pb::ListAuditResponse, as_json: bool) {
     }
     println!("{:<14} {:<15} {:<9} {:<50} DETAIL", "AT (unix ms)", "KIND", "RESULT", "CAUSE");
     for entry in &audit.entries {
-        println!("{:<14} {:<15} {:<9} {:<50} {}", entry.at_ms, entry.kind, entry.result, truncate(&entry.cause, 50), entry.detail);
+        println!(
+            "{:<14} {:<15} {:<9} {:<50} {}",
+            entry.at_ms,
+            entry.kind,
+            entry.result,
+            truncate(&entry.cause, 50),
+            entry.detail
+        );
     }
 }
 
@@ -386,7 +409,17 @@ fn print_status(status: &pb::Status, as_json: bool) {
         }));
         return;
     }
-    let switch = if status.writeback_enabled { "ON".to_string() } else { format!("OFF{}", match disable_mode(status.last_disable_mode) { "" => String::new(), m => format!(" (last disable: {m})") }) };
+    let switch = if status.writeback_enabled {
+        "ON".to_string()
+    } else {
+        format!(
+            "OFF{}",
+            match disable_mode(status.last_disable_mode) {
+                "" => String::new(),
+                m => format!(" (last disable: {m})"),
+            }
+        )
+    };
     println!("Writeback:          {switch}");
     println!("Users known:        {}", status.users_known);
     println!("Memberships known:  {}", status.memberships_known);
@@ -395,7 +428,13 @@ fn print_status(status: &pb::Status, as_json: bool) {
     println!();
     println!("{:<28} {:<8} {:<8} DETAIL", "SERVICE", "HEALTHY", "VERSION");
     for service in &status.services {
-        println!("{:<28} {:<8} {:<8} {}", service.service, if service.healthy { "yes" } else { "NO" }, service.version, service.detail);
+        println!(
+            "{:<28} {:<8} {:<8} {}",
+            service.service,
+            if service.healthy { "yes" } else { "NO" },
+            service.version,
+            service.detail
+        );
     }
     println!();
     println!("{:<14} GROUPS", "STATE");
@@ -420,7 +459,15 @@ fn print_groups(response: &pb::ListGroupsResponse, as_json: bool) {
     }
     println!("{:<36}  {:<9} {:>7} {:>7}  {:<30} AD DN", "ID", "STATE", "WRITTEN", "SKIPPED", "NAME");
     for group in &response.groups {
-        println!("{:<36}  {:<9} {:>7} {:>7}  {:<30} {}", group.id, group.state, group.members_written, group.members_skipped, truncate(&group.display_name, 30), group.ad_dn);
+        println!(
+            "{:<36}  {:<9} {:>7} {:>7}  {:<30} {}",
+            group.id,
+            group.state,
+            group.members_written,
+            group.members_skipped,
+            truncate(&group.display_name, 30),
+            group.ad_dn
+        );
     }
     if !response.next_page_token.is_empty() {
         println!("\nMore: gwbctl groups --page-token {}", response.next_page_token);
@@ -468,5 +515,9 @@ fn print_group(detail: &pb::GroupDetail, as_json: bool) {
 }
 
 fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max { text.to_string() } else { format!("{}…", text.chars().take(max - 1).collect::<String>()) }
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(max - 1).collect::<String>())
+    }
 }

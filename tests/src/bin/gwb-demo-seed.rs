@@ -8,7 +8,8 @@ use anyhow::Context;
 use graph_sim::{AdminClient, GroupFields, NewGroup, NewUser, UserFields, WritebackConfiguration};
 use gwb_tests::ad::LabAd;
 
-const SYNCED_USERS: &[&str] = &["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov", "Ken Thompson"];
+const SYNCED_USERS: &[&str] =
+    &["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov", "Ken Thompson"];
 const CLOUD_ONLY: &[&str] = &["Guest Contractor", "Cloud Only Intern"];
 
 #[tokio::main]
@@ -24,10 +25,13 @@ async fn main() -> anyhow::Result<()> {
 
     let mut synced = Vec::new();
     for name in SYNCED_USERS {
-        let sam = name.split(' ').map(|p| p.chars().next().unwrap_or('x')).collect::<String>().to_lowercase() + &name.split(' ').next_back().unwrap_or("").to_lowercase();
+        let sam = name.split(' ').map(|p| p.chars().next().unwrap_or('x')).collect::<String>().to_lowercase()
+            + &name.split(' ').next_back().unwrap_or("").to_lowercase();
         let dn = format!("CN={name},{users_ou}");
         let sid = match ad.entry(&dn, &["objectSid"]).await? {
-            Some(entry) => gwb_tests::ad::binary(&entry, "objectSid").and_then(|b| gwb_tests::ad::sid_from_bytes(&b)).context("objectSid")?,
+            Some(entry) => gwb_tests::ad::binary(&entry, "objectSid")
+                .and_then(|b| gwb_tests::ad::sid_from_bytes(&b))
+                .context("objectSid")?,
             None => ad.create_user(&users_ou, name).await?.1,
         };
         let user = sim
@@ -51,7 +55,11 @@ async fn main() -> anyhow::Result<()> {
         let user = sim
             .create_user(&NewUser {
                 id: None,
-                fields: UserFields { display_name: Some(name.to_string()), user_principal_name: Some(format!("{}@contoso.onmicrosoft.com", name.replace(' ', "."))), ..UserFields::default() },
+                fields: UserFields {
+                    display_name: Some(name.to_string()),
+                    user_principal_name: Some(format!("{}@contoso.onmicrosoft.com", name.replace(' ', "."))),
+                    ..UserFields::default()
+                },
             })
             .await?;
         println!("cloud user    {name}");
@@ -66,16 +74,29 @@ async fn main() -> anyhow::Result<()> {
         ..GroupFields::default()
     };
     let engineering = sim
-        .create_group(&NewGroup { id: None, fields: security("Engineering", "Everyone building the product"), members: vec![synced[1], synced[3], synced[5], cloud[1]] })
+        .create_group(&NewGroup {
+            id: None,
+            fields: security("Engineering", "Everyone building the product"),
+            members: vec![synced[1], synced[3], synced[5], cloud[1]],
+        })
         .await?
         .group
         .id;
     let finance = sim
-        .create_group(&NewGroup { id: None, fields: security("Finance, Risk & Audit", "Finance share access"), members: vec![synced[0], synced[2], cloud[0]] })
+        .create_group(&NewGroup {
+            id: None,
+            fields: security("Finance, Risk & Audit", "Finance share access"),
+            members: vec![synced[0], synced[2], cloud[0]],
+        })
         .await?
         .group
         .id;
-    sim.create_group(&NewGroup { id: None, fields: security("All Staff", "Nests the other groups"), members: vec![engineering, finance, synced[4]] }).await?;
+    sim.create_group(&NewGroup {
+        id: None,
+        fields: security("All Staff", "Nests the other groups"),
+        members: vec![engineering, finance, synced[4]],
+    })
+    .await?;
     sim.create_group(&NewGroup {
         id: None,
         fields: GroupFields {
@@ -86,7 +107,10 @@ async fn main() -> anyhow::Result<()> {
             security_enabled: Some(false),
             group_types: Some(vec!["Unified".into()]),
             proxy_addresses: Some(vec!["SMTP:marketing@contoso.com".into(), "smtp:mkt@contoso.com".into()]),
-            writeback_configuration: Some(WritebackConfiguration { is_enabled: Some(true), on_premises_group_type: None }),
+            writeback_configuration: Some(WritebackConfiguration {
+                is_enabled: Some(true),
+                on_premises_group_type: None,
+            }),
             ..GroupFields::default()
         },
         members: vec![synced[0], synced[4]],

@@ -17,19 +17,12 @@ const OTHER_KEY: &str = include_str!("../../fixtures/other-key-pkcs1.pem");
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 fn thumbprint(cert_pem: &str, sha1: bool) -> String {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
-    let alg = if sha1 {
-        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY
-    } else {
-        &ring::digest::SHA256
-    };
+    let alg = if sha1 { &ring::digest::SHA1_FOR_LEGACY_USE_ONLY } else { &ring::digest::SHA256 };
     URL_SAFE_NO_PAD.encode(ring::digest::digest(alg, der.as_ref()).as_ref())
 }
 
@@ -42,25 +35,13 @@ fn key(pem: &str) -> RsaKeyPair {
 }
 
 fn sign(header: &Value, claims: &Value, key_pem: &str) -> String {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
+    let input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
     let key = key(key_pem);
     let mut sig = vec![0; key.public().modulus_len()];
-    let alg = if header["alg"] == "RS256" {
-        &RSA_PKCS1_SHA256 as &dyn ring::signature::RsaEncoding
-    } else {
-        &RSA_PSS_SHA256
-    };
-    key.sign(
-        alg,
-        &ring::rand::SystemRandom::new(),
-        input.as_bytes(),
-        &mut sig,
-    )
-    .unwrap();
+    let alg =
+        if header["alg"] == "RS256" { &RSA_PKCS1_SHA256 as &dyn ring::signature::RsaEncoding } else { &RSA_PSS_SHA256 };
+    key.sign(alg, &ring::rand::SystemRandom::new(), input.as_bytes(), &mut sig).unwrap();
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
@@ -124,16 +105,10 @@ async fn assertions_are_refused_like_entra_refuses_them() {
     // Signed by another key while naming the registered certificate.
     let (status, body) = present(&s, &sign(&ps256_header(CERT), &claims(&s), OTHER_KEY)).await;
     assert_eq!((status, aadsts(&body)), (401, 700_027), "{body}");
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("signature")
-    );
+    assert!(body["error_description"].as_str().unwrap().contains("signature"));
 
     // A certificate that is not registered.
-    let (status, body) =
-        present(&s, &sign(&ps256_header(OTHER_CERT), &claims(&s), OTHER_KEY)).await;
+    let (status, body) = present(&s, &sign(&ps256_header(OTHER_CERT), &claims(&s), OTHER_KEY)).await;
     assert_eq!((status, aadsts(&body)), (401, 700_027), "{body}");
 
     let mut c = claims(&s);
@@ -156,11 +131,7 @@ async fn assertions_are_refused_like_entra_refuses_them() {
     let mut c = claims(&s);
     c["exp"] = json!(now() + 3600);
     let (status, body) = present(&s, &sign(&ps256_header(CERT), &c, KEY)).await;
-    assert_eq!(
-        (status, aadsts(&body)),
-        (401, 700_024),
-        "lifetime over 10 min: {body}"
-    );
+    assert_eq!((status, aadsts(&body)), (401, 700_024), "lifetime over 10 min: {body}");
 
     // Tampered payload: the signature no longer matches.
     let good = sign(&ps256_header(CERT), &claims(&s), KEY);

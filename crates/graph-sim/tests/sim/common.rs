@@ -26,21 +26,12 @@ pub fn paging(min: usize, max: usize, slice: usize, empty_every: Option<u32>) ->
 }
 
 pub async fn sim_with(page: PagingConfig) -> Sim {
-    let config = SimConfig {
-        page,
-        ..SimConfig::default()
-    };
+    let config = SimConfig { page, ..SimConfig::default() };
     let sim = graph_sim::start(config.clone()).await.unwrap();
     // The admin client installs the rustls crypto provider the test client needs too.
     let admin = sim.admin().unwrap();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut s = Sim {
-        sim,
-        admin,
-        http,
-        config,
-        token: String::new(),
-    };
+    let mut s = Sim { sim, admin, http, config, token: String::new() };
     s.token = s.fetch_token().await;
     s
 }
@@ -65,10 +56,7 @@ pub struct Round {
 
 impl Round {
     pub fn objects(&self) -> Vec<Value> {
-        self.pages
-            .iter()
-            .flat_map(|p| p["value"].as_array().cloned().unwrap_or_default())
-            .collect()
+        self.pages.iter().flat_map(|p| p["value"].as_array().cloned().unwrap_or_default()).collect()
     }
 
     /// Objects merged by id, as a client must merge them.
@@ -86,19 +74,9 @@ impl Round {
                     m.props.insert(k.clone(), v.clone());
                 }
             }
-            for link in o
-                .get("members@delta")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for link in o.get("members@delta").and_then(Value::as_array).into_iter().flatten() {
                 let id = link["id"].as_str().unwrap().to_owned();
-                assert!(
-                    link["@odata.type"]
-                        .as_str()
-                        .unwrap()
-                        .starts_with("#microsoft.graph.")
-                );
+                assert!(link["@odata.type"].as_str().unwrap().starts_with("#microsoft.graph."));
                 if link.get("@removed").is_some() {
                     assert_eq!(link["@removed"]["reason"], "deleted");
                     m.removed_members.insert(id);
@@ -126,11 +104,7 @@ impl Sim {
     }
 
     pub fn token_url(&self) -> String {
-        format!(
-            "{}/{}/oauth2/v2.0/token",
-            self.base(),
-            self.config.tenant_id
-        )
+        format!("{}/{}/oauth2/v2.0/token", self.base(), self.config.tenant_id)
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -180,25 +154,14 @@ impl Sim {
             let resp = self.get_with(&next, headers).await;
             assert_eq!(resp.status(), 200, "GET {next}");
             let page: Value = resp.json().await.unwrap();
-            assert!(
-                page["@odata.context"]
-                    .as_str()
-                    .unwrap()
-                    .contains("/$metadata#")
-            );
+            assert!(page["@odata.context"].as_str().unwrap().contains("/$metadata#"));
             assert!(page["value"].is_array());
             let (n, d) = (page.get("@odata.nextLink"), page.get("@odata.deltaLink"));
-            assert!(
-                n.is_some() != d.is_some(),
-                "exactly one link per page: {page}"
-            );
+            assert!(n.is_some() != d.is_some(), "exactly one link per page: {page}");
             pages.push(page.clone());
             assert!(pages.len() < 10_000, "nextLink loop");
             if let Some(d) = d {
-                return Round {
-                    pages,
-                    delta_link: d.as_str().unwrap().to_owned(),
-                };
+                return Round { pages, delta_link: d.as_str().unwrap().to_owned() };
             }
             next = n.unwrap().as_str().unwrap().to_owned();
         }
@@ -238,9 +201,5 @@ impl Sim {
 pub async fn error_code(resp: reqwest::Response) -> (u16, String, Value) {
     let status = resp.status().as_u16();
     let v: Value = resp.json().await.unwrap();
-    (
-        status,
-        v["error"]["code"].as_str().unwrap_or_default().to_owned(),
-        v,
-    )
+    (status, v["error"]["code"].as_str().unwrap_or_default().to_owned(), v)
 }

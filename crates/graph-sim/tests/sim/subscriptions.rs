@@ -34,29 +34,15 @@ async fn receive(
         if !r.echo {
             return (StatusCode::OK, "wrong").into_response();
         }
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain")],
-            token.clone(),
-        )
-            .into_response();
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], token.clone()).into_response();
     }
-    r.received
-        .lock()
-        .unwrap()
-        .push(serde_json::from_slice(&body).unwrap());
+    r.received.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
     StatusCode::ACCEPTED.into_response()
 }
 
 async fn receiver(echo: bool) -> (String, Receiver) {
-    let r = Receiver {
-        echo,
-        ..Receiver::default()
-    };
-    let app = Router::new()
-        .route("/hook", post(receive))
-        .route("/life", post(receive))
-        .with_state(r.clone());
+    let r = Receiver { echo, ..Receiver::default() };
+    let app = Router::new().route("/hook", post(receive)).route("/life", post(receive)).with_state(r.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -82,22 +68,11 @@ fn iso(at: std::time::SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 async fn subscribe(s: &Sim, body: Value) -> reqwest::Response {
-    s.http
-        .post(s.url("/v1.0/subscriptions"))
-        .bearer_auth(&s.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    s.http.post(s.url("/v1.0/subscriptions")).bearer_auth(&s.token).json(&body).send().await.unwrap()
 }
 
 fn request(url: &str, resource: &str, expiration: String) -> Value {
@@ -126,39 +101,22 @@ async fn subscription_is_created_only_after_both_urls_pass_the_validation_handsh
     assert_eq!(created["resource"], "/groups");
     assert_eq!(created["clientState"], "s3cret-state");
     let validations = r.validations.lock().unwrap().clone();
-    assert_eq!(
-        validations.len(),
-        2,
-        "notification and lifecycle URL are validated"
-    );
-    assert!(
-        validations[0].contains(' '),
-        "the token arrives URL-decoded"
-    );
+    assert_eq!(validations.len(), 2, "notification and lifecycle URL are validated");
+    assert!(validations[0].contains(' '), "the token arrives URL-decoded");
 
     let (bad_url, _) = receiver(false).await;
     let resp = subscribe(&s, request(&bad_url, "/groups", in_minutes(60))).await;
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("validation")
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("validation"));
 
     let resp = subscribe(&s, request(&url, "/groups", in_minutes(41_761))).await;
     assert_eq!(resp.status(), 400, "over 41,760 minutes");
     let mut created_only = request(&url, "/users", in_minutes(60));
     created_only["changeType"] = json!("created");
     assert_eq!(subscribe(&s, created_only).await.status(), 400);
-    let unauthenticated = s
-        .http
-        .post(s.url("/v1.0/subscriptions"))
-        .json(&request(&url, "/groups", in_minutes(60)))
-        .send()
-        .await
-        .unwrap();
+    let unauthenticated =
+        s.http.post(s.url("/v1.0/subscriptions")).json(&request(&url, "/groups", in_minutes(60))).send().await.unwrap();
     assert_eq!(unauthenticated.status(), 401);
 }
 
@@ -166,19 +124,9 @@ async fn subscription_is_created_only_after_both_urls_pass_the_validation_handsh
 async fn changes_notify_the_callback_with_client_state_until_deleted() {
     let s = sim().await;
     let (url, r) = receiver(true).await;
-    let created: Value = subscribe(&s, request(&url, "/groups", in_minutes(60)))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let created: Value = subscribe(&s, request(&url, "/groups", in_minutes(60))).await.json().await.unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
-    let group = s
-        .admin
-        .create_group(&NewGroup::default())
-        .await
-        .unwrap()
-        .group
-        .id;
+    let group = s.admin.create_group(&NewGroup::default()).await.unwrap().group.id;
     assert!(wait_for(|| !r.received.lock().unwrap().is_empty()).await);
     let first = r.received.lock().unwrap()[0].clone();
     let item = &first["value"][0];
@@ -189,10 +137,7 @@ async fn changes_notify_the_callback_with_client_state_until_deleted() {
     assert_eq!(item["resourceData"]["id"], group.to_string());
 
     // A user change does not concern a /groups subscription.
-    s.admin
-        .create_user(&graph_sim::NewUser::default())
-        .await
-        .unwrap();
+    s.admin.create_user(&graph_sim::NewUser::default()).await.unwrap();
     s.admin.delete_group(group, true).await.unwrap();
     assert!(wait_for(|| r.received.lock().unwrap().len() >= 2).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -209,21 +154,12 @@ async fn changes_notify_the_callback_with_client_state_until_deleted() {
         .await
         .unwrap();
     assert_eq!(renewed.status(), 200);
-    let deleted = s
-        .http
-        .delete(s.url(&format!("/v1.0/subscriptions/{id}")))
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap();
+    let deleted =
+        s.http.delete(s.url(&format!("/v1.0/subscriptions/{id}"))).bearer_auth(&s.token).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
     s.admin.create_group(&NewGroup::default()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        r.received.lock().unwrap().len(),
-        2,
-        "no notification after DELETE"
-    );
+    assert_eq!(r.received.lock().unwrap().len(), 2, "no notification after DELETE");
 }
 
 #[tokio::test]
@@ -231,56 +167,26 @@ async fn expired_subscriptions_stop_and_lifecycle_notifications_reach_the_lifecy
     let s = sim().await;
     let (url, r) = receiver(true).await;
     let soon = iso(std::time::SystemTime::now() + Duration::from_secs(2));
-    let short: Value = subscribe(&s, request(&url, "/users", soon))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let long: Value = subscribe(&s, request(&url, "/groups", in_minutes(60)))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let short: Value = subscribe(&s, request(&url, "/users", soon)).await.json().await.unwrap();
+    let long: Value = subscribe(&s, request(&url, "/groups", in_minutes(60))).await.json().await.unwrap();
     let long_id: uuid::Uuid = long["id"].as_str().unwrap().parse().unwrap();
-    assert!(
-        s.admin
-            .send_lifecycle_notification(long_id, "reauthorizationRequired")
-            .await
-            .unwrap()
-    );
+    assert!(s.admin.send_lifecycle_notification(long_id, "reauthorizationRequired").await.unwrap());
     let lifecycle = r.received.lock().unwrap()[0].clone();
-    assert_eq!(
-        lifecycle["value"][0]["lifecycleEvent"],
-        "reauthorizationRequired"
-    );
+    assert_eq!(lifecycle["value"][0]["lifecycleEvent"], "reauthorizationRequired");
     assert_eq!(lifecycle["value"][0]["clientState"], "s3cret-state");
     let views = s.admin.subscriptions().await.unwrap();
-    assert!(
-        views
-            .iter()
-            .any(|v| v.id == long_id && v.reauthorization_required)
-    );
+    assert!(views.iter().any(|v| v.id == long_id && v.reauthorization_required));
 
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let gone = s
         .http
-        .get(s.url(&format!(
-            "/v1.0/subscriptions/{}",
-            short["id"].as_str().unwrap()
-        )))
+        .get(s.url(&format!("/v1.0/subscriptions/{}", short["id"].as_str().unwrap())))
         .bearer_auth(&s.token)
         .send()
         .await
         .unwrap();
     assert_eq!(gone.status(), 404, "expired");
-    s.admin
-        .create_user(&graph_sim::NewUser::default())
-        .await
-        .unwrap();
+    s.admin.create_user(&graph_sim::NewUser::default()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        r.received.lock().unwrap().len(),
-        1,
-        "no user notification after expiry"
-    );
+    assert_eq!(r.received.lock().unwrap().len(), 1, "no user notification after expiry");
 }
