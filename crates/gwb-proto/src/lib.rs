@@ -2,6 +2,7 @@
 //! token check. Field documentation lives in the `.proto` files.
 
 pub mod auth;
+pub mod server;
 
 pub mod events {
     pub mod v1 {

@@ -42,8 +42,8 @@ pub struct MetricsConfig {
 pub enum MetricsError {
     #[error("cannot build the Prometheus exporter: {0}")]
     Exporter(String),
-    #[error("metrics.listen {addr}: cannot listen: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Bind(#[from] crate::listen::ListenError),
     #[error("metrics server: {0}")]
     Serve(std::io::Error),
     #[error("cannot encode metrics: {0}")]
@@ -387,8 +387,8 @@ pub async fn start(
     let Some(addr) = config.listen else {
         return Ok(None);
     };
-    let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError::Bind { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| MetricsError::Bind { addr, source })?;
+    let listener = crate::listen::bind("metrics", "metrics.listen", addr).await?;
+    let bound = listener.local_addr().map_err(MetricsError::Serve)?;
     let metrics = metrics.clone();
     tokio::spawn(async move {
         if let Err(error) = serve(listener, metrics, shutdown).await {
