@@ -82,6 +82,87 @@ pub struct GroupSpec {
     pub mail: Option<MailAttributes>,
 }
 
+impl GroupSpec {
+    /// A stable fingerprint of every field, for change detection: equal specs give
+    /// equal fingerprints in every process and every Rust release. It is FNV-1a (64
+    /// bit) over an explicit encoding: each field in declaration order, strings
+    /// length-prefixed, options and lists tagged, so no two different specs share an
+    /// encoding. (std's `Hash` and `DefaultHasher` may change between releases, and a
+    /// `Debug` string changes with any formatting change.) A new field must be added
+    /// here; changing the encoding makes every written group send one upsert.
+    pub fn fingerprint(&self) -> u64 {
+        let mut hash = Fnv1a::new();
+        hash.str(&self.object_id);
+        hash.str(&self.anchor);
+        hash.str(&self.cn);
+        hash.str(&self.parent_dn);
+        hash.list(&self.sam_account_name_candidates);
+        hash.str(self.group_type.graph_name());
+        hash.str(&self.display_name);
+        hash.option_str(self.description.as_deref());
+        match &self.mail {
+            None => hash.tag(0),
+            Some(mail) => {
+                hash.tag(1);
+                hash.option_str(mail.mail.as_deref());
+                hash.option_str(mail.mail_nickname.as_deref());
+                hash.list(&mail.proxy_addresses);
+            }
+        }
+        hash.finish()
+    }
+}
+
+/// FNV-1a, 64 bit, with the framing [`GroupSpec::fingerprint`] needs.
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    fn new() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn tag(&mut self, tag: u8) {
+        self.bytes(&[tag]);
+    }
+
+    fn len(&mut self, len: usize) {
+        self.bytes(&(len as u64).to_le_bytes());
+    }
+
+    fn str(&mut self, text: &str) {
+        self.len(text.len());
+        self.bytes(text.as_bytes());
+    }
+
+    fn option_str(&mut self, text: Option<&str>) {
+        match text {
+            None => self.tag(0),
+            Some(text) => {
+                self.tag(1);
+                self.str(text);
+            }
+        }
+    }
+
+    fn list(&mut self, items: &[String]) {
+        self.len(items.len());
+        for item in items {
+            self.str(item);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// How a member is referenced in a `member` value: by AD SID (`<SID=…>`, synced users)
 /// or AD objectGUID (`<GUID=…>`, nested groups we wrote back ourselves).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,14 +233,68 @@ impl WriteCommand {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub fn command_kind(&self) -> CommandKind {
         match self {
-            WriteCommand::Upsert(_) => "upsert",
-            WriteCommand::AddMembers { .. } => "add_members",
-            WriteCommand::RemoveMembers { .. } => "remove_members",
-            WriteCommand::Delete { .. } => "delete",
-            WriteCommand::Retire { .. } => "retire",
+            WriteCommand::Upsert(_) => CommandKind::Upsert,
+            WriteCommand::AddMembers { .. } => CommandKind::AddMembers,
+            WriteCommand::RemoveMembers { .. } => CommandKind::RemoveMembers,
+            WriteCommand::Delete { .. } => CommandKind::Delete,
+            WriteCommand::Retire { .. } => CommandKind::Retire,
         }
+    }
+
+    /// The kind's spelling (see [`CommandKind::as_str`]).
+    pub fn kind(&self) -> &'static str {
+        self.command_kind().as_str()
+    }
+}
+
+/// The kinds of [`WriteCommand`]. Their spellings are shared by the outcomes, the
+/// audit log, metrics labels and the control API, so they are defined only here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CommandKind {
+    Upsert,
+    AddMembers,
+    RemoveMembers,
+    Delete,
+    Retire,
+}
+
+impl CommandKind {
+    pub const ALL: [CommandKind; 5] = [
+        CommandKind::Upsert,
+        CommandKind::AddMembers,
+        CommandKind::RemoveMembers,
+        CommandKind::Delete,
+        CommandKind::Retire,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Upsert => "upsert",
+            CommandKind::AddMembers => "add_members",
+            CommandKind::RemoveMembers => "remove_members",
+            CommandKind::Delete => "delete",
+            CommandKind::Retire => "retire",
+        }
+    }
+}
+
+impl fmt::Display for CommandKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown command kind {0:?}")]
+pub struct UnknownCommandKind(pub String);
+
+impl std::str::FromStr for CommandKind {
+    type Err = UnknownCommandKind;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        CommandKind::ALL.into_iter().find(|k| k.as_str() == text).ok_or_else(|| UnknownCommandKind(text.to_string()))
     }
 }
 
@@ -210,4 +345,58 @@ pub enum FailureClass {
     Transient,
     /// Constraint, syntax, missing parent, access, safety refusal: retrying will not help.
     Permanent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> GroupSpec {
+        GroupSpec {
+            object_id: "1f0e".into(),
+            anchor: "Group_1f0e".into(),
+            cn: "Sales".into(),
+            parent_dn: "OU=G,DC=lab".into(),
+            sam_account_name_candidates: vec!["Sales".into(), "Sales_1f0e".into()],
+            group_type: GroupType::UniversalSecurity,
+            display_name: "Sales".into(),
+            description: None,
+            mail: None,
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_is_stable_and_sees_every_field() {
+        // Pinned (computed independently too): a change of this value means every
+        // written group is sent again after an upgrade.
+        assert_eq!(spec().fingerprint(), spec().fingerprint());
+        assert_eq!(format!("{:016x}", spec().fingerprint()), format!("{:016x}", 0x9792_ef47_7146_f141u64));
+        let changes: [fn(&mut GroupSpec); 7] = [
+            |s| s.cn = "Sales2".into(),
+            |s| s.parent_dn = "OU=H,DC=lab".into(),
+            |s| s.sam_account_name_candidates.truncate(1),
+            |s| s.group_type = GroupType::UniversalDistribution,
+            |s| s.display_name = "sales".into(),
+            |s| s.description = Some(String::new()),
+            |s| s.mail = Some(MailAttributes::default()),
+        ];
+        for change in changes {
+            let mut changed = spec();
+            change(&mut changed);
+            assert_ne!(changed.fingerprint(), spec().fingerprint(), "{changed:?}");
+        }
+        // Framing: moving text between adjacent fields changes the fingerprint.
+        let mut shifted = spec();
+        shifted.cn = "Sale".into();
+        shifted.parent_dn = "sOU=G,DC=lab".into();
+        assert_ne!(shifted.fingerprint(), spec().fingerprint());
+    }
+
+    #[test]
+    fn command_kinds_read_back_from_their_spelling() {
+        for kind in CommandKind::ALL {
+            assert_eq!(kind.as_str().parse::<CommandKind>(), Ok(kind));
+        }
+        assert!("rename".parse::<CommandKind>().is_err());
+    }
 }

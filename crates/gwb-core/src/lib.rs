@@ -10,3 +10,4 @@ pub mod escape;
 pub mod members;
 pub mod naming;
 pub mod policy;
+pub mod state;
