@@ -104,22 +104,13 @@ pub struct NotificationSettings {
     pub resources: Vec<String>,
 }
 
-/// `[collector.control]`: the internal gRPC service the planner calls.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlSettings {
-    #[serde(default = "default_control_listen")]
-    pub listen: SocketAddr,
-    /// Bearer token (mode 0600); required unless listening on loopback.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-}
+/// `[collector.control]`: the internal gRPC service the planner calls; the same
+/// settings as every service's control section.
+pub use gwb_proto::server::ControlSettings;
 
-impl Default for ControlSettings {
-    fn default() -> Self {
-        ControlSettings { listen: default_control_listen(), token_file: None }
-    }
-}
+/// Where `[collector.control]` listens when `listen` is not set.
+pub const DEFAULT_CONTROL_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50052);
 
 fn default_poll() -> f64 {
     30.0
@@ -141,9 +132,6 @@ fn default_subscription_minutes() -> u64 {
 }
 fn default_resources() -> Vec<String> {
     vec!["/groups".into(), "/users".into()]
-}
-fn default_control_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 50052))
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! The collector's internal gRPC service (`gwb.control.v1.Collector`), called by the
 //! planner: SyncNow, FullResync and status.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::net::TcpListener;
@@ -9,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use gwb_proto::control::v1 as pb;
 use gwb_proto::control::v1::collector_server::{Collector, CollectorServer};
-use gwb_runtime::secret::Secret;
+use gwb_proto::server::{self, TokenCheck};
 use gwb_runtime::shutdown::Shutdown;
 
 use crate::{CollectorError, Shared};
@@ -55,76 +54,16 @@ impl Collector for CollectorService {
     }
 }
 
-/// Bearer-token check shared by every call.
-#[derive(Clone)]
-pub struct TokenCheck {
-    expected: Option<Arc<Secret>>,
-}
-
-impl TokenCheck {
-    pub fn new(expected: Option<Secret>) -> Self {
-        TokenCheck { expected: expected.map(Arc::new) }
-    }
-
-    fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else { return Ok(request) };
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("missing `authorization: Bearer <token>` (collector.control.token_file)")
-            })?;
-        if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("the control token is not valid"))
-        }
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much matched.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (index, byte) in a.iter().enumerate() {
-        diff |= usize::from(byte ^ b.get(index % b.len().max(1)).copied().unwrap_or(0));
-    }
-    diff == 0
-}
-
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Shared,
     token: TokenCheck,
     shutdown: Shutdown,
 ) -> Result<(), CollectorError> {
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<CollectorServer<CollectorService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(gwb_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| CollectorError::Control(e.to_string()))?;
     let service = CollectorServer::with_interceptor(CollectorService { shared }, move |request| token.check(request));
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(service)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-            shutdown.triggered().await
-        })
+    let router = server::router::<CollectorServer<CollectorService>>()
         .await
-        .map_err(|e| CollectorError::Control(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn constant_time_eq_matches_only_equal() {
-        use super::constant_time_eq as eq;
-        assert!(eq(b"token", b"token"));
-        assert!(!eq(b"token", b"tokeN"));
-        assert!(!eq(b"token", b"token2"));
-        assert!(!eq(b"", b"x"));
-    }
+        .map_err(|e| CollectorError::Control(e.to_string()))?
+        .add_service(service);
+    server::serve(router, listener, shutdown).await.map_err(|e| CollectorError::Control(e.to_string()))
 }

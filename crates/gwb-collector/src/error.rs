@@ -21,4 +21,6 @@ pub enum CollectorError {
     Io { context: String, source: std::io::Error },
     #[error("control API: {0}")]
     Control(String),
+    #[error(transparent)]
+    Listen(#[from] gwb_runtime::listen::ListenError),
 }

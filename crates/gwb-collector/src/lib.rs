@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use gwb_bus::Publisher;
 use gwb_graph::{GraphClient, Resource};
+use gwb_runtime::clock::Clock;
 use gwb_runtime::secret::{self, Secret};
 use gwb_runtime::shutdown::Shutdown;
 
@@ -59,11 +60,14 @@ pub(crate) struct Shared {
     pub full_resync: Arc<AtomicBool>,
     pub running: Arc<AtomicBool>,
     pub status: Arc<Mutex<Status>>,
+    /// The wall clock (a parameter, so tests can set the time).
+    pub clock: Clock,
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(clock: Clock) -> Self {
         Shared {
+            clock,
             wake: Arc::new(Notify::new()),
             full_resync: Arc::new(AtomicBool::new(false)),
             running: Arc::new(AtomicBool::new(false)),
@@ -78,16 +82,20 @@ impl Shared {
     }
 }
 
+/// Uses the injected listener or binds the configured address (port 0 allowed), and
+/// reports what was bound (`gwb_runtime::listen`).
 async fn bind(
-    listener: Option<TcpListener>,
-    address: std::net::SocketAddr,
+    injected: Option<TcpListener>,
+    name: &str,
     key: &str,
+    address: std::net::SocketAddr,
 ) -> Result<TcpListener, CollectorError> {
-    match listener {
-        Some(listener) => Ok(listener),
-        None => TcpListener::bind(address)
-            .await
-            .map_err(|source| CollectorError::Io { context: format!("{key} {address}"), source }),
+    match injected {
+        Some(listener) => {
+            gwb_runtime::listen::report(name, key, &listener)?;
+            Ok(listener)
+        }
+        None => Ok(gwb_runtime::listen::bind(name, key, address).await?),
     }
 }
 
@@ -98,22 +106,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let graph = Arc::new(GraphClient::new(config.graph.clone(), credential)?);
     let settings = &config.collector;
     let cursors = cursor::CursorStore::open(&settings.state_path)?;
-    let control_token = match &settings.control.token_file {
-        Some(path) => Some(
-            secret::read_secret_file("collector.control.token_file", path)
-                .map_err(|e| CollectorError::Config(e.to_string()))?,
-        ),
-        None if settings.control.listen.ip().is_loopback() => {
-            tracing::warn!(listen = %settings.control.listen, "collector.control.token_file is not set: the control API accepts unauthenticated calls on loopback");
-            None
-        }
-        None => {
-            return Err(CollectorError::Config(format!(
-                "collector.control.token_file is required when collector.control.listen ({}) is not a loopback address",
-                settings.control.listen
-            )));
-        }
-    };
+    let control_listen = settings.control.listen_or(config::DEFAULT_CONTROL_LISTEN);
+    let control_token = settings
+        .control
+        .load_token("collector.control", config::DEFAULT_CONTROL_LISTEN)
+        .map_err(|e| CollectorError::Config(e.to_string()))?;
     let notification_secret: Option<Secret> = match &settings.notifications {
         Some(n) => {
             let state = secret::read_secret_file("collector.notifications.client_state_file", &n.client_state_file)
@@ -128,19 +125,20 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         None => None,
     };
     let publisher = Publisher::connect(config.bus.clone()).await?;
-    let shared = Shared::new();
+    let shared = Shared::new(Clock::system());
 
-    let control_listener = bind(listeners.control, settings.control.listen, "collector.control.listen").await?;
+    let control_listener = bind(listeners.control, "control", "collector.control.listen", control_listen).await?;
     let control_task = tokio::spawn(control::serve(
         control_listener,
         shared.clone(),
-        control::TokenCheck::new(control_token),
+        gwb_proto::server::token_check(control_token.as_ref()),
         shutdown.clone(),
     ));
 
     let mut background = Vec::new();
     if let (Some(n), Some(client_state)) = (&settings.notifications, notification_secret) {
-        let listener = bind(listeners.notifications, n.listen, "collector.notifications.listen").await?;
+        let listener =
+            bind(listeners.notifications, "notifications", "collector.notifications.listen", n.listen).await?;
         let (lifecycle_tx, lifecycle_rx) = tokio::sync::mpsc::unbounded_channel();
         let receiver = notifications::Receiver::new(shared.clone(), client_state.clone(), lifecycle_tx);
         background.push(tokio::spawn(notifications::serve(listener, receiver, shutdown.clone())));
@@ -148,14 +146,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         background.push(tokio::spawn(manager.run(lifecycle_rx, shutdown.clone())));
     }
 
-    let mut collector = round::Collector::new(graph, publisher, cursors, settings.max_pages_per_round);
+    let mut collector =
+        round::Collector::new(graph, publisher, cursors, settings.max_pages_per_round, shared.clock.clone());
     let idle_interval = Duration::from_millis(settings.poll_interval_ms());
     let active_interval = Duration::from_millis(settings.active_poll_interval_ms());
     let round_timeout = Duration::from_secs(settings.round_timeout_seconds.max(1));
     tracing::info!(
         poll_interval_ms = idle_interval.as_millis() as u64,
         active_poll_interval_ms = active_interval.as_millis() as u64,
-        control = %settings.control.listen,
+        control = %control_listen,
         "collector running"
     );
     while !shutdown.is_triggered() {
@@ -214,7 +213,7 @@ async fn run_rounds(collector: &mut round::Collector, shared: &Shared, round_tim
                 let mut status = shared.status();
                 status.rounds_completed += 1;
                 status.last_error.clear();
-                let now = round::now_ms();
+                let now = shared.clock.now_ms();
                 match resource {
                     Resource::Users => status.users_round_completed_ms = now,
                     Resource::Groups => status.groups_round_completed_ms = now,

@@ -24,7 +24,7 @@ use gwb_runtime::shutdown::Shutdown;
 
 use crate::Shared;
 use crate::config::NotificationSettings;
-use crate::control::constant_time_eq;
+use gwb_proto::auth::constant_time_eq;
 
 /// Retry delay after a subscription could not be created or renewed.
 const RETRY: Duration = Duration::from_secs(60);
@@ -150,7 +150,7 @@ impl Manager {
         loop {
             let next = self.maintain().await;
             self.shared.status().notifications_active = self.active.len() == self.settings.resources.len();
-            let wait = next.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+            let wait = next.duration_since(self.shared.clock.now()).unwrap_or(Duration::ZERO);
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 event = lifecycle.recv() => match event {
@@ -177,7 +177,7 @@ impl Manager {
 
     /// Creates missing subscriptions and renews due ones; returns when to look again.
     async fn maintain(&mut self) -> SystemTime {
-        let now = SystemTime::now();
+        let now = self.shared.clock.now();
         let mut next = now + self.lifetime;
         for resource in self.settings.resources.clone() {
             match self.active.get(&resource).cloned() {
@@ -201,7 +201,7 @@ impl Manager {
     }
 
     async fn create(&mut self, resource: &str) -> bool {
-        let expiration = SystemTime::now() + self.lifetime;
+        let expiration = self.shared.clock.now() + self.lifetime;
         let notification_url = format!("{}/notifications", self.base_url());
         let lifecycle_url = format!("{}/lifecycle", self.base_url());
         let request = NewSubscription {
@@ -228,7 +228,7 @@ impl Manager {
     }
 
     async fn renew(&mut self, resource: &str, id: &str) -> bool {
-        let expiration = SystemTime::now() + self.lifetime;
+        let expiration = self.shared.clock.now() + self.lifetime;
         match self.graph.renew_subscription(id, expiration).await {
             Ok(_) => {
                 tracing::info!(resource, subscription = %id, "change-notification subscription renewed");

@@ -3,13 +3,13 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 
 use gwb_bus::{Message, Publisher, Route};
 use gwb_graph::{GraphClient, GraphError, PageLink, Resource};
 use gwb_proto::events::v1 as pb;
+use gwb_runtime::clock::Clock;
 use pb::change_event::Change;
 
 use crate::cursor::CursorStore;
@@ -21,15 +21,18 @@ pub struct Collector {
     publisher: Publisher,
     cursors: CursorStore,
     max_pages: u64,
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    clock: Clock,
 }
 
 impl Collector {
-    pub fn new(graph: Arc<GraphClient>, publisher: Publisher, cursors: CursorStore, max_pages: u64) -> Self {
-        Collector { graph, publisher, cursors, max_pages }
+    pub fn new(
+        graph: Arc<GraphClient>,
+        publisher: Publisher,
+        cursors: CursorStore,
+        max_pages: u64,
+        clock: Clock,
+    ) -> Self {
+        Collector { graph, publisher, cursors, max_pages, clock }
     }
 
     /// Forgets every cursor, so the next rounds are full rounds (FullResync).
@@ -70,7 +73,7 @@ impl Collector {
             self.publish(
                 &round_id,
                 &mut position,
-                now_ms(),
+                self.clock.now_ms(),
                 vec![Change::RoundStarted(boundary)],
                 "full round started",
             )
@@ -94,7 +97,7 @@ impl Collector {
                 }
                 Err(other) => return Err(RoundFailure::Other(other.into())),
             };
-            let observed_at = now_ms();
+            let observed_at = self.clock.now_ms();
             objects += page.items.len();
             let changes: Vec<Change> = page.items.into_iter().map(|item| events::change(resource, item)).collect();
             let cause = format!("graph {}/delta round {round_id} page {pages}", resource.path());
@@ -105,14 +108,16 @@ impl Collector {
                     self.publish(
                         &round_id,
                         &mut position,
-                        now_ms(),
+                        self.clock.now_ms(),
                         vec![Change::RoundCompleted(boundary)],
                         "round completed",
                     )
                     .await?;
                     // Only now, with every event of the round confirmed, does the
                     // cursor move.
-                    self.cursors.save(resource, &delta, now_ms()).map_err(|e| RoundFailure::Other(e.into()))?;
+                    self.cursors
+                        .save(resource, &delta, self.clock.now_ms())
+                        .map_err(|e| RoundFailure::Other(e.into()))?;
                     if objects > 0 || full {
                         tracing::info!(resource = resource.path(), full, pages, objects, "delta round completed");
                     } else {

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use gwb_runtime::backoff::Backoff;
+use gwb_runtime::clock::Clock;
 use gwb_runtime::secret::Secret;
 use rand::Rng;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -23,6 +25,10 @@ pub struct GraphClient {
     credential: Credential,
     http: reqwest::Client,
     token: Mutex<Option<(AccessToken, Duration)>>,
+    /// Wall-clock time for `Retry-After` dates and certificate assertions.
+    clock: Clock,
+    /// 0.5 s doubling up to `graph.max_backoff_seconds`, when Graph sends no `Retry-After`.
+    backoff: Backoff,
 }
 
 impl GraphClient {
@@ -43,7 +49,9 @@ impl GraphClient {
             .user_agent(concat!("gwb-collector/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GraphError::Config(format!("HTTP client: {e}")))?;
-        Ok(GraphClient { config, credential, http, token: Mutex::new(None) })
+        let backoff =
+            Backoff::new(Duration::from_millis(500), Duration::from_secs(config.max_backoff_seconds.max(1)), 0.5);
+        Ok(GraphClient { config, credential, http, token: Mutex::new(None), clock: Clock::system(), backoff })
     }
 
     /// First request of a full round. Query parameters go on this request only; every
@@ -135,7 +143,7 @@ impl GraphClient {
                 }
             };
             let status = response.status();
-            let wait = retry_after(response.headers(), SystemTime::now());
+            let wait = retry_after(response.headers(), self.clock.now());
             let location =
                 response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);
             let body = match response.bytes().await {
@@ -186,8 +194,7 @@ impl GraphClient {
         if attempts > self.config.max_retries {
             return Err(GraphError::Unavailable { attempts, last: last.to_string() });
         }
-        let cap = Duration::from_secs(self.config.max_backoff_seconds.max(1));
-        let delay = wait.unwrap_or_else(|| backoff(attempts, cap));
+        let delay = wait.unwrap_or_else(|| self.backoff.delay(attempts));
         tokio::time::sleep(delay).await;
         Ok(())
     }
@@ -211,14 +218,14 @@ impl GraphClient {
                 &self.credential,
                 &scope,
                 now,
+                self.clock.now(),
             )
             .await
             {
                 Ok(fresh) => break fresh,
                 Err(GraphError::Unavailable { last, .. }) if attempt <= self.config.max_retries => {
                     tracing::warn!(attempt, %last, "token endpoint unavailable");
-                    tokio::time::sleep(backoff(attempt, Duration::from_secs(self.config.max_backoff_seconds.max(1))))
-                        .await;
+                    tokio::time::sleep(self.backoff.delay(attempt)).await;
                 }
                 Err(other) => return Err(other),
             }
@@ -249,13 +256,6 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO).min(Duration::from_secs(3600)))
-}
-
-/// Exponential backoff with full jitter: 0.5 s · 2^(attempt−1), capped.
-pub(crate) fn backoff(attempt: u32, cap: Duration) -> Duration {
-    let exp = Duration::from_millis(500u64.saturating_mul(1 << attempt.saturating_sub(1).min(16)));
-    let ceiling = exp.min(cap);
-    ceiling.mul_f64(rand::rng().random_range(0.5..1.0))
 }
 
 /// Top-level `error.code` and `error.message`.
@@ -292,7 +292,7 @@ mod tests {
     fn retry_after_decimal_and_date() {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("2.128"));
-        assert_eq!(retry_after(&headers, SystemTime::now()), Some(Duration::from_millis(2128)));
+        assert_eq!(retry_after(&headers, Clock::system().now()), Some(Duration::from_millis(2128)));
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let date = httpdate::fmt_http_date(now + Duration::from_secs(5));
         headers.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
@@ -309,12 +309,5 @@ mod tests {
         ));
         assert!(!is_resync_code(br#"{"error":{"code":"badRequest","message":"syncStateNotFound"}}"#));
         assert!(!is_resync_code(b"not json"));
-    }
-
-    #[test]
-    fn backoff_is_bounded() {
-        for attempt in 1..40 {
-            assert!(backoff(attempt, Duration::from_secs(3)) <= Duration::from_secs(3));
-        }
     }
 }

@@ -45,12 +45,13 @@ pub(crate) async fn request_token(
     credential: &Credential,
     scope: &str,
     now: Instant,
+    wall_clock: SystemTime,
 ) -> Result<(AccessToken, Duration), GraphError> {
     // A certificate signs a fresh assertion per request: an assertion expires within
     // minutes, and each carries its own `jti`.
     let assertion = match credential {
         Credential::Secret(_) => None,
-        Credential::Certificate(certificate) => Some(certificate.assertion(client_id, token_url, SystemTime::now())?),
+        Credential::Certificate(certificate) => Some(certificate.assertion(client_id, token_url, wall_clock)?),
     };
     let mut form = vec![("grant_type", "client_credentials"), ("client_id", client_id), ("scope", scope)];
     match (credential, &assertion) {

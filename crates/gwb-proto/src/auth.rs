@@ -36,7 +36,7 @@ impl TokenCheck {
 }
 
 /// Compares without an early exit, so timing does not reveal how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for (index, byte) in a.iter().enumerate() {
         diff |= usize::from(byte ^ b.get(index % b.len().max(1)).copied().unwrap_or(0));

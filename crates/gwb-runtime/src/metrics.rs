@@ -492,7 +492,7 @@ mod tests {
         assert!(sample(&text, "process_cpu_seconds_total").is_some(), "{text}");
         assert!(sample(&text, "process_open_fds").is_some_and(|v| v >= 3.0), "{text}");
         let start = sample(&text, "process_start_time_seconds").unwrap_or_default();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let now = crate::clock::system_now_ms() as f64 / 1000.0;
         assert!(start > now - 3600.0 && start <= now + 1.0, "start {start} now {now}");
     }
 
