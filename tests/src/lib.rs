@@ -1,2 +1,4 @@
 pub mod ad;
+pub mod fixture;
 pub mod pipeline;
+pub mod workload;

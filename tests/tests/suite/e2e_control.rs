@@ -7,55 +7,28 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use graph_sim::{GroupFields, NewGroup, NewUser, UserFields};
 use gwb_tests::ad::LabAd;
+use gwb_tests::fixture::TestLab;
 use gwb_tests::pipeline::{Options, Pipeline, unique};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Fixture {
-    ad: LabAd,
-    root: String,
+    lab: TestLab,
     users: Vec<(Uuid, String)>,
 }
 
 /// An OU tree with `count` AD users, and the same users synced in the tenant.
 async fn fixture(pipeline_options: impl FnOnce(&str) -> Options, count: usize) -> anyhow::Result<(Fixture, Pipeline)> {
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("e2e")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let pipeline = Pipeline::start(pipeline_options(&groups_ou)).await?;
+    let lab = TestLab::new("e2e").await?;
+    let pipeline = Pipeline::start(pipeline_options(&lab.groups_ou)).await?;
     let mut users = Vec::new();
     for _ in 0..count {
-        let (_, sid) = ad.create_user(&users_ou, &unique("u")).await?;
-        let user = pipeline
-            .sim
-            .create_user(&NewUser {
-                id: None,
-                fields: UserFields {
-                    display_name: Some(unique("user")),
-                    on_premises_security_identifier: Some(sid.clone()),
-                    on_premises_sync_enabled: Some(true),
-                    ..UserFields::default()
-                },
-            })
-            .await?;
-        users.push((user.user.id, sid));
+        let (_, sid) = lab.ad.create_user(&lab.users_ou, &unique("u")).await?;
+        users.push((pipeline.synced_user(&sid).await?, sid));
     }
-    Ok((Fixture { ad, root, users }, pipeline))
-}
-
-async fn security_group(pipeline: &Pipeline, name: &str, members: Vec<Uuid>) -> anyhow::Result<Uuid> {
-    let fields = GroupFields {
-        display_name: Some(name.into()),
-        security_enabled: Some(true),
-        mail_enabled: Some(false),
-        group_types: Some(vec![]),
-        ..GroupFields::default()
-    };
-    Ok(pipeline.sim.create_group(&NewGroup { id: None, fields, members }).await?.group.id)
+    Ok((Fixture { lab, users }, pipeline))
 }
 
 async fn ad_members(ad: &LabAd, group: Uuid) -> anyhow::Result<Option<BTreeSet<String>>> {
@@ -103,36 +76,18 @@ async fn expect_state(pipeline: &Pipeline, group: Uuid, state: &str) -> anyhow::
     Ok(last)
 }
 
-async fn run_ok(pipeline: &Pipeline, args: &[&str]) -> anyhow::Result<String> {
-    let out = pipeline.gwbctl(args).await?;
-    ensure!(
-        out.status.success(),
-        "gwbctl {args:?} failed ({:?}): {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-async fn finish(fixture: Fixture, pipeline: Pipeline, result: anyhow::Result<()>) -> anyhow::Result<()> {
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    fixture.ad.delete_subtree(&fixture.root).await?;
-    result.with_context(|| logs)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_cycle_through_gwbctl() -> anyhow::Result<()> {
     let (fixture, pipeline) = fixture(Options::new, 2).await?;
     let result = operator_cycle(&fixture, &pipeline).await;
-    finish(fixture, pipeline, result).await
+    fixture.lab.finish(pipeline, result).await
 }
 
 async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     let (alice, alice_sid) = (f.users[0].0, f.users[0].1.as_str());
     let (bob, bob_sid) = (f.users[1].0, f.users[1].1.as_str());
-    let first = security_group(p, "Cycle One", vec![alice]).await?;
-    let second = security_group(p, "Cycle Two", vec![bob]).await?;
+    let first = p.security_group("Cycle One", vec![alice]).await?;
+    let second = p.security_group("Cycle Two", vec![bob]).await?;
     let first_id = first.to_string();
 
     // Refusals: no token, a wrong token, a disable without a mode, an unknown group.
@@ -175,14 +130,14 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
         plan["commands"].as_array().context("commands")?.iter().filter_map(|c| c["kind"].as_str()).collect();
     ensure!(kinds == ["upsert", "add_members"], "preview commands {kinds:?}");
     ensure!(plan["commands"][1]["detail"].as_str().unwrap_or_default().contains(alice_sid), "{plan}");
-    ensure!(ad_members(&f.ad, first).await?.is_none(), "preview wrote to AD");
+    ensure!(ad_members(&f.lab.ad, first).await?.is_none(), "preview wrote to AD");
     let again = p.gwbctl_json(&["preview", &first_id]).await?;
     ensure!(again["commands"] == plan["commands"], "a preview changed the planner's state");
 
     // Enable: both written.
-    run_ok(p, &["enable"]).await?;
-    expect_members(p, &f.ad, first, &[alice_sid], "first group written").await?;
-    expect_members(p, &f.ad, second, &[bob_sid], "second group written").await?;
+    p.gwbctl_ok(&["enable"]).await?;
+    expect_members(p, &f.lab.ad, first, &[alice_sid], "first group written").await?;
+    expect_members(p, &f.lab.ad, second, &[bob_sid], "second group written").await?;
     let detail = expect_state(p, first, "written").await?;
     let guid = detail["ad_object_guid"].as_str().unwrap_or_default().to_string();
     ensure!(!guid.is_empty(), "{detail}");
@@ -200,11 +155,11 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     );
 
     // A full resync re-reads everything and deletes nothing that still exists.
-    let resync = run_ok(p, &["sync", "--full"]).await?;
+    let resync = p.gwbctl_ok(&["sync", "--full"]).await?;
     ensure!(resync.contains("full resync"), "{resync}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    expect_members(p, &f.ad, first, &[alice_sid], "first group intact after a full resync").await?;
-    expect_members(p, &f.ad, second, &[bob_sid], "second group intact after a full resync").await?;
+    expect_members(p, &f.lab.ad, first, &[alice_sid], "first group intact after a full resync").await?;
+    expect_members(p, &f.lab.ad, second, &[bob_sid], "second group intact after a full resync").await?;
 
     // Audit: the create and the member add, planned and applied, with their cause.
     let audit = p.gwbctl_json(&["audit", &first_id]).await?;
@@ -226,15 +181,15 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     );
 
     // Per-group disable: kept (default on_leave_scope) and frozen; clearing resumes it.
-    run_ok(p, &["set-group", &first_id, "--disable"]).await?;
+    p.gwbctl_ok(&["set-group", &first_id, "--disable"]).await?;
     expect_state(p, first, "kept").await?;
-    ensure!(ad_members(&f.ad, first).await?.is_some(), "a kept group was removed from AD");
-    run_ok(p, &["set-group", &first_id, "--clear"]).await?;
+    ensure!(ad_members(&f.lab.ad, first).await?.is_some(), "a kept group was removed from AD");
+    p.gwbctl_ok(&["set-group", &first_id, "--clear"]).await?;
     let detail = expect_state(p, first, "written").await?;
     ensure!(detail["ad_object_guid"] == guid.as_str(), "re-enabled group has a new objectGUID: {detail}");
 
     // Pause: changes wait; resume: they land.
-    let paused = run_ok(p, &["pause", "--reason", "maintenance"]).await?;
+    let paused = p.gwbctl_ok(&["pause", "--reason", "maintenance"]).await?;
     ensure!(paused.contains("paused"), "{paused}");
     p.sim.add_members(first, &[bob]).await?;
     p.eventually("the planner planned Bob's add", WAIT, || async {
@@ -244,26 +199,32 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    ensure!(ad_members(&f.ad, first).await? == Some(BTreeSet::from([alice_sid.to_string()])), "applied while paused");
+    ensure!(
+        ad_members(&f.lab.ad, first).await? == Some(BTreeSet::from([alice_sid.to_string()])),
+        "applied while paused"
+    );
     let status = p.gwbctl_json(&["status"]).await?;
     ensure!(status["commands_in_flight"].as_u64().unwrap_or(0) >= 1, "{status}");
-    run_ok(p, &["resume"]).await?;
-    expect_members(p, &f.ad, first, &[alice_sid, bob_sid], "Bob added after resume").await?;
+    p.gwbctl_ok(&["resume"]).await?;
+    expect_members(p, &f.lab.ad, first, &[alice_sid, bob_sid], "Bob added after resume").await?;
 
     // Global disable with keep: groups stay; changes meanwhile are not written…
-    run_ok(p, &["disable", "--mode", "keep"]).await?;
+    p.gwbctl_ok(&["disable", "--mode", "keep"]).await?;
     expect_state(p, second, "kept").await?;
     p.sim.add_members(second, &[alice]).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    ensure!(ad_members(&f.ad, second).await? == Some(BTreeSet::from([bob_sid.to_string()])), "written while disabled");
+    ensure!(
+        ad_members(&f.lab.ad, second).await? == Some(BTreeSet::from([bob_sid.to_string()])),
+        "written while disabled"
+    );
     // …until re-enabled, which catches up.
-    run_ok(p, &["enable"]).await?;
-    expect_members(p, &f.ad, second, &[alice_sid, bob_sid], "catch-up after re-enable").await?;
+    p.gwbctl_ok(&["enable"]).await?;
+    expect_members(p, &f.lab.ad, second, &[alice_sid, bob_sid], "catch-up after re-enable").await?;
 
     // Global disable with delete: every written group goes.
-    run_ok(p, &["disable", "--mode", "delete"]).await?;
-    expect_absent(p, &f.ad, first, "first group deleted").await?;
-    expect_absent(p, &f.ad, second, "second group deleted").await?;
+    p.gwbctl_ok(&["disable", "--mode", "delete"]).await?;
+    expect_absent(p, &f.lab.ad, first, "first group deleted").await?;
+    expect_absent(p, &f.lab.ad, second, "second group deleted").await?;
     expect_state(p, first, "deleted").await?;
     let status = p.gwbctl_json(&["status"]).await?;
     ensure!(status["writeback_enabled"] == false && status["last_disable_mode"] == "delete", "{status}");
@@ -281,24 +242,24 @@ async fn mass_deletion_is_held_until_an_operator_decides() -> anyhow::Result<()>
     };
     let (fixture, pipeline) = fixture(options, 1).await?;
     let result = held_deletions(&fixture, &pipeline).await;
-    finish(fixture, pipeline, result).await
+    fixture.lab.finish(pipeline, result).await
 }
 
 async fn held_deletions(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     let user = f.users[0].0;
     let sid = f.users[0].1.as_str();
-    let kept = security_group(p, "Held One", vec![user]).await?;
-    let approved = security_group(p, "Held Two", vec![user]).await?;
-    let untouched = security_group(p, "Held Three", vec![user]).await?;
-    run_ok(p, &["enable"]).await?;
-    let synced = run_ok(p, &["sync"]).await?;
+    let kept = p.security_group("Held One", vec![user]).await?;
+    let approved = p.security_group("Held Two", vec![user]).await?;
+    let untouched = p.security_group("Held Three", vec![user]).await?;
+    p.gwbctl_ok(&["enable"]).await?;
+    let synced = p.gwbctl_ok(&["sync"]).await?;
     ensure!(synced.contains("gwb-collector"), "{synced}");
     for group in [kept, approved, untouched] {
-        expect_members(p, &f.ad, group, &[sid], "written").await?;
+        expect_members(p, &f.lab.ad, group, &[sid], "written").await?;
     }
     p.sim.delete_group(kept, false).await?;
     p.sim.delete_group(approved, false).await?;
-    run_ok(p, &["sync"]).await?;
+    p.gwbctl_ok(&["sync"]).await?;
     p.eventually("both deletions are held", WAIT, || async {
         let held = p.gwbctl_json(&["held"]).await?;
         ensure!(held["deletions"].as_array().map(Vec::len) == Some(2), "{held}");
@@ -310,15 +271,15 @@ async fn held_deletions(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     ensure!(status["held_deletions"] == 2, "{status}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     for group in [kept, approved] {
-        ensure!(ad_members(&f.ad, group).await?.is_some(), "a held deletion reached AD");
+        ensure!(ad_members(&f.lab.ad, group).await?.is_some(), "a held deletion reached AD");
     }
     let approved_id = approved.to_string();
-    run_ok(p, &["approve", &approved_id]).await?;
-    expect_absent(p, &f.ad, approved, "the approved deletion is carried out").await?;
-    run_ok(p, &["discard"]).await?;
+    p.gwbctl_ok(&["approve", &approved_id]).await?;
+    expect_absent(p, &f.lab.ad, approved, "the approved deletion is carried out").await?;
+    p.gwbctl_ok(&["discard"]).await?;
     expect_state(p, kept, "kept").await?;
-    ensure!(ad_members(&f.ad, kept).await?.is_some(), "a discarded deletion reached AD");
-    ensure!(ad_members(&f.ad, untouched).await?.is_some(), "an unrelated group was deleted");
+    ensure!(ad_members(&f.lab.ad, kept).await?.is_some(), "a discarded deletion reached AD");
+    ensure!(ad_members(&f.lab.ad, untouched).await?.is_some(), "an unrelated group was deleted");
     let held = p.gwbctl_json(&["held"]).await?;
     ensure!(held["deletions"].as_array().map(Vec::len) == Some(0), "{held}");
     Ok(())

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use graph_sim::{GroupFields, NewGroup, NewUser, UserFields, WritebackConfiguration};
 use gwb_tests::ad::{GroupEntry, LabAd};
+use gwb_tests::fixture::TestLab;
 use gwb_tests::pipeline::{Options, Pipeline, unique};
+use gwb_tests::workload::security_fields as security;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -17,16 +19,6 @@ async fn group_in_ad(ad: &LabAd, group: Uuid) -> anyhow::Result<Option<GroupEntr
     let mut found = ad.find_groups_by_anchor(&format!("Group_{group}")).await?;
     ensure!(found.len() <= 1, "{} AD groups carry the anchor of {group}", found.len());
     Ok(found.pop())
-}
-
-fn security(name: &str) -> GroupFields {
-    GroupFields {
-        display_name: Some(name.into()),
-        security_enabled: Some(true),
-        mail_enabled: Some(false),
-        group_types: Some(vec![]),
-        ..GroupFields::default()
-    }
 }
 
 fn microsoft_365(name: &str) -> GroupFields {
@@ -40,52 +32,18 @@ fn microsoft_365(name: &str) -> GroupFields {
     }
 }
 
-async fn synced_user(pipeline: &Pipeline, sid: &str) -> anyhow::Result<Uuid> {
-    let fields = UserFields {
-        display_name: Some(unique("user")),
-        on_premises_security_identifier: Some(sid.into()),
-        on_premises_sync_enabled: Some(true),
-        ..UserFields::default()
-    };
-    Ok(pipeline.sim.create_user(&NewUser { id: None, fields }).await?.user.id)
-}
-
-struct Lab {
-    ad: LabAd,
-    root: String,
-    users_ou: String,
-    groups_ou: String,
-    retired_ou: String,
-}
-
-async fn lab() -> anyhow::Result<Lab> {
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("e2e")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let retired_ou = ad.create_ou_in(&root, "Retired").await?;
-    Ok(Lab { ad, root, users_ou, groups_ou, retired_ou })
-}
-
-async fn finish(lab: Lab, pipeline: Pipeline, result: anyhow::Result<()>) -> anyhow::Result<()> {
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    lab.ad.delete_subtree(&lab.root).await?;
-    result.with_context(|| logs)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_resolving_members_and_nested_groups() -> anyhow::Result<()> {
-    let lab = lab().await?;
+    let lab = TestLab::new("e2e").await?;
     let pipeline = Pipeline::start(Options::new(&lab.groups_ou)).await?;
     let result = late_members(&lab, &pipeline).await;
-    finish(lab, pipeline, result).await
+    lab.finish(pipeline, result).await
 }
 
-async fn late_members(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
+async fn late_members(lab: &TestLab, p: &Pipeline) -> anyhow::Result<()> {
     let (_, synced_sid) = lab.ad.create_user(&lab.users_ou, &unique("s")).await?;
     let (_, later_sid) = lab.ad.create_user(&lab.users_ou, &unique("l")).await?;
-    let synced = synced_user(p, &synced_sid).await?;
+    let synced = p.synced_user(&synced_sid).await?;
     let later = p
         .sim
         .create_user(&NewUser {
@@ -165,15 +123,15 @@ async fn late_members(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_gating_and_an_override_that_survives_restart() -> anyhow::Result<()> {
-    let lab = lab().await?;
+    let lab = TestLab::new("e2e").await?;
     let mut pipeline = Pipeline::start(Options::new(&lab.groups_ou)).await?;
     let result = gating(&lab, &mut pipeline).await;
-    finish(lab, pipeline, result).await
+    lab.finish(pipeline, result).await
 }
 
-async fn gating(lab: &Lab, p: &mut Pipeline) -> anyhow::Result<()> {
+async fn gating(lab: &TestLab, p: &mut Pipeline) -> anyhow::Result<()> {
     let (_, sid) = lab.ad.create_user(&lab.users_ou, &unique("m")).await?;
-    let user = synced_user(p, &sid).await?;
+    let user = p.synced_user(&sid).await?;
     let team = p
         .sim
         .create_group(&NewGroup { id: None, fields: microsoft_365("Team Site"), members: vec![user] })
@@ -223,23 +181,24 @@ async fn gating(lab: &Lab, p: &mut Pipeline) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_modes_and_restore() -> anyhow::Result<()> {
-    let lab = lab().await?;
+    let lab = TestLab::new("e2e").await?;
+    let retired_ou = lab.ou("Retired").await?;
     let options = Options {
         planner_toml: "on_leave_scope = \"delete\"\non_soft_delete = \"move\"".into(),
-        retired_ou: Some(lab.retired_ou.clone()),
+        retired_ou: Some(retired_ou.clone()),
         // Two of three groups deleted in one cycle would be held by the default
         // threshold (tested in e2e_control); here the modes themselves are under test.
         planner_sections: "[deletion]\nmax_percent = 100\n".into(),
         ..Options::new(&lab.groups_ou)
     };
     let pipeline = Pipeline::start(options).await?;
-    let result = deletion_modes(&lab, &pipeline).await;
-    finish(lab, pipeline, result).await
+    let result = deletion_modes(&lab, &retired_ou, &pipeline).await;
+    lab.finish(pipeline, result).await
 }
 
-async fn deletion_modes(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
+async fn deletion_modes(lab: &TestLab, retired_ou: &str, p: &Pipeline) -> anyhow::Result<()> {
     let (_, sid) = lab.ad.create_user(&lab.users_ou, &unique("d")).await?;
-    let user = synced_user(p, &sid).await?;
+    let user = p.synced_user(&sid).await?;
     let leaves = p
         .sim
         .create_group(&NewGroup { id: None, fields: security("Leaves Scope"), members: vec![user] })
@@ -295,7 +254,7 @@ async fn deletion_modes(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
         ensure!(group_in_ad(&lab.ad, hard).await?.is_none(), "hard-deleted group still in AD");
         let entry = group_in_ad(&lab.ad, soft).await?.context("soft-deleted group gone")?;
         ensure!(
-            entry.dn.to_ascii_lowercase().ends_with(&lab.retired_ou.to_ascii_lowercase()),
+            entry.dn.to_ascii_lowercase().ends_with(&retired_ou.to_ascii_lowercase()),
             "soft-deleted group at {}",
             entry.dn
         );
@@ -323,16 +282,16 @@ async fn deletion_modes(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staging_mode_plans_and_audits_but_writes_nothing() -> anyhow::Result<()> {
-    let lab = lab().await?;
+    let lab = TestLab::new("e2e").await?;
     let pipeline =
         Pipeline::start(Options { planner_toml: "staging = true".into(), ..Options::new(&lab.groups_ou) }).await?;
     let result = staging(&lab, &pipeline).await;
-    finish(lab, pipeline, result).await
+    lab.finish(pipeline, result).await
 }
 
-async fn staging(lab: &Lab, p: &Pipeline) -> anyhow::Result<()> {
+async fn staging(lab: &TestLab, p: &Pipeline) -> anyhow::Result<()> {
     let (_, sid) = lab.ad.create_user(&lab.users_ou, &unique("st")).await?;
-    let user = synced_user(p, &sid).await?;
+    let user = p.synced_user(&sid).await?;
     let group = p
         .sim
         .create_group(&NewGroup { id: None, fields: security("Staged Group"), members: vec![user] })

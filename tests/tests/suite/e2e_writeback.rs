@@ -3,56 +3,35 @@
 //! and writer over the real RabbitMQ; membership changes, renames and deletion follow;
 //! nothing outside the test's OU changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use graph_sim::{GroupFields, NewGroup, NewUser, UserFields};
 use gwb_tests::ad::LabAd;
+use gwb_tests::fixture::TestLab;
 use gwb_tests::pipeline::{Options, Pipeline, unique};
 
 const WAIT: Duration = Duration::from_secs(60);
 const UNIVERSAL_SECURITY: i32 = -2147483640;
 
-/// Leaves out what legitimately changes while this test runs: AD's own bookkeeping
-/// whenever any object with a SID is created (the DC's RID pool and the domain's RID
-/// manager), and the fixture OUs of other tests that may share the lab DC.
-fn without_volatile(snapshot: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    snapshot
-        .into_iter()
-        .filter(|(dn, _)| {
-            let dn = dn.to_ascii_lowercase();
-            let bookkeeping = dn.starts_with("cn=rid set,") || dn.starts_with("cn=rid manager$,");
-            let other_test = dn.contains("ou=gwb-ldap-tests,") || dn.contains("ou=e2e-");
-            !bookkeeping && !other_test
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_group_is_written_back_and_follows_the_cloud() -> anyhow::Result<()> {
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("e2e")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Cloud Groups").await?;
+    let lab = TestLab::with_groups_ou("e2e", "Cloud Groups").await?;
     // sAMAccountNames are domain-wide: unique names keep parallel and repeated runs apart.
-    let (_, alice_sid) = ad.create_user(&users_ou, &unique("alice")).await?;
-    let (_, bob_sid) = ad.create_user(&users_ou, &unique("bob")).await?;
-    let before = without_volatile(ad.snapshot_outside(&root).await?);
+    let (_, alice_sid) = lab.ad.create_user(&lab.users_ou, &unique("alice")).await?;
+    let (_, bob_sid) = lab.ad.create_user(&lab.users_ou, &unique("bob")).await?;
+    // Everything outside the test's OU but other tests' fixture OUs (they share the DC
+    // and run at the same time): `fixture::without_volatile`.
+    let before = lab.outside().await?;
 
     let pipeline = Pipeline::start(Options {
         planner_toml: "name_template = \"display_name\"".into(),
-        ..Options::new(&groups_ou)
+        ..Options::new(&lab.groups_ou)
     })
     .await?;
-    let result = scenario(&ad, &pipeline, &groups_ou, &alice_sid, &bob_sid).await;
-    let after = without_volatile(ad.snapshot_outside(&root).await?);
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs.clone())?;
-    ensure!(before == after, "objects outside the test OU changed:\n{}", diff(&before, &after));
-    Ok(())
+    let result = scenario(&lab.ad, &pipeline, &lab.groups_ou, &alice_sid, &bob_sid).await;
+    lab.finish_unchanged(pipeline, result, &before).await
 }
 
 async fn scenario(
@@ -213,19 +192,4 @@ async fn scenario(
         })
         .await?;
     Ok(())
-}
-
-fn diff(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> String {
-    let mut lines = Vec::new();
-    for (dn, usn) in after {
-        match before.get(dn) {
-            None => lines.push(format!("+ {dn}")),
-            Some(old) if old != usn => lines.push(format!("~ {dn} (uSNChanged {old} → {usn})")),
-            _ => {}
-        }
-    }
-    for dn in before.keys().filter(|dn| !after.contains_key(*dn)) {
-        lines.push(format!("- {dn}"));
-    }
-    lines.join("\n")
 }

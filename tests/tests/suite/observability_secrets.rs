@@ -93,6 +93,8 @@ const LOG: &str = "[log]\nformat = \"json\"\nfilter = \"debug\"\n";
 
 #[tokio::test]
 async fn secrets_never_appear_in_logs_or_errors() {
+    // The services connect to RabbitMQ: not while a test that runs alone stops it.
+    let _turn = gwb_tests::pipeline::shared().await;
     let lab = Lab::new();
     let namespace = unique("gwbtest-secrets");
     let bad_bus = format!("[bus]\nurl = \"amqp://gwb:{BUS_CANARY}@127.0.0.1:1/%2f\"\nnamespace = \"{namespace}\"\n");

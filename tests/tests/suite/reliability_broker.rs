@@ -2,20 +2,19 @@
 //! workload and started again: the services' connections and channels recover, no
 //! change is lost and none has a duplicate effect (AD equals the desired state).
 //!
-//! Stopping the broker affects every test using RabbitMQ, so this case has its own
-//! test binary and holds an exclusive lock on `$TMPDIR/gwb-broker-restart.lock`
-//! (`cargo test` runs test binaries one after another; the lock also keeps two
-//! concurrent runs of this test apart). `GWB_RELIABILITY_SKIP_BROKER=1` skips it
+//! Stopping the broker affects every test using RabbitMQ, so this case runs alone
+//! (`Options::alone`: the other tests of this binary wait for it, and it waits for
+//! them) and holds an exclusive lock on `$TMPDIR/gwb-broker-restart.lock` (which keeps
+//! two concurrent runs of this test apart). `GWB_RELIABILITY_SKIP_BROKER=1` skips it
 //! (for machines where the broker is shared).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{
-    Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique,
-    without_volatile,
-};
+use gwb_tests::fixture::TestLab;
+use gwb_tests::pipeline::{Options, Pipeline};
+use gwb_tests::workload::{Rng, Workload, compare_with_desired, scaled, synced_users};
 
 fn rabbitmqctl(verb: &str) -> anyhow::Result<()> {
     let out = std::process::Command::new("rabbitmqctl").arg(verb).output().context("running rabbitmqctl")?;
@@ -36,26 +35,19 @@ async fn broker_restart_mid_run_loses_nothing() -> anyhow::Result<()> {
     }
     let lock = std::fs::File::create(std::env::temp_dir().join("gwb-broker-restart.lock"))?;
     lock.lock()?;
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-broker")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let before = without_volatile(ad.snapshot_outside(&root).await?);
+    let lab = TestLab::new("rel-broker").await?;
+    let before = lab.outside().await?;
     let options = Options {
         planner_sections: "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n".into(),
-        ..Options::new(&groups_ou)
+        alone: true,
+        ..Options::new(&lab.groups_ou)
     };
     let pipeline = Pipeline::start(options).await?;
     let started = Instant::now();
-    let result = scenario(&ad, &pipeline, &users_ou, &groups_ou).await;
+    let result = scenario(&lab.ad, &pipeline, &lab.users_ou, &lab.groups_ou).await;
     // Whatever happened, the broker must be running again for everyone else.
     let _ = rabbitmqctl("start_app");
-    let after = without_volatile(ad.snapshot_outside(&root).await?);
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)?;
-    ensure!(before == after, "objects outside the test OU changed:\n{}", snapshot_diff(&before, &after));
+    lab.finish_unchanged(pipeline, result, &before).await?;
     eprintln!("broker restart: passed in {:?}", started.elapsed());
     Ok(())
 }

@@ -8,14 +8,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{
-    Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique,
-    without_volatile,
-};
+use gwb_tests::fixture::TestLab;
+use gwb_tests::pipeline::{Options, Pipeline};
+use gwb_tests::workload::{Rng, Workload, compare_with_desired, scaled, synced_users};
 
-/// The deletion threshold has its own test (reliability_mass_deletion.rs): here deletions
+/// The deletion threshold has its own test (reliability_mass_deletion): here deletions
 /// that pile up while a service is down must simply be carried out.
 const NO_THRESHOLD: &str = "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n";
 const SERVICES: [&str; 3] = ["gwb-collector", "gwb-planner", "gwb-writer"];
@@ -24,21 +23,13 @@ const SERVICES: [&str; 3] = ["gwb-collector", "gwb-planner", "gwb-writer"];
 async fn kill_9_at_random_points_loses_nothing() -> anyhow::Result<()> {
     let changes: usize = scaled(300, 5_000);
     let kills: usize = scaled(5, 20);
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-crash")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let before = without_volatile(ad.snapshot_outside(&root).await?);
+    let lab = TestLab::new("rel-crash").await?;
+    let before = lab.outside().await?;
     let mut pipeline =
-        Pipeline::start(Options { planner_sections: NO_THRESHOLD.into(), ..Options::new(&groups_ou) }).await?;
+        Pipeline::start(Options { planner_sections: NO_THRESHOLD.into(), ..Options::new(&lab.groups_ou) }).await?;
     let started = Instant::now();
-    let result = scenario(&ad, &mut pipeline, &users_ou, &groups_ou, changes, kills).await;
-    let after = without_volatile(ad.snapshot_outside(&root).await?);
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)?;
-    ensure!(before == after, "objects outside the test OU changed:\n{}", snapshot_diff(&before, &after));
+    let result = scenario(&lab.ad, &mut pipeline, &lab.users_ou, &lab.groups_ou, changes, kills).await;
+    lab.finish_unchanged(pipeline, result, &before).await?;
     eprintln!("crash test: {changes} changes, {kills} kills, {:?} in all", started.elapsed());
     Ok(())
 }

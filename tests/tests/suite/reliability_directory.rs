@@ -10,12 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{
-    Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique,
-    without_volatile,
-};
+use gwb_tests::fixture::TestLab;
+use gwb_tests::pipeline::{Options, Pipeline};
+use gwb_tests::workload::{Rng, Workload, compare_with_desired, scaled, synced_users};
 
 const LAB: &str = "reliability";
 const INNER: &str = "GWB_RELIABILITY_DIRECTORY_INNER";
@@ -41,10 +40,15 @@ fn directory_outage_mid_run_loses_nothing() -> anyhow::Result<()> {
     if std::env::var_os(INNER).is_some() {
         return Ok(()); // we are the child: only the inner test runs
     }
+    // The child uses RabbitMQ: not while a test of this process that runs alone does.
+    let _turn = gwb_tests::pipeline::shared_blocking();
     let env_file = lab_ad("up")?;
     let env = std::fs::read_to_string(&env_file)?;
     let mut child = std::process::Command::new(std::env::current_exe()?);
-    child.args(["--exact", "inner_directory_outage", "--nocapture", "--test-threads", "1"]).env(INNER, "1");
+    // Test names leave out the crate: `reliability_directory::inner_directory_outage`.
+    let module = module_path!().split_once("::").map(|(_, module)| module).unwrap_or(module_path!());
+    let inner = format!("{module}::inner_directory_outage");
+    child.args(["--exact", &inner, "--nocapture", "--test-threads", "1"]).env(INNER, "1");
     for line in env.lines() {
         if let Some((key, value)) = line.trim().strip_prefix("export ").and_then(|l| l.split_once('=')) {
             child.env(key, value.trim_matches('"').trim_matches('\''));
@@ -61,30 +65,22 @@ async fn inner_directory_outage() -> anyhow::Result<()> {
         return Ok(()); // run through directory_outage_mid_run_loses_nothing
     }
     let lab_dir = std::path::PathBuf::from(std::env::var("GWB_LAB_DIR")?);
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-dir")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let before = without_volatile(ad.snapshot_outside(&root).await?);
+    let mut lab = TestLab::new("rel-dir").await?;
+    let before = lab.outside().await?;
     let options = Options {
         planner_sections: "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n".into(),
-        ..Options::new(&groups_ou)
+        ..Options::new(&lab.groups_ou)
     };
     let pipeline = Pipeline::start(options).await?;
     let started = Instant::now();
-    let result = scenario(&pipeline, &lab_dir, &users_ou, &groups_ou).await;
+    let result = scenario(&pipeline, &lab_dir, &lab.users_ou, &lab.groups_ou).await;
     // Make sure the DC is serving again whatever happened.
     if let Ok(pid) = std::fs::read_to_string(lab_dir.join("samba.pid")) {
         let _ = signal(pid.trim(), "CONT");
     }
     let _ = lab_ad("up");
-    let ad = LabAd::from_env().await?;
-    let after = without_volatile(ad.snapshot_outside(&root).await?);
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)?;
-    ensure!(before == after, "objects outside the test OU changed:\n{}", snapshot_diff(&before, &after));
+    lab.reconnect().await?;
+    lab.finish_unchanged(pipeline, result, &before).await?;
     eprintln!("directory outage: passed in {:?}", started.elapsed());
     Ok(())
 }

@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use graph_sim::{FaultKind, FaultMatch, FaultRule, SettingsPatch};
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{
-    Options, Pipeline, Rng, Workload, compare_with_desired, scaled, snapshot_diff, synced_users, unique,
-    without_volatile,
-};
+use gwb_tests::fixture::TestLab;
+use gwb_tests::pipeline::{Options, Pipeline};
+use gwb_tests::workload::{Rng, Workload, compare_with_desired, scaled, synced_users};
 
-/// The deletion threshold has its own test (reliability_mass_deletion.rs): here deletions
+/// The deletion threshold has its own test (reliability_mass_deletion): here deletions
 /// that pile up while a service is down must simply be carried out.
 const NO_THRESHOLD: &str = "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n";
 
@@ -59,11 +58,8 @@ fn storms() -> Vec<(&'static str, Vec<FaultRule>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pipeline_converges_through_graph_faults() -> anyhow::Result<()> {
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-graph")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let before = without_volatile(ad.snapshot_outside(&root).await?);
+    let lab = TestLab::new("rel-graph").await?;
+    let before = lab.outside().await?;
     // A group deleted while the delta token is lost (410, syncStateNotFound) is only seen
     // missing from the full round that follows, and such groups get the soft-delete policy
     // (ARCHITECTURE: deliberate differences). Its default, keep, would leave them in AD;
@@ -72,17 +68,12 @@ async fn pipeline_converges_through_graph_faults() -> anyhow::Result<()> {
         planner_sections: NO_THRESHOLD.into(),
         planner_toml: "on_soft_delete = \"delete\"\n".into(),
         collector_graph_toml: "request_timeout_seconds = 2".into(),
-        ..Options::new(&groups_ou)
+        ..Options::new(&lab.groups_ou)
     };
     let pipeline = Pipeline::start(options).await?;
     let started = Instant::now();
-    let result = scenario(&ad, &pipeline, &users_ou, &groups_ou).await;
-    let after = without_volatile(ad.snapshot_outside(&root).await?);
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)?;
-    ensure!(before == after, "objects outside the test OU changed:\n{}", snapshot_diff(&before, &after));
+    let result = scenario(&lab.ad, &pipeline, &lab.users_ou, &lab.groups_ou).await;
+    lab.finish_unchanged(pipeline, result, &before).await?;
     eprintln!("graph faults: passed in {:?}", started.elapsed());
     Ok(())
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use graph_sim::{GroupFields, NewGroup};
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{Options, Pipeline, ad_groups, snapshot_diff, synced_users, unique, without_volatile};
+use gwb_tests::fixture::TestLab;
+use gwb_tests::pipeline::{Options, Pipeline, unique};
+use gwb_tests::workload::{ad_groups, synced_users};
 use serde_json::Value;
 
 const SAM_ILLEGAL: &[char] = &['"', '/', '\\', '[', ']', ':', ';', '|', '=', ',', '+', '*', '?', '<', '>'];
@@ -32,14 +34,12 @@ fn corpus() -> anyhow::Result<Vec<Value>> {
 async fn hostile_corpus_is_written_safely_or_refused() -> anyhow::Result<()> {
     let cases = corpus()?;
     ensure!(cases.len() >= 200, "the corpus must hold at least 200 cases, has {}", cases.len());
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-hostile")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let foreign_ou = ad.create_ou_in(&root, "Foreign").await?;
-    let options = Options { planner_toml: "name_template = \"display_name\"".into(), ..Options::new(&groups_ou) };
+    let lab = TestLab::new("rel-hostile").await?;
+    let foreign_ou = lab.ou("Foreign").await?;
+    let options = Options { planner_toml: "name_template = \"display_name\"".into(), ..Options::new(&lab.groups_ou) };
     let pipeline = Pipeline::start(options).await?;
-    let before = without_volatile(ad.snapshot_outside(&root).await?);
+    let before = lab.outside().await?;
+    let ad = &lab.ad;
     let mut privileged_before = BTreeMap::new();
     for name in PRIVILEGED {
         let dn = format!(
@@ -54,8 +54,7 @@ async fn hostile_corpus_is_written_safely_or_refused() -> anyhow::Result<()> {
         privileged_before.insert(dn.clone(), ad.snapshot_entry(&dn).await?);
     }
     let started = Instant::now();
-    let result = scenario(&ad, &pipeline, &cases, &users_ou, &groups_ou, &foreign_ou).await;
-    let after = without_volatile(ad.snapshot_outside(&root).await?);
+    let result = scenario(ad, &pipeline, &cases, &lab.users_ou, &lab.groups_ou, &foreign_ou).await;
     let mut privileged_changed = Vec::new();
     for (dn, snapshot) in &privileged_before {
         let now = ad.snapshot_entry(dn).await?;
@@ -68,12 +67,8 @@ async fn hostile_corpus_is_written_safely_or_refused() -> anyhow::Result<()> {
             privileged_changed.push(format!("{dn}: {changed:?}"));
         }
     }
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)?;
+    lab.finish_unchanged(pipeline, result, &before).await?;
     ensure!(privileged_changed.is_empty(), "privileged groups changed: {privileged_changed:?}");
-    ensure!(before == after, "objects outside the test OU changed:\n{}", snapshot_diff(&before, &after));
     eprintln!("hostile corpus: {} cases checked in {:?}", cases.len(), started.elapsed());
     Ok(())
 }
@@ -179,7 +174,7 @@ async fn scenario(
             Err(error) => return Err(error).context(format!("creating case {id}")),
         }
     }
-    ensure!(pipeline.gwbctl(&["enable"]).await?.status.success(), "enable failed");
+    pipeline.gwbctl_ok(&["enable"]).await?;
 
     // Wait until every group has settled (written, skipped or error).
     let expected: Vec<&(String, uuid::Uuid, Option<String>)> = created.iter().filter(|c| c.2.is_none()).collect();

@@ -9,8 +9,11 @@
 //!
 //! `dc_capacity_for_the_load_mix` (ignored: a measurement, not a check) replays the
 //! same mix straight over ldap3 to show what the lab DC itself can apply:
-//! `cargo test -p gwb-tests --test reliability_load -- --ignored --exact dc_capacity_for_the_load_mix --nocapture`
+//! `cargo test -p gwb-tests --test suite -- --ignored --exact reliability_load::dc_capacity_for_the_load_mix --nocapture`
 //! (`GWB_RELIABILITY_DC_CHANGES=<n>` changes per run, default 600).
+//!
+//! The load case runs alone (`Options::alone`): the other tests of this binary wait, so
+//! its rates and lag are the pipeline's, not the machine's share of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use gwb_tests::ad::{LabAd, escape_dn_value};
-use gwb_tests::pipeline::{
-    Options, Pipeline, Rng, Workload, compare_with_desired, cpu_seconds, metric_sum, scaled, synced_users, unique,
-};
+use gwb_tests::fixture::TestLab;
+use gwb_tests::pipeline::{Options, Pipeline, cpu_seconds, metric_sum, unique};
+use gwb_tests::workload::{Rng, Workload, compare_with_desired, scaled, synced_users};
 use ldap3::{Ldap, Mod, Scope};
 
 const SERVICES: [&str; 3] = ["gwb-collector", "gwb-planner", "gwb-writer"];
@@ -32,20 +35,15 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sustained_load_keeps_lag_bounded_and_memory_flat() -> anyhow::Result<()> {
     let seconds: u64 = scaled(20, 300);
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-load")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
+    let lab = TestLab::new("rel-load").await?;
     let options = Options {
         planner_sections: "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n".into(),
-        ..Options::new(&groups_ou)
+        alone: true,
+        ..Options::new(&lab.groups_ou)
     };
     let pipeline = Pipeline::start(options).await?;
-    let result = scenario(&ad, &pipeline, &users_ou, &groups_ou, seconds).await;
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)
+    let result = scenario(&lab.ad, &pipeline, &lab.users_ou, &lab.groups_ou, seconds).await;
+    lab.finish(pipeline, result).await
 }
 
 struct Sample {
@@ -112,7 +110,7 @@ async fn scenario(
     let users = synced_users(ad, sim, users_ou, scaled(100, 500)).await?;
     let mut workload = Workload::new(users, Rng::from_env("load"));
     workload.create_groups(sim, scaled(50, 200)).await?;
-    ensure!(pipeline.gwbctl(&["enable"]).await?.status.success(), "enable failed");
+    pipeline.gwbctl_ok(&["enable"]).await?;
     let initial = workload.desired();
     pipeline
         .eventually("the initial groups are written", Duration::from_secs(120), || {
@@ -405,6 +403,8 @@ impl Stream {
 #[ignore = "a measurement, not a check: prints what the lab DC applies of the load mix by direct LDAP"]
 async fn dc_capacity_for_the_load_mix() -> anyhow::Result<()> {
     let changes: usize = std::env::var("GWB_RELIABILITY_DC_CHANGES").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    // A measurement of the DC: nothing else of this process may load it meanwhile.
+    let _turn = gwb_tests::pipeline::alone().await;
     let ad = LabAd::from_env().await?;
     let root = ad.create_ou(&unique("rel-dc")).await?;
     let result = async {

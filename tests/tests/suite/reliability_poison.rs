@@ -6,7 +6,6 @@
 //! test OU changes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -14,9 +13,9 @@ use gwb_bus::{Delivery, Disposition, Message, Publisher, Route};
 use gwb_proto::commands::v1 as cmd;
 use gwb_proto::events::v1 as ev;
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{
-    Options, Pipeline, compare_with_desired, security_fields, snapshot_diff, synced_users, unique, without_volatile,
-};
+use gwb_tests::fixture::TestLab;
+use gwb_tests::pipeline::{Options, Pipeline, metric_sum};
+use gwb_tests::workload::{compare_with_desired, security_fields, synced_users};
 use prost::Message as _;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -55,52 +54,21 @@ fn add_sid(sid: &str) -> cmd::write_command::Action {
     })
 }
 
-fn scrape(port: u16) -> anyhow::Result<String> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    Ok(text)
-}
-
-/// Sum of `gwb_dead_lettered_total` samples in a scrape.
-fn dead_lettered(text: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with("gwb_dead_lettered_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// `gwb_dead_lettered_total` of a service, all labels.
+async fn dead_lettered(pipeline: &Pipeline, service: &str) -> anyhow::Result<f64> {
+    Ok(metric_sum(&pipeline.scrape(service).await?, "gwb_dead_lettered_total", &[]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_messages_are_dead_lettered_and_the_pipeline_goes_on() -> anyhow::Result<()> {
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-poison")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let before = without_volatile(ad.snapshot_outside(&root).await?);
-    let pipeline = Pipeline::start(Options::new(&groups_ou)).await?;
-    let metrics_port =
-        |service: &str| pipeline.metrics.iter().find(|(s, _)| s == service).map(|(_, a)| a.port()).unwrap_or_default();
-    let (planner_port, writer_port) = (metrics_port("gwb-planner"), metrics_port("gwb-writer"));
-    let result = scenario(&ad, &pipeline, &users_ou, &groups_ou, planner_port, writer_port).await;
-    let after = without_volatile(ad.snapshot_outside(&root).await?);
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)?;
-    ensure!(before == after, "objects outside the test OU changed:\n{}", snapshot_diff(&before, &after));
-    Ok(())
+    let lab = TestLab::new("rel-poison").await?;
+    let before = lab.outside().await?;
+    let pipeline = Pipeline::start(Options::new(&lab.groups_ou)).await?;
+    let result = scenario(&lab.ad, &pipeline, &lab.users_ou, &lab.groups_ou).await;
+    lab.finish_unchanged(pipeline, result, &before).await
 }
 
-async fn scenario(
-    ad: &LabAd,
-    pipeline: &Pipeline,
-    users_ou: &str,
-    groups_ou: &str,
-    planner_port: u16,
-    writer_port: u16,
-) -> anyhow::Result<()> {
+async fn scenario(ad: &LabAd, pipeline: &Pipeline, users_ou: &str, groups_ou: &str) -> anyhow::Result<()> {
     let sim = &pipeline.sim;
     let users = synced_users(ad, sim, users_ou, 3).await?;
     let first = sim
@@ -112,7 +80,7 @@ async fn scenario(
         .await?
         .group
         .id;
-    ensure!(pipeline.gwbctl(&["enable"]).await?.status.success(), "enable failed");
+    pipeline.gwbctl_ok(&["enable"]).await?;
     let mut desired = BTreeMap::from([(
         format!("Group_{first}"),
         BTreeSet::from([users[0].dn.to_lowercase(), users[1].dn.to_lowercase()]),
@@ -298,7 +266,8 @@ async fn scenario(
     ensure!(missing.is_empty(), "not dead-lettered: {missing:?} (dead queue holds {dead:?})");
 
     // The alerting metric counts them.
-    let (planner, writer) = (dead_lettered(&scrape(planner_port)?), dead_lettered(&scrape(writer_port)?));
+    let (planner, writer) =
+        (dead_lettered(pipeline, "gwb-planner").await?, dead_lettered(pipeline, "gwb-writer").await?);
     eprintln!("poison: gwb_dead_lettered_total planner={planner} writer={writer}");
     ensure!(planner >= 6.0, "planner gwb_dead_lettered_total = {planner}, want ≥ 6 (3 events, 3 outcomes)");
     ensure!(writer >= 4.0, "writer gwb_dead_lettered_total = {writer}, want ≥ 4 commands");
@@ -310,13 +279,11 @@ async fn scenario(
 /// delete a written group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_event_of_an_unknown_version_is_not_applied() -> anyhow::Result<()> {
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-poison")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let pipeline = Pipeline::start(Options::new(&groups_ou)).await?;
+    let lab = TestLab::new("rel-poison").await?;
+    let pipeline = Pipeline::start(Options::new(&lab.groups_ou)).await?;
+    let (ad, users_ou, groups_ou) = (&lab.ad, &lab.users_ou, &lab.groups_ou);
     let result = async {
-        let users = synced_users(&ad, &pipeline.sim, &users_ou, 1).await?;
+        let users = synced_users(ad, &pipeline.sim, users_ou, 1).await?;
         let group = pipeline
             .sim
             .create_group(&graph_sim::NewGroup {
@@ -327,9 +294,9 @@ async fn an_event_of_an_unknown_version_is_not_applied() -> anyhow::Result<()> {
             .await?
             .group
             .id;
-        ensure!(pipeline.gwbctl(&["enable"]).await?.status.success(), "enable failed");
+        pipeline.gwbctl_ok(&["enable"]).await?;
         let desired = BTreeMap::from([(format!("Group_{group}"), BTreeSet::from([users[0].dn.to_lowercase()]))]);
-        pipeline.eventually("the group is written", WAIT, || compare_with_desired(&ad, &groups_ou, &desired)).await?;
+        pipeline.eventually("the group is written", WAIT, || compare_with_desired(ad, groups_ou, &desired)).await?;
         let publisher = Publisher::connect(pipeline.bus.clone()).await?;
         let event = ev::ChangeEvent {
             event_id: uuid::Uuid::new_v4().to_string(),
@@ -344,13 +311,10 @@ async fn an_event_of_an_unknown_version_is_not_applied() -> anyhow::Result<()> {
             .publish(&Route::Events, &message("ev-v2", "gwb.events.v2.ChangeEvent", event.encode_to_vec()))
             .await?;
         tokio::time::sleep(Duration::from_secs(8)).await;
-        compare_with_desired(&ad, &groups_ou, &desired).await.context("an event of unknown version was applied")
+        compare_with_desired(ad, groups_ou, &desired).await.context("an event of unknown version was applied")
     }
     .await;
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)
+    lab.finish(pipeline, result).await
 }
 
 /// A command adding a well-known, privileged SID (BUILTIN\\Administrators, S-1-5-32-544)
@@ -359,13 +323,11 @@ async fn an_event_of_an_unknown_version_is_not_applied() -> anyhow::Result<()> {
 /// (its memberOf back link and uSNChanged).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_privileged_member_sid_is_refused() -> anyhow::Result<()> {
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-poison")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let pipeline = Pipeline::start(Options::new(&groups_ou)).await?;
+    let lab = TestLab::new("rel-poison").await?;
+    let pipeline = Pipeline::start(Options::new(&lab.groups_ou)).await?;
+    let (ad, users_ou, groups_ou) = (&lab.ad, &lab.users_ou, &lab.groups_ou);
     let result = async {
-        let users = synced_users(&ad, &pipeline.sim, &users_ou, 1).await?;
+        let users = synced_users(ad, &pipeline.sim, users_ou, 1).await?;
         let group = pipeline
             .sim
             .create_group(&graph_sim::NewGroup {
@@ -376,9 +338,9 @@ async fn a_privileged_member_sid_is_refused() -> anyhow::Result<()> {
             .await?
             .group
             .id;
-        ensure!(pipeline.gwbctl(&["enable"]).await?.status.success(), "enable failed");
+        pipeline.gwbctl_ok(&["enable"]).await?;
         let desired = BTreeMap::from([(format!("Group_{group}"), BTreeSet::from([users[0].dn.to_lowercase()]))]);
-        pipeline.eventually("the group is written", WAIT, || compare_with_desired(&ad, &groups_ou, &desired)).await?;
+        pipeline.eventually("the group is written", WAIT, || compare_with_desired(ad, groups_ou, &desired)).await?;
         let publisher = Publisher::connect(pipeline.bus.clone()).await?;
         let id = group.to_string();
         let route = Route::Command { partition: gwb_bus::partition_of(&id, publisher.topology().partitions()) };
@@ -395,11 +357,8 @@ async fn a_privileged_member_sid_is_refused() -> anyhow::Result<()> {
                 .await?;
         }
         tokio::time::sleep(Duration::from_secs(8)).await;
-        compare_with_desired(&ad, &groups_ou, &desired).await.context("a privileged SID was added as a member")
+        compare_with_desired(ad, groups_ou, &desired).await.context("a privileged SID was added as a member")
     }
     .await;
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)
+    lab.finish(pipeline, result).await
 }

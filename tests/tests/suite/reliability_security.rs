@@ -1,4 +1,4 @@
-//! Issue 9, case 8 (secrets in logs are covered by observability_secrets.rs):
+//! Issue 9, case 8 (secrets in logs are covered by observability_secrets):
 //! * control calls without a token or with a wrong one are refused (UNAUTHENTICATED;
 //!   gwbctl exits 4) on the planner's, the writer's and the collector's gRPC APIs;
 //! * a writer pointed at the lab DC with a CA that did not sign its certificate refuses
@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use gwb_proto::control::v1 as pb;
-use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{Options, Pipeline, binary, compare_with_desired, security_fields, synced_users, unique};
+use gwb_tests::fixture::TestLab;
+use gwb_tests::pipeline::{Options, Pipeline, binary, unique};
+use gwb_tests::workload::{compare_with_desired, synced_users};
 
 fn listen_of(config: &str, key: &str) -> anyhow::Result<String> {
     config
@@ -48,10 +49,8 @@ fn expect_unauthenticated<T: std::fmt::Debug>(what: &str, result: Result<T, toni
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn control_apis_refuse_missing_and_wrong_tokens() -> anyhow::Result<()> {
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-sec")).await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let pipeline = Pipeline::start(Options::new(&groups_ou)).await?;
+    let lab = TestLab::new("rel-sec").await?;
+    let pipeline = Pipeline::start(Options::new(&lab.groups_ou)).await?;
     let result = async {
         let token = std::fs::read_to_string(&pipeline.token_file)?.trim().to_string();
         let wrong = uuid::Uuid::new_v4().to_string();
@@ -124,18 +123,13 @@ async fn control_apis_refuse_missing_and_wrong_tokens() -> anyhow::Result<()> {
         Ok(())
     }
     .await;
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)
+    lab.finish(pipeline, result).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writer_refuses_an_ldaps_server_it_does_not_trust() -> anyhow::Result<()> {
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-sec")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
+    let lab = TestLab::new("rel-sec").await?;
+    let (ad, users_ou, groups_ou) = (&lab.ad, &lab.users_ou, &lab.groups_ou);
     // A freshly generated self-signed CA that signed nothing the DC presents.
     let dir = std::env::temp_dir().join(unique("gwb-untrusted-ca"));
     std::fs::create_dir_all(&dir)?;
@@ -159,20 +153,11 @@ async fn writer_refuses_an_ldaps_server_it_does_not_trust() -> anyhow::Result<()
         .arg(&ca)
         .output()?;
     ensure!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-    let pipeline = Pipeline::start(Options { writer_ca_file: Some(ca.clone()), ..Options::new(&groups_ou) }).await?;
+    let pipeline = Pipeline::start(Options { writer_ca_file: Some(ca.clone()), ..Options::new(groups_ou) }).await?;
     let result = async {
-        let users = synced_users(&ad, &pipeline.sim, &users_ou, 1).await?;
-        let group = pipeline
-            .sim
-            .create_group(&graph_sim::NewGroup {
-                id: None,
-                fields: security_fields("Untrusted"),
-                members: vec![users[0].id],
-            })
-            .await?
-            .group
-            .id;
-        ensure!(pipeline.gwbctl(&["enable"]).await?.status.success(), "enable failed");
+        let users = synced_users(ad, &pipeline.sim, users_ou, 1).await?;
+        let group = pipeline.security_group("Untrusted", vec![users[0].id]).await?;
+        pipeline.gwbctl_ok(&["enable"]).await?;
         pipeline
             .eventually("the writer reports the directory as not connected", Duration::from_secs(60), || async {
                 let status = pipeline.gwbctl_json(&["status"]).await?;
@@ -191,7 +176,7 @@ async fn writer_refuses_an_ldaps_server_it_does_not_trust() -> anyhow::Result<()
             ad.find_groups_by_anchor(&format!("Group_{group}")).await?.is_empty(),
             "written through an untrusted connection"
         );
-        compare_with_desired(&ad, &groups_ou, &BTreeMap::new()).await?;
+        compare_with_desired(ad, groups_ou, &BTreeMap::new()).await?;
         let log = pipeline.log("gwb-writer");
         ensure!(
             log.to_lowercase().contains("certificate") || log.to_lowercase().contains("tls"),
@@ -201,19 +186,14 @@ async fn writer_refuses_an_ldaps_server_it_does_not_trust() -> anyhow::Result<()
         Ok(())
     }
     .await;
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
     let _ = std::fs::remove_dir_all(&dir);
-    result.with_context(|| logs)
+    lab.finish(pipeline, result).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_secret_file_readable_by_others_is_refused_at_start() -> anyhow::Result<()> {
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("rel-sec")).await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
-    let pipeline = Pipeline::start(Options::new(&groups_ou)).await?;
+    let lab = TestLab::new("rel-sec").await?;
+    let pipeline = Pipeline::start(Options::new(&lab.groups_ou)).await?;
     let result = async {
         // (service, config key holding a secret file path)
         for (service, key) in [
@@ -273,8 +253,5 @@ async fn a_secret_file_readable_by_others_is_refused_at_start() -> anyhow::Resul
         Ok(())
     }
     .await;
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)
+    lab.finish(pipeline, result).await
 }
