@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Style first: a formatting slip or a lint fails in seconds, before any lab starts.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+
 scripts/ensure-rabbitmq.sh
 scripts/lab-ad.sh up test >/dev/null
 if [ "${GWB_KEEP_LAB:-0}" != 1 ]; then

@@ -1,11 +1,10 @@
 //! Wall-clock helpers. The simulator has no date library: it only needs to print
 //! UTC instants the way Graph and Entra do, and to check ISO-8601 input.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970), from the
+/// workspace's one reading of the wall clock.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+    u64::try_from(gwb_runtime::clock::system_now_ms()).unwrap_or(0)
 }
 
 struct Civil {
