@@ -1,3 +1,5 @@
+//! The planner's configuration (`--config` TOML, `GWB_*` environment overrides).
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +9,17 @@ use serde::Deserialize;
 use gwb_bus::BusConfig;
 use gwb_core::naming::NameTemplate;
 use gwb_core::policy::{Placement, Scope};
+use gwb_proto::server::ControlSettings;
 use gwb_runtime::telemetry::LogConfig;
+
+/// Where the control API listens unless `[planner.control] listen` says otherwise.
+pub const DEFAULT_CONTROL_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
+
+/// A configuration the planner refuses to start with.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,8 +27,10 @@ pub struct Config {
     pub planner: PlannerSettings,
     #[serde(default)]
     pub scope: ScopeSettings,
+    /// Deprecated spelling of `[planner.control]`, still read (with a warning) so
+    /// configurations written before the three services shared one spelling work.
     #[serde(default)]
-    pub control: ControlSettings,
+    pub control: Option<ControlSettings>,
     #[serde(default)]
     pub coordination: CoordinationSettings,
     #[serde(default)]
@@ -55,6 +69,27 @@ pub struct PlannerSettings {
     /// `staged` instead of reaching the writer.
     #[serde(default)]
     pub staging: bool,
+    /// `[planner.control]`: the operator's control API.
+    #[serde(default)]
+    pub control: Option<ControlSettings>,
+}
+
+/// The control settings in effect and the section they came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlSection {
+    /// `planner.control`, or `control` for the deprecated top-level section.
+    pub name: &'static str,
+    pub settings: ControlSettings,
+}
+
+impl ControlSection {
+    pub fn listen(&self) -> SocketAddr {
+        self.settings.listen_or(DEFAULT_CONTROL_LISTEN)
+    }
+
+    pub fn is_deprecated(&self) -> bool {
+        self.name == "control"
+    }
 }
 
 /// How the planner reaches the collector and the writers (`gwbctl sync`, `pause`…).
@@ -156,57 +191,49 @@ impl Default for ScopeSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlSettings {
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    /// File with the bearer token operators must present (mode 0600). Without it
-    /// the API is open, which is only acceptable on loopback.
-    pub token_file: Option<PathBuf>,
-}
-
-impl Default for ControlSettings {
-    fn default() -> Self {
-        ControlSettings { listen: default_listen(), token_file: None }
-    }
-}
-
 fn default_state() -> PathBuf {
     PathBuf::from("gwb-planner.db")
 }
 fn default_batch() -> usize {
     500
 }
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 50051))
-}
 fn yes() -> bool {
     true
 }
 
+fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if condition { Ok(()) } else { Err(ConfigError(message())) }
+}
+
 impl Config {
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.planner.default_ou.contains('='),
-            "planner.default_ou must be a DN such as \"OU=Cloud Groups,DC=contoso,DC=com\""
-        );
-        anyhow::ensure!(
-            (1..=5000).contains(&self.planner.member_batch_size),
-            "planner.member_batch_size must be between 1 and 5000"
-        );
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(self.planner.default_ou.contains('='), || {
+            "planner.default_ou must be a DN such as \"OU=Cloud Groups,DC=contoso,DC=com\"".into()
+        })?;
+        ensure((1..=5000).contains(&self.planner.member_batch_size), || {
+            "planner.member_batch_size must be between 1 and 5000".into()
+        })?;
         let needs_retired = [self.planner.on_leave_scope, self.planner.on_soft_delete].contains(&RemovalAction::Move);
-        anyhow::ensure!(
-            !needs_retired || self.planner.retired_ou.is_some(),
-            "planner.retired_ou is required when an action is \"move\""
-        );
-        let listen_is_loopback = self.control.listen.ip().is_loopback();
-        anyhow::ensure!(
-            listen_is_loopback || self.control.token_file.is_some(),
-            "control.token_file is required when control.listen ({}) is not a loopback address",
-            self.control.listen
-        );
-        Ok(())
+        ensure(!needs_retired || self.planner.retired_ou.is_some(), || {
+            "planner.retired_ou is required when an action is \"move\"".into()
+        })?;
+        let control = self.control()?;
+        let listen = control.listen();
+        ensure(listen.ip().is_loopback() || control.settings.token_file.is_some(), || {
+            format!("{0}.token_file is required when {0}.listen ({listen}) is not a loopback address", control.name)
+        })
+    }
+
+    /// `[planner.control]`, or the deprecated top-level `[control]`; both at once is
+    /// refused, since which one wins would be a guess.
+    pub fn control(&self) -> Result<ControlSection, ConfigError> {
+        match (&self.planner.control, &self.control) {
+            (Some(_), Some(_)) => Err(ConfigError(
+                "both [planner.control] and the deprecated [control] are set: keep only [planner.control]".into(),
+            )),
+            (None, Some(old)) => Ok(ControlSection { name: "control", settings: old.clone() }),
+            (new, None) => Ok(ControlSection { name: "planner.control", settings: new.clone().unwrap_or_default() }),
+        }
     }
 
     pub fn scope(&self) -> Scope {
@@ -228,5 +255,61 @@ impl Config {
                 TemplateSetting::DisplayName => NameTemplate::DisplayName,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!("gwb-planner-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("planner.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = gwb_runtime::config::load_with_env(Some(&path), std::iter::empty()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        config
+    }
+
+    const PLANNER: &str = "[planner]\ndefault_ou = \"OU=G,DC=lab\"\n";
+
+    #[test]
+    fn the_control_section_defaults_to_loopback_50051() {
+        let config = load(PLANNER);
+        config.validate().unwrap();
+        let control = config.control().unwrap();
+        assert_eq!((control.name, control.listen()), ("planner.control", DEFAULT_CONTROL_LISTEN));
+    }
+
+    #[test]
+    fn planner_control_is_read_and_a_token_is_required_off_loopback() {
+        let config = load(&format!("{PLANNER}[planner.control]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"/t\"\n"));
+        config.validate().unwrap();
+        let control = config.control().unwrap();
+        assert_eq!(control.listen(), "127.0.0.1:0".parse().unwrap());
+        assert_eq!(control.settings.token_file, Some(PathBuf::from("/t")));
+        assert!(!control.is_deprecated());
+        let open = load(&format!("{PLANNER}[planner.control]\nlisten = \"0.0.0.0:50051\"\n"));
+        let error = open.validate().unwrap_err().to_string();
+        assert!(error.contains("planner.control.token_file is required"), "{error}");
+    }
+
+    #[test]
+    fn the_deprecated_control_section_still_works_but_not_beside_the_new_one() {
+        let old = load(&format!("{PLANNER}[control]\nlisten = \"127.0.0.1:6000\"\ntoken_file = \"/t\"\n"));
+        old.validate().unwrap();
+        let control = old.control().unwrap();
+        assert!(control.is_deprecated());
+        assert_eq!(control.listen(), "127.0.0.1:6000".parse().unwrap());
+        assert_eq!(control.settings.token_file, Some(PathBuf::from("/t")));
+        let open = load(&format!("{PLANNER}[control]\nlisten = \"0.0.0.0:6000\"\n"));
+        assert!(open.validate().unwrap_err().to_string().contains("control.token_file is required"));
+        let both = load(&format!(
+            "{PLANNER}[planner.control]\nlisten = \"127.0.0.1:0\"\n[control]\nlisten = \"127.0.0.1:6000\"\n"
+        ));
+        assert!(
+            both.validate().unwrap_err().to_string().contains("both [planner.control] and the deprecated [control]")
+        );
     }
 }

@@ -13,27 +13,28 @@ use gwb_core::policy::{Decision, GroupOverride};
 
 use crate::coordination::Coordinator;
 use crate::engine::{self, Engine, state};
-use crate::now_ms;
+use gwb_runtime::clock::Clock;
 
 pub struct ControlService {
     engine: Arc<Mutex<Engine>>,
     coordinator: Coordinator,
+    clock: Clock,
 }
 
 impl ControlService {
-    pub fn new(engine: Arc<Mutex<Engine>>, coordinator: Coordinator) -> Self {
-        ControlService { engine, coordinator }
+    pub fn new(engine: Arc<Mutex<Engine>>, coordinator: Coordinator, clock: Clock) -> Self {
+        ControlService { engine, coordinator, clock }
     }
 
     async fn with_engine<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Engine) -> Result<T, engine::EngineError> + Send + 'static,
+        work: impl FnOnce(&mut Engine, i64) -> Result<T, engine::EngineError> + Send + 'static,
     ) -> Result<T, Status> {
-        let engine = self.engine.clone();
+        let (engine, now_ms) = (self.engine.clone(), self.clock.now_ms());
         tokio::task::spawn_blocking(move || {
             let mut guard =
                 engine.lock().map_err(|_| Status::internal("planner state lock poisoned; restart the planner"))?;
-            work(&mut guard).map_err(|e| Status::internal(format!("planner store: {e}")))
+            work(&mut guard, now_ms).map_err(|e| Status::internal(format!("planner store: {e}")))
         })
         .await
         .map_err(|e| Status::internal(format!("planner task failed: {e}")))?
@@ -43,7 +44,7 @@ impl ControlService {
 #[tonic::async_trait]
 impl Operator for ControlService {
     async fn get_status(&self, _request: Request<pb::GetStatusRequest>) -> Result<Response<pb::Status>, Status> {
-        let mut status = self.with_engine(|engine| status(engine)).await?;
+        let mut status = self.with_engine(|engine, now_ms| status(engine, now_ms)).await?;
         // Live answers from the services the planner coordinates, when it knows them.
         status.services.extend(self.coordinator.live_health().await);
         Ok(Response::new(status))
@@ -54,9 +55,9 @@ impl Operator for ControlService {
         _request: Request<pb::EnableWritebackRequest>,
     ) -> Result<Response<pb::Status>, Status> {
         tracing::info!("operator enabled writeback");
-        self.with_engine(|engine| {
-            engine.set_writeback(true, false, now_ms())?;
-            status(engine)
+        self.with_engine(|engine, now_ms| {
+            engine.set_writeback(true, false, now_ms)?;
+            status(engine, now_ms)
         })
         .await
         .map(Response::new)
@@ -77,9 +78,9 @@ impl Operator for ControlService {
             }
         };
         tracing::info!(delete, "operator disabled writeback");
-        self.with_engine(move |engine| {
-            engine.set_writeback(false, delete, now_ms())?;
-            status(engine)
+        self.with_engine(move |engine, now_ms| {
+            engine.set_writeback(false, delete, now_ms)?;
+            status(engine, now_ms)
         })
         .await
         .map(Response::new)
@@ -91,7 +92,7 @@ impl Operator for ControlService {
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
         let request = request.into_inner();
         let page_size = if request.page_size == 0 { 100 } else { request.page_size.min(1000) } as usize;
-        self.with_engine(move |engine| {
+        self.with_engine(move |engine, _| {
             let db = engine.db();
             let mut stmt = db.prepare(
                 "SELECT g.id, g.display_name, COALESCE(w.state, 'unknown'), COALESCE(w.dn, ''), COALESCE(w.last_error, ''),
@@ -118,7 +119,7 @@ impl Operator for ControlService {
     async fn get_group(&self, request: Request<pb::GetGroupRequest>) -> Result<Response<pb::GroupDetail>, Status> {
         let id = request.into_inner().id.to_ascii_lowercase();
         let wanted = id.clone();
-        let detail = self.with_engine(move |engine| group_detail(engine, &wanted)).await?;
+        let detail = self.with_engine(move |engine, _| group_detail(engine, &wanted)).await?;
         detail.map(Response::new).ok_or_else(|| unknown_group(&id))
     }
 
@@ -142,7 +143,7 @@ impl Operator for ControlService {
         tracing::info!(group = %id, ?over, clear, "operator changed a group's writeback settings");
         let wanted = id.clone();
         let detail = self
-            .with_engine(move |engine| {
+            .with_engine(move |engine, now_ms| {
                 if group_detail(engine, &wanted)?.is_none() {
                     return Ok(Err(unknown_group(&wanted)));
                 }
@@ -155,7 +156,7 @@ impl Operator for ControlService {
                          choose universalSecurityGroup or extend the AD schema for Exchange first"
                     ))));
                 }
-                engine.set_override(&wanted, (!clear).then_some(&over), now_ms())?;
+                engine.set_override(&wanted, (!clear).then_some(&over), now_ms)?;
                 Ok(group_detail(engine, &wanted)?.ok_or_else(|| unknown_group(&wanted)))
             })
             .await??;
@@ -168,7 +169,7 @@ impl Operator for ControlService {
     ) -> Result<Response<pb::GroupPlan>, Status> {
         let id = request.into_inner().id.to_ascii_lowercase();
         let wanted = id.clone();
-        let preview = self.with_engine(move |engine| engine.preview(&wanted, now_ms())).await?;
+        let preview = self.with_engine(move |engine, now_ms| engine.preview(&wanted, now_ms)).await?;
         let Some(preview) = preview else { return Err(unknown_group(&id)) };
         let mut plan = pb::GroupPlan {
             id,
@@ -233,7 +234,7 @@ impl Operator for ControlService {
         &self,
         _request: Request<pb::ListHeldDeletionsRequest>,
     ) -> Result<Response<pb::ListHeldDeletionsResponse>, Status> {
-        self.with_engine(|engine| {
+        self.with_engine(|engine, _| {
             let db = engine.db();
             let mut stmt = db.prepare(
                 "SELECT w.group_id, COALESCE(g.display_name, ''), COALESCE(w.dn, ''), w.reason, w.updated_ms
@@ -263,7 +264,7 @@ impl Operator for ControlService {
     ) -> Result<Response<pb::DeletionDecisionResponse>, Status> {
         let ids = request.into_inner().group_ids;
         tracing::info!(groups = ids.len(), "operator approved held deletions");
-        let affected = self.with_engine(move |engine| engine.decide_held(&ids, true, now_ms())).await?;
+        let affected = self.with_engine(move |engine, now_ms| engine.decide_held(&ids, true, now_ms)).await?;
         Ok(Response::new(pb::DeletionDecisionResponse { affected }))
     }
 
@@ -273,7 +274,7 @@ impl Operator for ControlService {
     ) -> Result<Response<pb::DeletionDecisionResponse>, Status> {
         let ids = request.into_inner().group_ids;
         tracing::info!(groups = ids.len(), "operator discarded held deletions");
-        let affected = self.with_engine(move |engine| engine.decide_held(&ids, false, now_ms())).await?;
+        let affected = self.with_engine(move |engine, now_ms| engine.decide_held(&ids, false, now_ms)).await?;
         Ok(Response::new(pb::DeletionDecisionResponse { affected }))
     }
 
@@ -284,7 +285,7 @@ impl Operator for ControlService {
         let request = request.into_inner();
         let id = request.group_id.to_ascii_lowercase();
         let limit = if request.limit == 0 { 100 } else { request.limit.min(10_000) };
-        self.with_engine(move |engine| {
+        self.with_engine(move |engine, _| {
             let mut stmt = engine.db().prepare(
                 "SELECT at_ms, command_id, kind, result, cause, detail FROM audit WHERE group_id = ?1 ORDER BY id DESC LIMIT ?2",
             )?;
@@ -371,9 +372,8 @@ fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<pb::GroupSummary> {
     })
 }
 
-fn status(engine: &Engine) -> Result<pb::Status, engine::EngineError> {
+fn status(engine: &Engine, now: i64) -> Result<pb::Status, engine::EngineError> {
     let db = engine.db();
-    let now = now_ms();
     let enabled = engine::writeback_enabled(db)?;
     let last_disable_mode = match engine::meta(db, "last_disable_mode")?.as_deref() {
         Some("delete") => pb::DisableMode::Delete,

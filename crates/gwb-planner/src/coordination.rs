@@ -8,6 +8,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use gwb_proto::control::v1 as pb;
+use gwb_runtime::clock::Clock;
 use gwb_runtime::secret::Secret;
 
 #[derive(Clone)]
@@ -15,11 +16,12 @@ pub struct Coordinator {
     collector: Option<String>,
     writers: Vec<String>,
     token: Option<Secret>,
+    clock: Clock,
 }
 
 impl Coordinator {
-    pub fn new(collector: Option<String>, writers: Vec<String>, token: Option<Secret>) -> Self {
-        Coordinator { collector, writers, token }
+    pub fn new(collector: Option<String>, writers: Vec<String>, token: Option<Secret>, clock: Clock) -> Self {
+        Coordinator { collector, writers, token, clock }
     }
 
     async fn channel(endpoint: &str) -> Result<Channel, Status> {
@@ -64,7 +66,7 @@ impl Coordinator {
     /// Asks the collector and every writer for their state over gRPC (2 s each), so
     /// `GetStatus` shows what they say now, not only what they last published.
     pub async fn live_health(&self) -> Vec<pb::ServiceHealth> {
-        let now = crate::now_ms();
+        let now = self.clock.now_ms();
         let mut services = Vec::new();
         if let Some(endpoint) = &self.collector {
             let answer = tokio::time::timeout(Duration::from_secs(2), async {

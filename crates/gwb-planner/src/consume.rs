@@ -1,0 +1,127 @@
+//! The planner's consumers: change events (in batches, one transaction each) and the
+//! writer's outcomes and status reports. Every store call runs in `spawn_blocking`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::sync::Notify;
+
+use gwb_bus::{Delivery, Disposition};
+use gwb_proto::commands::v1 as cmd;
+use gwb_proto::events::v1 as ev;
+use gwb_runtime::clock::Clock;
+
+use crate::SharedEngine;
+
+const EVENT_TYPE: &str = "gwb.events.v1.ChangeEvent";
+const OUTCOME_TYPE: &str = "gwb.commands.v1.Outcome";
+const WRITER_STATUS_TYPE: &str = "gwb.commands.v1.WriterStatus";
+
+#[derive(Clone)]
+pub(crate) struct Consumer {
+    pub engine: SharedEngine,
+    pub outbox_ready: Arc<Notify>,
+    pub clock: Clock,
+}
+
+impl Consumer {
+    /// Plans every event of a delivery batch in one transaction (see
+    /// `Engine::apply_events`), each under a span parented by its own message's trace.
+    pub async fn events(self, deliveries: Vec<Delivery>) -> Vec<Disposition> {
+        let mut dispositions = vec![Disposition::Requeue; deliveries.len()];
+        let mut events = Vec::with_capacity(deliveries.len());
+        let mut indices = Vec::with_capacity(deliveries.len());
+        for (index, delivery) in deliveries.iter().enumerate() {
+            // Bytes of another message type or version may well decode as this one
+            // (protobuf is lenient): the declared type decides, never a successful decode.
+            if delivery.kind.as_deref() != Some(EVENT_TYPE) {
+                tracing::error!(message_id = ?delivery.message_id, kind = ?delivery.kind, "event of an unknown type or version dead-lettered");
+                dispositions[index] = Disposition::DeadLetter;
+                continue;
+            }
+            match ev::ChangeEvent::decode(delivery.payload.as_slice()) {
+                Ok(event) if event.change.is_some() && !event.event_id.is_empty() => {
+                    let span = tracing::info_span!("plan_event", event_id = %event.event_id);
+                    delivery.set_parent_of(&span);
+                    events.push((event, span));
+                    indices.push(index);
+                }
+                Ok(_) | Err(_) => {
+                    tracing::error!(message_id = ?delivery.message_id, "undecodable or empty change event dead-lettered");
+                    dispositions[index] = Disposition::DeadLetter;
+                }
+            }
+        }
+        if events.is_empty() {
+            return dispositions;
+        }
+        let (engine, now_ms) = (self.engine.clone(), self.clock.now_ms());
+        let result = tokio::task::spawn_blocking(move || {
+            let mut engine = engine.lock().map_err(|_| "planner state lock poisoned".to_string())?;
+            Ok::<_, String>(engine.apply_events(&events, now_ms))
+        })
+        .await;
+        let (applied, failure) = match result {
+            Ok(Ok((applied, failure))) => (applied, failure.map(|e| e.to_string())),
+            Ok(Err(error)) => (0, Some(error)),
+            Err(error) => (0, Some(error.to_string())),
+        };
+        for &index in &indices[..applied] {
+            dispositions[index] = Disposition::Ack;
+        }
+        if applied > 0 {
+            self.outbox_ready.notify_one();
+        }
+        if let Some(error) = failure {
+            // It and the events after it stay Requeue: redelivered in order.
+            tracing::error!(%error, applied, "applying a change event failed; it and the events after it will be redelivered");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        dispositions
+    }
+
+    pub async fn outcome(self, delivery: Delivery) -> Disposition {
+        let kind = delivery.kind.clone().unwrap_or_default();
+        if kind != OUTCOME_TYPE && kind != WRITER_STATUS_TYPE {
+            tracing::error!(message_id = ?delivery.message_id, %kind, "outcome of an unknown type or version dead-lettered");
+            return Disposition::DeadLetter;
+        }
+        let payload = delivery.payload;
+        let (engine, now_ms) = (self.engine.clone(), self.clock.now_ms());
+        let result = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+            let mut engine = engine.lock().map_err(|_| "planner state lock poisoned".to_string())?;
+            if kind == WRITER_STATUS_TYPE {
+                let Ok(status) = cmd::WriterStatus::decode(payload.as_slice()) else { return Ok(false) };
+                engine.apply_writer_status(&status, now_ms).map_err(|e| e.to_string())?;
+            } else {
+                let Ok(outcome) = cmd::Outcome::decode(payload.as_slice()) else { return Ok(false) };
+                if outcome.command_id.is_empty() {
+                    return Ok(false);
+                }
+                engine.apply_outcome(&outcome, now_ms).map_err(|e| e.to_string())?;
+            }
+            Ok(true)
+        })
+        .await;
+        match result {
+            Ok(Ok(true)) => {
+                self.outbox_ready.notify_one();
+                Disposition::Ack
+            }
+            Ok(Ok(false)) => {
+                tracing::error!(message_id = ?delivery.message_id, "undecodable outcome dead-lettered");
+                Disposition::DeadLetter
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "recording an outcome failed; it will be redelivered");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Disposition::Requeue
+            }
+            Err(error) => {
+                tracing::error!(%error, "planner task failed");
+                Disposition::Requeue
+            }
+        }
+    }
+}
