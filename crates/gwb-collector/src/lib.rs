@@ -12,7 +12,6 @@ pub mod config;
 mod control;
 mod cursor;
 mod error;
-mod events;
 mod notifications;
 mod round;
 

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use prost::Message as _;
 
 use gwb_bus::{Message, Publisher, Route};
+use gwb_core::event::{Change, ChangeEvent, RoundBoundary};
 use gwb_graph::{GraphClient, GraphError, PageLink, Resource};
 use gwb_proto::events::v1 as pb;
+use gwb_proto::message_types::EVENT_TYPE;
 use gwb_runtime::clock::Clock;
-use pb::change_event::Change;
 
 use crate::cursor::CursorStore;
 use crate::error::CollectorError;
-use crate::events;
 
 pub struct Collector {
     graph: Arc<GraphClient>,
@@ -68,7 +68,7 @@ impl Collector {
         let round_id = uuid::Uuid::new_v4().to_string();
         let mut position = 0u64;
         let mut visited = HashSet::new();
-        let boundary = pb::RoundBoundary { resource: events::resource(resource) as i32, full };
+        let boundary = RoundBoundary { resource, full };
         if full {
             self.publish(
                 &round_id,
@@ -99,7 +99,7 @@ impl Collector {
             };
             let observed_at = self.clock.now_ms();
             objects += page.items.len();
-            let changes: Vec<Change> = page.items.into_iter().map(|item| events::change(resource, item)).collect();
+            let changes: Vec<Change> = page.items.into_iter().map(|item| item.into_change(resource)).collect();
             let cause = format!("graph {}/delta round {round_id} page {pages}", resource.path());
             self.publish(&round_id, &mut position, observed_at, changes, &cause).await?;
             match page.link {
@@ -144,18 +144,18 @@ impl Collector {
             .into_iter()
             .map(|change| {
                 let event_id = uuid::Uuid::new_v4().to_string();
-                let event = pb::ChangeEvent {
+                let event = pb::ChangeEvent::from(ChangeEvent {
                     event_id: event_id.clone(),
                     cause: cause.to_string(),
                     observed_at_ms,
                     round_id: round_id.to_string(),
                     round_position: *position,
-                    change: Some(change),
-                };
+                    change,
+                });
                 *position += 1;
                 let message = Message {
                     id: event_id,
-                    kind: "gwb.events.v1.ChangeEvent",
+                    kind: EVENT_TYPE,
                     payload: event.encode_to_vec(),
                     headers: Default::default(),
                     timestamp_ms: observed_at_ms,

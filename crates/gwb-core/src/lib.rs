@@ -7,6 +7,7 @@
 pub mod command;
 pub mod deletion;
 pub mod escape;
+pub mod event;
 pub mod members;
 pub mod naming;
 pub mod policy;

@@ -12,10 +12,11 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::credential::Credential;
-use crate::delta::{DeltaPage, Resource, parse_page};
+use crate::delta::{DeltaPage, parse_page};
 use crate::subscription::{NewSubscription, Subscription, rfc3339};
 use crate::token::{AccessToken, request_token, without_url};
 use crate::{GraphConfig, GraphError};
+use gwb_core::event::Resource;
 
 const GROUP_SELECT: &str = "id,displayName,description,mailNickname,mail,mailEnabled,securityEnabled,groupTypes,proxyAddresses,onPremisesSyncEnabled,members";
 const USER_SELECT: &str = "id,displayName,userPrincipalName,userType,onPremisesSecurityIdentifier,onPremisesSyncEnabled,onPremisesDistinguishedName,onPremisesSamAccountName";

@@ -4,20 +4,10 @@
 
 use serde_json::{Map, Value};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Resource {
-    Users,
-    Groups,
-}
-
-impl Resource {
-    pub fn path(self) -> &'static str {
-        match self {
-            Resource::Users => "users",
-            Resource::Groups => "groups",
-        }
-    }
-}
+use gwb_core::event::{
+    Change, GroupObserved, MemberLink, ObjectRemoved, RemovalReason, Resource, UserObserved, WritebackConfiguration,
+};
+use gwb_core::members::MemberKind;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PageLink {
@@ -33,82 +23,41 @@ pub struct DeltaPage {
     pub link: PageLink,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RemovedReason {
-    /// Soft-deleted, restorable.
-    Changed,
-    /// Permanently deleted.
-    Deleted,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeltaItem {
-    User(UserChange),
-    Group(GroupChange),
-    Removed { id: String, reason: RemovedReason },
+    User(UserObserved),
+    Group(GroupObserved),
+    Removed { id: String, reason: RemovalReason },
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct UserChange {
-    pub id: String,
-    pub display_name: Option<String>,
-    pub user_principal_name: Option<String>,
-    pub user_type: Option<String>,
-    pub on_premises_security_identifier: Option<String>,
-    pub on_premises_sync_enabled: Option<bool>,
-    pub on_premises_distinguished_name: Option<String>,
-    pub on_premises_sam_account_name: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemberType {
-    User,
-    Group,
-    Device,
-    OrgContact,
-    ServicePrincipal,
-    Application,
-    Other,
-}
-
-impl MemberType {
-    fn from_odata(odata_type: Option<&str>) -> Self {
-        match odata_type.map(|t| t.trim_start_matches("#microsoft.graph.")) {
-            Some("user") => MemberType::User,
-            Some("group") => MemberType::Group,
-            Some("device") => MemberType::Device,
-            Some("orgContact") => MemberType::OrgContact,
-            Some("servicePrincipal") => MemberType::ServicePrincipal,
-            Some("application") => MemberType::Application,
-            _ => MemberType::Other,
+impl DeltaItem {
+    /// The domain change this item reports; `resource` says what a removal removed.
+    pub fn into_change(self, resource: Resource) -> Change {
+        match self {
+            DeltaItem::User(user) => Change::User(user),
+            DeltaItem::Group(group) => Change::Group(group),
+            DeltaItem::Removed { id, reason } => {
+                let removed = ObjectRemoved { id, reason };
+                match resource {
+                    Resource::Users => Change::UserRemoved(removed),
+                    Resource::Groups => Change::GroupRemoved(removed),
+                }
+            }
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberChange {
-    pub id: String,
-    pub member_type: MemberType,
-}
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct GroupChange {
-    pub id: String,
-    pub display_name: Option<String>,
-    pub description: Option<String>,
-    pub mail_nickname: Option<String>,
-    pub mail: Option<String>,
-    pub mail_enabled: Option<bool>,
-    pub security_enabled: Option<bool>,
-    pub group_types: Vec<String>,
-    pub proxy_addresses: Vec<String>,
-    pub on_premises_sync_enabled: Option<bool>,
-    /// `(isEnabled, onPremisesGroupType)` from beta `writebackConfiguration`.
-    pub writeback_enabled: Option<bool>,
-    pub writeback_group_type: Option<String>,
-    pub has_writeback_configuration: bool,
-    pub members_added: Vec<MemberChange>,
-    pub members_removed: Vec<MemberChange>,
+/// Graph's `@odata.type` of a member, as the domain's member kind.
+fn member_kind(odata_type: Option<&str>) -> MemberKind {
+    match odata_type.map(|t| t.trim_start_matches("#microsoft.graph.")) {
+        Some("user") => MemberKind::User,
+        Some("group") => MemberKind::Group,
+        Some("device") => MemberKind::Device,
+        Some("orgContact") => MemberKind::OrgContact,
+        Some("servicePrincipal") => MemberKind::ServicePrincipal,
+        Some("application") => MemberKind::Application,
+        _ => MemberKind::Other,
+    }
 }
 
 /// Parses one delta page body.
@@ -139,7 +88,7 @@ fn parse_item(resource: Resource, value: &Value) -> Result<DeltaItem, String> {
         return Ok(DeltaItem::Removed { id, reason: removed_reason(removed) });
     }
     Ok(match resource {
-        Resource::Users => DeltaItem::User(UserChange {
+        Resource::Users => DeltaItem::User(UserObserved {
             id,
             display_name: string(object, "displayName"),
             user_principal_name: string(object, "userPrincipalName"),
@@ -150,7 +99,7 @@ fn parse_item(resource: Resource, value: &Value) -> Result<DeltaItem, String> {
             on_premises_sam_account_name: string(object, "onPremisesSamAccountName"),
         }),
         Resource::Groups => {
-            let mut group = GroupChange {
+            let mut group = GroupObserved {
                 id,
                 display_name: string(object, "displayName"),
                 description: string(object, "description"),
@@ -161,20 +110,21 @@ fn parse_item(resource: Resource, value: &Value) -> Result<DeltaItem, String> {
                 group_types: strings(object, "groupTypes"),
                 proxy_addresses: strings(object, "proxyAddresses"),
                 on_premises_sync_enabled: object.get("onPremisesSyncEnabled").and_then(Value::as_bool),
-                ..GroupChange::default()
+                ..GroupObserved::default()
             };
             if let Some(config) = object.get("writebackConfiguration").and_then(Value::as_object) {
-                group.has_writeback_configuration = true;
-                group.writeback_enabled = config.get("isEnabled").and_then(Value::as_bool);
-                group.writeback_group_type = string(config, "onPremisesGroupType");
+                group.writeback = Some(WritebackConfiguration {
+                    is_enabled: config.get("isEnabled").and_then(Value::as_bool),
+                    on_premises_group_type: string(config, "onPremisesGroupType"),
+                });
             }
             if let Some(members) = object.get("members@delta") {
                 let members = members.as_array().ok_or("`members@delta` is not an array")?;
                 for member in members {
                     let member = member.as_object().ok_or("`members@delta` entry is not an object")?;
-                    let change = MemberChange {
+                    let change = MemberLink {
                         id: string(member, "id").ok_or("`members@delta` entry has no `id`")?,
-                        member_type: MemberType::from_odata(member.get("@odata.type").and_then(Value::as_str)),
+                        kind: member_kind(member.get("@odata.type").and_then(Value::as_str)),
                     };
                     if member.contains_key("@removed") {
                         group.members_removed.push(change);
@@ -188,12 +138,12 @@ fn parse_item(resource: Resource, value: &Value) -> Result<DeltaItem, String> {
     })
 }
 
-fn removed_reason(removed: &Value) -> RemovedReason {
+fn removed_reason(removed: &Value) -> RemovalReason {
     match removed.get("reason").and_then(Value::as_str) {
-        Some(reason) if reason.eq_ignore_ascii_case("changed") => RemovedReason::Changed,
+        Some(reason) if reason.eq_ignore_ascii_case("changed") => RemovalReason::Changed,
         // "deleted", or anything unknown: the object is gone from our view either way;
         // deletion safety is the planner's job (threshold, soft/hard policy).
-        _ => RemovedReason::Deleted,
+        _ => RemovalReason::Deleted,
     }
 }
 
@@ -224,9 +174,9 @@ mod tests {
         assert_eq!(page.link, PageLink::Next("https://g/v1.0/groups/delta?$skiptoken=a".into()));
         let DeltaItem::Group(group) = &page.items[0] else { panic!("group expected") };
         assert_eq!(group.display_name.as_deref(), Some("Sales"));
-        assert_eq!(group.members_added, vec![MemberChange { id: "u1".into(), member_type: MemberType::User }]);
-        assert_eq!(group.members_removed, vec![MemberChange { id: "g2".into(), member_type: MemberType::Group }]);
-        assert_eq!(page.items[1], DeltaItem::Removed { id: "g3".into(), reason: RemovedReason::Changed });
+        assert_eq!(group.members_added, vec![MemberLink { id: "u1".into(), kind: MemberKind::User }]);
+        assert_eq!(group.members_removed, vec![MemberLink { id: "g2".into(), kind: MemberKind::Group }]);
+        assert_eq!(page.items[1], DeltaItem::Removed { id: "g3".into(), reason: RemovalReason::Changed });
     }
 
     #[test]

@@ -17,8 +17,7 @@ mod token;
 pub use client::GraphClient;
 pub use config::GraphConfig;
 pub use credential::{CertificateCredential, Credential};
-pub use delta::{
-    DeltaItem, DeltaPage, GroupChange, MemberChange, MemberType, PageLink, RemovedReason, Resource, UserChange,
-};
+pub use delta::{DeltaItem, DeltaPage, PageLink};
 pub use error::GraphError;
+pub use gwb_core::event::Resource;
 pub use subscription::{MAX_SUBSCRIPTION_LIFETIME, NewSubscription, Subscription, rfc3339};

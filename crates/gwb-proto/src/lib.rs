@@ -2,6 +2,8 @@
 //! token check. Field documentation lives in the `.proto` files.
 
 pub mod auth;
+pub mod convert;
+pub mod message_types;
 pub mod server;
 
 pub mod events {
