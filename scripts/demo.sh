@@ -86,7 +86,7 @@ name_template = "display_name"
 [scope]
 security_groups = true
 
-[control]
+[planner.control]
 listen = "$CONTROL"
 token_file = "$DEMO/control-token"
 
