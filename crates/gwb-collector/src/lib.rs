@@ -197,7 +197,7 @@ async fn run_rounds(collector: &mut round::Collector, shared: &Shared, round_tim
             }
         }
     }
-    for resource in [Resource::Users, Resource::Groups] {
+    for resource in Resource::ALL {
         let outcome = match tokio::time::timeout(round_timeout, collector.run_round(resource)).await {
             Ok(outcome) => outcome,
             Err(_) => Err(CollectorError::RoundTimeout { resource: resource.path(), seconds: round_timeout.as_secs() }),

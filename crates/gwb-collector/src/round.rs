@@ -37,7 +37,7 @@ impl Collector {
 
     /// Forgets every cursor, so the next rounds are full rounds (FullResync).
     pub fn forget_cursors(&self) -> Result<(), CollectorError> {
-        for resource in [Resource::Users, Resource::Groups] {
+        for resource in Resource::ALL {
             self.cursors.forget(resource)?;
         }
         Ok(())
