@@ -82,7 +82,7 @@ pub struct GroupObserved {
 pub enum RemovalReason {
     /// Soft-deleted, restorable (`"changed"`).
     Changed,
-    /// Permanently deleted (`"deleted"`, or a reason Graph did not name).
+    /// Permanently deleted (`"deleted"`). A missing or unknown reason is `Changed`.
     Deleted,
 }
 

@@ -85,7 +85,8 @@ fn parse_item(resource: Resource, value: &Value) -> Result<DeltaItem, String> {
     let object = value.as_object().ok_or("entry is not an object")?;
     let id = string(object, "id").ok_or("entry has no string `id`")?;
     if let Some(removed) = object.get("@removed") {
-        return Ok(DeltaItem::Removed { id, reason: removed_reason(removed) });
+        let reason = removed_reason(&id, removed);
+        return Ok(DeltaItem::Removed { id, reason });
     }
     Ok(match resource {
         Resource::Users => DeltaItem::User(UserObserved {
@@ -138,12 +139,18 @@ fn parse_item(resource: Resource, value: &Value) -> Result<DeltaItem, String> {
     })
 }
 
-fn removed_reason(removed: &Value) -> RemovalReason {
+/// Only `deleted` is a permanent delete. Graph documents the reason as optional
+/// ("may include additional information about why the instance was removed"), so a
+/// missing or unknown reason is the conservative one: a soft removal, which the
+/// planner handles by `on_soft_delete` (default `keep`), never an AD deletion.
+fn removed_reason(id: &str, removed: &Value) -> RemovalReason {
     match removed.get("reason").and_then(Value::as_str) {
+        Some(reason) if reason.eq_ignore_ascii_case("deleted") => RemovalReason::Deleted,
         Some(reason) if reason.eq_ignore_ascii_case("changed") => RemovalReason::Changed,
-        // "deleted", or anything unknown: the object is gone from our view either way;
-        // deletion safety is the planner's job (threshold, soft/hard policy).
-        _ => RemovalReason::Deleted,
+        other => {
+            tracing::warn!(id, reason = ?other, "@removed without a known reason: treated as a soft removal");
+            RemovalReason::Changed
+        }
     }
 }
 
@@ -177,6 +184,21 @@ mod tests {
         assert_eq!(group.members_added, vec![MemberLink { id: "u1".into(), kind: MemberKind::User }]);
         assert_eq!(group.members_removed, vec![MemberLink { id: "g2".into(), kind: MemberKind::Group }]);
         assert_eq!(page.items[1], DeltaItem::Removed { id: "g3".into(), reason: RemovalReason::Changed });
+    }
+
+    #[test]
+    fn a_removal_without_a_known_reason_is_soft() {
+        let body = br#"{"@odata.deltaLink":"d","value":[{"id":"g1","@removed":{}},
+            {"id":"g2","@removed":{"reason":"unknownFutureValue"}},{"id":"g3","@removed":{"reason":"Deleted"}}]}"#;
+        let page = parse_page(Resource::Groups, body).unwrap();
+        assert_eq!(
+            page.items,
+            vec![
+                DeltaItem::Removed { id: "g1".into(), reason: RemovalReason::Changed },
+                DeltaItem::Removed { id: "g2".into(), reason: RemovalReason::Changed },
+                DeltaItem::Removed { id: "g3".into(), reason: RemovalReason::Deleted },
+            ]
+        );
     }
 
     #[test]

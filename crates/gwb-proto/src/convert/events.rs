@@ -158,13 +158,13 @@ impl From<ObjectRemoved> for pb::ObjectRemoved {
 }
 
 impl From<pb::ObjectRemoved> for ObjectRemoved {
-    /// Only an explicit "changed" is a soft delete; anything else is treated as gone,
-    /// as the collector does with a reason Graph did not name.
+    /// Only an explicit "deleted" is a permanent delete; an unset or unknown reason is
+    /// the conservative soft removal, as the collector treats a reason Graph did not name.
     fn from(removed: pb::ObjectRemoved) -> Self {
-        let reason = if removed.reason == pb::RemovalReason::Changed as i32 {
-            RemovalReason::Changed
-        } else {
+        let reason = if removed.reason == pb::RemovalReason::Deleted as i32 {
             RemovalReason::Deleted
+        } else {
+            RemovalReason::Changed
         };
         ObjectRemoved { id: removed.id, reason }
     }
@@ -313,6 +313,6 @@ mod tests {
         assert_eq!(ChangeEvent::try_from(wire), Err(EventError::UnknownResource(99)));
         assert_eq!(MemberLink::from(pb::MemberLink { id: "x".into(), kind: 42 }).kind, MemberKind::Other);
         let unnamed = ObjectRemoved::from(pb::ObjectRemoved { id: "g".into(), reason: 0 });
-        assert_eq!(unnamed.reason, RemovalReason::Deleted);
+        assert_eq!(unnamed.reason, RemovalReason::Changed);
     }
 }
