@@ -3,7 +3,6 @@
 //! `target/bench/<scenario>.json`. `Scale::Smoke` is what `cargo test` runs (so the
 //! suite cannot rot); `Scale::Full` is what `scripts/bench.sh` runs.
 
-pub mod harness;
 pub mod ldap;
 pub mod scenarios;
 
@@ -88,7 +87,7 @@ impl Bench {
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
+    u64::try_from(gwb_runtime::clock::system_now_ms()).unwrap_or_default()
 }
 
 fn machine() -> Value {

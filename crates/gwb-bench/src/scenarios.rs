@@ -9,7 +9,8 @@ use ldap3::Ldap;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::{Options, Services, metric_sum};
+use gwb_tests::pipeline::{Options, Pipeline};
+
 use crate::ldap::{self, ByteProxy, GroupLoad, Lab, User};
 use crate::{Bench, now_ms};
 
@@ -23,23 +24,52 @@ async fn fresh_ou(lab: &Lab, ldap: &mut Ldap, what: &str) -> anyhow::Result<Stri
     lab.ensure_ou(ldap, &parent, &format!("{what}-{}", &Uuid::new_v4().simple().to_string()[..8])).await
 }
 
+/// The shared harness (`gwb_tests::pipeline`) the way benchmarks run it: the bench's
+/// binaries (release for full runs), Graph's own paging (graph-sim's defaults: 50–100
+/// objects a page, 500-member slices, not the tiny pages the end-to-end tests use to
+/// shake out paging bugs), no deletion threshold, the collector started separately (so
+/// timing can start at its first round), 50 ms checks.
 fn options(bench: &Bench, target_ou: &str, poll: f64) -> Options {
     Options {
-        bin_dir: bench.bin_dir.clone(),
-        target_ou: target_ou.to_string(),
-        poll_interval_seconds: poll,
-        dry_run: false,
-        ldap_url: None,
+        bin_dir: Some(bench.bin_dir.clone()),
+        graph_sim_args: vec!["--log".into(), "warn".into()],
         log_filter: std::env::var("GWB_BENCH_LOG").unwrap_or_else(|_| "info".into()),
-        webhook: false,
+        poll_interval_seconds: poll,
+        planner_sections: "[deletion]\nmax_groups = 1000000\nmax_percent = 100\n".into(),
+        defer_collector: true,
+        check_every: Duration::from_millis(50),
+        name: "gwbbench".into(),
+        keep_dir: std::env::var_os("GWB_BENCH_KEEP").is_some(),
+        ..Options::new(target_ou)
     }
+}
+
+/// What the benchmarks read of `gwbctl status`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Status {
+    memberships_known: u64,
+    commands_in_flight: u64,
+}
+
+async fn status(services: &Pipeline) -> anyhow::Result<Status> {
+    let v = services.gwbctl_json(&["status"]).await?;
+    Ok(Status {
+        memberships_known: v["memberships_known"].as_u64().unwrap_or_default(),
+        commands_in_flight: v["commands_in_flight"].as_u64().unwrap_or_default(),
+    })
+}
+
+/// Sum of every sample of `name` whose labels contain all `labels` (`key="value"`).
+fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    gwb_tests::pipeline::metric_sum(text, name, &labels.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// A tenant in graph-sim: `groups` security groups; group g has `members` users,
 /// from g × members on (wrapping), like graph-sim's generator, but with the fixture
 /// users' real SIDs so the writer can resolve them.
 async fn seed_tenant(
-    services: &Services,
+    services: &Pipeline,
     users: &[User],
     groups: usize,
     members: usize,
@@ -90,11 +120,11 @@ async fn seed_tenant(
 }
 
 /// Waits until the planner holds the whole tenant (the collector's first round is done).
-async fn wait_ingested(services: &Services, memberships: u64, timeout: Duration) -> anyhow::Result<Duration> {
+async fn wait_ingested(services: &Pipeline, memberships: u64, timeout: Duration) -> anyhow::Result<Duration> {
     let started = Instant::now();
     services
         .eventually("the planner knows every membership", timeout, || async {
-            let status = services.status().await?;
+            let status = status(services).await?;
             ensure!(
                 status.memberships_known >= memberships,
                 "{} of {memberships} memberships known",
@@ -109,10 +139,10 @@ async fn wait_ingested(services: &Services, memberships: u64, timeout: Duration)
 /// Waits until the writer reports `members` member values and `groups` upserts applied,
 /// and the planner has nothing in flight. Metrics are counted after the AD write
 /// returns, so this is never early; it polls every 50 ms, so it is at most that late.
-async fn wait_converged(services: &Services, groups: u64, members: u64, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_converged(services: &Pipeline, groups: u64, members: u64, timeout: Duration) -> anyhow::Result<()> {
     services
         .eventually("AD converged (writer metrics)", timeout, || async {
-            let text = services.metrics("gwb-writer").await?;
+            let text = services.scrape("gwb-writer").await?;
             let written = metric_sum(&text, "gwb_members_written_total", &[]) as u64;
             let upserts = metric_sum(&text, "gwb_commands_total", &[("kind", "upsert"), ("result", "applied")]) as u64;
             let failed = metric_sum(&text, "gwb_commands_total", &[("result", "failed")]) as u64;
@@ -126,7 +156,7 @@ async fn wait_converged(services: &Services, groups: u64, members: u64, timeout:
         .await?;
     services
         .eventually("nothing in flight", timeout, || async {
-            let status = services.status().await?;
+            let status = status(services).await?;
             ensure!(status.commands_in_flight == 0, "{} in flight", status.commands_in_flight);
             Ok(())
         })
@@ -148,7 +178,7 @@ async fn verify(lab: &Lab, ou: &str, expected: &BTreeMap<String, Vec<String>>) -
     Ok(())
 }
 
-fn memory_of(services: &Services) -> Value {
+fn memory_of(services: &Pipeline) -> Value {
     services
         .process_stats()
         .into_iter()
@@ -181,7 +211,7 @@ struct LoadResult {
     baseline_s: f64,
     ingest_s: f64,
     memory: Value,
-    services: Services,
+    services: Pipeline,
     group_ids: Vec<Uuid>,
     proxy: Option<ByteProxy>,
 }
@@ -208,10 +238,10 @@ async fn load(
         let (host, _) = lab.host_port()?;
         opts.ldap_url = Some(format!("ldaps://{host}:{}", proxy.port));
     }
-    let mut services = Services::start(lab, opts).await?;
+    let mut services = Pipeline::start(opts).await?;
     let (_, group_ids, membership) = seed_tenant(&services, users, groups, members, what).await?;
     let total = (groups * members) as u64;
-    services.start_collector()?;
+    services.start_collector().await?;
     let timeout = Duration::from_secs(if bench.full() { 3600 } else { 120 });
     let ingest = wait_ingested(&services, total, timeout).await?;
     eprintln!("{what}: planner holds {total} memberships after {:.1} s; enabling writeback", ingest.as_secs_f64());
@@ -340,9 +370,9 @@ async fn latency_run(bench: &Bench, webhook: bool) -> anyhow::Result<serde_json:
     let (users, _) = ldap::ensure_users(&lab, user_count).await?;
     let mut ldap = lab.connect().await?;
     let ou = fresh_ou(&lab, &mut ldap, "latency").await?;
-    let mut services = Services::start(&lab, Options { webhook, ..options(bench, &ou, 1.0) }).await?;
+    let mut services = Pipeline::start(Options { notifications: webhook, ..options(bench, &ou, 1.0) }).await?;
     let (user_ids, group_ids, _) = seed_tenant(&services, &users, groups, members, "latency").await?;
-    services.start_collector()?;
+    services.start_collector().await?;
     let timeout = Duration::from_secs(600);
     wait_ingested(&services, (groups * members) as u64, timeout).await?;
     services.gwbctl_json(&["enable"]).await?;
@@ -409,7 +439,7 @@ async fn latency_run(bench: &Bench, webhook: bool) -> anyhow::Result<serde_json:
         percentile(&latencies, 99.0),
         percentile(&latencies, 100.0),
     );
-    let writer_metrics = services.metrics("gwb-writer").await?;
+    let writer_metrics = services.scrape("gwb-writer").await?;
     let e2e_sum = metric_sum(&writer_metrics, "gwb_end_to_end_latency_seconds_sum", &[]);
     let e2e_count = metric_sum(&writer_metrics, "gwb_end_to_end_latency_seconds_count", &[]);
     let result = json!({
@@ -430,7 +460,7 @@ fn round3(x: f64) -> f64 {
 
 /// LDAP operations (by kind) and bytes the writer sends for one membership change.
 async fn one_member_cost(
-    services: &Services,
+    services: &Pipeline,
     proxy: &ByteProxy,
     lab: &Lab,
     group: Uuid,
@@ -439,7 +469,7 @@ async fn one_member_cost(
     user_dn: &str,
 ) -> anyhow::Result<Value> {
     let kinds = ["search", "add", "modify", "modify_dn", "delete", "connect", "bind"];
-    let before_text = services.metrics("gwb-writer").await?;
+    let before_text = services.scrape("gwb-writer").await?;
     let before_bytes = proxy.bytes_sent();
     services.sim.add_members(group, &[user]).await?;
     let mut ldap = lab.connect().await?;
@@ -455,11 +485,11 @@ async fn one_member_cost(
     // Let the writer finish (outcome, metrics) before reading its counters.
     services
         .eventually("nothing in flight", Duration::from_secs(60), || async {
-            ensure!(services.status().await?.commands_in_flight == 0, "in flight");
+            ensure!(status(services).await?.commands_in_flight == 0, "in flight");
             Ok(())
         })
         .await?;
-    let after_text = services.metrics("gwb-writer").await?;
+    let after_text = services.scrape("gwb-writer").await?;
     let bytes = proxy.bytes_sent() - before_bytes;
     let mut ops = serde_json::Map::new();
     let mut total = 0.0;
@@ -542,9 +572,9 @@ pub async fn idle(bench: &Bench) -> anyhow::Result<()> {
     let (users, _) = ldap::ensure_users(&lab, if bench.full() { 2000 } else { 50 }).await?;
     let mut ldap = lab.connect().await?;
     let ou = fresh_ou(&lab, &mut ldap, "idle").await?;
-    let mut services = Services::start(&lab, options(bench, &ou, poll)).await?;
+    let mut services = Pipeline::start(options(bench, &ou, poll)).await?;
     seed_tenant(&services, &users, groups, members, "idle").await?;
-    services.start_collector()?;
+    services.start_collector().await?;
     let timeout = Duration::from_secs(600);
     wait_ingested(&services, (groups * members) as u64, timeout).await?;
     services.gwbctl_json(&["enable"]).await?;
@@ -565,12 +595,12 @@ pub async fn idle(bench: &Bench) -> anyhow::Result<()> {
     };
     let cpu_before = services.process_stats();
     let stats_before = services.sim.stats().await?;
-    let collector_before = services.metrics("gwb-collector").await?;
-    let writer_before = services.metrics("gwb-writer").await?;
+    let collector_before = services.scrape("gwb-collector").await?;
+    let writer_before = services.scrape("gwb-writer").await?;
     let started = Instant::now();
     services
         .eventually("10 idle poll rounds", Duration::from_secs_f64(poll * rounds as f64 * 5.0 + 30.0), || async {
-            let now = services.metrics("gwb-collector").await?;
+            let now = services.scrape("gwb-collector").await?;
             ensure!(rounds_of(&now) - rounds_of(&collector_before) >= rounds as f64, "not yet");
             Ok(())
         })
@@ -578,8 +608,8 @@ pub async fn idle(bench: &Bench) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = services.process_stats();
     let stats_after = services.sim.stats().await?;
-    let collector_after = services.metrics("gwb-collector").await?;
-    let writer_after = services.metrics("gwb-writer").await?;
+    let collector_after = services.scrape("gwb-collector").await?;
+    let writer_after = services.scrape("gwb-writer").await?;
     let observed_rounds = rounds_of(&collector_after) - rounds_of(&collector_before);
     let graph_requests = requests(&stats_after) - requests(&stats_before);
     let ldap_writes = writes(&writer_after) - writes(&writer_before);
@@ -617,8 +647,8 @@ pub async fn throughput(bench: &Bench) -> anyhow::Result<()> {
     let (users, groups, members) = if bench.full() { (100_000u32, 1000u32, 1000u32) } else { (200, 20, 100) };
     let lab = Lab::from_env()?;
     let mut opts = options(bench, &format!("OU=DryRun,{}", lab.base_dn), 1.0);
-    opts.dry_run = true;
-    let mut services = Services::start(&lab, opts).await?;
+    opts.writer_toml = "dry_run = true".into();
+    let mut services = Pipeline::start(opts).await?;
     let generated = services
         .sim
         .generate(&GenerateSpec {
@@ -639,7 +669,7 @@ pub async fn throughput(bench: &Bench) -> anyhow::Result<()> {
     // stage, and the clock runs from the collector's start to the writer's last ack.
     services.gwbctl_json(&["enable"]).await?;
     let started = Instant::now();
-    services.start_collector()?;
+    services.start_collector().await?;
     let timeout = Duration::from_secs(if bench.full() { 3600 } else { 120 });
     let mut ingested = None;
     let mut published_at = None;
@@ -648,25 +678,25 @@ pub async fn throughput(bench: &Bench) -> anyhow::Result<()> {
         // Poll every ~250 ms: a status call counts rows in SQLite.
         tokio::time::sleep(Duration::from_millis(250)).await;
         anyhow::ensure!(started.elapsed() < timeout, "timed out waiting for the dry run\n{}", services.log_tails());
-        let collector = services.metrics("gwb-collector").await.unwrap_or_default();
+        let collector = services.scrape("gwb-collector").await.unwrap_or_default();
         if published_at.is_none()
             && metric_sum(&collector, "gwb_delta_rounds_total", &[("resource", "groups"), ("result", "completed")])
                 >= 1.0
         {
             published_at = Some(started.elapsed());
         }
-        let Ok(status) = services.status().await else { continue };
+        let Ok(status) = status(&services).await else { continue };
         if ingested.is_none() && status.memberships_known >= memberships {
             ingested = Some(started.elapsed());
         }
-        let writer = services.metrics("gwb-writer").await.unwrap_or_default();
+        let writer = services.scrape("gwb-writer").await.unwrap_or_default();
         if ingested.is_some() && status.commands_in_flight == 0 && dry_runs(&writer) >= groups as f64 {
             break;
         }
     }
     let total = started.elapsed().as_secs_f64();
     let rate = memberships as f64 / total;
-    let writer = services.metrics("gwb-writer").await?;
+    let writer = services.scrape("gwb-writer").await?;
     let memory = memory_of(&services);
     let ingest_s = ingested.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
     let collector_s = published_at.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);

@@ -91,9 +91,9 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     let first_id = first.to_string();
 
     // Refusals: no token, a wrong token, a disable without a mode, an unknown group.
-    let binary = gwb_tests::pipeline::binary("gwbctl")?;
-    let anonymous =
-        tokio::process::Command::new(&binary).args(["--endpoint", &p.control_endpoint, "status"]).output().await?;
+    let binary = p.binary("gwbctl")?;
+    let endpoint = p.control_endpoint();
+    let anonymous = tokio::process::Command::new(&binary).args(["--endpoint", &endpoint, "status"]).output().await?;
     ensure!(anonymous.status.code() == Some(4), "no token: exit {:?}", anonymous.status.code());
     ensure!(
         String::from_utf8_lossy(&anonymous.stderr).contains("token"),
@@ -103,7 +103,7 @@ async fn operator_cycle(f: &Fixture, p: &Pipeline) -> anyhow::Result<()> {
     let wrong_token = p.dir.join("wrong-token");
     gwb_runtime::secret::write_secret_file(&wrong_token, "not-the-token")?;
     let wrong = tokio::process::Command::new(&binary)
-        .args(["--endpoint", &p.control_endpoint, "--token-file"])
+        .args(["--endpoint", &endpoint, "--token-file"])
         .arg(&wrong_token)
         .arg("status")
         .output()

@@ -8,79 +8,34 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use graph_sim::{GroupFields, NewGroup, NewUser, UserFields};
 use gwb_tests::ad::LabAd;
-use gwb_tests::pipeline::{Options, Pipeline, binary, free_port, unique, without_gwb_env};
+use gwb_tests::fixture::TestLab;
+use gwb_tests::pipeline::{Options, Pipeline, metric_sum, unique};
 
 const GROUPS: usize = 12;
 
-async fn applied_by(addr: &str) -> anyhow::Result<f64> {
-    let body = reqwest_lite(addr).await?;
-    Ok(body
-        .lines()
-        .filter(|line| line.starts_with("gwb_commands_total") && line.contains("result=\"applied\""))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
-/// `GET /metrics` with a plain TCP request (the test needs nothing more).
-async fn reqwest_lite(addr: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    Ok(body)
+/// Commands a writer applied, from its `/metrics`.
+async fn applied_by(p: &Pipeline, writer: &str) -> anyhow::Result<f64> {
+    Ok(metric_sum(&p.scrape(writer).await?, "gwb_commands_total", &["result=\"applied\""]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writers_apply_partitions_in_parallel_and_in_order() -> anyhow::Result<()> {
-    let ad = LabAd::from_env().await?;
-    let root = ad.create_ou(&unique("e2e")).await?;
-    let users_ou = ad.create_ou_in(&root, "Users").await?;
-    let groups_ou = ad.create_ou_in(&root, "Groups").await?;
+    let lab = TestLab::new("e2e").await?;
     // The pipeline's own writer takes partition 0; a second instance takes partition 1.
-    let pipeline = Pipeline::start(Options {
-        writer_sections: "partitions = [0]".into(),
+    let mut pipeline = Pipeline::start(Options {
+        writer_toml: "partitions = [0]".into(),
         planner_toml: "name_template = \"display_name\"".into(),
-        ..Options::new(&groups_ou)
+        ..Options::new(&lab.groups_ou)
     })
     .await?;
-    let second_config = pipeline.dir.join("gwb-writer-2.toml");
-    let second_metrics = format!("127.0.0.1:{}", free_port()?);
-    let first = std::fs::read_to_string(pipeline.dir.join("gwb-writer.toml"))?;
-    let second = first
-        .replace("partitions = [0]", "partitions = [1]")
-        .replace("id = \"", "id = \"second-")
-        .lines()
-        .map(|line| {
-            if line.starts_with("control_listen") {
-                format!("control_listen = \"127.0.0.1:{}\"", free_port().unwrap_or(0))
-            } else if line.starts_with("listen") {
-                format!("listen = \"{second_metrics}\"")
-            } else {
-                line.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&second_config, second)?;
-    let log = std::fs::File::create(pipeline.dir.join("gwb-writer-2.log"))?;
-    let mut second_writer = without_gwb_env(&mut tokio::process::Command::new(binary("gwb-writer")?))
-        .arg("--config")
-        .arg(&second_config)
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
-
-    let result = scenario(&ad, &pipeline, &users_ou, &second_metrics).await;
-    let _ = second_writer.kill().await;
-    let logs = pipeline.log_tails();
-    pipeline.stop().await?;
-    ad.delete_subtree(&root).await?;
-    result.with_context(|| logs)
+    let result = match pipeline.start_writer("gwb-writer-2", "partitions = [1]").await {
+        Ok(()) => scenario(&lab.ad, &pipeline, &lab.users_ou).await,
+        Err(error) => Err(error.context("starting the second writer")),
+    };
+    lab.finish(pipeline, result).await
 }
 
-async fn scenario(ad: &LabAd, p: &Pipeline, users_ou: &str, second_metrics: &str) -> anyhow::Result<()> {
+async fn scenario(ad: &LabAd, p: &Pipeline, users_ou: &str) -> anyhow::Result<()> {
     let users = ad.create_users(users_ou, &unique("pw"), 3).await?;
     let mut ids = Vec::new();
     for (_, sid) in &users {
@@ -127,9 +82,8 @@ async fn scenario(ad: &LabAd, p: &Pipeline, users_ou: &str, second_metrics: &str
         Ok(())
     })
     .await?;
-    let (_, first_metrics) = p.metrics.iter().find(|(name, _)| name == "gwb-writer").context("writer metrics")?;
-    let first_applied = applied_by(&first_metrics.to_string()).await?;
-    let second_applied = applied_by(second_metrics).await?;
+    let first_applied = applied_by(p, "gwb-writer").await.context("first writer metrics")?;
+    let second_applied = applied_by(p, "gwb-writer-2").await.context("second writer metrics")?;
     ensure!(
         first_applied > 0.0 && second_applied > 0.0,
         "both writers apply commands: {first_applied} and {second_applied}"

@@ -82,19 +82,34 @@ impl Prometheus {
             ));
         }
         std::fs::write(dir.0.join("prometheus.yml"), config)?;
-        let addr = free_port()?;
-        let log = std::fs::File::create(dir.0.join("prometheus.log"))?;
-        let child = Command::new(binary)
+        // Port 0: Prometheus binds what the kernel gives it and logs the address
+        // (`msg="Listening on" address=127.0.0.1:43527`, from its web toolkit).
+        let log_path = dir.0.join("prometheus.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new(binary)
             .arg(format!("--config.file={}", dir.0.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
-            .arg(format!("--web.listen-address={addr}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .context("starting prometheus")?;
-        let prometheus = Prometheus { child, addr, _dir: dir };
         let started = Instant::now();
+        let addr = loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(addr) = listening_address(&text) {
+                break addr;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("prometheus exited ({status}) before listening: {text}");
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("prometheus did not log the address it listens on within 30s: {text}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let prometheus = Prometheus { child, addr, _dir: dir };
         while http_get(addr, "/-/ready").await.map(|(status, _)| status != 200).unwrap_or(true) {
             if started.elapsed() > Duration::from_secs(30) {
                 bail!("prometheus not ready after 30s: {}", prometheus.log());
@@ -164,9 +179,11 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
+/// The address in Prometheus' `msg="Listening on" address=<ip:port>` log line.
+fn listening_address(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|line| line.contains("msg=\"Listening on\""))
+        .find_map(|line| line.split("address=").nth(1)?.split_whitespace().next()?.trim_matches('"').parse().ok())
 }
 
 fn percent_encode(text: &str) -> String {
@@ -304,40 +321,13 @@ async fn real_prometheus_scrapes_gwb_metrics_and_evaluates_alerts_and_dashboard(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_scrapes_the_running_services_during_an_end_to_end_run() {
     let Some(binary) = ensure_prometheus() else { return };
-    let ad = gwb_tests::ad::LabAd::from_env().await.unwrap();
-    let root = ad.create_ou(&gwb_tests::pipeline::unique("e2e")).await.unwrap();
-    let users_ou = ad.create_ou_in(&root, "Users").await.unwrap();
-    let groups_ou = ad.create_ou_in(&root, "Groups").await.unwrap();
-    let (_, sid) = ad.create_user(&users_ou, &gwb_tests::pipeline::unique("p")).await.unwrap();
-    let pipeline = gwb_tests::pipeline::Pipeline::start(gwb_tests::pipeline::Options::new(&groups_ou)).await.unwrap();
-    let user = pipeline
-        .sim
-        .create_user(&graph_sim::NewUser {
-            id: None,
-            fields: graph_sim::UserFields {
-                on_premises_security_identifier: Some(sid),
-                on_premises_sync_enabled: Some(true),
-                ..Default::default()
-            },
-        })
-        .await
-        .unwrap()
-        .user
-        .id;
-    let fields = graph_sim::GroupFields {
-        display_name: Some("Scraped".into()),
-        security_enabled: Some(true),
-        mail_enabled: Some(false),
-        group_types: Some(vec![]),
-        ..Default::default()
-    };
-    let group = pipeline
-        .sim
-        .create_group(&graph_sim::NewGroup { id: None, fields, members: vec![user] })
-        .await
-        .unwrap()
-        .group
-        .id;
+    let lab = gwb_tests::fixture::TestLab::new("e2e").await.unwrap();
+    let ad = &lab.ad;
+    let (_, sid) = ad.create_user(&lab.users_ou, &gwb_tests::pipeline::unique("p")).await.unwrap();
+    let pipeline =
+        gwb_tests::pipeline::Pipeline::start(gwb_tests::pipeline::Options::new(&lab.groups_ou)).await.unwrap();
+    let user = pipeline.synced_user(&sid).await.unwrap();
+    let group = pipeline.security_group("Scraped", vec![user]).await.unwrap();
     assert!(pipeline.gwbctl(&["enable"]).await.unwrap().status.success());
     pipeline
         .eventually("the group is written", Duration::from_secs(60), || async {
@@ -348,15 +338,15 @@ async fn real_prometheus_scrapes_the_running_services_during_an_end_to_end_run()
         .unwrap();
 
     let targets: Vec<Target> = pipeline
-        .metrics
-        .iter()
+        .metrics_targets()
+        .into_iter()
         .map(|(name, addr)| {
             let job = match name.as_str() {
                 "gwb-planner" => "gwb-planner",
                 "gwb-writer" => "gwb-writer",
                 _ => "gwb-collector",
             };
-            Target { job, addr: *addr }
+            Target { job, addr }
         })
         .collect();
     let prometheus = Prometheus::start(&binary, &targets).await.unwrap();
@@ -378,6 +368,5 @@ async fn real_prometheus_scrapes_the_running_services_during_an_end_to_end_run()
         assert!(!samples.is_empty(), "{expr}");
     }
     drop(prometheus);
-    pipeline.stop().await.unwrap();
-    ad.delete_subtree(&root).await.unwrap();
+    lab.finish(pipeline, Ok(())).await.unwrap();
 }

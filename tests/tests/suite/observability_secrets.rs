@@ -142,7 +142,7 @@ async fn secrets_never_appear_in_logs_or_errors() {
     assert_clean("gwb-collector with a wrong client secret", &out);
 
     let planner_section = format!(
-        "[planner]\nstate_path = \"{}\"\ndefault_ou = \"OU=Cloud Groups,DC=lab,DC=example\"\n[control]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+        "[planner]\nstate_path = \"{}\"\ndefault_ou = \"OU=Cloud Groups,DC=lab,DC=example\"\n[planner.control]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
         lab.path("planner.db").display(),
         lab.path("control-token").display()
     );
@@ -159,7 +159,7 @@ async fn secrets_never_appear_in_logs_or_errors() {
     let directory = format!(
         "[directory]\nurl = \"ldaps://127.0.0.1:1\"\nca_file = \"{}\"\nbind_dn = \"CN=svc,DC=lab,DC=example\"\n\
          bind_password_file = \"{}\"\nmanaged_ous = [\"OU=Cloud Groups,DC=lab,DC=example\"]\noperation_timeout_seconds = 2\n\
-         [writer]\ncontrol_listen = \"127.0.0.1:0\"\n",
+         [writer.control]\nlisten = \"127.0.0.1:0\"\n",
         lab.path("ca.pem").display(),
         lab.path("bind-password").display()
     );

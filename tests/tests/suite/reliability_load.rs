@@ -105,6 +105,7 @@ async fn scenario(
         member_slice: 500,
         empty_page_every: None,
         shuffle: true,
+        page_delay_ms: 0,
     };
     sim.update_settings(&graph_sim::SettingsPatch { paging: Some(paging), ..Default::default() }).await?;
     let users = synced_users(ad, sim, users_ou, scaled(100, 500)).await?;

@@ -16,7 +16,7 @@ use gwb_tests::fixture::TestLab;
 use gwb_tests::pipeline::{Options, Pipeline, binary, unique};
 use gwb_tests::workload::{compare_with_desired, synced_users};
 
-fn listen_of(config: &str, key: &str) -> anyhow::Result<String> {
+fn value_of(config: &str, key: &str) -> anyhow::Result<String> {
     config
         .lines()
         .find_map(|l| {
@@ -54,9 +54,9 @@ async fn control_apis_refuse_missing_and_wrong_tokens() -> anyhow::Result<()> {
     let result = async {
         let token = std::fs::read_to_string(&pipeline.token_file)?.trim().to_string();
         let wrong = uuid::Uuid::new_v4().to_string();
-        let planner = pipeline.control_endpoint.trim_start_matches("http://").to_string();
-        let writer = listen_of(&std::fs::read_to_string(pipeline.config_path("gwb-writer"))?, "control_listen")?;
-        let collector = listen_of(&std::fs::read_to_string(pipeline.config_path("gwb-collector"))?, "listen")?;
+        let planner = pipeline.control_addr("gwb-planner")?.to_string();
+        let writer = pipeline.control_addr("gwb-writer")?.to_string();
+        let collector = pipeline.control_addr("gwb-collector")?.to_string();
         for bad in [None, Some(wrong.as_str()), Some(""), Some("Bearer"), Some(&token[..token.len() - 1])] {
             let mut operator = pb::operator_client::OperatorClient::new(channel(&planner).await?);
             expect_unauthenticated(
@@ -102,7 +102,7 @@ async fn control_apis_refuse_missing_and_wrong_tokens() -> anyhow::Result<()> {
         // gwbctl with a wrong token: exit code 4, and nothing changed.
         let wrong_file = pipeline.dir.join("wrong-token");
         gwb_runtime::secret::write_secret_file(&wrong_file, &wrong)?;
-        for endpoint in [pipeline.control_endpoint.clone()] {
+        for endpoint in [pipeline.control_endpoint()] {
             let out = tokio::process::Command::new(binary("gwbctl")?)
                 .arg("--endpoint")
                 .arg(&endpoint)
@@ -200,10 +200,11 @@ async fn a_secret_file_readable_by_others_is_refused_at_start() -> anyhow::Resul
             ("gwb-writer", "bind_password_file"),
             ("gwb-collector", "client_secret_file"),
             ("gwb-planner", "token_file"),
-            ("gwb-writer", "control_token_file"),
+            // `[writer.control] token_file` (formerly `[writer] control_token_file`).
+            ("gwb-writer", "token_file"),
         ] {
             let config = std::fs::read_to_string(pipeline.config_path(service))?;
-            let original = listen_of(&config, key)?;
+            let original = value_of(&config, key)?;
             let open = pipeline.dir.join(format!("open-{service}-{key}"));
             std::fs::copy(&original, &open)?;
             std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644))?;
