@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Throwaway Samba AD DC lab domains on loopback, for tests and demos.
 #
-#   scripts/lab-ad.sh up <name>      provision (or reuse) and start; prints the env file path
+#   scripts/lab-ad.sh up <name> [--exchange | --exchange-schema-only]
+#                                    provision (or reuse) and start; prints the env file path
 #   scripts/lab-ad.sh down <name>    stop it and remove its directory
 #   scripts/lab-ad.sh env <name>     print the env file path (fails when the lab is not up)
 #   scripts/lab-ad.sh status <name>  running / stopped / absent (exit 0 only when serving LDAPS)
@@ -11,6 +12,15 @@
 # address (test → 127.0.0.10, demo → 127.0.0.11, others → a fixed 127.0.0.x derived from
 # the name), so several labs can run at once. Realm LAB.EXAMPLE, domain LAB, DC dc1.
 # The lab has its own CA; clients verify the DC's certificate against <dir>/tls/ca.pem.
+#
+# --exchange extends the schema with Exchange's recipient attributes (real OIDs and
+# syntaxes, ms-Exch-Schema-Version-Pt with rangeUpper $GWB_LAB_EXCHANGE_SCHEMA_VERSION,
+# default 17003 = Exchange 2019 CU10+) and creates an organisation without servers
+# (CN=$GWB_LAB_EXCHANGE_ORGANIZATION, default LabOrg, objectVersion
+# $GWB_LAB_EXCHANGE_ORGANIZATION_VERSION, default 16759), as /PrepareSchema and
+# /PrepareAD leave a hybrid forest; --exchange-schema-only stops after the schema
+# (/PrepareSchema alone). The env file says which: GWB_LAB_EXCHANGE=org|schema|none.
+# A lab keeps the variant it was provisioned with; asking for another one is refused.
 set -euo pipefail
 
 # On tmpfs by default: on the VM's shared disk every DC write costs ~5 fdatasyncs, and
@@ -34,14 +44,25 @@ log() { printf 'lab-ad: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
-[[ $# -eq 2 || ($# -eq 3 && $1 == load) ]] || usage
+[[ $# -eq 2 || ($# -eq 3 && ($1 == load || $1 == up)) ]] || usage
 ACTION=$1
 NAME=$2
-LOAD_LDIF=${3:-}
+LOAD_LDIF=
+# The Exchange variant asked for: org (schema and organisation), schema, none.
+EXCHANGE=none
+if [[ $ACTION == load ]]; then
+    LOAD_LDIF=$3
+elif [[ $# -eq 3 ]]; then
+    case $3 in
+        --exchange) EXCHANGE=org ;;
+        --exchange-schema-only) EXCHANGE=schema ;;
+        *) usage ;;
+    esac
+fi
 [[ $NAME =~ ^[a-z0-9][a-z0-9-]{0,30}$ ]] || die "lab name must match [a-z0-9][a-z0-9-]{0,30}: '$NAME'"
 
 DIR=$ROOT/$NAME
@@ -52,6 +73,13 @@ PASSWORD_FILE=$DIR/admin-password
 TLS_DIR=$DIR/tls
 CA_FILE=$TLS_DIR/ca.pem
 MARKER=$DIR/provisioned
+# The Exchange variant the lab was provisioned with, and its env lines.
+EXCHANGE_FILE=$DIR/exchange
+EXCHANGE_ENV=$DIR/exchange.env
+SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
+EXCHANGE_SCHEMA_VERSION=${GWB_LAB_EXCHANGE_SCHEMA_VERSION:-17003}
+EXCHANGE_ORGANIZATION=${GWB_LAB_EXCHANGE_ORGANIZATION:-LabOrg}
+EXCHANGE_ORGANIZATION_VERSION=${GWB_LAB_EXCHANGE_ORGANIZATION_VERSION:-16759}
 
 lab_ip() {
     case $1 in
@@ -209,8 +237,57 @@ EOF
     done
 }
 
+exchange_ldif() {
+    # Fills in an LDIF template of scripts/lab/ and applies it to the stopped DC's
+    # database in a process of its own (a new schema object only validates in a
+    # process that loaded it into its schema cache).
+    local template=$SCRIPT_DIR/lab/$1 out=$DIR/$1
+    [[ -r $template ]] || die "missing $template"
+    sed -e "s|@SCHEMA_DN@|CN=Schema,CN=Configuration,$BASE_DN|g" \
+        -e "s|@CONFIG_DN@|CN=Configuration,$BASE_DN|g" \
+        -e "s|@SCHEMA_VERSION@|$EXCHANGE_SCHEMA_VERSION|g" \
+        -e "s|@ORGANIZATION@|$EXCHANGE_ORGANIZATION|g" \
+        -e "s|@ORGANIZATION_VERSION@|$EXCHANGE_ORGANIZATION_VERSION|g" \
+        "$template" >"$out"
+    ldbmodify -H "$DIR/private/sam.ldb" --option="dsdb:schema update allowed=true" \
+        "$out" >>"$DIR/provision.log" 2>&1 ||
+        die "Exchange $1 failed; last lines of $DIR/provision.log:
+$(tail -n 20 "$DIR/provision.log")"
+}
+
+check_exchange_settings() {
+    [[ $EXCHANGE_SCHEMA_VERSION =~ ^[1-9][0-9]{0,8}$ ]] ||
+        die "GWB_LAB_EXCHANGE_SCHEMA_VERSION must be a positive number: '$EXCHANGE_SCHEMA_VERSION'"
+    [[ $EXCHANGE_ORGANIZATION_VERSION =~ ^[1-9][0-9]{0,8}$ ]] ||
+        die "GWB_LAB_EXCHANGE_ORGANIZATION_VERSION must be a positive number: '$EXCHANGE_ORGANIZATION_VERSION'"
+    # Exchange allows letters, digits, spaces and hyphens in an organisation name.
+    [[ $EXCHANGE_ORGANIZATION =~ ^[A-Za-z0-9][A-Za-z0-9\ -]{0,63}$ ]] ||
+        die "GWB_LAB_EXCHANGE_ORGANIZATION must be letters, digits, spaces and hyphens: '$EXCHANGE_ORGANIZATION'"
+}
+
+extend_exchange() {
+    # Exchange's /PrepareSchema, reduced to what gwb reads and writes (pass 1: the
+    # attributes and the organisation class; pass 2: mailRecipient may contain them),
+    # then /PrepareAD's organisation (pass 3) unless only the schema was asked for.
+    echo "$EXCHANGE" >"$EXCHANGE_FILE"
+    : >"$EXCHANGE_ENV"
+    [[ $EXCHANGE == none ]] && return 0
+    exchange_ldif exchange-schema.ldif
+    exchange_ldif exchange-schema-classes.ldif
+    echo "export GWB_LAB_EXCHANGE_SCHEMA_VERSION=$EXCHANGE_SCHEMA_VERSION" >>"$EXCHANGE_ENV"
+    [[ $EXCHANGE == org ]] || return 0
+    exchange_ldif exchange-organization.ldif
+    printf "export GWB_LAB_EXCHANGE_ORGANIZATION='%s'\nexport GWB_LAB_EXCHANGE_ORGANIZATION_VERSION=%s\n" \
+        "$EXCHANGE_ORGANIZATION" "$EXCHANGE_ORGANIZATION_VERSION" >>"$EXCHANGE_ENV"
+}
+
+provisioned_exchange() {
+    # Labs provisioned before the Exchange variants existed have no record: plain.
+    if [[ -s $EXCHANGE_FILE ]]; then cat "$EXCHANGE_FILE"; else echo none; fi
+}
+
 provision() {
-    log "provisioning $REALM into $DIR ($IP)"
+    log "provisioning $REALM into $DIR ($IP, Exchange: $EXCHANGE)"
     local started=$SECONDS
     rm -rf "$DIR"
     mkdir -p "$DIR/run"
@@ -244,6 +321,7 @@ provision() {
         die "samba-tool domain provision failed; last lines of $DIR/provision.log:
 $(tail -n 20 "$DIR/provision.log")"
     extend_schema
+    extend_exchange
     touch "$MARKER"
     log "provisioned in $((SECONDS - started))s"
 }
@@ -279,7 +357,9 @@ export GWB_LAB_LDAP_BIND_DN=CN=Administrator,CN=Users,$BASE_DN
 export GWB_LAB_LDAP_PASSWORD_FILE=$PASSWORD_FILE
 export GWB_LAB_BASE_DN=$BASE_DN
 export GWB_LAB_DIR=$DIR
+export GWB_LAB_EXCHANGE=$(provisioned_exchange)
 EOF
+    if [[ -s $EXCHANGE_ENV ]]; then cat "$EXCHANGE_ENV" >>"$ENV_FILE"; fi
     chmod 644 "$ENV_FILE"
 }
 
@@ -305,6 +385,14 @@ stop_samba() {
 cmd_up() {
     with_lock
     local started=$SECONDS
+    if [[ -e $MARKER ]]; then
+        local have
+        have=$(provisioned_exchange)
+        [[ $have == "$EXCHANGE" ]] || die "lab '$NAME' was provisioned with Exchange variant '$have', not '$EXCHANGE' \
+(org = --exchange, schema = --exchange-schema-only, none = no flag); run: $0 down $NAME"
+    else
+        check_exchange_settings
+    fi
     if samba_pid >/dev/null && ldaps_answers; then
         log "lab '$NAME' already running on $IP; reusing it"
         write_env
