@@ -140,6 +140,7 @@ fn workspace_binaries() -> BTreeSet<String> {
 }
 
 /// What each service's config may contain: section → (required keys, optional keys).
+/// A nested section (`[planner.control]`) is named with its dot.
 /// Kept in step with the services' config structs (crates/gwb-*/src/config.rs and the
 /// shared sections); a key a service does not know would stop it at start.
 fn schema(service: &str) -> BTreeMap<&'static str, (Vec<&'static str>, Vec<&'static str>)> {
@@ -173,18 +174,13 @@ fn schema(service: &str) -> BTreeMap<&'static str, (Vec<&'static str>, Vec<&'sta
             );
             sections.insert(
                 "collector",
-                (
-                    vec![],
-                    vec![
-                        "poll_interval_seconds",
-                        "state_path",
-                        "max_pages_per_round",
-                        "round_timeout_seconds",
-                        "notifications",
-                        "control",
-                    ],
-                ),
+                (vec![], vec!["poll_interval_seconds", "state_path", "max_pages_per_round", "round_timeout_seconds"]),
             );
+            sections.insert(
+                "collector.notifications",
+                (vec!["listen", "public_url", "client_state_file"], vec!["subscription_minutes", "resources"]),
+            );
+            sections.insert("collector.control", (vec!["listen", "token_file"], vec![]));
         }
         "gwb-planner" => {
             sections.insert(
@@ -208,7 +204,8 @@ fn schema(service: &str) -> BTreeMap<&'static str, (Vec<&'static str>, Vec<&'sta
                 "scope",
                 (vec![], vec!["security_groups", "microsoft365_groups", "group_ids", "display_name_prefixes"]),
             );
-            sections.insert("control", (vec!["listen", "token_file"], vec![]));
+            // `[planner.control]`; the deprecated top-level `[control]` must not ship.
+            sections.insert("planner.control", (vec!["listen", "token_file"], vec![]));
             sections.insert("coordination", (vec![], vec!["collector_endpoint", "writer_endpoints", "token_file"]));
             sections.insert("deletion", (vec![], vec!["max_groups", "max_percent"]));
         }
@@ -220,22 +217,34 @@ fn schema(service: &str) -> BTreeMap<&'static str, (Vec<&'static str>, Vec<&'sta
                     vec!["starttls", "operation_timeout_seconds", "member_batch_size"],
                 ),
             );
-            sections.insert(
-                "writer",
-                (
-                    vec![],
-                    vec![
-                        "id",
-                        "partitions",
-                        "dry_run",
-                        "status_interval_seconds",
-                        "control_listen",
-                        "control_token_file",
-                    ],
-                ),
-            );
+            sections.insert("writer", (vec![], vec!["id", "partitions", "dry_run", "status_interval_seconds"]));
+            // `[writer.control]`; the deprecated `[writer] control_listen` and
+            // `control_token_file` must not ship.
+            sections.insert("writer.control", (vec!["listen", "token_file"], vec![]));
         }
         other => panic!("no schema for {other}"),
+    }
+    sections
+}
+
+/// The config's sections by name, nested ones the schema knows (`[planner.control]`)
+/// under their dotted name and taken out of their parent.
+fn flatten(
+    config: &toml::Table,
+    schema: &BTreeMap<&'static str, (Vec<&'static str>, Vec<&'static str>)>,
+) -> BTreeMap<String, toml::Table> {
+    let mut sections = BTreeMap::new();
+    for (section, value) in config {
+        let mut table = value.as_table().unwrap_or_else(|| panic!("{section} is a section")).clone();
+        for key in table.keys().cloned().collect::<Vec<_>>() {
+            let nested = format!("{section}.{key}");
+            if schema.contains_key(nested.as_str())
+                && let Some(toml::Value::Table(inner)) = table.remove(&key)
+            {
+                sections.insert(nested, inner);
+            }
+        }
+        sections.insert(section.clone(), table);
     }
     sections
 }
@@ -366,10 +375,10 @@ fn compose_services_match_images_configs_ports_and_secrets() {
             let text = read(path.trim_start_matches("./"));
             let config: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
             let schema = schema(name);
-            for (section, value) in &config {
+            let sections = flatten(&config, &schema);
+            for (section, table) in &sections {
                 let (required, optional) =
                     schema.get(section.as_str()).unwrap_or_else(|| panic!("{path}: {name} has no [{section}]"));
-                let table = value.as_table().unwrap_or_else(|| panic!("{path}: {section} is a section"));
                 for key in table.keys() {
                     assert!(
                         required.contains(&key.as_str()) || optional.contains(&key.as_str()),
@@ -402,8 +411,10 @@ fn compose_services_match_images_configs_ports_and_secrets() {
                 }
             }
             for (section, (required, _)) in &schema {
-                if !required.is_empty() {
-                    assert!(config.contains_key(*section), "{path}: [{section}] is required");
+                // A nested section is required only when its parent is.
+                let parent_required = section.split_once('.').is_none_or(|(parent, _)| !schema[parent].0.is_empty());
+                if !required.is_empty() && parent_required {
+                    assert!(sections.contains_key(*section), "{path}: [{section}] is required");
                 }
             }
             // Metrics reachable from other containers, on the healthcheck's port.
@@ -413,7 +424,8 @@ fn compose_services_match_images_configs_ports_and_secrets() {
                 "{path}: metrics.listen {listen} must not be loopback in a container"
             );
             assert_eq!(test.get(2).map(|a| port_of(a)), Some(port_of(listen)), "{name}: healthcheck port");
-            if let Some(control) = config.get("control") {
+            // The operator's control API (the planner's) is published.
+            if let Some(control) = sections.get("planner.control").filter(|_| name == "gwb-planner") {
                 let listen = control["listen"].as_str().unwrap();
                 assert!(listen.starts_with("0.0.0.0:"));
                 assert!(published.contains(&port_of(listen)), "{name}: control port {listen} published");
