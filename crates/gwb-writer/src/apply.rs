@@ -1,8 +1,8 @@
-//! Applying a batch of commands from one partition: in order per group, with
-//! consecutive member changes of a group merged into one directory write, and one
-//! publisher-confirm round trip for all the batch's outcomes.
+//! Applying a batch of commands from one partition, in three steps: decode the
+//! deliveries (refusing what is not a command or cannot be applied), apply the merged
+//! units to the directory (retrying transient errors in place), then publish every
+//! outcome with one publisher-confirm round trip and only then settle the deliveries.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,105 +10,38 @@ use prost::Message as _;
 use tokio::sync::Mutex;
 
 use gwb_bus::{Delivery, Disposition, Message, Route};
-use gwb_core::command::{ApplyReport, FailureClass, GroupSpec, MemberRef, WriteCommand};
-use gwb_ldap::Directory;
+use gwb_core::command::{ApplyReport, FailureClass, WriteCommand};
+use gwb_ldap::{Directory, DirectoryError};
 use gwb_proto::commands::v1 as cmd;
+use gwb_proto::convert::commands::{command_from_wire, fill_failure, fill_report};
+use gwb_proto::message_types::{COMMAND_TYPE, OUTCOME_TYPE};
 
-use crate::{Shared, backoff, convert, fill_failure, fill_report, now_ms, observe_ldap, record_outcome};
+use crate::Shared;
+use crate::merge::{self, Unit, Write};
+use crate::observe::{observe_ldap, record_outcome};
 
-/// One or two directory writes standing for one or more commands (by delivery index).
-struct Unit {
-    indices: Vec<usize>,
+/// A delivery that decoded to a command: the wire form (its ids go into the outcome)
+/// and what it asks for.
+struct Decoded {
+    wire: cmd::WriteCommand,
     command: WriteCommand,
-    /// For a run of member changes: each value's final state (true = member).
-    net: Option<std::collections::BTreeMap<MemberRef, bool>>,
 }
 
-/// Appends `command` to the units. A run of member changes of one group (nothing else
-/// of that group between them) becomes one net change: per value, the last add or
-/// remove wins, then removals and additions are written as one write each. The group's
-/// own order is kept; other groups' commands may interleave, which changes nothing.
-fn push_merged(units: &mut Vec<Unit>, last_of_group: &mut HashMap<String, usize>, index: usize, command: WriteCommand) {
-    let anchor = command.anchor().to_string();
-    let incoming = match &command {
-        WriteCommand::AddMembers { members, .. } => Some((members, true)),
-        WriteCommand::RemoveMembers { members, .. } => Some((members, false)),
-        _ => None,
-    };
-    if let (Some(&position), Some((members, add))) = (last_of_group.get(&anchor), incoming)
-        && let Some(net) = &mut units[position].net
-    {
-        for member in members {
-            net.insert(member.clone(), add);
-        }
-        units[position].indices.push(index);
-        return;
-    }
-    let net = match (&command, incoming) {
-        (_, Some((members, add))) => Some(members.iter().map(|m| (m.clone(), add)).collect()),
-        // Member changes right after an upsert join it: a new group is then created
-        // with its members in one write.
-        (WriteCommand::Upsert(_), None) => Some(Default::default()),
-        _ => None,
-    };
-    last_of_group.insert(anchor, units.len());
-    units.push(Unit { indices: vec![index], command, net });
+/// An outcome to publish, and how to settle its delivery once the broker confirmed it.
+struct Pending {
+    index: usize,
+    outcome: cmd::Outcome,
+    disposition: Disposition,
 }
 
-/// One directory write.
-enum Write {
-    Command(WriteCommand),
-    /// An upsert and the members to add right after it (in the create, when new).
-    UpsertWithMembers(GroupSpec, Vec<MemberRef>),
-}
-
-impl Write {
-    fn kind(&self) -> &'static str {
-        match self {
-            Write::Command(command) => command.kind(),
-            Write::UpsertWithMembers(..) => "upsert_with_members",
-        }
-    }
-
-    fn anchor(&self) -> &str {
-        match self {
-            Write::Command(command) => command.anchor(),
-            Write::UpsertWithMembers(spec, _) => &spec.anchor,
-        }
-    }
-}
-
-/// The writes a unit stands for: the command itself, or a member run's net removals
-/// then additions (after the upsert it followed, if any).
-fn writes(unit: &Unit) -> Vec<Write> {
-    let Some(net) = &unit.net else { return vec![Write::Command(unit.command.clone())] };
-    let anchor = unit.command.anchor().to_string();
-    let removals: Vec<MemberRef> = net.iter().filter(|(_, add)| !**add).map(|(m, _)| m.clone()).collect();
-    let additions: Vec<MemberRef> = net.iter().filter(|(_, add)| **add).map(|(m, _)| m.clone()).collect();
-    let mut writes = Vec::new();
-    match &unit.command {
-        WriteCommand::Upsert(spec) if removals.is_empty() => {
-            return vec![Write::UpsertWithMembers(spec.clone(), additions)];
-        }
-        WriteCommand::Upsert(_) => writes.push(Write::Command(unit.command.clone())),
-        _ => {}
-    }
-    if !removals.is_empty() {
-        writes.push(Write::Command(WriteCommand::RemoveMembers { anchor: anchor.clone(), members: removals }));
-    }
-    if !additions.is_empty() {
-        writes.push(Write::Command(WriteCommand::AddMembers { anchor, members: additions }));
-    }
-    writes
-}
-
-fn member_refs(command: &WriteCommand) -> BTreeSet<MemberRef> {
-    match command {
-        WriteCommand::AddMembers { members, .. } | WriteCommand::RemoveMembers { members, .. } => {
-            members.iter().cloned().collect()
-        }
-        _ => BTreeSet::new(),
-    }
+/// A decoded batch, by delivery index.
+struct Batch {
+    /// Until an outcome is confirmed a delivery is left for redelivery (`Requeue`);
+    /// what is not a command at all is dead-lettered at once.
+    dispositions: Vec<Disposition>,
+    commands: Vec<Option<Decoded>>,
+    /// Outcomes of commands refused while decoding.
+    refused: Vec<Pending>,
 }
 
 pub async fn handle_batch(
@@ -116,67 +49,80 @@ pub async fn handle_batch(
     directory: Arc<Mutex<Option<Directory>>>,
     deliveries: Vec<Delivery>,
 ) -> Vec<Disposition> {
-    let count = deliveries.len();
-    let mut dispositions = vec![Disposition::Requeue; count];
-    // (delivery index, outcome, disposition once the outcome is confirmed)
-    let mut outcomes: Vec<(usize, cmd::Outcome, Disposition)> = Vec::with_capacity(count);
-    let mut commands: Vec<Option<(cmd::WriteCommand, WriteCommand)>> = Vec::with_capacity(count);
-    for (index, delivery) in deliveries.iter().enumerate() {
-        if delivery.kind.as_deref() != Some(gwb_bus::COMMAND_TYPE) {
-            tracing::error!(message_id = ?delivery.message_id, kind = ?delivery.kind, "command of an unknown type or version dead-lettered");
-            dispositions[index] = Disposition::DeadLetter;
-            commands.push(None);
-            continue;
-        }
-        let Ok(command) = cmd::WriteCommand::decode(delivery.payload.as_slice()) else {
-            tracing::error!(message_id = ?delivery.message_id, "undecodable command dead-lettered");
-            dispositions[index] = Disposition::DeadLetter;
-            commands.push(None);
-            continue;
-        };
-        match convert::to_domain(&command) {
-            Ok(domain) => commands.push(Some((command, domain))),
-            Err(reason) => {
-                tracing::error!(command_id = %command.command_id, %reason, "impossible command dead-lettered");
-                let mut outcome = base_outcome(&shared, &command);
-                outcome.kind = "invalid".into();
-                outcome.status = cmd::OutcomeStatus::Failed as i32;
-                outcome.message = format!("invalid command: {reason}");
-                outcome.completed_at_ms = now_ms();
-                outcomes.push((index, outcome, Disposition::DeadLetter));
-                commands.push(None);
-            }
-        }
-    }
-
-    let mut units = Vec::new();
-    let mut last_of_group = HashMap::new();
-    for (index, entry) in commands.iter().enumerate() {
-        if let Some((_, domain)) = entry {
-            push_merged(&mut units, &mut last_of_group, index, domain.clone());
-        }
-    }
-
+    let Batch { dispositions, commands, mut refused } = decode_batch(&shared, &deliveries);
+    let units = merge::units(
+        commands.iter().enumerate().filter_map(|(index, entry)| entry.as_ref().map(|d| (index, &d.command))),
+    );
     if shared.pause.reason().is_some() {
         tokio::select! {
             _ = shared.pause.wait_until_running() => {}
             _ = shared.shutdown.triggered() => {}
         }
     }
+    let applied = apply_units(&shared, &directory, &commands, units).await;
+    refused.extend(applied);
+    publish_outcomes(&shared, refused, dispositions).await
+}
+
+fn decode_batch(shared: &Shared, deliveries: &[Delivery]) -> Batch {
+    let count = deliveries.len();
+    let mut batch = Batch {
+        dispositions: vec![Disposition::Requeue; count],
+        commands: Vec::with_capacity(count),
+        refused: Vec::new(),
+    };
+    for (index, delivery) in deliveries.iter().enumerate() {
+        if delivery.kind.as_deref() != Some(COMMAND_TYPE) {
+            tracing::error!(message_id = ?delivery.message_id, kind = ?delivery.kind, "command of an unknown type or version dead-lettered");
+            batch.dispositions[index] = Disposition::DeadLetter;
+            batch.commands.push(None);
+            continue;
+        }
+        let Ok(wire) = cmd::WriteCommand::decode(delivery.payload.as_slice()) else {
+            tracing::error!(message_id = ?delivery.message_id, "undecodable command dead-lettered");
+            batch.dispositions[index] = Disposition::DeadLetter;
+            batch.commands.push(None);
+            continue;
+        };
+        match command_from_wire(&wire) {
+            Ok(command) => batch.commands.push(Some(Decoded { wire, command })),
+            Err(reason) => {
+                // An outcome tells the planner, which would otherwise wait for one.
+                tracing::error!(command_id = %wire.command_id, %reason, "impossible command dead-lettered");
+                let mut outcome = base_outcome(shared, &wire);
+                outcome.kind = "invalid".into();
+                fill_failure(&mut outcome, None, &format!("invalid command: {reason}"));
+                outcome.completed_at_ms = shared.clock.now_ms();
+                batch.refused.push(Pending { index, outcome, disposition: Disposition::DeadLetter });
+                batch.commands.push(None);
+            }
+        }
+    }
+    batch
+}
+
+/// Applies the units in order and returns the outcome of each command applied. Stops
+/// at shutdown: the rest stays unacked (requeued) for the next writer.
+async fn apply_units(
+    shared: &Shared,
+    directory: &Mutex<Option<Directory>>,
+    commands: &[Option<Decoded>],
+    units: Vec<Unit>,
+) -> Vec<Pending> {
+    let mut outcomes = Vec::new();
     let mut guard = directory.lock().await;
     if !shared.dry_run {
-        look_up_anchors(&shared, &mut guard, &units).await;
+        look_up_anchors(shared, &mut guard, &units).await;
     }
     for unit in units {
         if shared.shutdown.is_triggered() {
-            // Not applied: left unacked (Requeue) for the next writer.
             break;
         }
         let mut result = Some(Ok(ApplyReport::default()));
         if !shared.dry_run {
-            for write in writes(&unit) {
+            for write in merge::writes(&unit) {
                 result = match result {
-                    Some(Ok(total)) => apply_with_retry(&shared, &mut guard, &write)
+                    Some(Ok(total)) => apply_with_retry(shared, &mut guard, &write)
                         .await
                         .map(|r| r.map(|next| total.combined_with(next))),
                     other => other,
@@ -184,73 +130,93 @@ pub async fn handle_batch(
             }
         }
         let Some(result) = result else { break };
-        let last = unit.indices.last().copied();
-        for &index in &unit.indices {
-            let Some((command, domain)) = &commands[index] else { continue };
-            let mut outcome = base_outcome(&shared, command);
-            outcome.kind = domain.kind().to_string();
-            let disposition = match &result {
-                Ok(_) if shared.dry_run => {
-                    outcome.status = cmd::OutcomeStatus::DryRun as i32;
-                    Disposition::Ack
-                }
-                Ok(report) => {
-                    // The merged write's counts go to its last command; every command
-                    // gets the group and the refusals of its own member values.
-                    let own = member_refs(domain);
-                    let mut mine = ApplyReport {
-                        group: report.group.clone(),
-                        changed: report.changed,
-                        members_rejected: report
-                            .members_rejected
-                            .iter()
-                            .filter(|(m, _)| own.contains(m))
-                            .cloned()
-                            .collect(),
-                        ..ApplyReport::default()
-                    };
-                    if Some(index) == last {
-                        mine.members_added = report.members_added;
-                        mine.members_removed = report.members_removed;
-                        mine.members_unchanged = report.members_unchanged;
-                    }
-                    fill_report(&mut outcome, mine);
-                    outcome.status = cmd::OutcomeStatus::Applied as i32;
-                    Disposition::Ack
-                }
-                Err(error) => {
-                    tracing::error!(%error, kind = %outcome.kind, group = %command.group_id, "command failed permanently; dead-lettered");
-                    fill_failure(&mut outcome, error);
-                    Disposition::DeadLetter
-                }
-            };
-            outcome.completed_at_ms = now_ms();
-            outcomes.push((index, outcome, disposition));
-        }
+        outcomes.extend(unit_outcomes(shared, &unit, commands, &result));
     }
-    drop(guard);
+    outcomes
+}
 
+/// One outcome per command of `unit`. The merged write's counts go to its last
+/// command; every command gets the group and the refusals of its own member values.
+fn unit_outcomes(
+    shared: &Shared,
+    unit: &Unit,
+    commands: &[Option<Decoded>],
+    result: &Result<ApplyReport, DirectoryError>,
+) -> Vec<Pending> {
+    let last = unit.indices.last().copied();
+    let mut outcomes = Vec::with_capacity(unit.indices.len());
+    for &index in &unit.indices {
+        let Some(Decoded { wire, command }) = commands.get(index).and_then(Option::as_ref) else { continue };
+        let mut outcome = base_outcome(shared, wire);
+        outcome.kind = command.kind().to_string();
+        let disposition = match result {
+            Ok(_) if shared.dry_run => {
+                outcome.status = cmd::OutcomeStatus::DryRun as i32;
+                Disposition::Ack
+            }
+            Ok(report) => {
+                let own = merge::member_refs(command);
+                let mut mine = ApplyReport {
+                    group: report.group.clone(),
+                    changed: report.changed,
+                    members_rejected: report
+                        .members_rejected
+                        .iter()
+                        .filter(|(m, _)| own.contains(m))
+                        .cloned()
+                        .collect(),
+                    ..ApplyReport::default()
+                };
+                if Some(index) == last {
+                    mine.members_added = report.members_added;
+                    mine.members_removed = report.members_removed;
+                    mine.members_unchanged = report.members_unchanged;
+                }
+                fill_report(&mut outcome, mine);
+                Disposition::Ack
+            }
+            Err(error) => {
+                tracing::error!(%error, kind = %outcome.kind, group = %wire.group_id, "command failed permanently; dead-lettered");
+                fill_failure(&mut outcome, error.code, &error.message);
+                Disposition::DeadLetter
+            }
+        };
+        outcome.completed_at_ms = shared.clock.now_ms();
+        outcomes.push(Pending { index, outcome, disposition });
+    }
+    outcomes
+}
+
+/// Publishes the outcomes with one confirm round trip; only confirmed outcomes settle
+/// their deliveries (and count in the metrics).
+async fn publish_outcomes(
+    shared: &Shared,
+    outcomes: Vec<Pending>,
+    mut dispositions: Vec<Disposition>,
+) -> Vec<Disposition> {
     if outcomes.is_empty() {
         return dispositions;
     }
     let batch: Vec<(Route, Message)> = outcomes
         .iter()
-        .map(|(_, outcome, _)| {
+        .map(|pending| {
             let message = Message {
-                id: format!("outcome-{}", outcome.command_id),
-                kind: "gwb.commands.v1.Outcome",
-                payload: outcome.encode_to_vec(),
+                id: format!("outcome-{}", pending.outcome.command_id),
+                kind: OUTCOME_TYPE,
+                payload: pending.outcome.encode_to_vec(),
                 headers: Default::default(),
-                timestamp_ms: now_ms(),
+                timestamp_ms: shared.clock.now_ms(),
             };
             (Route::Outcomes, message)
         })
         .collect();
     match shared.publisher.publish_all(&batch).await {
         Ok(()) => {
-            for (index, outcome, disposition) in &outcomes {
-                record_outcome(outcome);
-                dispositions[*index] = *disposition;
+            for pending in &outcomes {
+                record_outcome(&pending.outcome);
+                if let Some(disposition) = dispositions.get_mut(pending.index) {
+                    *disposition = pending.disposition;
+                }
             }
         }
         Err(error) => {
@@ -296,7 +262,7 @@ async fn apply_with_retry(
     shared: &Shared,
     directory: &mut Option<Directory>,
     write: &Write,
-) -> Option<Result<ApplyReport, gwb_ldap::DirectoryError>> {
+) -> Option<Result<ApplyReport, DirectoryError>> {
     let mut failures = 0u32;
     loop {
         if shared.shutdown.is_triggered() {
@@ -322,7 +288,7 @@ async fn apply_with_retry(
         match result {
             Err(error) if error.class == FailureClass::Transient => {
                 failures += 1;
-                let delay = backoff(failures);
+                let delay = crate::DIRECTORY_BACKOFF.delay(failures);
                 tracing::warn!(%error, kind = write.kind(), anchor = write.anchor(), retry_in_ms = delay.as_millis() as u64, "directory unavailable; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -331,125 +297,5 @@ async fn apply_with_retry(
             }
             other => return Some(other),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn add(anchor: &str, sids: &[&str]) -> WriteCommand {
-        WriteCommand::AddMembers {
-            anchor: anchor.into(),
-            members: sids.iter().map(|s| MemberRef::Sid(s.to_string())).collect(),
-        }
-    }
-
-    fn remove(anchor: &str, sids: &[&str]) -> WriteCommand {
-        WriteCommand::RemoveMembers {
-            anchor: anchor.into(),
-            members: sids.iter().map(|s| MemberRef::Sid(s.to_string())).collect(),
-        }
-    }
-
-    fn merged(sequence: impl IntoIterator<Item = WriteCommand>) -> Vec<Unit> {
-        let mut units = Vec::new();
-        let mut last = HashMap::new();
-        for (index, command) in sequence.into_iter().enumerate() {
-            push_merged(&mut units, &mut last, index, command);
-        }
-        units
-    }
-
-    /// (delivery indices, [(write kind, member keys)]) per unit.
-    type Shape = Vec<(Vec<usize>, Vec<(&'static str, Vec<String>)>)>;
-
-    fn shape(units: &[Unit]) -> Shape {
-        units
-            .iter()
-            .map(|u| {
-                let writes = writes(u)
-                    .iter()
-                    .map(|w| match w {
-                        Write::Command(command) => {
-                            (w.kind(), member_refs(command).into_iter().map(|m| m.key()).collect())
-                        }
-                        Write::UpsertWithMembers(_, members) => {
-                            (w.kind(), members.iter().map(MemberRef::key).collect())
-                        }
-                    })
-                    .collect();
-                (u.indices.clone(), writes)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_run_of_member_changes_becomes_one_net_change_without_reordering_the_group() {
-        let sequence = [
-            add("A", &["1"]),
-            add("B", &["2"]),
-            add("A", &["3"]),
-            remove("A", &["1", "9"]),
-            add("A", &["4"]),
-            WriteCommand::Delete { anchor: "B".into() },
-            add("B", &["5"]),
-            WriteCommand::Delete { anchor: "A".into() },
-            add("A", &["6"]),
-        ];
-        let key = |s: &str| format!("sid:{s}");
-        assert_eq!(
-            shape(&merged(sequence)),
-            vec![
-                (
-                    vec![0, 2, 3, 4],
-                    vec![("remove_members", vec![key("1"), key("9")]), ("add_members", vec![key("3"), key("4")])]
-                ),
-                (vec![1], vec![("add_members", vec![key("2")])]),
-                (vec![5], vec![("delete", vec![])]),
-                (vec![6], vec![("add_members", vec![key("5")])]),
-                (vec![7], vec![("delete", vec![])]),
-                (vec![8], vec![("add_members", vec![key("6")])]),
-            ]
-        );
-    }
-
-    fn upsert(anchor: &str) -> WriteCommand {
-        WriteCommand::Upsert(GroupSpec {
-            object_id: anchor.into(),
-            anchor: anchor.into(),
-            cn: anchor.into(),
-            parent_dn: "OU=G,DC=lab".into(),
-            sam_account_name_candidates: vec![anchor.into()],
-            group_type: gwb_core::command::GroupType::UniversalSecurity,
-            display_name: anchor.into(),
-            description: None,
-            mail: None,
-        })
-    }
-
-    #[test]
-    fn members_right_after_an_upsert_join_it_and_a_removal_keeps_them_apart() {
-        let sequence = [
-            upsert("A"),
-            add("A", &["1", "2"]),
-            add("A", &["3"]),
-            upsert("B"),
-            add("B", &["4"]),
-            remove("B", &["9"]),
-            upsert("C"),
-        ];
-        let key = |s: &str| format!("sid:{s}");
-        assert_eq!(
-            shape(&merged(sequence)),
-            vec![
-                (vec![0, 1, 2], vec![("upsert_with_members", vec![key("1"), key("2"), key("3")])]),
-                (
-                    vec![3, 4, 5],
-                    vec![("upsert", vec![]), ("remove_members", vec![key("9")]), ("add_members", vec![key("4")])]
-                ),
-                (vec![6], vec![("upsert_with_members", vec![])]),
-            ]
-        );
     }
 }

@@ -1,10 +1,23 @@
+//! The writer's configuration: `[directory]`, `[writer]` (with `[writer.control]`),
+//! and the shared `[bus]`, `[log]` and `[metrics]` sections.
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use gwb_bus::BusConfig;
+use gwb_proto::server::ControlSettings;
 use gwb_runtime::telemetry::LogConfig;
+
+/// Where `gwb.control.v1.Writer` listens unless `[writer.control] listen` says otherwise.
+pub const DEFAULT_CONTROL_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50053);
+
+/// A configuration that parses but cannot run.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,10 +67,15 @@ pub struct WriterSettings {
     pub dry_run: bool,
     #[serde(default = "default_status_interval")]
     pub status_interval_seconds: u64,
-    /// gRPC `gwb.control.v1.Writer` (pause, resume, state) for the planner.
-    #[serde(default = "default_control_listen")]
-    pub control_listen: SocketAddr,
-    /// Bearer token callers must present (mode 0600); required off loopback.
+    /// `[writer.control]`: gRPC `gwb.control.v1.Writer` (pause, resume, state) for the
+    /// planner, spelt as in the planner and the collector.
+    #[serde(default)]
+    pub control: Option<ControlSettings>,
+    /// Deprecated spelling of `[writer.control] listen`, still read (with a warning).
+    #[serde(default)]
+    pub control_listen: Option<SocketAddr>,
+    /// Deprecated spelling of `[writer.control] token_file`, still read (with a warning).
+    #[serde(default)]
     pub control_token_file: Option<PathBuf>,
 }
 
@@ -68,14 +86,42 @@ impl Default for WriterSettings {
             partitions: Vec::new(),
             dry_run: false,
             status_interval_seconds: default_status_interval(),
-            control_listen: default_control_listen(),
+            control: None,
+            control_listen: None,
             control_token_file: None,
         }
     }
 }
 
-fn default_control_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 50053))
+impl WriterSettings {
+    /// The control settings in effect: `[writer.control]`, or the deprecated
+    /// `[writer] control_listen` / `control_token_file` (each named in a warning). Both
+    /// spellings at once are refused, since which one wins would be a guess.
+    pub fn control(&self) -> Result<ControlSettings, ConfigError> {
+        let old: Vec<&str> = [
+            self.control_listen.is_some().then_some("writer.control_listen"),
+            self.control_token_file.is_some().then_some("writer.control_token_file"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match &self.control {
+            Some(_) if !old.is_empty() => Err(ConfigError(format!(
+                "both [writer.control] and the deprecated {} are set: keep only [writer.control]",
+                old.join(" and ")
+            ))),
+            Some(control) => Ok(control.clone()),
+            None => {
+                if self.control_listen.is_some() {
+                    tracing::warn!("writer.control_listen is deprecated: use [writer.control] listen");
+                }
+                if self.control_token_file.is_some() {
+                    tracing::warn!("writer.control_token_file is deprecated: use [writer.control] token_file");
+                }
+                Ok(ControlSettings { listen: self.control_listen, token_file: self.control_token_file.clone() })
+            }
+        }
+    }
 }
 
 fn default_timeout() -> u64 {
@@ -86,4 +132,55 @@ fn default_batch() -> usize {
 }
 fn default_status_interval() -> u64 {
     15
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIRECTORY: &str = "[directory]\nurl = \"ldaps://dc:636\"\nca_file = \"/ca.pem\"\nbind_dn = \"CN=svc\"\n\
+        bind_password_file = \"/pw\"\nmanaged_ous = [\"OU=G,DC=lab\"]\n";
+
+    fn load(toml: &str) -> Config {
+        let path = std::env::temp_dir().join(format!("gwb-writer-config-{}-{}.toml", std::process::id(), toml.len()));
+        std::fs::write(&path, format!("{DIRECTORY}{toml}")).unwrap();
+        let config = gwb_runtime::config::load_with_env(Some(&path), Vec::new());
+        let _ = std::fs::remove_file(&path);
+        config.unwrap()
+    }
+
+    #[test]
+    fn the_control_section_is_read_and_defaults_to_loopback() {
+        let config = load("[writer.control]\nlisten = \"0.0.0.0:0\"\ntoken_file = \"/t\"\n");
+        let control = config.writer.control().unwrap();
+        assert_eq!(control.listen, Some("0.0.0.0:0".parse().unwrap()));
+        assert_eq!(control.token_file, Some(PathBuf::from("/t")));
+        let default = load("").writer.control().unwrap();
+        assert_eq!(default, ControlSettings::default());
+        assert_eq!(default.listen_or(DEFAULT_CONTROL_LISTEN), "127.0.0.1:50053".parse().unwrap());
+    }
+
+    #[test]
+    fn the_old_keys_still_work() {
+        let config = load("[writer]\ncontrol_listen = \"127.0.0.1:7\"\ncontrol_token_file = \"/old\"\n");
+        let control = config.writer.control().unwrap();
+        assert_eq!(control.listen, Some("127.0.0.1:7".parse().unwrap()));
+        assert_eq!(control.token_file, Some(PathBuf::from("/old")));
+        let listen_only = load("[writer]\ncontrol_listen = \"127.0.0.1:8\"\n").writer.control().unwrap();
+        assert_eq!(listen_only, ControlSettings { listen: Some("127.0.0.1:8".parse().unwrap()), token_file: None });
+    }
+
+    #[test]
+    fn old_and_new_keys_together_are_refused_naming_them() {
+        let config = load(
+            "[writer]\ncontrol_listen = \"127.0.0.1:7\"\ncontrol_token_file = \"/old\"\n\
+             [writer.control]\nlisten = \"127.0.0.1:8\"\n",
+        );
+        let error = config.writer.control().unwrap_err().to_string();
+        assert!(error.contains("[writer.control]"), "{error}");
+        assert!(error.contains("writer.control_listen and writer.control_token_file"), "{error}");
+        let config = load("[writer]\ncontrol_token_file = \"/old\"\n[writer.control]\n");
+        let error = config.writer.control().unwrap_err().to_string();
+        assert!(error.contains("writer.control_token_file are set"), "{error}");
+    }
 }

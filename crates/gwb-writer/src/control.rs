@@ -3,11 +3,17 @@
 
 use std::sync::{Arc, Mutex};
 
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use gwb_proto::control::v1 as pb;
+use gwb_proto::server::{ServerError, TokenCheck};
+use gwb_runtime::shutdown::Shutdown;
 use pb::writer_server::Writer;
+
+/// The served service; its gRPC health name is `WriterServer::NAME`.
+pub type WriterServer = pb::writer_server::WriterServer<WriterService>;
 
 /// Whether commands may be applied; `Some(reason)` while paused.
 #[derive(Clone)]
@@ -75,4 +81,28 @@ impl Writer for WriterService {
     ) -> Result<Response<pb::WriterState>, Status> {
         Ok(Response::new(self.state()))
     }
+}
+
+/// Serves the Writer service (with the token check), `grpc.health.v1` and reflection
+/// on `listener` until `shutdown`.
+///
+/// The health service is the caller's (`health`), not the one `gwb_proto::server::router`
+/// makes: the Writer reports serving only while the directory answers, which the status
+/// reporter sets through its `HealthReporter`, and `router` keeps its reporter to itself.
+pub async fn serve(
+    listener: TcpListener,
+    service: WriterService,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    token: TokenCheck,
+    shutdown: Shutdown,
+) -> Result<(), ServerError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gwb_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Serve(e.to_string()))?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(WriterServer::with_interceptor(service, move |request| token.check(request)));
+    gwb_proto::server::serve(router, listener, shutdown).await
 }
