@@ -12,7 +12,8 @@ use gwb_proto::commands::v1 as cmd;
 use gwb_proto::events::v1 as ev;
 use gwb_runtime::clock::Clock;
 
-use crate::SharedEngine;
+use crate::plan::{Incoming, Planned};
+use crate::{SharedEngine, count_planned, origin};
 
 const EVENT_TYPE: &str = "gwb.events.v1.ChangeEvent";
 const OUTCOME_TYPE: &str = "gwb.commands.v1.Outcome";
@@ -44,7 +45,8 @@ impl Consumer {
                 Ok(event) if event.change.is_some() && !event.event_id.is_empty() => {
                     let span = tracing::info_span!("plan_event", event_id = %event.event_id);
                     delivery.set_parent_of(&span);
-                    events.push((event, span));
+                    let trace = origin(0, &span).trace;
+                    events.push(Incoming { event, span, trace });
                     indices.push(index);
                 }
                 Ok(_) | Err(_) => {
@@ -63,7 +65,10 @@ impl Consumer {
         })
         .await;
         let (applied, failure) = match result {
-            Ok(Ok((applied, failure))) => (applied, failure.map(|e| e.to_string())),
+            Ok(Ok(applied)) => {
+                count_planned(&applied.planned);
+                (applied.events, applied.failure.map(|e| e.to_string()))
+            }
             Ok(Err(error)) => (0, Some(error)),
             Err(error) => (0, Some(error.to_string())),
         };
@@ -88,28 +93,29 @@ impl Consumer {
             return Disposition::DeadLetter;
         }
         let payload = delivery.payload;
-        let (engine, now_ms) = (self.engine.clone(), self.clock.now_ms());
-        let result = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+        let (engine, origin) = (self.engine.clone(), origin(self.clock.now_ms(), &tracing::Span::current()));
+        let result = tokio::task::spawn_blocking(move || -> Result<Option<Planned>, String> {
             let mut engine = engine.lock().map_err(|_| "planner state lock poisoned".to_string())?;
-            if kind == WRITER_STATUS_TYPE {
-                let Ok(status) = cmd::WriterStatus::decode(payload.as_slice()) else { return Ok(false) };
-                engine.apply_writer_status(&status, now_ms).map_err(|e| e.to_string())?;
+            let planned = if kind == WRITER_STATUS_TYPE {
+                let Ok(status) = cmd::WriterStatus::decode(payload.as_slice()) else { return Ok(None) };
+                engine.apply_writer_status(&status, &origin)
             } else {
-                let Ok(outcome) = cmd::Outcome::decode(payload.as_slice()) else { return Ok(false) };
+                let Ok(outcome) = cmd::Outcome::decode(payload.as_slice()) else { return Ok(None) };
                 if outcome.command_id.is_empty() {
-                    return Ok(false);
+                    return Ok(None);
                 }
-                engine.apply_outcome(&outcome, now_ms).map_err(|e| e.to_string())?;
-            }
-            Ok(true)
+                engine.apply_outcome(&outcome, &origin)
+            };
+            planned.map(Some).map_err(|e| e.to_string())
         })
         .await;
         match result {
-            Ok(Ok(true)) => {
+            Ok(Ok(Some(planned))) => {
+                count_planned(&planned);
                 self.outbox_ready.notify_one();
                 Disposition::Ack
             }
-            Ok(Ok(false)) => {
+            Ok(Ok(None)) => {
                 tracing::error!(message_id = ?delivery.message_id, "undecodable outcome dead-lettered");
                 Disposition::DeadLetter
             }

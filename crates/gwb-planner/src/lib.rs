@@ -9,8 +9,8 @@ pub mod config;
 mod consume;
 mod control;
 mod coordination;
-mod engine;
 mod outbox;
+mod plan;
 mod store;
 
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,9 @@ use gwb_runtime::shutdown::Shutdown;
 
 pub use config::{Config, ConfigError};
 
-use engine::{Engine, PolicySettings};
+use plan::{Engine, Origin, Planned, PolicySettings};
+use store::StoreError;
+use store::sqlite::SqliteStore;
 
 /// Listeners bound by the caller (tests bind port 0 and pass them in); `None` binds
 /// the configured address.
@@ -44,7 +46,7 @@ pub enum PlannerError {
     #[error(transparent)]
     Secret(#[from] secret::SecretError),
     #[error("planner.state_path {path}: {source}")]
-    Store { path: String, source: rusqlite::Error },
+    Store { path: String, source: StoreError },
     #[error("RabbitMQ: {0}")]
     Bus(#[from] gwb_bus::BusError),
     #[error(transparent)]
@@ -55,7 +57,24 @@ pub enum PlannerError {
     Task(#[from] tokio::task::JoinError),
 }
 
-pub(crate) type SharedEngine = Arc<Mutex<Engine>>;
+pub(crate) type SharedEngine = Arc<Mutex<Engine<SqliteStore>>>;
+
+/// `now_ms` under the trace of `span`: commands planned then carry that trace.
+pub(crate) fn origin(now_ms: i64, span: &tracing::Span) -> Origin {
+    let mut headers = std::collections::BTreeMap::new();
+    gwb_runtime::telemetry::inject_span(span, &mut headers);
+    let trace = if headers.is_empty() { String::new() } else { serde_json::to_string(&headers).unwrap_or_default() };
+    Origin { now_ms, trace }
+}
+
+/// Counts what a committed call planned (`gwb_commands_total{result="planned"}`).
+pub(crate) fn count_planned(planned: &Planned) {
+    if let Some(metrics) = gwb_runtime::metrics::global() {
+        for (kind, _) in &planned.commands {
+            metrics.command(kind.as_str(), "planned");
+        }
+    }
+}
 
 /// Runs the planner until `shutdown`: the events and outcomes consumers, the outbox
 /// publisher and the control API.
@@ -67,7 +86,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         tracing::warn!("[control] is deprecated: use [planner.control]");
     }
     let token = control.settings.load_token(control.name, config::DEFAULT_CONTROL_LISTEN)?;
-    let db = store::open(&config.planner.state_path)
+    let db = SqliteStore::open(&config.planner.state_path)
         .map_err(|source| PlannerError::Store { path: config.planner.state_path.display().to_string(), source })?;
     let policy = PolicySettings {
         scope: config.scope(),

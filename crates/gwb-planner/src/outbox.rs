@@ -12,7 +12,9 @@ use gwb_runtime::clock::Clock;
 use gwb_runtime::shutdown::Shutdown;
 
 use crate::SharedEngine;
-use crate::engine::{Engine, EngineError};
+use crate::plan::{Engine, EngineError};
+use crate::store::queries::Queries;
+use crate::store::sqlite::SqliteStore;
 
 pub(crate) struct Outbox {
     pub engine: SharedEngine,
@@ -33,7 +35,7 @@ impl Outbox {
     async fn with_engine<T: Send + 'static>(
         &self,
         what: &'static str,
-        work: impl FnOnce(&mut Engine) -> Result<T, EngineError> + Send + 'static,
+        work: impl FnOnce(&mut Engine<SqliteStore>) -> Result<T, EngineError> + Send + 'static,
     ) -> Option<T> {
         let engine = self.engine.clone();
         let result = tokio::task::spawn_blocking(move || match engine.lock() {
@@ -66,12 +68,13 @@ impl Outbox {
         let now = self.clock.now_ms();
         if now - *last_gauges > 5_000 {
             *last_gauges = now;
-            if let Some((held, skipped)) = self.with_engine("reading the gauges", |engine| engine.gauges()).await
+            let gauges = self.with_engine("reading the gauges", |engine| Ok(engine.store().gauges()?)).await;
+            if let Some((held, skipped)) = gauges
                 && let Some(metrics) = gwb_runtime::metrics::global()
             {
                 metrics.held_deletions(held);
-                for (reason, count) in skipped {
-                    metrics.skipped_members(&reason, count);
+                for (category, count) in skipped_by_category(skipped) {
+                    metrics.skipped_members(&category, count);
                 }
             }
         }
@@ -138,5 +141,34 @@ pub(crate) async fn publish(outbox: Outbox, shutdown: Shutdown) {
                 }
             }
         }
+    }
+}
+
+/// Skipped-member reasons may carry details (a server message, a value): the category
+/// before them keeps the metric's label set small.
+fn skipped_by_category(by_reason: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    let mut by_category: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for (reason, count) in by_reason {
+        let category = reason.split([':', '(']).next().unwrap_or_default().trim().to_string();
+        *by_category.entry(category).or_default() += count;
+    }
+    by_category.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_reasons_are_counted_by_their_category() {
+        let reasons = vec![
+            ("AD refused the member: no such object".to_string(), 2),
+            ("AD refused the member: busy".to_string(), 1),
+            ("cloud-only user (no onPremisesSecurityIdentifier)".to_string(), 4),
+        ];
+        assert_eq!(
+            skipped_by_category(reasons),
+            vec![("AD refused the member".to_string(), 3), ("cloud-only user".to_string(), 4)]
+        );
     }
 }

@@ -1,7 +1,7 @@
-//! The planner's SQLite store: schema, migrations and connection settings.
+//! The SQLite schema, its migrations and the connection settings.
 //!
-//! Everything the planner decides from lives here (not in RAM), so memory stays
-//! bounded however large the tenant is, and a restart resumes exactly.
+//! Everything the planner decides from lives in the store (not in RAM), so memory
+//! stays bounded however large the tenant is, and a restart resumes exactly.
 
 use std::path::Path;
 
@@ -160,9 +160,17 @@ INSERT INTO counters SELECT 'users', COUNT(*) FROM users WHERE deleted = 0;
 CREATE TABLE deletions_sent (group_id TEXT NOT NULL, at_ms INTEGER NOT NULL);
 CREATE INDEX deletions_sent_by_time ON deletions_sent (at_ms);
 "#,
+    r#"
+-- Change detection by GroupSpec::fingerprint (16 hex digits) instead of the spec's
+-- Debug text. The old texts match no fingerprint, so a group written before this
+-- version sends one upsert (its unchanged spec, a no-op in AD) at its next change,
+-- once; nothing else is lost.
+ALTER TABLE writeback RENAME COLUMN spec TO spec_fingerprint;
+UPDATE writeback SET spec_fingerprint = NULL;
+"#,
 ];
 
-pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
     let mut db = Connection::open(path)?;
     db.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode: a commit survives a process crash; only an OS crash can

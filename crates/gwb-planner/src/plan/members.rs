@@ -1,0 +1,104 @@
+//! Member planning: which member values each written group must hold in AD, planned
+//! against what was planned before so only differences become commands.
+
+use std::collections::HashSet;
+
+use gwb_core::command::MemberRef;
+use gwb_core::members::{self, MemberKind, Resolution};
+use gwb_proto::commands::v1 as cmd;
+
+use super::{EngineError, Plan, wire};
+use crate::store::{StoreError, StoreTx};
+
+/// Member values to add and remove for one group, flushed as batched commands.
+#[derive(Default)]
+pub(super) struct MemberDelta {
+    add: Vec<MemberRef>,
+    remove: Vec<MemberRef>,
+}
+
+impl<T: StoreTx> Plan<'_, T> {
+    /// Plans one (group, member) pair against what was planned before. Everything it
+    /// needs is read in one operation and only what changed is written: this runs once
+    /// per membership of every group written back, so it sets the planner's pace.
+    pub(super) fn plan_member(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        delta: &mut MemberDelta,
+    ) -> Result<(), StoreError> {
+        let known = self.tx.known_member(group_id, member_id)?;
+        let resolution = known.kind.map(|kind| match kind {
+            MemberKind::User => members::resolve_user(known.user.as_ref()),
+            MemberKind::Group => members::resolve_group(known.written_guid.as_deref()),
+            other => members::resolve_other(other),
+        });
+        let wanted = match &resolution {
+            Some(Resolution::Write(reference)) => Some(reference),
+            _ => None,
+        };
+        if known.planned.as_ref() != wanted {
+            if let Some(old) = known.planned {
+                delta.remove.push(old);
+                if wanted.is_none() {
+                    self.tx.clear_planned_member(group_id, member_id)?;
+                }
+            }
+            if let Some(new) = wanted {
+                delta.add.push(new.clone());
+                self.tx.set_planned_member(group_id, member_id, new)?;
+            }
+        }
+        match (&resolution, known.kind) {
+            (Some(Resolution::Skip(reason)), Some(kind)) if known.skipped.as_deref() != Some(reason.as_str()) => {
+                self.tx.set_skipped_member(group_id, member_id, kind.as_str(), reason)?;
+            }
+            (Some(Resolution::Skip(_)), Some(_)) => {}
+            _ if known.skipped.is_some() => self.tx.clear_skipped_member(group_id, member_id)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Full member plan of one group (first write, re-enable, restore): its links and
+    /// whatever was planned before that is no longer linked.
+    pub(super) fn sync_all_members(&mut self, group_id: &str) -> Result<(), EngineError> {
+        let mut ids = self.tx.member_ids(group_id)?;
+        let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let planned_only: Vec<String> =
+            self.tx.planned_member_ids(group_id)?.into_iter().filter(|m| !present.contains(m.as_str())).collect();
+        ids.extend(planned_only);
+        let mut delta = MemberDelta::default();
+        for member_id in &ids {
+            self.plan_member(group_id, member_id, &mut delta)?;
+        }
+        self.flush_members(group_id, delta)
+    }
+
+    /// A member's resolvability changed (user synced/unsynced, nested group written or
+    /// deleted): re-plan it in every active group that contains it.
+    pub(super) fn member_changed(&mut self, member_id: &str) -> Result<(), EngineError> {
+        if !self.enabled()? {
+            return Ok(());
+        }
+        for group_id in self.tx.groups_to_replan(member_id)? {
+            let mut delta = MemberDelta::default();
+            self.plan_member(&group_id, member_id, &mut delta)?;
+            self.flush_members(&group_id, delta)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn flush_members(&mut self, group_id: &str, delta: MemberDelta) -> Result<(), EngineError> {
+        let batch = self.policy.member_batch_size.max(1);
+        for chunk in delta.remove.chunks(batch) {
+            let change = cmd::MemberChange { members: chunk.iter().map(wire::member_message).collect() };
+            self.emit(group_id, cmd::write_command::Action::RemoveMembers(change))?;
+        }
+        for chunk in delta.add.chunks(batch) {
+            let change = cmd::MemberChange { members: chunk.iter().map(wire::member_message).collect() };
+            self.emit(group_id, cmd::write_command::Action::AddMembers(change))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! The operator's requests: the global switch, decisions on held deletions, per-group
+//! overrides, previews and staging.
+
+use std::collections::HashSet;
+
+use prost::Message as _;
+
+use gwb_core::command::CommandKind;
+use gwb_core::policy::{self, Decision, GroupOverride};
+use gwb_core::state::WritebackState;
+use gwb_proto::commands::v1 as cmd;
+
+use super::{Cause, Engine, EngineError, Origin, Plan, Planned, wire};
+use crate::store::{AuditEntry, AuditResult, Meta, SkippedMember, Store, StoreTx};
+
+/// What [`Engine::preview`] found.
+pub struct Preview {
+    pub decision: Decision,
+    /// (kind, description) of each command that would be sent.
+    pub commands: Vec<(CommandKind, String)>,
+    pub members_to_write: u64,
+    pub skipped: Vec<SkippedMember>,
+}
+
+impl<S: Store> Engine<S> {
+    /// Global switch. Enabling plans every group; disabling freezes (`keep`) or deletes
+    /// every group this product wrote.
+    pub fn set_writeback(
+        &mut self,
+        enabled: bool,
+        delete_on_disable: bool,
+        origin: &Origin,
+    ) -> Result<Planned, EngineError> {
+        let cause_text = if enabled {
+            "operator enabled writeback"
+        } else if delete_on_disable {
+            "operator disabled writeback (delete)"
+        } else {
+            "operator disabled writeback (keep)"
+        };
+        let (_, planned) = self.in_transaction(Cause::operator(cause_text, origin), |plan| {
+            plan.tx.set_meta(&Meta::WritebackEnabled, if enabled { "1" } else { "0" })?;
+            if enabled {
+                return plan.reconcile_all();
+            }
+            plan.tx.set_meta(&Meta::LastDisableMode, if delete_on_disable { "delete" } else { "keep" })?;
+            let owned = plan.tx.group_ids_in_states(&WritebackState::matching(WritebackState::is_owned))?;
+            for group_id in owned {
+                if delete_on_disable {
+                    plan.delete_group(&group_id, "writeback disabled by the operator (delete)")?;
+                } else {
+                    plan.set_state(&group_id, WritebackState::Kept, "writeback disabled by the operator (keep)")?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(planned)
+    }
+
+    /// Operator decision on held deletions (`approve`: delete now; otherwise keep the
+    /// AD groups, frozen). Empty `group_ids` means all. Returns how many were affected.
+    pub fn decide_held(
+        &mut self,
+        group_ids: &[String],
+        approve: bool,
+        origin: &Origin,
+    ) -> Result<(u64, Planned), EngineError> {
+        let text = if approve { "operator approved held deletions" } else { "operator discarded held deletions" };
+        self.in_transaction(Cause::operator(text, origin), |plan| {
+            let held = plan.tx.group_ids_in_states(&[WritebackState::Held])?;
+            let wanted: Vec<String> = if group_ids.is_empty() {
+                held
+            } else {
+                let requested: HashSet<String> = group_ids.iter().map(|id| id.to_ascii_lowercase()).collect();
+                held.into_iter().filter(|id| requested.contains(id)).collect()
+            };
+            for group_id in &wanted {
+                if approve {
+                    plan.emit_delete(group_id, "deletion approved by the operator")?;
+                } else {
+                    plan.set_state(
+                        group_id,
+                        WritebackState::Kept,
+                        "deletion discarded by the operator; the AD group is kept",
+                    )?;
+                    plan.audit_deletion(group_id, AuditResult::Discarded, "")?;
+                }
+            }
+            Ok(wanted.len() as u64)
+        })
+    }
+
+    /// Sets (or clears) the operator's override of one group and re-plans it.
+    pub fn set_override(
+        &mut self,
+        group_id: &str,
+        over: Option<&GroupOverride>,
+        origin: &Origin,
+    ) -> Result<Planned, EngineError> {
+        let id = group_id.to_ascii_lowercase();
+        let cause = Cause::operator("operator changed the group's writeback settings", origin);
+        let (_, planned) = self.in_transaction(cause, |plan| {
+            plan.tx.set_group_override(&id, over)?;
+            plan.reconcile(&id, None, false)
+        })?;
+        Ok(planned)
+    }
+
+    /// The plan for one group, computed exactly as for real inside a transaction that
+    /// is then rolled back: what would go to the writer now, and which members would
+    /// be skipped.
+    pub fn preview(&mut self, group_id: &str, origin: &Origin) -> Result<Option<Preview>, EngineError> {
+        let id = group_id.to_ascii_lowercase();
+        let mut tx = self.store.transaction()?;
+        let mut planned = Planned::default();
+        let mut plan = Plan {
+            tx: &mut tx,
+            policy: &self.policy,
+            cause: Cause::operator("preview", origin),
+            ignore_switch: true,
+            planned: &mut planned,
+        };
+        let Some(group) = plan.tx.cloud_group(&id)? else { return Ok(None) };
+        let over = plan.tx.group_override(&id)?;
+        let decision = policy::decide(&group, &over, &plan.policy.scope, &plan.policy.placement, plan.schema()?);
+        plan.reconcile(&id, None, false)?;
+        if plan.state_of(&id)?.is_some_and(WritebackState::is_active) {
+            plan.sync_all_members(&id)?;
+        }
+        let members_to_write = plan.tx.planned_member_count(&id)?;
+        let skipped = plan.tx.skipped_members(&id, 10_000)?;
+        // Dropping the transaction rolls every change back: nothing was planned.
+        drop(tx);
+        Ok(Some(Preview { decision, commands: planned.commands, members_to_write, skipped }))
+    }
+
+    /// Staging mode: record the outbox as `staged` in the audit log instead of sending it.
+    pub fn stage_outbox(&mut self, now_ms: i64) -> Result<usize, EngineError> {
+        let mut tx = self.store.transaction()?;
+        let rows = tx.outbox_head(1000)?;
+        for row in &rows {
+            match cmd::WriteCommand::decode(row.payload.as_slice()) {
+                Ok(command) => {
+                    let detail = command.action.as_ref().map(wire::describe_action).unwrap_or_default();
+                    let kind = command.action.as_ref().map(|a| wire::action_kind(a).as_str()).unwrap_or("unknown");
+                    tx.audit(&AuditEntry {
+                        at_ms: now_ms,
+                        group_id: &command.group_id,
+                        command_id: &command.command_id,
+                        kind,
+                        result: AuditResult::Staged,
+                        cause: &command.cause,
+                        detail: &detail,
+                    })?;
+                    tx.command_finished(&command.command_id)?;
+                }
+                // The planner wrote it itself; a row it cannot read is dropped, not
+                // staged, and said so.
+                Err(error) => tracing::error!(seq = row.seq, %error, "undecodable outbox row dropped while staging"),
+            }
+            tx.remove_from_outbox(row.seq)?;
+        }
+        tx.commit()?;
+        Ok(rows.len())
+    }
+}

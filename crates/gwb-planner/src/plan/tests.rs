@@ -1,0 +1,464 @@
+//! Planning over an in-memory SQLite store.
+
+use prost::Message as _;
+
+use gwb_core::deletion::DeletionThreshold;
+use gwb_core::naming::NameTemplate;
+use gwb_core::policy::{Placement, Scope};
+use gwb_core::state::WritebackState;
+use gwb_proto::commands::v1 as cmd;
+use gwb_proto::events::v1 as ev;
+
+use super::{Engine, EngineError, Incoming, Origin, PolicySettings, wire};
+use crate::config::RemovalAction;
+use crate::store::queries::Queries;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Counter, Store, StoreTx};
+
+type TestEngine = Engine<SqliteStore>;
+
+fn at(now_ms: i64) -> Origin {
+    Origin { now_ms, trace: String::new() }
+}
+
+impl TestEngine {
+    /// Applies one change event in its own transaction. Returns false for an event id
+    /// applied before.
+    fn apply_event(&mut self, event: &ev::ChangeEvent, now_ms: i64) -> Result<bool, EngineError> {
+        let mut tx = self.store.transaction()?;
+        let mut planned = super::Planned::default();
+        let fresh = super::apply_one(&mut tx, &self.policy, event, &at(now_ms), &mut planned)?;
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    fn state(&mut self, group_id: &str) -> Option<WritebackState> {
+        let tx = self.store.transaction().unwrap();
+        tx.writeback(group_id).unwrap().map(|row| row.state)
+    }
+}
+
+const SID: &str = "S-1-5-21-1-2-3-";
+
+fn engine(threshold: DeletionThreshold) -> TestEngine {
+    let db = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
+    let policy = PolicySettings {
+        scope: Scope { all_security_groups: true, ..Default::default() },
+        placement: Placement {
+            default_ou: "OU=G,DC=lab".into(),
+            security_ou: None,
+            distribution_ou: None,
+            name_template: NameTemplate::ObjectId,
+        },
+        member_batch_size: 500,
+        on_leave_scope: RemovalAction::Keep,
+        on_soft_delete: RemovalAction::Keep,
+        retired_ou: None,
+        partitions: 4,
+        threshold,
+    };
+    let mut engine = Engine::new(db, policy);
+    engine.set_writeback(true, false, &at(0)).unwrap();
+    engine
+}
+
+fn event(change: ev::change_event::Change) -> ev::ChangeEvent {
+    ev::ChangeEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        cause: "test".into(),
+        observed_at_ms: 1,
+        round_id: "r1".into(),
+        round_position: 0,
+        change: Some(change),
+    }
+}
+
+fn user(n: u32) -> ev::ChangeEvent {
+    event(ev::change_event::Change::User(ev::UserUpsert {
+        id: format!("u{n}"),
+        on_premises_security_identifier: Some(format!("{SID}{}", 1000 + n)),
+        on_premises_sync_enabled: Some(true),
+        ..Default::default()
+    }))
+}
+
+fn group(id: &str, added: impl IntoIterator<Item = u32>, removed: impl IntoIterator<Item = u32>) -> ev::ChangeEvent {
+    let link = |n: u32| ev::MemberLink { id: format!("u{n}"), kind: ev::MemberKind::User as i32 };
+    event(ev::change_event::Change::Group(ev::GroupUpsert {
+        id: id.into(),
+        display_name: Some(id.to_uppercase()),
+        security_enabled: Some(true),
+        mail_enabled: Some(false),
+        members_added: added.into_iter().map(link).collect(),
+        members_removed: removed.into_iter().map(link).collect(),
+        ..Default::default()
+    }))
+}
+
+fn removed(id: &str, hard: bool) -> ev::ChangeEvent {
+    let reason = if hard { ev::RemovalReason::Deleted } else { ev::RemovalReason::Changed };
+    event(ev::change_event::Change::GroupRemoved(ev::ObjectRemoved { id: id.into(), reason: reason as i32 }))
+}
+
+fn round_completed() -> ev::ChangeEvent {
+    event(ev::change_event::Change::RoundCompleted(ev::RoundBoundary {
+        resource: ev::Resource::Groups as i32,
+        full: false,
+    }))
+}
+
+/// Takes the outbox: (kind, number of member values) per command.
+fn drain(engine: &mut TestEngine) -> Vec<(String, usize)> {
+    let rows = engine.outbox_batch(100_000).unwrap();
+    if let Some(last) = rows.last() {
+        engine.outbox_published(last.seq).unwrap();
+    }
+    rows.iter()
+        .map(|row| {
+            let command = cmd::WriteCommand::decode(row.payload.as_slice()).unwrap();
+            let action = command.action.unwrap();
+            let values = match &action {
+                cmd::write_command::Action::AddMembers(c) | cmd::write_command::Action::RemoveMembers(c) => {
+                    c.members.len()
+                }
+                _ => 0,
+            };
+            (wire::action_kind(&action).as_str().to_string(), values)
+        })
+        .collect()
+}
+
+#[test]
+fn a_membership_change_costs_one_command_whatever_the_group_size() {
+    let mut engine = engine(DeletionThreshold::default());
+    for n in 0..2000 {
+        engine.apply_event(&user(n), 0).unwrap();
+    }
+    engine.apply_event(&group("g1", 0..1999, []), 0).unwrap();
+    let first = drain(&mut engine);
+    assert_eq!(first[0], ("upsert".to_string(), 0));
+    assert_eq!(first[1..].iter().map(|(_, n)| n).sum::<usize>(), 1999);
+    assert!(first[1..].iter().all(|(kind, n)| kind == "add_members" && *n <= 500), "{first:?}");
+    engine.apply_event(&group("g1", [1999], []), 0).unwrap();
+    assert_eq!(drain(&mut engine), vec![("add_members".to_string(), 1)]);
+    engine.apply_event(&group("g1", [], [5]), 0).unwrap();
+    assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 1)]);
+}
+
+#[test]
+fn replays_and_duplicates_change_nothing() {
+    let mut engine = engine(DeletionThreshold::default());
+    engine.apply_event(&user(1), 0).unwrap();
+    let created = group("g1", [1], []);
+    assert!(engine.apply_event(&created, 0).unwrap());
+    assert_eq!(drain(&mut engine).len(), 2);
+    assert!(!engine.apply_event(&created, 0).unwrap(), "same event id applied twice");
+    // Graph replays the same content under a new event id: nothing to do.
+    engine.apply_event(&group("g1", [1], []), 0).unwrap();
+    assert!(drain(&mut engine).is_empty());
+}
+
+#[test]
+fn cloud_deletions_wait_for_the_end_of_the_cycle_and_pass_the_threshold() {
+    let mut engine = engine(DeletionThreshold { max_groups: 2, max_percent: 100, window_minutes: 60 });
+    for id in ["a", "b", "c", "d"] {
+        engine.apply_event(&group(id, [], []), 0).unwrap();
+    }
+    drain(&mut engine);
+    engine.apply_event(&removed("a", true), 0).unwrap();
+    assert!(drain(&mut engine).is_empty(), "deleted before the cycle ended");
+    engine.apply_event(&round_completed(), 0).unwrap();
+    assert_eq!(drain(&mut engine), vec![("delete".to_string(), 0)]);
+    for id in ["b", "c", "d"] {
+        engine.apply_event(&removed(id, true), 0).unwrap();
+    }
+    engine.apply_event(&round_completed(), 0).unwrap();
+    assert!(drain(&mut engine).is_empty(), "3 deletions > 2 must be held");
+    assert_eq!(engine.decide_held(&["c".into()], true, &at(0)).unwrap().0, 1);
+    assert_eq!(drain(&mut engine), vec![("delete".to_string(), 0)]);
+    assert_eq!(engine.decide_held(&[], false, &at(0)).unwrap().0, 2);
+    assert!(drain(&mut engine).is_empty());
+}
+
+/// A tenant's mass deletion seen over several fast rounds is one mass deletion.
+#[test]
+fn the_threshold_counts_every_deletion_of_its_window_and_holds_later_ones_with_the_held() {
+    const MINUTE: i64 = 60_000;
+    let mut engine = engine(DeletionThreshold { max_groups: 3, max_percent: 100, window_minutes: 60 });
+    for n in 0..12 {
+        engine.apply_event(&group(&format!("g{n}"), [], []), 0).unwrap();
+    }
+    drain(&mut engine);
+    let delete_in_round = |engine: &mut TestEngine, ids: &[&str], at: i64| {
+        for id in ids {
+            engine.apply_event(&removed(id, true), at).unwrap();
+        }
+        engine.apply_event(&round_completed(), at).unwrap();
+        drain(engine).iter().filter(|(kind, _)| kind == "delete").count()
+    };
+    assert_eq!(delete_in_round(&mut engine, &["g0", "g1"], MINUTE), 2);
+    // 2 sent + 2 now = 4 > 3 within the hour: held, though each round alone passes.
+    assert_eq!(delete_in_round(&mut engine, &["g2", "g3"], 2 * MINUTE), 0);
+    // While those wait for an operator, a single later deletion waits with them.
+    assert_eq!(delete_in_round(&mut engine, &["g4"], 3 * MINUTE), 0);
+    assert_eq!(engine.decide_held(&[], false, &at(4 * MINUTE)).unwrap().0, 3);
+    // Discarded, and the first two have left the window: small deletions go again.
+    assert_eq!(delete_in_round(&mut engine, &["g5", "g6"], 62 * MINUTE), 2);
+}
+
+#[test]
+fn a_group_restored_before_its_cycle_ends_is_not_deleted() {
+    let mut engine = engine(DeletionThreshold::default());
+    engine.apply_event(&group("a", [], []), 0).unwrap();
+    drain(&mut engine);
+    engine.apply_event(&removed("a", false), 0).unwrap();
+    engine.apply_event(&group("a", [], []), 0).unwrap();
+    engine.apply_event(&round_completed(), 0).unwrap();
+    assert!(drain(&mut engine).iter().all(|(kind, _)| kind != "delete"));
+}
+
+#[test]
+fn only_a_complete_full_round_sweeps() {
+    let mut engine = engine(DeletionThreshold { max_groups: 100, max_percent: 100, window_minutes: 60 });
+    engine.apply_event(&user(1), 0).unwrap();
+    engine.apply_event(&group("keep", [1], []), 0).unwrap();
+    engine.apply_event(&group("gone", [1], []), 0).unwrap();
+    drain(&mut engine);
+    let boundary = ev::RoundBoundary { resource: ev::Resource::Groups as i32, full: true };
+    let in_round = |change| ev::ChangeEvent { round_id: "full-1".into(), ..event(change) };
+    engine.apply_event(&in_round(ev::change_event::Change::RoundStarted(boundary)), 0).unwrap();
+    let mut seen = group("keep", [], []);
+    seen.round_id = "full-1".into();
+    engine.apply_event(&seen, 0).unwrap();
+    // A completion for another round (its start never seen) sweeps nothing.
+    let mut other = event(ev::change_event::Change::RoundCompleted(boundary));
+    other.round_id = "full-0".into();
+    engine.apply_event(&other, 0).unwrap();
+    assert!(drain(&mut engine).is_empty());
+    engine.apply_event(&in_round(ev::change_event::Change::RoundCompleted(boundary)), 0).unwrap();
+    // "gone" vanished (soft-delete policy: keep) and "keep" lost its member, which
+    // the full round no longer listed.
+    assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 1)]);
+    assert_eq!(engine.state("gone"), Some(WritebackState::Kept));
+}
+
+#[test]
+fn switched_off_plans_nothing_and_preview_changes_nothing() {
+    let mut engine = engine(DeletionThreshold::default());
+    engine.set_writeback(false, false, &at(0)).unwrap();
+    engine.apply_event(&user(1), 0).unwrap();
+    engine.apply_event(&group("g", [1], []), 0).unwrap();
+    assert!(drain(&mut engine).is_empty());
+    let preview = engine.preview("g", &at(0)).unwrap().unwrap();
+    let kinds: Vec<&str> = preview.commands.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["upsert", "add_members"]);
+    assert_eq!(preview.members_to_write, 1);
+    assert!(drain(&mut engine).is_empty(), "preview left commands behind");
+    assert_eq!(engine.store().count_rows("planned_members", "1"), 0, "preview left planned state behind");
+}
+
+#[test]
+fn a_batch_keeps_the_events_before_a_failure_and_leaves_the_rest_for_redelivery() {
+    let mut engine = engine(DeletionThreshold::default());
+    let broken = ev::ChangeEvent { change: None, ..user(3) };
+    let batch: Vec<Incoming> = [user(1), user(2), broken, user(4)]
+        .into_iter()
+        .map(|event| Incoming { event, span: tracing::Span::none(), trace: String::new() })
+        .collect();
+    let applied = engine.apply_events(&batch, 0);
+    assert_eq!(applied.events, 2);
+    assert!(matches!(applied.failure, Some(EngineError::Invalid(_))));
+    let known =
+        |engine: &TestEngine, id: &str| -> bool { engine.store().count_rows("users", &format!("id = '{id}'")) == 1 };
+    assert!(known(&engine, "u1") && known(&engine, "u2"));
+    assert!(!known(&engine, "u4"), "an event after the failure was applied out of order");
+    assert_eq!(
+        engine.store().count_rows("processed_events", "1"),
+        2,
+        "the failed event must not be recorded as processed"
+    );
+    // Redelivered (with the failing one fixed), everything lands once.
+    let applied = engine.apply_events(&batch[..2], 0);
+    assert_eq!((applied.events, applied.failure.is_none()), (2, true));
+    assert_eq!(engine.store().count_rows("processed_events", "1"), 2);
+}
+
+#[test]
+fn the_status_counters_follow_every_membership_and_user_change() {
+    let mut engine = engine(DeletionThreshold::default());
+    let check = |engine: &TestEngine| {
+        let store = engine.store();
+        let memberships = store.count_rows("memberships", "1") as i64;
+        let users = store.count_rows("users", "deleted = 0") as i64;
+        assert_eq!((store.counter(Counter::Memberships), store.counter(Counter::Users)), (memberships, users));
+        (memberships, users)
+    };
+    for n in 0..10 {
+        engine.apply_event(&user(n), 0).unwrap();
+    }
+    engine.apply_event(&user(3), 0).unwrap();
+    engine.apply_event(&group("g1", 0..6, []), 0).unwrap();
+    engine.apply_event(&group("g2", 4..10, []), 0).unwrap();
+    engine.apply_event(&group("g1", 0..3, [5]), 0).unwrap();
+    assert_eq!(check(&engine), (11, 10));
+    let gone = event(ev::change_event::Change::UserRemoved(ev::ObjectRemoved {
+        id: "u7".into(),
+        reason: ev::RemovalReason::Deleted as i32,
+    }));
+    engine.apply_event(&gone, 0).unwrap();
+    engine.apply_event(&removed("g2", true), 0).unwrap();
+    assert_eq!(check(&engine), (5, 9));
+    engine.apply_event(&user(7), 0).unwrap();
+    assert_eq!(check(&engine), (5, 10));
+}
+
+/// A writer's outcome for `group`; the AD objectGUID is derived from the group id.
+fn outcome(group: &str, kind: &str, status: cmd::OutcomeStatus) -> cmd::Outcome {
+    cmd::Outcome {
+        command_id: uuid::Uuid::new_v4().to_string(),
+        group_id: group.into(),
+        kind: kind.into(),
+        status: status as i32,
+        sequence: 1_000,
+        group: Some(cmd::AppliedGroup {
+            dn: format!("CN={group},OU=G,DC=lab"),
+            object_guid: format!("0000000{}-0000-0000-0000-000000000000", group.len()),
+            object_sid: "S-1-5-21-1-2-3-9000".into(),
+            sam_account_name: group.into(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_call_returns_what_it_committed_and_a_failed_batch_only_its_applied_part() {
+    let mut engine = engine(DeletionThreshold::default());
+    engine.apply_event(&user(1), 0).unwrap();
+    let incoming = |event: ev::ChangeEvent| Incoming {
+        event,
+        span: tracing::Span::none(),
+        trace: "{\"traceparent\":\"t\"}".into(),
+    };
+    let broken = ev::ChangeEvent { change: None, ..user(9) };
+    let applied = engine.apply_events(&[incoming(group("g1", [1], [])), incoming(broken)], 0);
+    assert_eq!(applied.events, 1);
+    let kinds: Vec<&str> = applied.planned.commands.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(kinds, ["upsert", "add_members"], "the rolled-back attempt must not be counted twice");
+    let rows = engine.outbox_batch(100).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].headers.get("traceparent").map(String::as_str), Some("t"), "the event's trace is carried");
+    // A preview plans the same commands but returns them as a preview only.
+    let preview = engine.preview("g1", &at(0)).unwrap().unwrap();
+    assert!(preview.commands.is_empty(), "nothing changed since: {:?}", preview.commands);
+    assert_eq!(engine.outbox_batch(100).unwrap().len(), 2);
+}
+
+#[test]
+fn outcomes_record_the_ad_object_and_nested_groups_follow_it() {
+    let mut engine = engine(DeletionThreshold::default());
+    let nested = event(ev::change_event::Change::Group(ev::GroupUpsert {
+        id: "parent".into(),
+        display_name: Some("PARENT".into()),
+        security_enabled: Some(true),
+        mail_enabled: Some(false),
+        members_added: vec![ev::MemberLink { id: "child".into(), kind: ev::MemberKind::Group as i32 }],
+        ..Default::default()
+    }));
+    engine.apply_event(&group("child", [], []), 0).unwrap();
+    engine.apply_event(&nested, 0).unwrap();
+    assert_eq!(drain(&mut engine), vec![("upsert".to_string(), 0), ("upsert".to_string(), 0)]);
+    assert_eq!(engine.state("child"), Some(WritebackState::Pending));
+    let planned = engine.apply_outcome(&outcome("child", "upsert", cmd::OutcomeStatus::Applied), &at(1));
+    assert_eq!(engine.state("child"), Some(WritebackState::Written));
+    // The child now has an objectGUID: the parent references it by that.
+    assert_eq!(planned.unwrap().commands.len(), 1);
+    assert_eq!(drain(&mut engine), vec![("add_members".to_string(), 1)]);
+    let detail = engine.store().group_detail("parent").unwrap().unwrap();
+    assert_eq!(detail.members_written, ["guid:00000005-0000-0000-0000-000000000000"]);
+    assert_eq!(engine.store().group_detail("child").unwrap().unwrap().ad_object_sid, "S-1-5-21-1-2-3-9000");
+}
+
+#[test]
+fn a_failure_keeps_its_cause_and_a_refused_member_is_skipped() {
+    let mut engine = engine(DeletionThreshold::default());
+    engine.apply_event(&user(1), 0).unwrap();
+    engine.apply_event(&group("g", [1], []), 0).unwrap();
+    drain(&mut engine);
+    let mut failed = outcome("g", "upsert", cmd::OutcomeStatus::Failed);
+    failed.message = "no such parent".into();
+    engine.apply_outcome(&failed, &at(1)).unwrap();
+    let mut later = outcome("g", "add_members", cmd::OutcomeStatus::Failed);
+    later.message = "no group carries the anchor".into();
+    engine.apply_outcome(&later, &at(2)).unwrap();
+    assert_eq!(engine.state("g"), Some(WritebackState::Error));
+    let summary = engine.store().group_detail("g").unwrap().unwrap().summary;
+    assert!(summary.last_error.contains("no such parent"), "{}", summary.last_error);
+    let status = engine.store().status().unwrap();
+    assert_eq!(status.recent_errors.len(), 2);
+    assert_eq!(status.commands_in_flight, 2, "the outcomes named other commands");
+
+    engine.apply_outcome(&outcome("g", "upsert", cmd::OutcomeStatus::Applied), &at(3)).unwrap();
+    assert_eq!(engine.state("g"), Some(WritebackState::Written));
+    let mut refused = outcome("g", "add_members", cmd::OutcomeStatus::Applied);
+    refused.members_rejected = vec![cmd::RejectedMember {
+        member: Some(wire::member_message(&gwb_core::command::MemberRef::Sid(format!("{SID}1001")))),
+        reason: "no such object".into(),
+    }];
+    engine.apply_outcome(&refused, &at(4)).unwrap();
+    let detail = engine.store().group_detail("g").unwrap().unwrap();
+    assert!(detail.members_written.is_empty());
+    assert_eq!(detail.members_skipped.len(), 1);
+    assert_eq!(detail.members_skipped[0].reason, "AD refused the member: no such object");
+    let audit = engine.store().audit_log("g", 100).unwrap();
+    assert_eq!(audit[0].result, "applied");
+    assert!(audit.iter().any(|entry| entry.result == "failed"));
+}
+
+#[test]
+fn a_changed_spec_sends_one_upsert_and_a_group_from_before_fingerprints_at_most_one() {
+    let mut engine = engine(DeletionThreshold::default());
+    engine.apply_event(&group("g", [], []), 0).unwrap();
+    drain(&mut engine);
+    engine.apply_event(&group("g", [], []), 0).unwrap();
+    assert!(drain(&mut engine).is_empty(), "same spec, nothing to send");
+    let described = || {
+        let mut described = group("g", [], []);
+        if let Some(ev::change_event::Change::Group(g)) = &mut described.change {
+            g.description = Some("now described".into());
+        }
+        described
+    };
+    engine.apply_event(&described(), 0).unwrap();
+    assert_eq!(drain(&mut engine), vec![("upsert".to_string(), 0)]);
+    // Upgraded from a version that stored the spec's Debug text: one upsert, once.
+    engine.store().forget_fingerprints();
+    engine.apply_event(&described(), 0).unwrap();
+    assert_eq!(drain(&mut engine), vec![("upsert".to_string(), 0)]);
+    engine.apply_event(&described(), 0).unwrap();
+    assert!(drain(&mut engine).is_empty());
+}
+
+#[test]
+fn disabling_with_keep_freezes_every_owned_group_and_the_status_says_so() {
+    let mut engine = engine(DeletionThreshold::default());
+    for id in ["a", "b"] {
+        engine.apply_event(&group(id, [], []), 0).unwrap();
+    }
+    let skipped = event(ev::change_event::Change::Group(ev::GroupUpsert {
+        id: "synced".into(),
+        on_premises_sync_enabled: Some(true),
+        security_enabled: Some(true),
+        ..Default::default()
+    }));
+    engine.apply_event(&skipped, 0).unwrap();
+    drain(&mut engine);
+    let planned = engine.set_writeback(false, false, &at(5)).unwrap();
+    assert!(planned.commands.is_empty());
+    let status = engine.store().status().unwrap();
+    assert!(!status.writeback_enabled);
+    assert_eq!(status.last_disable_mode.as_deref(), Some("keep"));
+    assert_eq!(status.groups_by_state, vec![("kept".to_string(), 2), ("skipped".to_string(), 1)]);
+    let listed = engine.store().list_groups("", "kept", 10).unwrap();
+    assert_eq!(listed.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(engine.store().list_groups("a", "", 10).unwrap().len(), 2, "paged after a");
+}

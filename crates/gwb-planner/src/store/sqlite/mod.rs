@@ -1,0 +1,747 @@
+//! The SQLite store: the only planner code with SQL (with `queries` and
+//! `migrations`). WAL mode, prepared statements cached per connection.
+
+mod migrations;
+mod queries;
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use gwb_core::command::GroupType;
+use gwb_core::command::{AppliedGroup, MemberRef};
+use gwb_core::members::{MemberKind, UserAnchor};
+use gwb_core::policy::{CloudGroup, GroupOverride};
+use gwb_core::state::WritebackState;
+
+use super::{
+    AuditEntry, Counter, KnownMember, Meta, OutboxRow, PlannedCommand, ServiceReport, SkippedMember, Store, StoreError,
+    StoreTx, UserRow, WritebackRow,
+};
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Backend(Box::new(error))
+    }
+}
+
+pub struct SqliteStore {
+    db: Connection,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating as needed) the store at `path`; `:memory:` is a
+    /// private in-memory store.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(SqliteStore { db: migrations::open(path)? })
+    }
+
+    /// Row counts of a table, for tests that check what planning left behind.
+    #[cfg(test)]
+    pub fn count_rows(&self, table: &str, filter: &str) -> u64 {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE {filter}");
+        self.db.query_row(&sql, [], |row| row.get::<_, i64>(0)).unwrap() as u64
+    }
+
+    /// Leaves every writeback row without a fingerprint, as migration 6 leaves the
+    /// rows written before it.
+    #[cfg(test)]
+    pub fn forget_fingerprints(&self) {
+        self.db.execute("UPDATE writeback SET spec_fingerprint = NULL", []).unwrap();
+    }
+
+    /// A counter's value, for tests.
+    #[cfg(test)]
+    pub fn counter(&self, counter: Counter) -> i64 {
+        self.db
+            .query_row("SELECT value FROM counters WHERE name = ?1", params![counter_name(counter)], |row| row.get(0))
+            .unwrap()
+    }
+}
+
+impl Store for SqliteStore {
+    type Tx<'a> = SqliteTx<'a>;
+
+    fn transaction(&mut self) -> Result<SqliteTx<'_>, StoreError> {
+        Ok(SqliteTx { tx: self.db.transaction()? })
+    }
+
+    fn outbox_batch(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        outbox_head(&self.db, limit)
+    }
+
+    fn outbox_published(&mut self, up_to_seq: i64) -> Result<(), StoreError> {
+        self.db.prepare_cached("DELETE FROM outbox WHERE seq <= ?1")?.execute(params![up_to_seq])?;
+        Ok(())
+    }
+
+    fn prune_processed(&mut self, before_ms: i64) -> Result<(), StoreError> {
+        self.db.execute("DELETE FROM processed_events WHERE at_ms < ?1", params![before_ms])?;
+        Ok(())
+    }
+}
+
+pub struct SqliteTx<'a> {
+    tx: Transaction<'a>,
+}
+
+fn meta_key(key: &Meta) -> String {
+    match key {
+        Meta::WritebackEnabled => "writeback_enabled".into(),
+        Meta::LastDisableMode => "last_disable_mode".into(),
+        Meta::HasExchangeSchema => "has_exchange_schema".into(),
+        Meta::HeldReason => "held_reason".into(),
+        Meta::LastRoundCompletedMs => "last_round_completed_ms".into(),
+        Meta::FullRound(resource) => format!("full_round.{resource}"),
+    }
+}
+
+fn counter_name(counter: Counter) -> &'static str {
+    match counter {
+        Counter::Memberships => "memberships",
+        Counter::Users => "users",
+    }
+}
+
+fn get_meta(db: &Connection, key: &Meta) -> Result<Option<String>, StoreError> {
+    Ok(db
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row(params![meta_key(key)], |row| row.get(0))
+        .optional()?)
+}
+
+fn state_from(text: &str) -> Result<WritebackState, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt { what: "writeback state", detail: text.to_string() })
+}
+
+/// `IN (...)` over state spellings: the states are a closed set of literals, so
+/// they can be spelled into the statement (which is then cached per set).
+fn state_list(states: &[WritebackState]) -> String {
+    states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
+}
+
+fn strings(db: &Connection, sql: &str, param: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = db.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![param], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn outbox_head(db: &Connection, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+    let mut stmt =
+        db.prepare_cached("SELECT seq, partition, payload, command_id, headers FROM outbox ORDER BY seq LIMIT ?1")?;
+    let rows = stmt.query_map(params![limit as i64], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get::<_, String>(4)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, partition, payload, command_id, headers) = row?;
+        // A trace context that does not parse only loses the trace link: it must
+        // never hold back a command (nor those queued after it).
+        let headers = serde_json::from_str(&headers).unwrap_or_default();
+        out.push(OutboxRow { seq, partition, payload, command_id, headers });
+    }
+    Ok(out)
+}
+
+fn json_list(row: &Row<'_>, index: usize, what: &'static str) -> rusqlite::Result<Vec<String>> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, format!("{what}: {e}").into())
+    })
+}
+
+impl StoreTx for SqliteTx<'_> {
+    fn commit(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit()?)
+    }
+
+    fn mark_processed(&mut self, event_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("INSERT OR IGNORE INTO processed_events (event_id, at_ms) VALUES (?1, ?2)")?
+            .execute(params![event_id, now_ms])?
+            == 1)
+    }
+
+    fn meta(&self, key: &Meta) -> Result<Option<String>, StoreError> {
+        get_meta(&self.tx, key)
+    }
+
+    fn set_meta(&mut self, key: &Meta, value: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![meta_key(key), value])?;
+        Ok(())
+    }
+
+    fn delete_meta(&mut self, key: &Meta) -> Result<(), StoreError> {
+        self.tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?.execute(params![meta_key(key)])?;
+        Ok(())
+    }
+
+    fn add_to_counter(&mut self, counter: Counter, delta: i64) -> Result<(), StoreError> {
+        if delta != 0 {
+            self.tx
+                .prepare_cached("UPDATE counters SET value = value + ?2 WHERE name = ?1")?
+                .execute(params![counter_name(counter), delta])?;
+        }
+        Ok(())
+    }
+
+    fn record_service(&mut self, report: &ServiceReport) -> Result<(), StoreError> {
+        self.tx.prepare_cached(
+            "INSERT INTO services (name, healthy, version, detail, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(name) DO UPDATE SET healthy = excluded.healthy, version = excluded.version, detail = excluded.detail, last_seen_ms = excluded.last_seen_ms",
+        )?
+        .execute(params![report.name, report.healthy, report.version, report.detail, report.last_seen_ms])?;
+        Ok(())
+    }
+
+    fn user_anchor(&self, user_id: &str) -> Result<Option<UserAnchor>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT sid, sync_enabled, deleted FROM users WHERE id = ?1")?
+            .query_row(params![user_id], |row| {
+                Ok(UserAnchor {
+                    on_premises_sid: row.get(0)?,
+                    on_premises_sync_enabled: row.get(1)?,
+                    deleted: row.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn upsert_user(&mut self, user: &UserRow, round: &str) -> Result<(), StoreError> {
+        self.tx.prepare_cached(
+            "INSERT INTO users (id, display_name, user_principal_name, sid, sync_enabled, deleted, seen_round)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
+             ON CONFLICT(id) DO UPDATE SET display_name = excluded.display_name, user_principal_name = excluded.user_principal_name,
+               sid = excluded.sid, sync_enabled = excluded.sync_enabled, deleted = 0, seen_round = excluded.seen_round",
+        )?
+        .execute(params![user.id, user.display_name, user.user_principal_name, user.sid, user.sync_enabled, round])?;
+        Ok(())
+    }
+
+    fn mark_user_deleted(&mut self, user_id: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("INSERT INTO users (id, deleted) VALUES (?1, 1) ON CONFLICT(id) DO UPDATE SET deleted = 1")?
+            .execute(params![user_id])?;
+        Ok(())
+    }
+
+    fn users_not_seen_in(&self, round: &str) -> Result<Vec<String>, StoreError> {
+        strings(&self.tx, "SELECT id FROM users WHERE deleted = 0 AND (seen_round IS NULL OR seen_round <> ?1)", round)
+    }
+
+    fn group_is_removed(&self, group_id: &str) -> Result<bool, StoreError> {
+        let removed: Option<Option<String>> = self
+            .tx
+            .prepare_cached("SELECT removed FROM groups WHERE id = ?1")?
+            .query_row(params![group_id], |row| row.get(0))
+            .optional()?;
+        Ok(matches!(removed, Some(Some(_))))
+    }
+
+    fn upsert_group(&mut self, group: &CloudGroup, round: &str) -> Result<(), StoreError> {
+        let json = |list: &[String]| {
+            serde_json::to_string(list).map_err(|e| StoreError::Corrupt { what: "group list", detail: e.to_string() })
+        };
+        self.tx.prepare_cached(
+            "INSERT INTO groups (id, display_name, description, mail_nickname, mail, mail_enabled, security_enabled, group_types,
+                                 proxy_addresses, on_premises_sync_enabled, writeback_enabled, writeback_group_type, removed, seen_round)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, ?13)
+             ON CONFLICT(id) DO UPDATE SET display_name = excluded.display_name, description = excluded.description,
+               mail_nickname = excluded.mail_nickname, mail = excluded.mail, mail_enabled = excluded.mail_enabled,
+               security_enabled = excluded.security_enabled, group_types = excluded.group_types, proxy_addresses = excluded.proxy_addresses,
+               on_premises_sync_enabled = excluded.on_premises_sync_enabled, writeback_enabled = excluded.writeback_enabled,
+               writeback_group_type = excluded.writeback_group_type, removed = NULL, seen_round = excluded.seen_round",
+        )?
+        .execute(params![
+            group.id,
+            group.display_name,
+            group.description,
+            group.mail_nickname,
+            group.mail,
+            group.mail_enabled,
+            group.security_enabled,
+            json(&group.group_types)?,
+            json(&group.proxy_addresses)?,
+            group.on_premises_sync_enabled,
+            group.writeback_enabled,
+            group.writeback_group_type,
+            round,
+        ])?;
+        Ok(())
+    }
+
+    fn mark_group_removed(&mut self, group_id: &str, hard: bool) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO groups (id, removed) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET removed = excluded.removed",
+            )?
+            .execute(params![group_id, if hard { "deleted" } else { "changed" }])?;
+        Ok(())
+    }
+
+    fn cloud_group(&self, group_id: &str) -> Result<Option<CloudGroup>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT id, display_name, description, mail_nickname, mail, mail_enabled, security_enabled, group_types, proxy_addresses,
+                        on_premises_sync_enabled, writeback_enabled, writeback_group_type
+                 FROM groups WHERE id = ?1 AND removed IS NULL",
+            )?
+            .query_row(params![group_id], |row| {
+                Ok(CloudGroup {
+                    id: row.get(0)?,
+                    display_name: row.get(1)?,
+                    description: row.get(2)?,
+                    mail_nickname: row.get(3)?,
+                    mail: row.get(4)?,
+                    mail_enabled: row.get(5)?,
+                    security_enabled: row.get(6)?,
+                    group_types: json_list(row, 7, "group_types")?,
+                    proxy_addresses: json_list(row, 8, "proxy_addresses")?,
+                    on_premises_sync_enabled: row.get(9)?,
+                    writeback_enabled: row.get(10)?,
+                    writeback_group_type: row.get(11)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn present_group_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.tx.prepare_cached("SELECT id FROM groups WHERE removed IS NULL ORDER BY id")?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn groups_not_seen_in(&self, round: &str) -> Result<Vec<String>, StoreError> {
+        strings(
+            &self.tx,
+            "SELECT id FROM groups WHERE removed IS NULL AND (seen_round IS NULL OR seen_round <> ?1)",
+            round,
+        )
+    }
+
+    fn group_override(&self, group_id: &str) -> Result<GroupOverride, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT enabled, group_type, parent_dn FROM group_overrides WHERE group_id = ?1")?
+            .query_row(params![group_id], |row| {
+                let group_type: Option<String> = row.get(1)?;
+                Ok(GroupOverride {
+                    enabled: row.get(0)?,
+                    group_type: group_type.as_deref().and_then(GroupType::from_graph_name),
+                    parent_dn: row.get(2)?,
+                })
+            })
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    fn set_group_override(&mut self, group_id: &str, over: Option<&GroupOverride>) -> Result<(), StoreError> {
+        match over {
+            Some(over) => {
+                self.tx.prepare_cached(
+                    "INSERT INTO group_overrides (group_id, enabled, group_type, parent_dn) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(group_id) DO UPDATE SET enabled = excluded.enabled, group_type = excluded.group_type, parent_dn = excluded.parent_dn",
+                )?
+                .execute(params![group_id, over.enabled, over.group_type.map(|t| t.graph_name()), over.parent_dn])?;
+            }
+            None => {
+                self.tx
+                    .prepare_cached("DELETE FROM group_overrides WHERE group_id = ?1")?
+                    .execute(params![group_id])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn upsert_membership(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        kind: MemberKind,
+        round: &str,
+    ) -> Result<bool, StoreError> {
+        // Insert, else update: two plain statements, so the caller's count is exact
+        // and SQLite needs no statement journal for an upsert.
+        let values = params![group_id, member_id, kind.as_str(), round];
+        let inserted = self
+            .tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO memberships (group_id, member_id, member_kind, seen_round) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(values)?
+            == 1;
+        if !inserted {
+            self.tx
+                .prepare_cached(
+                    "UPDATE memberships SET member_kind = ?3, seen_round = ?4 WHERE group_id = ?1 AND member_id = ?2",
+                )?
+                .execute(values)?;
+        }
+        Ok(inserted)
+    }
+
+    fn remove_membership(&mut self, group_id: &str, member_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2")?
+            .execute(params![group_id, member_id])?
+            > 0)
+    }
+
+    fn remove_group_memberships(&mut self, group_id: &str) -> Result<u64, StoreError> {
+        Ok(self.tx.prepare_cached("DELETE FROM memberships WHERE group_id = ?1")?.execute(params![group_id])? as u64)
+    }
+
+    fn member_ids(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
+        strings(&self.tx, "SELECT member_id FROM memberships WHERE group_id = ?1", group_id)
+    }
+
+    fn membership_kind(&self, group_id: &str, member_id: &str) -> Result<Option<MemberKind>, StoreError> {
+        let kind: Option<String> = self
+            .tx
+            .prepare_cached("SELECT member_kind FROM memberships WHERE group_id = ?1 AND member_id = ?2")?
+            .query_row(params![group_id, member_id], |row| row.get(0))
+            .optional()?;
+        Ok(kind.as_deref().map(MemberKind::from_str_lossy))
+    }
+
+    fn stale_memberships(&self, round: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT m.group_id, m.member_id FROM memberships m JOIN groups g ON g.id = m.group_id
+             WHERE g.seen_round = ?1 AND (m.seen_round IS NULL OR m.seen_round <> ?1)",
+        )?;
+        let rows = stmt.query_map(params![round], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn known_member(&self, group_id: &str, member_id: &str) -> Result<KnownMember, StoreError> {
+        let (kind, planned, user, written_guid, skipped) = self
+            .tx
+            .prepare_cached(
+                "SELECT m.member_kind, p.ref_key, u.id IS NOT NULL, u.sid, u.sync_enabled, u.deleted, w.object_guid, s.reason
+                 FROM (SELECT ?1 AS group_id, ?2 AS member_id) k
+                 LEFT JOIN memberships m ON m.group_id = k.group_id AND m.member_id = k.member_id
+                 LEFT JOIN planned_members p ON p.group_id = k.group_id AND p.member_id = k.member_id
+                 LEFT JOIN users u ON u.id = k.member_id
+                 LEFT JOIN writeback w ON w.group_id = k.member_id AND w.state IN ('pending', 'written') AND w.object_guid IS NOT NULL
+                 LEFT JOIN skipped_members s ON s.group_id = k.group_id AND s.member_id = k.member_id",
+            )?
+            .query_row(params![group_id, member_id], |row| {
+                let user = row.get::<_, bool>(2)?.then(|| -> rusqlite::Result<UserAnchor> {
+                    Ok(UserAnchor {
+                        on_premises_sid: row.get(3)?,
+                        on_premises_sync_enabled: row.get(4)?,
+                        deleted: row.get::<_, Option<bool>>(5)?.unwrap_or(false),
+                    })
+                });
+                Ok((
+                    row.get::<_, Option<String>>(0)?,
+                    row.get::<_, Option<String>>(1)?,
+                    user.transpose()?,
+                    row.get(6)?,
+                    row.get(7)?,
+                ))
+            })?;
+        let planned = match planned {
+            Some(key) => Some(
+                MemberRef::from_key(&key)
+                    .ok_or_else(|| StoreError::Corrupt { what: "planned member value", detail: key })?,
+            ),
+            None => None,
+        };
+        Ok(KnownMember { kind: kind.as_deref().map(MemberKind::from_str_lossy), planned, user, written_guid, skipped })
+    }
+
+    fn set_planned_member(&mut self, group_id: &str, member_id: &str, reference: &MemberRef) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO planned_members (group_id, member_id, ref_key) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![group_id, member_id, reference.key()])?;
+        Ok(())
+    }
+
+    fn clear_planned_member(&mut self, group_id: &str, member_id: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2")?
+            .execute(params![group_id, member_id])?;
+        Ok(())
+    }
+
+    fn planned_member_ids(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
+        strings(&self.tx, "SELECT member_id FROM planned_members WHERE group_id = ?1", group_id)
+    }
+
+    fn planned_member_by_ref(&self, group_id: &str, reference: &MemberRef) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .tx
+            .prepare_cached("SELECT member_id FROM planned_members WHERE group_id = ?1 AND ref_key = ?2")?
+            .query_row(params![group_id, reference.key()], |row| row.get(0))
+            .optional()?)
+    }
+
+    fn planned_member_count(&self, group_id: &str) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .tx
+            .prepare_cached("SELECT COUNT(*) FROM planned_members WHERE group_id = ?1")?
+            .query_row(params![group_id], |row| row.get(0))?;
+        Ok(count.max(0) as u64)
+    }
+
+    fn forget_planned_links_to(&mut self, member_id: &str) -> Result<(), StoreError> {
+        self.tx.prepare_cached("DELETE FROM planned_members WHERE member_id = ?1")?.execute(params![member_id])?;
+        Ok(())
+    }
+
+    fn set_skipped_member(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO skipped_members (group_id, member_id, member_kind, reason) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![group_id, member_id, kind, reason])?;
+        Ok(())
+    }
+
+    fn clear_skipped_member(&mut self, group_id: &str, member_id: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM skipped_members WHERE group_id = ?1 AND member_id = ?2")?
+            .execute(params![group_id, member_id])?;
+        Ok(())
+    }
+
+    fn skipped_members(&self, group_id: &str, limit: usize) -> Result<Vec<SkippedMember>, StoreError> {
+        queries::skipped_members(&self.tx, group_id, limit)
+    }
+
+    fn forget_member_plan(&mut self, group_id: &str) -> Result<(), StoreError> {
+        self.tx.prepare_cached("DELETE FROM planned_members WHERE group_id = ?1")?.execute(params![group_id])?;
+        self.tx.prepare_cached("DELETE FROM skipped_members WHERE group_id = ?1")?.execute(params![group_id])?;
+        Ok(())
+    }
+
+    fn groups_to_replan(&self, member_id: &str) -> Result<Vec<String>, StoreError> {
+        strings(
+            &self.tx,
+            "SELECT m.group_id FROM memberships m JOIN writeback w ON w.group_id = m.group_id
+             WHERE m.member_id = ?1 AND w.state IN ('pending', 'written')
+             UNION SELECT p.group_id FROM planned_members p WHERE p.member_id = ?1",
+            member_id,
+        )
+    }
+
+    fn writeback(&self, group_id: &str) -> Result<Option<WritebackRow>, StoreError> {
+        let row: Option<(String, Option<String>, i64, Option<String>)> = self
+            .tx
+            .prepare_cached(
+                "SELECT state, spec_fingerprint, last_outcome_sequence, object_guid FROM writeback WHERE group_id = ?1",
+            )?
+            .query_row(params![group_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+            .optional()?;
+        let Some((state, fingerprint, last_outcome_sequence, object_guid)) = row else { return Ok(None) };
+        let fingerprint = match fingerprint {
+            Some(text) => Some(
+                u64::from_str_radix(&text, 16)
+                    .map_err(|_| StoreError::Corrupt { what: "spec fingerprint", detail: text })?,
+            ),
+            None => None,
+        };
+        Ok(Some(WritebackRow { state: state_from(&state)?, fingerprint, last_outcome_sequence, object_guid }))
+    }
+
+    fn ensure_writeback(&mut self, group_id: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("INSERT OR IGNORE INTO writeback (group_id, state, updated_ms) VALUES (?1, ?2, ?3)")?
+            .execute(params![group_id, WritebackState::Skipped.as_str(), now_ms])?;
+        Ok(())
+    }
+
+    fn set_state(
+        &mut self,
+        group_id: &str,
+        state: WritebackState,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE writeback SET state = ?2, reason = ?3, updated_ms = ?4 WHERE group_id = ?1")?
+            .execute(params![group_id, state.as_str(), reason, now_ms])?;
+        Ok(())
+    }
+
+    fn set_spec(&mut self, group_id: &str, fingerprint: u64, target_type: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE writeback SET spec_fingerprint = ?2, target_type = ?3, updated_ms = ?4 WHERE group_id = ?1",
+            )?
+            .execute(params![group_id, format!("{fingerprint:016x}"), target_type, now_ms])?;
+        Ok(())
+    }
+
+    fn next_sequence(&mut self, group_id: &str) -> Result<u64, StoreError> {
+        let sequence: i64 = self
+            .tx
+            .prepare_cached(
+                "UPDATE writeback SET next_sequence = next_sequence + 1 WHERE group_id = ?1 RETURNING next_sequence",
+            )?
+            .query_row(params![group_id], |row| row.get(0))?;
+        Ok(u64::try_from(sequence).unwrap_or(0))
+    }
+
+    fn set_last_outcome_sequence(&mut self, group_id: &str, sequence: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE writeback SET last_outcome_sequence = ?2 WHERE group_id = ?1")?
+            .execute(params![group_id, sequence])?;
+        Ok(())
+    }
+
+    fn record_failure(
+        &mut self,
+        group_id: &str,
+        message: &str,
+        keep_cause: bool,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.tx.prepare_cached(
+            "UPDATE writeback SET state = ?2, last_error = CASE WHEN ?5 THEN last_error ELSE ?3 END, updated_ms = ?4 WHERE group_id = ?1",
+        )?
+        .execute(params![group_id, WritebackState::Error.as_str(), message, now_ms, keep_cause])?;
+        self.tx
+            .prepare_cached("INSERT INTO errors (at_ms, group_id, message) VALUES (?1, ?2, ?3)")?
+            .execute(params![now_ms, group_id, message])?;
+        // The recent-errors log keeps the last 200.
+        self.tx.prepare_cached("DELETE FROM errors WHERE id <= (SELECT MAX(id) - 200 FROM errors)")?.execute([])?;
+        Ok(())
+    }
+
+    fn record_applied(&mut self, group_id: &str, group: &AppliedGroup, now_ms: i64) -> Result<(), StoreError> {
+        self.tx.prepare_cached(
+            "UPDATE writeback SET dn = ?2, object_guid = ?3, object_sid = ?4, sam_account_name = ?5, updated_ms = ?6 WHERE group_id = ?1",
+        )?
+        .execute(params![group_id, group.dn, group.object_guid, group.object_sid, group.sam_account_name, now_ms])?;
+        Ok(())
+    }
+
+    fn mark_written(&mut self, group_id: &str) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE writeback SET state = ?2, last_error = NULL WHERE group_id = ?1")?
+            .execute(params![group_id, WritebackState::Written.as_str()])?;
+        Ok(())
+    }
+
+    fn mark_deleted(&mut self, group_id: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "UPDATE writeback SET state = ?2, dn = NULL, object_guid = NULL, object_sid = NULL, updated_ms = ?3 WHERE group_id = ?1",
+            )?
+            .execute(params![group_id, WritebackState::Deleted.as_str(), now_ms])?;
+        Ok(())
+    }
+
+    fn group_ids_in_states(&self, states: &[WritebackState]) -> Result<Vec<String>, StoreError> {
+        let sql = format!("SELECT group_id FROM writeback WHERE state IN ({}) ORDER BY group_id", state_list(states));
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn count_in_states(&self, states: &[WritebackState]) -> Result<u64, StoreError> {
+        let sql = format!("SELECT COUNT(*) FROM writeback WHERE state IN ({})", state_list(states));
+        let count: i64 = self.tx.prepare_cached(&sql)?.query_row([], |row| row.get(0))?;
+        Ok(count.max(0) as u64)
+    }
+
+    fn request_deletion(&mut self, group_id: &str, reason: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO pending_deletions (group_id, reason, requested_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(group_id) DO UPDATE SET reason = excluded.reason",
+            )?
+            .execute(params![group_id, reason, now_ms])?;
+        Ok(())
+    }
+
+    fn cancel_deletion(&mut self, group_id: &str) -> Result<(), StoreError> {
+        self.tx.prepare_cached("DELETE FROM pending_deletions WHERE group_id = ?1")?.execute(params![group_id])?;
+        Ok(())
+    }
+
+    fn take_pending_deletions(&mut self) -> Result<Vec<(String, String)>, StoreError> {
+        let pending: Vec<(String, String)> = {
+            let mut stmt =
+                self.tx.prepare_cached("SELECT group_id, reason FROM pending_deletions ORDER BY group_id")?;
+            let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if !pending.is_empty() {
+            self.tx.prepare_cached("DELETE FROM pending_deletions")?.execute([])?;
+        }
+        Ok(pending)
+    }
+
+    fn deletions_sent_since(&mut self, window_start_ms: i64) -> Result<u64, StoreError> {
+        self.tx.prepare_cached("DELETE FROM deletions_sent WHERE at_ms < ?1")?.execute(params![window_start_ms])?;
+        let count: i64 =
+            self.tx.prepare_cached("SELECT COUNT(*) FROM deletions_sent")?.query_row([], |row| row.get(0))?;
+        Ok(count.max(0) as u64)
+    }
+
+    fn record_deletion_sent(&mut self, group_id: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("INSERT INTO deletions_sent (group_id, at_ms) VALUES (?1, ?2)")?
+            .execute(params![group_id, at_ms])?;
+        Ok(())
+    }
+
+    fn enqueue(&mut self, command: &PlannedCommand) -> Result<(), StoreError> {
+        let kind = command.kind.as_str();
+        self.tx
+            .prepare_cached("INSERT INTO outbox (command_id, partition, payload, headers) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![command.command_id, command.partition, command.payload, command.headers])?;
+        self.tx
+            .prepare_cached("INSERT INTO inflight (command_id, group_id, kind, planned_ms) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![command.command_id, command.group_id, kind, command.planned_ms])?;
+        self.audit(&AuditEntry {
+            at_ms: command.planned_ms,
+            group_id: &command.group_id,
+            command_id: &command.command_id,
+            kind,
+            result: super::AuditResult::Planned,
+            cause: &command.cause,
+            detail: &command.detail,
+        })
+    }
+
+    fn audit(&mut self, entry: &AuditEntry<'_>) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("INSERT INTO audit (at_ms, group_id, command_id, kind, result, cause, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+            .execute(params![entry.at_ms, entry.group_id, entry.command_id, entry.kind, entry.result.as_str(), entry.cause, entry.detail])?;
+        Ok(())
+    }
+
+    fn command_finished(&mut self, command_id: &str) -> Result<(), StoreError> {
+        self.tx.prepare_cached("DELETE FROM inflight WHERE command_id = ?1")?.execute(params![command_id])?;
+        Ok(())
+    }
+
+    fn outbox_head(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        outbox_head(&self.tx, limit)
+    }
+
+    fn remove_from_outbox(&mut self, seq: i64) -> Result<(), StoreError> {
+        self.tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?.execute(params![seq])?;
+        Ok(())
+    }
+}
