@@ -14,14 +14,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use rand::Rng;
 use tracing::Instrument;
 
+use gwb_runtime::backoff::Backoff;
+use gwb_runtime::clock::system_now_ms;
 use gwb_runtime::shutdown::Shutdown;
 use gwb_runtime::telemetry;
 use gwb_runtime::telemetry::opentelemetry;
 
-use crate::publisher::{PUBLISHED_AT_HEADER, connect, now_ms};
+use crate::publisher::{PUBLISHED_AT_HEADER, connect};
 use crate::{BusConfig, BusError, Topology};
 
 /// A received message.
@@ -57,7 +58,7 @@ impl Delivery {
     /// How long the message waited between publish and now (zero if clocks disagree).
     pub fn queue_lag(&self) -> Option<Duration> {
         let published = self.published_at_ms()?;
-        let waited = now_ms().saturating_sub(published).max(0);
+        let waited = system_now_ms().saturating_sub(published).max(0);
         Some(Duration::from_millis(u64::try_from(waited).unwrap_or(0)))
     }
 }
@@ -163,7 +164,7 @@ pub async fn consume_batches<H, F>(
             Ok(()) => return,
             Err(error) => {
                 failures = failures.saturating_add(1);
-                let delay = backoff(failures);
+                let delay = RECONNECT_BACKOFF.delay(failures);
                 tracing::warn!(%error, queue, retry_in_ms = delay.as_millis() as u64, "consumer lost its connection");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -317,10 +318,8 @@ fn amqp_number(value: &AMQPValue) -> Option<u64> {
     }
 }
 
-/// 100 ms doubling to 10 s, with ±25 % jitter so restarted services do not reconnect
-/// in lockstep.
-fn backoff(failures: u32) -> Duration {
-    let base = 100u64.saturating_mul(1 << failures.min(7)).min(10_000);
-    let jitter = rand::rng().random_range(0.75..1.25);
-    Duration::from_millis((base as f64 * jitter) as u64)
-}
+/// Reconnection delays: what was 200 ms doubling to 10 s (from the first retry), each
+/// within ±25 %, expressed as a ceiling of 250 ms doubling to 12.5 s cut by up to 40 %,
+/// which is the same range [150 ms, 250 ms] · 2ⁿ⁻¹ up to [7.5 s, 12.5 s]. The jitter keeps
+/// restarted services from reconnecting in lockstep.
+const RECONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_millis(12_500), 0.4);

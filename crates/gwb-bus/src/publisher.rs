@@ -16,6 +16,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
+use gwb_runtime::clock::system_now_ms;
 use gwb_runtime::telemetry;
 
 use crate::{BusConfig, BusError, Route, Topology};
@@ -107,7 +108,7 @@ impl Publisher {
         span: &tracing::Span,
     ) -> Result<(), BusError> {
         let mut pending = Vec::with_capacity(batch.len());
-        let published_ms = now_ms();
+        let published_ms = system_now_ms();
         for (route, message) in batch {
             let (exchange, key) = self.topology.address(route);
             let confirm = channel
@@ -152,12 +153,6 @@ pub(crate) fn outgoing_headers(message: &Message, span: &tracing::Span, publishe
     }
     headers.insert(PUBLISHED_AT_HEADER.to_string(), published_ms.to_string());
     headers
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn properties(message: &Message, outgoing: BTreeMap<String, String>) -> BasicProperties {
@@ -218,7 +213,7 @@ mod tests {
 
     /// What a consumer would receive: the headers go through lapin's AMQP field table.
     fn received(message: &Message, span: &tracing::Span) -> Delivery {
-        let props = properties(message, outgoing_headers(message, span, now_ms() - 1500));
+        let props = properties(message, outgoing_headers(message, span, system_now_ms() - 1500));
         let (headers, delivery_count) = props.headers().as_ref().map(read_headers).unwrap_or_default();
         Delivery {
             payload: message.payload.clone(),
