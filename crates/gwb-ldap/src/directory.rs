@@ -16,6 +16,7 @@ use tokio::time::{error::Elapsed, timeout};
 use crate::codec::{is_at_or_below, is_below, is_privileged_sid};
 use crate::config::DirectoryConfig;
 use crate::error::{DirectoryError, NO_SUCH_OBJECT};
+use crate::exchange::{self, ExchangeDetection, FoundOrganization};
 use crate::group::{self, GroupEntry};
 use crate::members::MemberOp;
 use crate::observe::{OperationKind, OperationObserver, OperationOutcome, OperationRecord};
@@ -31,13 +32,18 @@ pub(crate) const EXTENDED_DN_OID: &str = "1.2.840.113556.1.4.529";
 pub struct Capabilities {
     pub default_naming_context: String,
     pub schema_naming_context: String,
+    pub configuration_naming_context: String,
     pub dns_host_name: String,
     /// The schema has `msDS-ExternalDirectoryObjectId` (Windows Server 2016 schema and
     /// later), so the anchor is written there too.
     pub has_external_directory_object_id: bool,
     /// The schema has Exchange's recipient attributes (`msExchRecipientTypeDetails`);
-    /// without them distribution and mail-enabled groups are refused.
+    /// without them distribution and mail-enabled groups are refused. Whether
+    /// Microsoft 365 groups may be written is [`ExchangeDetection::m365_group_writeback`]
+    /// on `exchange`.
     pub has_exchange_schema: bool,
+    /// Exchange as Exchange detects it: schema version, organisation, attributes.
+    pub exchange: ExchangeDetection,
     /// rootDSE lists the permissive-modify control.
     pub supports_permissive_modify: bool,
     /// rootDSE lists the extended-DN control.
@@ -174,7 +180,13 @@ impl Directory {
                 "",
                 Scope::Base,
                 "(objectClass=*)",
-                &["defaultNamingContext", "schemaNamingContext", "dnsHostName", "supportedControl"],
+                &[
+                    "defaultNamingContext",
+                    "schemaNamingContext",
+                    "configurationNamingContext",
+                    "dnsHostName",
+                    "supportedControl",
+                ],
                 Vec::new(),
             )
             .await?
@@ -186,17 +198,38 @@ impl Directory {
         })?;
         let schema_naming_context = first_value(&root, "schemaNamingContext")
             .ok_or_else(|| DirectoryError::permanent("rootDSE has no schemaNamingContext"))?;
+        // Samba and AD both publish it; derived from the schema NC's parent otherwise.
+        let configuration_naming_context = first_value(&root, "configurationNamingContext").unwrap_or_else(|| {
+            schema_naming_context.split_once(',').map(|(_, parent)| parent.to_string()).unwrap_or_default()
+        });
         let controls: HashSet<String> = values(&root, "supportedControl").into_iter().collect();
 
-        let schema_filter =
-            format!("(|(lDAPDisplayName={})(lDAPDisplayName={}))", group::EXTERNAL_ID, group::RECIPIENT_TYPE_DETAILS);
-        let found: HashSet<String> = self
-            .search(&schema_naming_context, Scope::OneLevel, &schema_filter, &["lDAPDisplayName"], Vec::new())
-            .await?
+        // One search of the schema NC answers every schema question: the attributes
+        // used, and Exchange's schema version object (found by name, as Exchange does).
+        let schema_filter = format!(
+            "(|(cn={}){})",
+            exchange::SCHEMA_VERSION_CN,
+            [group::EXTERNAL_ID, group::RECIPIENT_TYPE_DETAILS]
+                .iter()
+                .chain(exchange::WRITTEN_ATTRIBUTES.iter())
+                .map(|name| format!("(lDAPDisplayName={name})"))
+                .collect::<String>()
+        );
+        let schema_entries = self
+            .search(
+                &schema_naming_context,
+                Scope::OneLevel,
+                &schema_filter,
+                &["cn", "lDAPDisplayName", "rangeUpper", "objectClass"],
+                Vec::new(),
+            )
+            .await?;
+        let found: HashSet<String> = schema_entries
             .iter()
             .filter_map(|e| first_value(e, "lDAPDisplayName"))
             .map(|name| name.to_ascii_lowercase())
             .collect();
+        let exchange = self.detect_exchange(&schema_entries, &found, &configuration_naming_context).await?;
 
         let mut missing_ous = Vec::new();
         let mut unwritable_ous = Vec::new();
@@ -212,14 +245,77 @@ impl Directory {
         Ok(Capabilities {
             default_naming_context,
             schema_naming_context,
+            configuration_naming_context,
             dns_host_name: first_value(&root, "dnsHostName").unwrap_or_default(),
             has_external_directory_object_id: found.contains(&group::EXTERNAL_ID.to_ascii_lowercase()),
             has_exchange_schema: found.contains(&group::RECIPIENT_TYPE_DETAILS.to_ascii_lowercase()),
+            exchange,
             supports_permissive_modify: controls.contains(PERMISSIVE_MODIFY_OID),
             supports_extended_dn: controls.contains(EXTENDED_DN_OID),
             missing_ous,
             unwritable_ous,
         })
+    }
+
+    /// Exchange as Exchange itself detects it (see [`crate::exchange`]), from the
+    /// schema entries `discover` read and the configuration NC.
+    async fn detect_exchange(
+        &mut self,
+        schema_entries: &[SearchEntry],
+        found_attributes: &HashSet<String>,
+        configuration_naming_context: &str,
+    ) -> Result<ExchangeDetection, DirectoryError> {
+        let version_entry = schema_entries.iter().find(|e| {
+            first_value(e, "cn").is_some_and(|cn| cn.eq_ignore_ascii_case(exchange::SCHEMA_VERSION_CN))
+                && values(e, "objectClass").iter().any(|c| c.eq_ignore_ascii_case("attributeSchema"))
+        });
+        let schema_version = match version_entry {
+            None => None,
+            Some(entry) => {
+                Some(first_value(entry, "rangeUpper").and_then(|v| v.trim().parse::<u32>().ok()).ok_or_else(|| {
+                    DirectoryError::permanent(format!(
+                        "{} has no readable rangeUpper: cannot tell the Exchange schema version",
+                        entry.dn
+                    ))
+                })?)
+            }
+        };
+        let missing_attributes: Vec<String> = exchange::WRITTEN_ATTRIBUTES
+            .iter()
+            .filter(|name| !found_attributes.contains(&name.to_ascii_lowercase()))
+            .map(|name| name.to_string())
+            .collect();
+
+        let mut organizations = Vec::new();
+        if !configuration_naming_context.is_empty() {
+            let services = format!("{},{configuration_naming_context}", exchange::EXCHANGE_SERVICES_RDN);
+            let filter = format!("(objectClass={})", exchange::ORGANIZATION_CLASS);
+            let entries =
+                match self.search(&services, Scope::OneLevel, &filter, &["cn", "objectVersion"], Vec::new()).await {
+                    Err(e) if e.code == Some(NO_SUCH_OBJECT) => Vec::new(),
+                    other => other?,
+                };
+            for entry in entries {
+                let servers = self
+                    .search(
+                        &entry.dn,
+                        Scope::Subtree,
+                        &format!("(objectClass={})", exchange::SERVER_CLASS),
+                        &["1.1"],
+                        Vec::new(),
+                    )
+                    .await?
+                    .len();
+                organizations.push(FoundOrganization {
+                    name: first_value(&entry, "cn").unwrap_or_else(|| entry.dn.clone()),
+                    object_version: first_value(&entry, "objectVersion").and_then(|v| v.trim().parse().ok()),
+                    servers,
+                });
+            }
+        }
+        let detection = ExchangeDetection::classify(schema_version, organizations, missing_attributes);
+        tracing::info!(exchange = %detection.description(), "Exchange detection");
+        Ok(detection)
     }
 
     // ---- anchor lookup and safety -------------------------------------------------

@@ -9,13 +9,14 @@
 //! AD quirks handled here: binary objectGUID/objectSid, `<SID=…>`/`<GUID=…>` member
 //! values, permissive modify where offered (with a fallback for servers that ignore
 //! it, such as Samba 4.17), ranged retrieval of large `member` attributes with the
-//! extended-DN control, and schema detection (msDS-ExternalDirectoryObjectId,
-//! Exchange).
+//! extended-DN control, and schema detection (msDS-ExternalDirectoryObjectId, and
+//! Exchange as Exchange detects it: [`exchange`]).
 
 mod codec;
 mod config;
 mod directory;
 mod error;
+pub mod exchange;
 mod group;
 mod members;
 mod observe;
@@ -25,6 +26,7 @@ mod upsert;
 pub use config::{DEFAULT_MEMBER_BATCH_SIZE, DEFAULT_OPERATION_TIMEOUT, DirectoryConfig};
 pub use directory::{AdMember, Capabilities, Directory};
 pub use error::DirectoryError;
+pub use exchange::{ExchangeDetection, ExchangePresence, M365WritebackRefusal};
 pub use observe::{OperationKind, OperationObserver, OperationOutcome, OperationRecord};
 
 #[cfg(test)]

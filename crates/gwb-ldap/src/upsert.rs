@@ -139,6 +139,16 @@ impl Directory {
                 spec.anchor, spec.group_type
             )));
         }
+        // The schema has the attributes, but is it a forest Exchange can use them in
+        // (a recent enough schema, every attribute written, an organisation)?
+        if spec.group_type.needs_exchange()
+            && let Err(refusal) = self.caps.exchange.m365_group_writeback()
+        {
+            return Err(DirectoryError::permanent(format!(
+                "group {} cannot be written back as {}: {refusal}. Write it back as universalSecurityGroup",
+                spec.anchor, spec.group_type
+            )));
+        }
         Ok(())
     }
 
