@@ -44,6 +44,8 @@ struct Batch {
     refused: Vec<Pending>,
 }
 
+/// One partition's batch: the dispositions of its deliveries, in delivery order. A
+/// pause holds the batch (unacked) before anything is applied.
 pub async fn handle_batch(
     shared: Arc<Shared>,
     directory: Arc<Mutex<Option<Directory>>>,
