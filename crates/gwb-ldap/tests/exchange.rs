@@ -293,6 +293,12 @@ async fn exchange_lab_with_an_organisation_allows_m365_groups() -> anyhow::Resul
         ensure!(first(entry, "mailNickname") == spec.mail.as_ref().and_then(|m| m.mail_nickname.clone()), "{entry:?}");
         ensure!(first(entry, "msExchRecipientTypeDetails").is_some(), "{entry:?}");
         ensure!(first(entry, "groupType").as_deref() == Some("8"), "{entry:?}");
+    } else if let Err(refusal) = detection.m365_group_writeback() {
+        // An older organisation or schema (GWB_LAB_EXCHANGE_*_VERSION): refused, saying why.
+        match dir.apply(&WriteCommand::Upsert(m365_group(&ou))).await {
+            Ok(report) => bail!("written despite {refusal}: {report:?}"),
+            Err(e) => ensure!(e.message.contains(&refusal.to_string()), "{} lacks {refusal}", e.message),
+        }
     }
     drop(dir);
     remove_ou(&lab, &ou).await
