@@ -462,3 +462,93 @@ fn disabling_with_keep_freezes_every_owned_group_and_the_status_says_so() {
     assert_eq!(listed.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     assert_eq!(engine.store().list_groups("a", "", 10).unwrap().len(), 2, "paged after a");
 }
+
+/// The planner's share of `scripts/bench.sh pipeline-throughput`, in-process: a
+/// tenant of `GWB_INGEST_GROUPS` groups (default 1000) of 1,000 members drawn from
+/// 100 users per group, delivered as the collector publishes it (users first, then
+/// each group in two 500-member slices, in batches of 256 events), on a store file,
+/// then the outbox drained and each command's dry-run outcome recorded. Prints the
+/// planner time per membership. Run with
+/// `cargo test --release -p gwb-planner -- --ignored --nocapture ingest_cost`;
+/// under callgrind for instruction counts.
+#[test]
+#[ignore = "a measurement, not a check: run it on purpose"]
+fn ingest_cost() {
+    let groups: u32 = std::env::var("GWB_INGEST_GROUPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let (users, members_per_group, slice) = (groups * 100, 1000u32, 500u32);
+    let dir = std::env::temp_dir().join(format!("gwb-ingest-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut engine = engine(DeletionThreshold::default());
+    engine.store = SqliteStore::open(&dir.join("planner.db")).unwrap();
+    engine.set_writeback(true, false, &at(0)).unwrap();
+    let guid = |kind: u32, n: u32| format!("{kind:08x}-0000-4000-8000-{n:012x}");
+    let mut events = Vec::new();
+    for n in 0..users {
+        events.push(event(ev::change_event::Change::User(ev::UserUpsert {
+            id: guid(1, n),
+            on_premises_security_identifier: Some(format!("{SID}{}", 1000 + n)),
+            on_premises_sync_enabled: Some(true),
+            ..Default::default()
+        })));
+    }
+    // A fixed LCG: the same tenant every run.
+    let mut seed: u64 = 8;
+    for g in 0..groups {
+        let mut chosen = std::collections::BTreeSet::new();
+        while chosen.len() < members_per_group as usize {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            chosen.insert(((seed >> 33) % u64::from(users)) as u32);
+        }
+        let chosen: Vec<u32> = chosen.into_iter().collect();
+        for part in chosen.chunks(slice as usize) {
+            events.push(event(ev::change_event::Change::Group(ev::GroupUpsert {
+                id: guid(2, g),
+                display_name: Some(format!("tp-{g}")),
+                security_enabled: Some(true),
+                mail_enabled: Some(false),
+                members_added: part
+                    .iter()
+                    .map(|&n| ev::MemberLink { id: guid(1, n), kind: ev::MemberKind::User as i32 })
+                    .collect(),
+                ..Default::default()
+            })));
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut commands = 0usize;
+    for batch in events.chunks(256) {
+        let incoming: Vec<Incoming> = batch
+            .iter()
+            .map(|event| Incoming { event: event.clone(), span: tracing::Span::none(), trace: String::new() })
+            .collect();
+        let applied = engine.apply_events(&incoming, 1);
+        assert!(applied.failure.is_none());
+        commands += applied.planned.commands.len();
+    }
+    let ingested = started.elapsed();
+    loop {
+        let rows = engine.outbox_batch(1000).unwrap();
+        let Some(last) = rows.last() else { break };
+        engine.outbox_published(last.seq).unwrap();
+        for row in &rows {
+            let command = cmd::WriteCommand::decode(row.payload.as_slice()).unwrap();
+            let kind = wire::action_kind(command.action.as_ref().unwrap()).as_str();
+            let mut dry_run = outcome(&command.group_id, kind, cmd::OutcomeStatus::DryRun);
+            dry_run.command_id = command.command_id;
+            dry_run.sequence = command.sequence;
+            dry_run.group = None;
+            engine.apply_outcome(&dry_run, &at(2)).unwrap();
+        }
+    }
+    let total = started.elapsed();
+    let memberships = u64::from(groups * members_per_group);
+    assert_eq!(engine.store().status().unwrap().memberships_known, memberships);
+    assert_eq!(engine.store().status().unwrap().commands_in_flight, 0);
+    println!(
+        "ingest_cost: {memberships} memberships, {commands} commands; ingest {:.2} s, total {:.2} s: {:.2} µs per membership",
+        ingested.as_secs_f64(),
+        total.as_secs_f64(),
+        total.as_secs_f64() * 1e6 / memberships as f64
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,9 +4,12 @@
 mod migrations;
 mod queries;
 
+use std::cell::{RefCell, RefMut};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use gwb_core::command::GroupType;
 use gwb_core::command::{AppliedGroup, MemberRef};
@@ -63,7 +66,15 @@ impl Store for SqliteStore {
     type Tx<'a> = SqliteTx<'a>;
 
     fn transaction(&mut self) -> Result<SqliteTx<'_>, StoreError> {
-        Ok(SqliteTx { tx: self.db.transaction()? })
+        // `&mut self` makes this the connection's only transaction, as
+        // `Connection::transaction` would; the shared borrow lets the transaction's
+        // statements live beside it.
+        let conn: &Connection = &self.db;
+        Ok(SqliteTx {
+            statements: RefCell::new(HashMap::new()),
+            tx: Transaction::new_unchecked(conn, TransactionBehavior::Deferred)?,
+            conn,
+        })
     }
 
     fn outbox_batch(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
@@ -82,7 +93,32 @@ impl Store for SqliteStore {
 }
 
 pub struct SqliteTx<'a> {
+    /// The statements this transaction used, by the address of their SQL text (each
+    /// is a literal): rusqlite's statement cache hashes and compares the whole text
+    /// on every use and again when the statement is returned, which cost more than
+    /// some of the statements themselves. They go back to that cache at the end.
+    /// Declared first, so they are dropped before the transaction ends.
+    statements: RefCell<HashMap<usize, CachedStatement<'a>>>,
     tx: Transaction<'a>,
+    conn: &'a Connection,
+}
+
+impl<'a> SqliteTx<'a> {
+    fn stmt(&self, sql: &'static str) -> Result<RefMut<'_, CachedStatement<'a>>, StoreError> {
+        let key = sql.as_ptr() as usize;
+        let mut statements = self.statements.borrow_mut();
+        if let Entry::Vacant(slot) = statements.entry(key) {
+            slot.insert(self.conn.prepare_cached(sql)?);
+        }
+        RefMut::filter_map(statements, |statements| statements.get_mut(&key))
+            .map_err(|_| StoreError::Corrupt { what: "statement cache", detail: sql.to_string() })
+    }
+
+    fn strings(&self, sql: &'static str, param: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.stmt(sql)?;
+        let rows = stmt.query_map(params![param], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 fn meta_key(key: &Meta) -> String {
@@ -120,12 +156,6 @@ fn state_list(states: &[WritebackState]) -> String {
     states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
 }
 
-fn strings(db: &Connection, sql: &str, param: &str) -> Result<Vec<String>, StoreError> {
-    let mut stmt = db.prepare_cached(sql)?;
-    let rows = stmt.query_map(params![param], |row| row.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
 fn outbox_head(db: &Connection, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
     let mut stmt =
         db.prepare_cached("SELECT seq, partition, payload, command_id, headers FROM outbox ORDER BY seq LIMIT ?1")?;
@@ -152,46 +182,49 @@ fn json_list(row: &Row<'_>, index: usize, what: &'static str) -> rusqlite::Resul
 
 impl StoreTx for SqliteTx<'_> {
     fn commit(self) -> Result<(), StoreError> {
-        Ok(self.tx.commit()?)
+        let SqliteTx { statements, tx, .. } = self;
+        drop(statements);
+        Ok(tx.commit()?)
     }
 
     fn mark_processed(&mut self, event_id: &str, now_ms: i64) -> Result<bool, StoreError> {
         Ok(self
-            .tx
-            .prepare_cached("INSERT OR IGNORE INTO processed_events (event_id, at_ms) VALUES (?1, ?2)")?
+            .stmt("INSERT OR IGNORE INTO processed_events (event_id, at_ms) VALUES (?1, ?2)")?
             .execute(params![event_id, now_ms])?
             == 1)
     }
 
     fn meta(&self, key: &Meta) -> Result<Option<String>, StoreError> {
-        get_meta(&self.tx, key)
+        let value = self
+            .stmt("SELECT value FROM meta WHERE key = ?1")?
+            .query_row(params![meta_key(key)], |row| row.get(0))
+            .optional()?;
+        Ok(value)
     }
 
     fn set_meta(&mut self, key: &Meta, value: &str) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![meta_key(key), value])?;
+        self.stmt(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute(params![meta_key(key), value])?;
         Ok(())
     }
 
     fn delete_meta(&mut self, key: &Meta) -> Result<(), StoreError> {
-        self.tx.prepare_cached("DELETE FROM meta WHERE key = ?1")?.execute(params![meta_key(key)])?;
+        self.stmt("DELETE FROM meta WHERE key = ?1")?.execute(params![meta_key(key)])?;
         Ok(())
     }
 
     fn add_to_counter(&mut self, counter: Counter, delta: i64) -> Result<(), StoreError> {
         if delta != 0 {
-            self.tx
-                .prepare_cached("UPDATE counters SET value = value + ?2 WHERE name = ?1")?
+            self.stmt("UPDATE counters SET value = value + ?2 WHERE name = ?1")?
                 .execute(params![counter_name(counter), delta])?;
         }
         Ok(())
     }
 
     fn record_service(&mut self, report: &ServiceReport) -> Result<(), StoreError> {
-        self.tx.prepare_cached(
+        self.stmt(
             "INSERT INTO services (name, healthy, version, detail, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(name) DO UPDATE SET healthy = excluded.healthy, version = excluded.version, detail = excluded.detail, last_seen_ms = excluded.last_seen_ms",
         )?
@@ -201,8 +234,7 @@ impl StoreTx for SqliteTx<'_> {
 
     fn user_anchor(&self, user_id: &str) -> Result<Option<UserAnchor>, StoreError> {
         Ok(self
-            .tx
-            .prepare_cached("SELECT sid, sync_enabled, deleted FROM users WHERE id = ?1")?
+            .stmt("SELECT sid, sync_enabled, deleted FROM users WHERE id = ?1")?
             .query_row(params![user_id], |row| {
                 Ok(UserAnchor {
                     on_premises_sid: row.get(0)?,
@@ -214,7 +246,7 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn upsert_user(&mut self, user: &UserRow, round: &str) -> Result<(), StoreError> {
-        self.tx.prepare_cached(
+        self.stmt(
             "INSERT INTO users (id, display_name, user_principal_name, sid, sync_enabled, deleted, seen_round)
              VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)
              ON CONFLICT(id) DO UPDATE SET display_name = excluded.display_name, user_principal_name = excluded.user_principal_name,
@@ -225,20 +257,18 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn mark_user_deleted(&mut self, user_id: &str) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached("INSERT INTO users (id, deleted) VALUES (?1, 1) ON CONFLICT(id) DO UPDATE SET deleted = 1")?
+        self.stmt("INSERT INTO users (id, deleted) VALUES (?1, 1) ON CONFLICT(id) DO UPDATE SET deleted = 1")?
             .execute(params![user_id])?;
         Ok(())
     }
 
     fn users_not_seen_in(&self, round: &str) -> Result<Vec<String>, StoreError> {
-        strings(&self.tx, "SELECT id FROM users WHERE deleted = 0 AND (seen_round IS NULL OR seen_round <> ?1)", round)
+        self.strings("SELECT id FROM users WHERE deleted = 0 AND (seen_round IS NULL OR seen_round <> ?1)", round)
     }
 
     fn group_is_removed(&self, group_id: &str) -> Result<bool, StoreError> {
         let removed: Option<Option<String>> = self
-            .tx
-            .prepare_cached("SELECT removed FROM groups WHERE id = ?1")?
+            .stmt("SELECT removed FROM groups WHERE id = ?1")?
             .query_row(params![group_id], |row| row.get(0))
             .optional()?;
         Ok(matches!(removed, Some(Some(_))))
@@ -248,7 +278,7 @@ impl StoreTx for SqliteTx<'_> {
         let json = |list: &[String]| {
             serde_json::to_string(list).map_err(|e| StoreError::Corrupt { what: "group list", detail: e.to_string() })
         };
-        self.tx.prepare_cached(
+        self.stmt(
             "INSERT INTO groups (id, display_name, description, mail_nickname, mail, mail_enabled, security_enabled, group_types,
                                  proxy_addresses, on_premises_sync_enabled, writeback_enabled, writeback_group_type, removed, seen_round)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, ?13)
@@ -277,18 +307,15 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn mark_group_removed(&mut self, group_id: &str, hard: bool) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO groups (id, removed) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET removed = excluded.removed",
-            )?
-            .execute(params![group_id, if hard { "deleted" } else { "changed" }])?;
+        self.stmt(
+            "INSERT INTO groups (id, removed) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET removed = excluded.removed",
+        )?
+        .execute(params![group_id, if hard { "deleted" } else { "changed" }])?;
         Ok(())
     }
 
     fn cloud_group(&self, group_id: &str) -> Result<Option<CloudGroup>, StoreError> {
-        Ok(self
-            .tx
-            .prepare_cached(
+        Ok(self.stmt(
                 "SELECT id, display_name, description, mail_nickname, mail, mail_enabled, security_enabled, group_types, proxy_addresses,
                         on_premises_sync_enabled, writeback_enabled, writeback_group_type
                  FROM groups WHERE id = ?1 AND removed IS NULL",
@@ -313,23 +340,18 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn present_group_ids(&self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self.tx.prepare_cached("SELECT id FROM groups WHERE removed IS NULL ORDER BY id")?;
+        let mut stmt = self.stmt("SELECT id FROM groups WHERE removed IS NULL ORDER BY id")?;
         let rows = stmt.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn groups_not_seen_in(&self, round: &str) -> Result<Vec<String>, StoreError> {
-        strings(
-            &self.tx,
-            "SELECT id FROM groups WHERE removed IS NULL AND (seen_round IS NULL OR seen_round <> ?1)",
-            round,
-        )
+        self.strings("SELECT id FROM groups WHERE removed IS NULL AND (seen_round IS NULL OR seen_round <> ?1)", round)
     }
 
     fn group_override(&self, group_id: &str) -> Result<GroupOverride, StoreError> {
         Ok(self
-            .tx
-            .prepare_cached("SELECT enabled, group_type, parent_dn FROM group_overrides WHERE group_id = ?1")?
+            .stmt("SELECT enabled, group_type, parent_dn FROM group_overrides WHERE group_id = ?1")?
             .query_row(params![group_id], |row| {
                 let group_type: Option<String> = row.get(1)?;
                 Ok(GroupOverride {
@@ -345,16 +367,14 @@ impl StoreTx for SqliteTx<'_> {
     fn set_group_override(&mut self, group_id: &str, over: Option<&GroupOverride>) -> Result<(), StoreError> {
         match over {
             Some(over) => {
-                self.tx.prepare_cached(
+                self.stmt(
                     "INSERT INTO group_overrides (group_id, enabled, group_type, parent_dn) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT(group_id) DO UPDATE SET enabled = excluded.enabled, group_type = excluded.group_type, parent_dn = excluded.parent_dn",
                 )?
                 .execute(params![group_id, over.enabled, over.group_type.map(|t| t.graph_name()), over.parent_dn])?;
             }
             None => {
-                self.tx
-                    .prepare_cached("DELETE FROM group_overrides WHERE group_id = ?1")?
-                    .execute(params![group_id])?;
+                self.stmt("DELETE FROM group_overrides WHERE group_id = ?1")?.execute(params![group_id])?;
             }
         }
         Ok(())
@@ -370,50 +390,45 @@ impl StoreTx for SqliteTx<'_> {
         // Insert, else update: two plain statements, so the caller's count is exact
         // and SQLite needs no statement journal for an upsert.
         let values = params![group_id, member_id, kind.as_str(), round];
-        let inserted = self
-            .tx
-            .prepare_cached(
+        let inserted = self.stmt(
                 "INSERT OR IGNORE INTO memberships (group_id, member_id, member_kind, seen_round) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(values)?
             == 1;
         if !inserted {
-            self.tx
-                .prepare_cached(
-                    "UPDATE memberships SET member_kind = ?3, seen_round = ?4 WHERE group_id = ?1 AND member_id = ?2",
-                )?
-                .execute(values)?;
+            self.stmt(
+                "UPDATE memberships SET member_kind = ?3, seen_round = ?4 WHERE group_id = ?1 AND member_id = ?2",
+            )?
+            .execute(values)?;
         }
         Ok(inserted)
     }
 
     fn remove_membership(&mut self, group_id: &str, member_id: &str) -> Result<bool, StoreError> {
         Ok(self
-            .tx
-            .prepare_cached("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2")?
+            .stmt("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2")?
             .execute(params![group_id, member_id])?
             > 0)
     }
 
     fn remove_group_memberships(&mut self, group_id: &str) -> Result<u64, StoreError> {
-        Ok(self.tx.prepare_cached("DELETE FROM memberships WHERE group_id = ?1")?.execute(params![group_id])? as u64)
+        Ok(self.stmt("DELETE FROM memberships WHERE group_id = ?1")?.execute(params![group_id])? as u64)
     }
 
     fn member_ids(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
-        strings(&self.tx, "SELECT member_id FROM memberships WHERE group_id = ?1", group_id)
+        self.strings("SELECT member_id FROM memberships WHERE group_id = ?1", group_id)
     }
 
     fn membership_kind(&self, group_id: &str, member_id: &str) -> Result<Option<MemberKind>, StoreError> {
         let kind: Option<String> = self
-            .tx
-            .prepare_cached("SELECT member_kind FROM memberships WHERE group_id = ?1 AND member_id = ?2")?
+            .stmt("SELECT member_kind FROM memberships WHERE group_id = ?1 AND member_id = ?2")?
             .query_row(params![group_id, member_id], |row| row.get(0))
             .optional()?;
         Ok(kind.as_deref().map(MemberKind::from_str_lossy))
     }
 
     fn stale_memberships(&self, round: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
+        let mut stmt = self.stmt(
             "SELECT m.group_id, m.member_id FROM memberships m JOIN groups g ON g.id = m.group_id
              WHERE g.seen_round = ?1 AND (m.seen_round IS NULL OR m.seen_round <> ?1)",
         )?;
@@ -422,15 +437,16 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn known_member(&self, group_id: &str, member_id: &str) -> Result<KnownMember, StoreError> {
-        let (kind, planned, user, written_guid, skipped) = self
-            .tx
-            .prepare_cached(
-                "SELECT m.member_kind, p.ref_key, u.id IS NOT NULL, u.sid, u.sync_enabled, u.deleted, w.object_guid, s.reason
+        let (kind, planned, user, written_guid, skipped) = self.stmt(
+                "SELECT m.member_kind, p.ref_key, u.id IS NOT NULL, u.sid, u.sync_enabled, u.deleted,
+                        CASE WHEN m.member_kind = 'group' THEN
+                          (SELECT w.object_guid FROM writeback w WHERE w.group_id = k.member_id AND w.state IN ('pending', 'written'))
+                        END,
+                        s.reason
                  FROM (SELECT ?1 AS group_id, ?2 AS member_id) k
                  LEFT JOIN memberships m ON m.group_id = k.group_id AND m.member_id = k.member_id
                  LEFT JOIN planned_members p ON p.group_id = k.group_id AND p.member_id = k.member_id
                  LEFT JOIN users u ON u.id = k.member_id
-                 LEFT JOIN writeback w ON w.group_id = k.member_id AND w.state IN ('pending', 'written') AND w.object_guid IS NOT NULL
                  LEFT JOIN skipped_members s ON s.group_id = k.group_id AND s.member_id = k.member_id",
             )?
             .query_row(params![group_id, member_id], |row| {
@@ -460,43 +476,37 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn set_planned_member(&mut self, group_id: &str, member_id: &str, reference: &MemberRef) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO planned_members (group_id, member_id, ref_key) VALUES (?1, ?2, ?3)",
-            )?
+        self.stmt("INSERT OR REPLACE INTO planned_members (group_id, member_id, ref_key) VALUES (?1, ?2, ?3)")?
             .execute(params![group_id, member_id, reference.key()])?;
         Ok(())
     }
 
     fn clear_planned_member(&mut self, group_id: &str, member_id: &str) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached("DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2")?
+        self.stmt("DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2")?
             .execute(params![group_id, member_id])?;
         Ok(())
     }
 
     fn planned_member_ids(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
-        strings(&self.tx, "SELECT member_id FROM planned_members WHERE group_id = ?1", group_id)
+        self.strings("SELECT member_id FROM planned_members WHERE group_id = ?1", group_id)
     }
 
     fn planned_member_by_ref(&self, group_id: &str, reference: &MemberRef) -> Result<Option<String>, StoreError> {
         Ok(self
-            .tx
-            .prepare_cached("SELECT member_id FROM planned_members WHERE group_id = ?1 AND ref_key = ?2")?
+            .stmt("SELECT member_id FROM planned_members WHERE group_id = ?1 AND ref_key = ?2")?
             .query_row(params![group_id, reference.key()], |row| row.get(0))
             .optional()?)
     }
 
     fn planned_member_count(&self, group_id: &str) -> Result<u64, StoreError> {
         let count: i64 = self
-            .tx
-            .prepare_cached("SELECT COUNT(*) FROM planned_members WHERE group_id = ?1")?
+            .stmt("SELECT COUNT(*) FROM planned_members WHERE group_id = ?1")?
             .query_row(params![group_id], |row| row.get(0))?;
         Ok(count.max(0) as u64)
     }
 
     fn forget_planned_links_to(&mut self, member_id: &str) -> Result<(), StoreError> {
-        self.tx.prepare_cached("DELETE FROM planned_members WHERE member_id = ?1")?.execute(params![member_id])?;
+        self.stmt("DELETE FROM planned_members WHERE member_id = ?1")?.execute(params![member_id])?;
         Ok(())
     }
 
@@ -507,34 +517,31 @@ impl StoreTx for SqliteTx<'_> {
         kind: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO skipped_members (group_id, member_id, member_kind, reason) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![group_id, member_id, kind, reason])?;
+        self.stmt(
+            "INSERT OR REPLACE INTO skipped_members (group_id, member_id, member_kind, reason) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![group_id, member_id, kind, reason])?;
         Ok(())
     }
 
     fn clear_skipped_member(&mut self, group_id: &str, member_id: &str) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached("DELETE FROM skipped_members WHERE group_id = ?1 AND member_id = ?2")?
+        self.stmt("DELETE FROM skipped_members WHERE group_id = ?1 AND member_id = ?2")?
             .execute(params![group_id, member_id])?;
         Ok(())
     }
 
     fn skipped_members(&self, group_id: &str, limit: usize) -> Result<Vec<SkippedMember>, StoreError> {
-        queries::skipped_members(&self.tx, group_id, limit)
+        queries::skipped_members(self.conn, group_id, limit)
     }
 
     fn forget_member_plan(&mut self, group_id: &str) -> Result<(), StoreError> {
-        self.tx.prepare_cached("DELETE FROM planned_members WHERE group_id = ?1")?.execute(params![group_id])?;
-        self.tx.prepare_cached("DELETE FROM skipped_members WHERE group_id = ?1")?.execute(params![group_id])?;
+        self.stmt("DELETE FROM planned_members WHERE group_id = ?1")?.execute(params![group_id])?;
+        self.stmt("DELETE FROM skipped_members WHERE group_id = ?1")?.execute(params![group_id])?;
         Ok(())
     }
 
     fn groups_to_replan(&self, member_id: &str) -> Result<Vec<String>, StoreError> {
-        strings(
-            &self.tx,
+        self.strings(
             "SELECT m.group_id FROM memberships m JOIN writeback w ON w.group_id = m.group_id
              WHERE m.member_id = ?1 AND w.state IN ('pending', 'written')
              UNION SELECT p.group_id FROM planned_members p WHERE p.member_id = ?1",
@@ -544,8 +551,7 @@ impl StoreTx for SqliteTx<'_> {
 
     fn writeback(&self, group_id: &str) -> Result<Option<WritebackRow>, StoreError> {
         let row: Option<(String, Option<String>, i64, Option<String>)> = self
-            .tx
-            .prepare_cached(
+            .stmt(
                 "SELECT state, spec_fingerprint, last_outcome_sequence, object_guid FROM writeback WHERE group_id = ?1",
             )?
             .query_row(params![group_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
@@ -562,8 +568,7 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn ensure_writeback(&mut self, group_id: &str, now_ms: i64) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached("INSERT OR IGNORE INTO writeback (group_id, state, updated_ms) VALUES (?1, ?2, ?3)")?
+        self.stmt("INSERT OR IGNORE INTO writeback (group_id, state, updated_ms) VALUES (?1, ?2, ?3)")?
             .execute(params![group_id, WritebackState::Skipped.as_str(), now_ms])?;
         Ok(())
     }
@@ -575,34 +580,26 @@ impl StoreTx for SqliteTx<'_> {
         reason: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached("UPDATE writeback SET state = ?2, reason = ?3, updated_ms = ?4 WHERE group_id = ?1")?
+        self.stmt("UPDATE writeback SET state = ?2, reason = ?3, updated_ms = ?4 WHERE group_id = ?1")?
             .execute(params![group_id, state.as_str(), reason, now_ms])?;
         Ok(())
     }
 
     fn set_spec(&mut self, group_id: &str, fingerprint: u64, target_type: &str, now_ms: i64) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached(
-                "UPDATE writeback SET spec_fingerprint = ?2, target_type = ?3, updated_ms = ?4 WHERE group_id = ?1",
-            )?
+        self.stmt("UPDATE writeback SET spec_fingerprint = ?2, target_type = ?3, updated_ms = ?4 WHERE group_id = ?1")?
             .execute(params![group_id, format!("{fingerprint:016x}"), target_type, now_ms])?;
         Ok(())
     }
 
     fn next_sequence(&mut self, group_id: &str) -> Result<u64, StoreError> {
         let sequence: i64 = self
-            .tx
-            .prepare_cached(
-                "UPDATE writeback SET next_sequence = next_sequence + 1 WHERE group_id = ?1 RETURNING next_sequence",
-            )?
+            .stmt("UPDATE writeback SET next_sequence = next_sequence + 1 WHERE group_id = ?1 RETURNING next_sequence")?
             .query_row(params![group_id], |row| row.get(0))?;
         Ok(u64::try_from(sequence).unwrap_or(0))
     }
 
     fn set_last_outcome_sequence(&mut self, group_id: &str, sequence: i64) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached("UPDATE writeback SET last_outcome_sequence = ?2 WHERE group_id = ?1")?
+        self.stmt("UPDATE writeback SET last_outcome_sequence = ?2 WHERE group_id = ?1")?
             .execute(params![group_id, sequence])?;
         Ok(())
     }
@@ -614,20 +611,19 @@ impl StoreTx for SqliteTx<'_> {
         keep_cause: bool,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.tx.prepare_cached(
+        self.stmt(
             "UPDATE writeback SET state = ?2, last_error = CASE WHEN ?5 THEN last_error ELSE ?3 END, updated_ms = ?4 WHERE group_id = ?1",
         )?
         .execute(params![group_id, WritebackState::Error.as_str(), message, now_ms, keep_cause])?;
-        self.tx
-            .prepare_cached("INSERT INTO errors (at_ms, group_id, message) VALUES (?1, ?2, ?3)")?
+        self.stmt("INSERT INTO errors (at_ms, group_id, message) VALUES (?1, ?2, ?3)")?
             .execute(params![now_ms, group_id, message])?;
         // The recent-errors log keeps the last 200.
-        self.tx.prepare_cached("DELETE FROM errors WHERE id <= (SELECT MAX(id) - 200 FROM errors)")?.execute([])?;
+        self.stmt("DELETE FROM errors WHERE id <= (SELECT MAX(id) - 200 FROM errors)")?.execute([])?;
         Ok(())
     }
 
     fn record_applied(&mut self, group_id: &str, group: &AppliedGroup, now_ms: i64) -> Result<(), StoreError> {
-        self.tx.prepare_cached(
+        self.stmt(
             "UPDATE writeback SET dn = ?2, object_guid = ?3, object_sid = ?4, sam_account_name = ?5, updated_ms = ?6 WHERE group_id = ?1",
         )?
         .execute(params![group_id, group.dn, group.object_guid, group.object_sid, group.sam_account_name, now_ms])?;
@@ -635,15 +631,13 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn mark_written(&mut self, group_id: &str) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached("UPDATE writeback SET state = ?2, last_error = NULL WHERE group_id = ?1")?
+        self.stmt("UPDATE writeback SET state = ?2, last_error = NULL WHERE group_id = ?1")?
             .execute(params![group_id, WritebackState::Written.as_str()])?;
         Ok(())
     }
 
     fn mark_deleted(&mut self, group_id: &str, now_ms: i64) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached(
+        self.stmt(
                 "UPDATE writeback SET state = ?2, dn = NULL, object_guid = NULL, object_sid = NULL, updated_ms = ?3 WHERE group_id = ?1",
             )?
             .execute(params![group_id, WritebackState::Deleted.as_str(), now_ms])?;
@@ -652,66 +646,59 @@ impl StoreTx for SqliteTx<'_> {
 
     fn group_ids_in_states(&self, states: &[WritebackState]) -> Result<Vec<String>, StoreError> {
         let sql = format!("SELECT group_id FROM writeback WHERE state IN ({}) ORDER BY group_id", state_list(states));
-        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn count_in_states(&self, states: &[WritebackState]) -> Result<u64, StoreError> {
         let sql = format!("SELECT COUNT(*) FROM writeback WHERE state IN ({})", state_list(states));
-        let count: i64 = self.tx.prepare_cached(&sql)?.query_row([], |row| row.get(0))?;
+        let count: i64 = self.conn.prepare_cached(&sql)?.query_row([], |row| row.get(0))?;
         Ok(count.max(0) as u64)
     }
 
     fn request_deletion(&mut self, group_id: &str, reason: &str, now_ms: i64) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO pending_deletions (group_id, reason, requested_ms) VALUES (?1, ?2, ?3)
+        self.stmt(
+            "INSERT INTO pending_deletions (group_id, reason, requested_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT(group_id) DO UPDATE SET reason = excluded.reason",
-            )?
-            .execute(params![group_id, reason, now_ms])?;
+        )?
+        .execute(params![group_id, reason, now_ms])?;
         Ok(())
     }
 
     fn cancel_deletion(&mut self, group_id: &str) -> Result<(), StoreError> {
-        self.tx.prepare_cached("DELETE FROM pending_deletions WHERE group_id = ?1")?.execute(params![group_id])?;
+        self.stmt("DELETE FROM pending_deletions WHERE group_id = ?1")?.execute(params![group_id])?;
         Ok(())
     }
 
     fn take_pending_deletions(&mut self) -> Result<Vec<(String, String)>, StoreError> {
         let pending: Vec<(String, String)> = {
-            let mut stmt =
-                self.tx.prepare_cached("SELECT group_id, reason FROM pending_deletions ORDER BY group_id")?;
+            let mut stmt = self.stmt("SELECT group_id, reason FROM pending_deletions ORDER BY group_id")?;
             let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
             rows.collect::<Result<_, _>>()?
         };
         if !pending.is_empty() {
-            self.tx.prepare_cached("DELETE FROM pending_deletions")?.execute([])?;
+            self.stmt("DELETE FROM pending_deletions")?.execute([])?;
         }
         Ok(pending)
     }
 
     fn deletions_sent_since(&mut self, window_start_ms: i64) -> Result<u64, StoreError> {
-        self.tx.prepare_cached("DELETE FROM deletions_sent WHERE at_ms < ?1")?.execute(params![window_start_ms])?;
-        let count: i64 =
-            self.tx.prepare_cached("SELECT COUNT(*) FROM deletions_sent")?.query_row([], |row| row.get(0))?;
+        self.stmt("DELETE FROM deletions_sent WHERE at_ms < ?1")?.execute(params![window_start_ms])?;
+        let count: i64 = self.stmt("SELECT COUNT(*) FROM deletions_sent")?.query_row([], |row| row.get(0))?;
         Ok(count.max(0) as u64)
     }
 
     fn record_deletion_sent(&mut self, group_id: &str, at_ms: i64) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached("INSERT INTO deletions_sent (group_id, at_ms) VALUES (?1, ?2)")?
-            .execute(params![group_id, at_ms])?;
+        self.stmt("INSERT INTO deletions_sent (group_id, at_ms) VALUES (?1, ?2)")?.execute(params![group_id, at_ms])?;
         Ok(())
     }
 
     fn enqueue(&mut self, command: &PlannedCommand) -> Result<(), StoreError> {
         let kind = command.kind.as_str();
-        self.tx
-            .prepare_cached("INSERT INTO outbox (command_id, partition, payload, headers) VALUES (?1, ?2, ?3, ?4)")?
+        self.stmt("INSERT INTO outbox (command_id, partition, payload, headers) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![command.command_id, command.partition, command.payload, command.headers])?;
-        self.tx
-            .prepare_cached("INSERT INTO inflight (command_id, group_id, kind, planned_ms) VALUES (?1, ?2, ?3, ?4)")?
+        self.stmt("INSERT INTO inflight (command_id, group_id, kind, planned_ms) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![command.command_id, command.group_id, kind, command.planned_ms])?;
         self.audit(&AuditEntry {
             at_ms: command.planned_ms,
@@ -725,23 +712,22 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn audit(&mut self, entry: &AuditEntry<'_>) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached("INSERT INTO audit (at_ms, group_id, command_id, kind, result, cause, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
+        self.stmt("INSERT INTO audit (at_ms, group_id, command_id, kind, result, cause, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
             .execute(params![entry.at_ms, entry.group_id, entry.command_id, entry.kind, entry.result.as_str(), entry.cause, entry.detail])?;
         Ok(())
     }
 
     fn command_finished(&mut self, command_id: &str) -> Result<(), StoreError> {
-        self.tx.prepare_cached("DELETE FROM inflight WHERE command_id = ?1")?.execute(params![command_id])?;
+        self.stmt("DELETE FROM inflight WHERE command_id = ?1")?.execute(params![command_id])?;
         Ok(())
     }
 
     fn outbox_head(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        outbox_head(&self.tx, limit)
+        outbox_head(self.conn, limit)
     }
 
     fn remove_from_outbox(&mut self, seq: i64) -> Result<(), StoreError> {
-        self.tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?.execute(params![seq])?;
+        self.stmt("DELETE FROM outbox WHERE seq = ?1")?.execute(params![seq])?;
         Ok(())
     }
 }
