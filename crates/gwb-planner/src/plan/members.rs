@@ -8,7 +8,7 @@ use gwb_core::members::{self, MemberKind, Resolution};
 use gwb_proto::commands::v1 as cmd;
 
 use super::{EngineError, Plan, wire};
-use crate::store::{StoreError, StoreTx};
+use crate::store::{KnownMember, StoreError, StoreTx};
 
 /// Member values to add and remove for one group, flushed as batched commands.
 #[derive(Default)]
@@ -28,6 +28,17 @@ impl<T: StoreTx> Plan<'_, T> {
         delta: &mut MemberDelta,
     ) -> Result<(), StoreError> {
         let known = self.tx.known_member(group_id, member_id)?;
+        self.plan_known_member(group_id, member_id, known, delta)
+    }
+
+    /// [`Plan::plan_member`] with what the store knows already read.
+    fn plan_known_member(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        known: KnownMember,
+        delta: &mut MemberDelta,
+    ) -> Result<(), StoreError> {
         let resolution = known.kind.map(|kind| match kind {
             MemberKind::User => members::resolve_user(known.user.as_ref()),
             MemberKind::Group => members::resolve_group(known.written_guid.as_deref()),
@@ -63,13 +74,17 @@ impl<T: StoreTx> Plan<'_, T> {
     /// Full member plan of one group (first write, re-enable, restore): its links and
     /// whatever was planned before that is no longer linked.
     pub(super) fn sync_all_members(&mut self, group_id: &str) -> Result<(), EngineError> {
-        let mut ids = self.tx.member_ids(group_id)?;
-        let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let linked = self.tx.known_members_of(group_id)?;
+        let present: HashSet<&str> = linked.iter().map(|(id, _)| id.as_str()).collect();
         let planned_only: Vec<String> =
             self.tx.planned_member_ids(group_id)?.into_iter().filter(|m| !present.contains(m.as_str())).collect();
-        ids.extend(planned_only);
         let mut delta = MemberDelta::default();
-        for member_id in &ids {
+        // Reading them all first is safe: planning one member writes only that
+        // member's planned and skipped rows.
+        for (member_id, known) in linked {
+            self.plan_known_member(group_id, &member_id, known, &mut delta)?;
+        }
+        for member_id in &planned_only {
             self.plan_member(group_id, member_id, &mut delta)?;
         }
         self.flush_members(group_id, delta)

@@ -241,7 +241,6 @@ pub trait StoreTx {
     fn remove_membership(&mut self, group_id: &str, member_id: &str) -> Result<bool, StoreError>;
     /// Removes every link of the group; returns how many there were.
     fn remove_group_memberships(&mut self, group_id: &str) -> Result<u64, StoreError>;
-    fn member_ids(&self, group_id: &str) -> Result<Vec<String>, StoreError>;
     fn membership_kind(&self, group_id: &str, member_id: &str) -> Result<Option<MemberKind>, StoreError>;
     /// Links of the groups seen in `round` that were not seen in it: (group, member).
     fn stale_memberships(&self, round: &str) -> Result<Vec<(String, String)>, StoreError>;
@@ -249,6 +248,9 @@ pub trait StoreTx {
     // ----- member plan ------------------------------------------------------------
 
     fn known_member(&self, group_id: &str, member_id: &str) -> Result<KnownMember, StoreError>;
+    /// [`StoreTx::known_member`] for every link of the group, in one operation (a
+    /// group's first write reads them all).
+    fn known_members_of(&self, group_id: &str) -> Result<Vec<(String, KnownMember)>, StoreError>;
     fn set_planned_member(&mut self, group_id: &str, member_id: &str, reference: &MemberRef) -> Result<(), StoreError>;
     fn clear_planned_member(&mut self, group_id: &str, member_id: &str) -> Result<(), StoreError>;
     /// Members planned into AD for the group.

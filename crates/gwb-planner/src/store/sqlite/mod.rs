@@ -180,6 +180,56 @@ fn json_list(row: &Row<'_>, index: usize, what: &'static str) -> rusqlite::Resul
     })
 }
 
+/// A [`KnownMember`] as read, before its planned value is parsed.
+struct RawKnown {
+    kind: Option<String>,
+    planned: Option<String>,
+    user: Option<UserAnchor>,
+    written_guid: Option<String>,
+    skipped: Option<String>,
+}
+
+/// Columns `at..at + 8` of the known-member queries: kind, planned value, whether
+/// the user is known, its sid, sync flag and deletion, the written group's GUID, and
+/// the skip reason.
+fn known_row(row: &Row<'_>, at: usize) -> rusqlite::Result<RawKnown> {
+    let user = if row.get::<_, bool>(at + 2)? {
+        Some(UserAnchor {
+            on_premises_sid: row.get(at + 3)?,
+            on_premises_sync_enabled: row.get(at + 4)?,
+            deleted: row.get::<_, Option<bool>>(at + 5)?.unwrap_or(false),
+        })
+    } else {
+        None
+    };
+    Ok(RawKnown {
+        kind: row.get(at)?,
+        planned: row.get(at + 1)?,
+        user,
+        written_guid: row.get(at + 6)?,
+        skipped: row.get(at + 7)?,
+    })
+}
+
+impl RawKnown {
+    fn into_known(self) -> Result<KnownMember, StoreError> {
+        let planned = match self.planned {
+            Some(key) => Some(
+                MemberRef::from_key(&key)
+                    .ok_or_else(|| StoreError::Corrupt { what: "planned member value", detail: key })?,
+            ),
+            None => None,
+        };
+        Ok(KnownMember {
+            kind: self.kind.as_deref().map(MemberKind::from_str_lossy),
+            planned,
+            user: self.user,
+            written_guid: self.written_guid,
+            skipped: self.skipped,
+        })
+    }
+}
+
 impl StoreTx for SqliteTx<'_> {
     fn commit(self) -> Result<(), StoreError> {
         let SqliteTx { statements, tx, .. } = self;
@@ -415,10 +465,6 @@ impl StoreTx for SqliteTx<'_> {
         Ok(self.stmt("DELETE FROM memberships WHERE group_id = ?1")?.execute(params![group_id])? as u64)
     }
 
-    fn member_ids(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
-        self.strings("SELECT member_id FROM memberships WHERE group_id = ?1", group_id)
-    }
-
     fn membership_kind(&self, group_id: &str, member_id: &str) -> Result<Option<MemberKind>, StoreError> {
         let kind: Option<String> = self
             .stmt("SELECT member_kind FROM memberships WHERE group_id = ?1 AND member_id = ?2")?
@@ -437,42 +483,42 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn known_member(&self, group_id: &str, member_id: &str) -> Result<KnownMember, StoreError> {
-        let (kind, planned, user, written_guid, skipped) = self.stmt(
-                "SELECT m.member_kind, p.ref_key, u.id IS NOT NULL, u.sid, u.sync_enabled, u.deleted,
-                        CASE WHEN m.member_kind = 'group' THEN
-                          (SELECT w.object_guid FROM writeback w WHERE w.group_id = k.member_id AND w.state IN ('pending', 'written'))
-                        END,
-                        s.reason
-                 FROM (SELECT ?1 AS group_id, ?2 AS member_id) k
-                 LEFT JOIN memberships m ON m.group_id = k.group_id AND m.member_id = k.member_id
-                 LEFT JOIN planned_members p ON p.group_id = k.group_id AND p.member_id = k.member_id
-                 LEFT JOIN users u ON u.id = k.member_id
-                 LEFT JOIN skipped_members s ON s.group_id = k.group_id AND s.member_id = k.member_id",
-            )?
-            .query_row(params![group_id, member_id], |row| {
-                let user = row.get::<_, bool>(2)?.then(|| -> rusqlite::Result<UserAnchor> {
-                    Ok(UserAnchor {
-                        on_premises_sid: row.get(3)?,
-                        on_premises_sync_enabled: row.get(4)?,
-                        deleted: row.get::<_, Option<bool>>(5)?.unwrap_or(false),
-                    })
-                });
-                Ok((
-                    row.get::<_, Option<String>>(0)?,
-                    row.get::<_, Option<String>>(1)?,
-                    user.transpose()?,
-                    row.get(6)?,
-                    row.get(7)?,
-                ))
-            })?;
-        let planned = match planned {
-            Some(key) => Some(
-                MemberRef::from_key(&key)
-                    .ok_or_else(|| StoreError::Corrupt { what: "planned member value", detail: key })?,
-            ),
-            None => None,
-        };
-        Ok(KnownMember { kind: kind.as_deref().map(MemberKind::from_str_lossy), planned, user, written_guid, skipped })
+        self.stmt(
+            "SELECT m.member_kind, p.ref_key, u.id IS NOT NULL, u.sid, u.sync_enabled, u.deleted,
+                    CASE WHEN m.member_kind = 'group' THEN
+                      (SELECT w.object_guid FROM writeback w WHERE w.group_id = k.member_id AND w.state IN ('pending', 'written'))
+                    END,
+                    s.reason
+             FROM (SELECT ?1 AS group_id, ?2 AS member_id) k
+             LEFT JOIN memberships m ON m.group_id = k.group_id AND m.member_id = k.member_id
+             LEFT JOIN planned_members p ON p.group_id = k.group_id AND p.member_id = k.member_id
+             LEFT JOIN users u ON u.id = k.member_id
+             LEFT JOIN skipped_members s ON s.group_id = k.group_id AND s.member_id = k.member_id",
+        )?
+        .query_row(params![group_id, member_id], |row| known_row(row, 0))?
+        .into_known()
+    }
+
+    fn known_members_of(&self, group_id: &str) -> Result<Vec<(String, KnownMember)>, StoreError> {
+        let mut stmt = self.stmt(
+            "SELECT m.member_kind, p.ref_key, u.id IS NOT NULL, u.sid, u.sync_enabled, u.deleted,
+                    CASE WHEN m.member_kind = 'group' THEN
+                      (SELECT w.object_guid FROM writeback w WHERE w.group_id = m.member_id AND w.state IN ('pending', 'written'))
+                    END,
+                    s.reason, m.member_id
+             FROM memberships m
+             LEFT JOIN planned_members p ON p.group_id = m.group_id AND p.member_id = m.member_id
+             LEFT JOIN users u ON u.id = m.member_id
+             LEFT JOIN skipped_members s ON s.group_id = m.group_id AND s.member_id = m.member_id
+             WHERE m.group_id = ?1",
+        )?;
+        let rows = stmt.query_map(params![group_id], |row| Ok((row.get::<_, String>(8)?, known_row(row, 0)?)))?;
+        let mut known = Vec::new();
+        for row in rows {
+            let (member_id, raw) = row?;
+            known.push((member_id, raw.into_known()?));
+        }
+        Ok(known)
     }
 
     fn set_planned_member(&mut self, group_id: &str, member_id: &str, reference: &MemberRef) -> Result<(), StoreError> {
