@@ -287,6 +287,11 @@ pub async fn stats(State(app): State<Arc<App>>) -> Reply {
         r.purge(ttl);
         r.len()
     };
+    // One guard for both: two `lock()` temporaries in one expression would deadlock.
+    let (requests, delta_requests) = {
+        let stats = lock(&app.stats);
+        (stats.snapshot(), stats.delta_snapshot())
+    };
     let stats = Stats {
         version: committed.version,
         committed_at_ms: committed.committed_at_ms,
@@ -297,7 +302,8 @@ pub async fn stats(State(app): State<Arc<App>>) -> Reply {
         open_rounds,
         access_tokens_issued: lock(&app.tokens).issued(),
         faults_injected: lock(&app.faults).injected(),
-        requests: lock(&app.stats).snapshot(),
+        requests,
+        delta_requests,
     };
     ok(StatusCode::OK, &stats)
 }

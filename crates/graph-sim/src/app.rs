@@ -72,6 +72,11 @@ impl App {
         read(&self.settings).clone()
     }
 
+    /// How long each delta page takes to serve (`paging.pageDelayMs`).
+    pub fn page_delay(&self) -> Duration {
+        Duration::from_millis(read(&self.settings).paging.page_delay_ms)
+    }
+
     pub fn round_ttl(&self) -> Duration {
         Duration::from_secs(read(&self.settings).round_ttl_secs)
     }

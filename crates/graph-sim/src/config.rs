@@ -21,6 +21,9 @@ pub struct PagingConfig {
     pub empty_page_every: Option<u32>,
     /// Return a round's objects in random order, as Graph promises no order.
     pub shuffle: bool,
+    /// Time to serve one delta page, in milliseconds: real directory delta pages take
+    /// hundreds of ms to seconds each (a big tenant's first round is thousands of them).
+    pub page_delay_ms: u64,
 }
 
 impl Default for PagingConfig {
@@ -31,6 +34,7 @@ impl Default for PagingConfig {
             member_slice: 500,
             empty_page_every: None,
             shuffle: true,
+            page_delay_ms: 0,
         }
     }
 }
@@ -45,6 +49,9 @@ impl PagingConfig {
         }
         if self.empty_page_every == Some(0) {
             return Err("emptyPageEvery must be at least 1 (or null)".into());
+        }
+        if self.page_delay_ms > 600_000 {
+            return Err("pageDelayMs must be at most 600000".into());
         }
         Ok(())
     }

@@ -525,6 +525,7 @@ mod tests {
             member_slice: slice,
             empty_page_every: empty,
             shuffle: false,
+            page_delay_ms: 0,
         }
     }
 

@@ -13,6 +13,7 @@ use crate::delta::{self, Query, Round};
 use crate::errors::{ApiError, GRAPH_JSON, RequestIds, json_response};
 use crate::faults::{self, Endpoint, FaultKind};
 use crate::schema::{ApiVersion, Resource};
+use crate::stats::DeltaRequestKind;
 use crate::time;
 use crate::tokens::{self, Token};
 
@@ -309,6 +310,14 @@ pub async fn delta(
     }
     if let Err(message) = auth::check_bearer(&app, &headers) {
         return auth::unauthorized(message, &ids);
+    }
+    if let Ok(o) = &options {
+        lock(&app.stats)
+            .record_delta(resource.segment(), DeltaRequestKind::of(o.skiptoken.is_some(), o.deltatoken.is_some()));
+    }
+    let delay = app.page_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let result = options
         .and_then(|o| decide(&app, resource, api, &o))

@@ -47,9 +47,10 @@ pub use client::{AdminClient, AdminError};
 pub use config::{PagingConfig, Settings, SettingsPatch, SimConfig};
 pub use faults::{ErrorVariant, FaultKind, FaultMatch, FaultRule};
 pub use model::{
-    Committed, GenerateResult, GenerateSpec, GeneratedGroupKind, GroupFields, GroupMutation, GroupView, IdList,
-    MemberRef, MembersMutation, NewDirectoryObject, NewGroup, NewUser, ObjectCounts, ObjectKind, ObjectMutation,
-    ObjectState, RequestCount, Seed, SeedResult, Stats, UserFields, UserMutation, UserView, WritebackConfiguration,
+    Committed, DeltaRequestCount, GenerateResult, GenerateSpec, GeneratedGroupKind, GroupFields, GroupMutation,
+    GroupView, IdList, MemberRef, MembersMutation, NewDirectoryObject, NewGroup, NewUser, ObjectCounts, ObjectKind,
+    ObjectMutation, ObjectState, RequestCount, Seed, SeedResult, Stats, UserFields, UserMutation, UserView,
+    WritebackConfiguration,
 };
 pub use subscriptions::SubscriptionView;
 

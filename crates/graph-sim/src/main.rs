@@ -54,6 +54,9 @@ struct Args {
     #[arg(long, env = "GRAPH_SIM_MEMBER_SLICE", default_value_t = 500)]
     member_slice: usize,
     /// Insert an empty page after every n-th page.
+    /// Milliseconds to serve each delta page (real Graph: 300–1,500 ms on big tenants).
+    #[arg(long, env = "GRAPH_SIM_PAGE_DELAY_MS", default_value_t = 0)]
+    page_delay_ms: u64,
     #[arg(long, env = "GRAPH_SIM_EMPTY_PAGE_EVERY")]
     empty_page_every: Option<u32>,
     /// Log filter (tracing EnvFilter syntax).
@@ -129,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
             min_objects_per_page: args.min_objects_per_page.min(args.max_objects_per_page),
             member_slice: args.member_slice,
             empty_page_every: args.empty_page_every,
+            page_delay_ms: args.page_delay_ms,
             ..PagingConfig::default()
         },
         public_url: args.public_url,

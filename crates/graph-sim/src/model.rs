@@ -361,6 +361,15 @@ pub struct RequestCount {
     pub count: u64,
 }
 
+/// Delta requests of one resource and kind (`initial`, `nextLink`, `deltaLink`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeltaRequestCount {
+    pub resource: String,
+    pub kind: String,
+    pub count: u64,
+}
+
 /// `GET /admin/stats`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -377,4 +386,7 @@ pub struct Stats {
     pub access_tokens_issued: u64,
     pub faults_injected: u64,
     pub requests: Vec<RequestCount>,
+    /// Authorized delta requests by resource and kind.
+    #[serde(default)]
+    pub delta_requests: Vec<DeltaRequestCount>,
 }

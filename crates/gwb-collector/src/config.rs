@@ -38,10 +38,15 @@ pub struct CollectorSettings {
     /// Guard against a nextLink chain that never reaches a deltaLink.
     #[serde(default = "default_max_pages")]
     pub max_pages_per_round: u64,
-    /// A round (one resource, first page to deltaLink) that takes longer is abandoned:
-    /// its cursor stays where it was and the next round re-reads.
-    #[serde(default = "default_round_timeout")]
-    pub round_timeout_seconds: u64,
+    /// A page that takes longer to read (with its retries) abandons the round attempt;
+    /// the next attempt resumes at that page. A whole first round of a big tenant can
+    /// take hours, so there is no limit on a round.
+    #[serde(default = "default_page_timeout")]
+    pub page_timeout_seconds: u64,
+    /// Deprecated and ignored (rounds resume page by page now); accepted so existing
+    /// configurations still start, with a warning.
+    #[serde(default)]
+    pub round_timeout_seconds: Option<u64>,
     /// Graph change notifications; absent = polling only.
     #[serde(default)]
     pub notifications: Option<NotificationSettings>,
@@ -56,7 +61,8 @@ impl Default for CollectorSettings {
             active_poll_interval_seconds: default_active_poll(),
             state_path: default_state(),
             max_pages_per_round: default_max_pages(),
-            round_timeout_seconds: default_round_timeout(),
+            page_timeout_seconds: default_page_timeout(),
+            round_timeout_seconds: None,
             notifications: None,
             control: ControlSettings::default(),
         }
@@ -124,8 +130,8 @@ fn default_state() -> PathBuf {
 fn default_max_pages() -> u64 {
     1_000_000
 }
-fn default_round_timeout() -> u64 {
-    3600
+fn default_page_timeout() -> u64 {
+    600
 }
 fn default_subscription_minutes() -> u64 {
     4320

@@ -13,8 +13,10 @@ pub enum CollectorError {
     Loop { resource: &'static str, round_id: String, page: u64 },
     #[error("Graph asked for a resync again during a full round: {0}")]
     ResyncLoop(String),
-    #[error("{resource} delta round exceeded collector.round_timeout_seconds ({seconds} s); abandoning it")]
-    RoundTimeout { resource: &'static str, seconds: u64 },
+    #[error(
+        "{resource} delta page {page} took longer than collector.page_timeout_seconds ({seconds} s); the round resumes at that page"
+    )]
+    PageStalled { resource: &'static str, page: u64, seconds: u64 },
     #[error("{0}")]
     Config(String),
     #[error("{context}: {source}")]

@@ -145,11 +145,22 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         background.push(tokio::spawn(manager.run(lifecycle_rx, shutdown.clone())));
     }
 
-    let mut collector =
-        round::Collector::new(graph, publisher, cursors, settings.max_pages_per_round, shared.clock.clone());
+    let mut collector = round::Collector::new(
+        graph,
+        publisher,
+        cursors,
+        settings.max_pages_per_round,
+        Duration::from_secs(settings.page_timeout_seconds.max(1)),
+        shared.clock.clone(),
+    );
     let idle_interval = Duration::from_millis(settings.poll_interval_ms());
     let active_interval = Duration::from_millis(settings.active_poll_interval_ms());
-    let round_timeout = Duration::from_secs(settings.round_timeout_seconds.max(1));
+    if settings.round_timeout_seconds.is_some() {
+        tracing::warn!(
+            "collector.round_timeout_seconds is deprecated and ignored: a round resumes page by page, \
+             and a page is abandoned after collector.page_timeout_seconds"
+        );
+    }
     tracing::info!(
         poll_interval_ms = idle_interval.as_millis() as u64,
         active_poll_interval_ms = active_interval.as_millis() as u64,
@@ -158,7 +169,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     );
     while !shutdown.is_triggered() {
         let changed = tokio::select! {
-            changed = run_rounds(&mut collector, &shared, round_timeout) => changed,
+            changed = run_rounds(&mut collector, &shared) => changed,
             () = shutdown.triggered() => break,
         };
         // A tenant that just changed usually goes on changing (a bulk edit, a script):
@@ -184,7 +195,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
 /// Users, then groups: the planner resolves a group's members from what it knows about
 /// users, so fresh anchors should arrive before the groups using them.
 /// Returns how many changed objects the rounds read.
-async fn run_rounds(collector: &mut round::Collector, shared: &Shared, round_timeout: Duration) -> usize {
+async fn run_rounds(collector: &mut round::Collector, shared: &Shared) -> usize {
     shared.running.store(true, Ordering::SeqCst);
     let mut changed = 0;
     if shared.full_resync.swap(false, Ordering::SeqCst) {
@@ -198,10 +209,7 @@ async fn run_rounds(collector: &mut round::Collector, shared: &Shared, round_tim
         }
     }
     for resource in Resource::ALL {
-        let outcome = match tokio::time::timeout(round_timeout, collector.run_round(resource)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(CollectorError::RoundTimeout { resource: resource.path(), seconds: round_timeout.as_secs() }),
-        };
+        let outcome = collector.run_round(resource).await;
         let metrics = gwb_runtime::metrics::global();
         match outcome {
             Ok(objects) => {

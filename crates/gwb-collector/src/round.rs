@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message as _;
 
@@ -13,7 +14,7 @@ use gwb_proto::events::v1 as pb;
 use gwb_proto::message_types::EVENT_TYPE;
 use gwb_runtime::clock::Clock;
 
-use crate::cursor::CursorStore;
+use crate::cursor::{CursorStore, RoundProgress};
 use crate::error::CollectorError;
 
 pub struct Collector {
@@ -21,6 +22,9 @@ pub struct Collector {
     publisher: Publisher,
     cursors: CursorStore,
     max_pages: u64,
+    /// A page (with its retries) that takes longer abandons the round attempt; the
+    /// round resumes at that page next time.
+    page_timeout: Duration,
     clock: Clock,
 }
 
@@ -30,9 +34,10 @@ impl Collector {
         publisher: Publisher,
         cursors: CursorStore,
         max_pages: u64,
+        page_timeout: Duration,
         clock: Clock,
     ) -> Self {
-        Collector { graph, publisher, cursors, max_pages, clock }
+        Collector { graph, publisher, cursors, max_pages, page_timeout, clock }
     }
 
     /// Forgets every cursor, so the next rounds are full rounds (FullResync).
@@ -43,33 +48,84 @@ impl Collector {
         Ok(())
     }
 
-    /// Runs one round of `resource` and returns how many changed objects it read. On
-    /// `ResyncRequired` the cursor is dropped and the round restarts once as a full
-    /// round; any other failure leaves the cursor where it was, so the next attempt
-    /// re-reads (Graph replays are harmless downstream).
+    /// Runs one round of `resource` and returns how many changed objects it read.
+    ///
+    /// An unfinished round (a crash, a restart, a 503 burst past the retry budget)
+    /// resumes at the first page whose events were not confirmed, with its round id, so
+    /// a big tenant's first sync always finishes. On `ResyncRequired` the positions are
+    /// dropped and the round restarts once as a full round; any other failure leaves
+    /// them where they were, so the next attempt re-reads at most one page (Graph
+    /// replays are harmless downstream).
     pub async fn run_round(&mut self, resource: Resource) -> Result<usize, CollectorError> {
-        let stored = self.cursors.delta_link(resource)?;
-        let (url, full) = match stored {
-            Some(link) => (link, false),
-            None => (self.graph.initial_url(resource), true),
-        };
-        match self.follow(resource, url, full).await {
+        let query = self.graph.initial_url(resource);
+        let start = self.start(resource, &query)?;
+        let resumed = !start.fresh;
+        match self.follow(resource, start, &query).await {
             Err(RoundFailure::Resync { reason, location }) => {
                 tracing::warn!(resource = resource.path(), %reason, "delta token lost: starting a full round");
                 self.cursors.forget(resource)?;
-                let url = location.filter(|l| !l.is_empty()).unwrap_or_else(|| self.graph.initial_url(resource));
-                self.follow(resource, url, true).await.map_err(RoundFailure::into_error)
+                let url = location.filter(|l| !l.is_empty()).unwrap_or_else(|| query.clone());
+                self.follow(resource, RoundStart::full(url), &query).await.map_err(RoundFailure::into_error)
+            }
+            Err(RoundFailure::Other(CollectorError::Graph(error @ GraphError::Rejected { .. }))) if resumed => {
+                // Graph refuses the stored nextLink itself (e.g. it expired): resuming
+                // again would fail the same way, so the round starts over next time.
+                tracing::warn!(resource = resource.path(), %error, "the interrupted round cannot resume: it starts over");
+                self.cursors.forget_progress(resource)?;
+                Err(CollectorError::Graph(error))
             }
             other => other.map_err(RoundFailure::into_error),
         }
     }
 
-    async fn follow(&mut self, resource: Resource, mut url: String, full: bool) -> Result<usize, RoundFailure> {
-        let round_id = uuid::Uuid::new_v4().to_string();
-        let mut position = 0u64;
+    /// Where the next round of `resource` starts: the unfinished round, the stored
+    /// deltaLink, or a full round when there is neither or the query has changed since.
+    fn start(&self, resource: Resource, query: &str) -> Result<RoundStart, CollectorError> {
+        if let Some(progress) = self.cursors.progress(resource)? {
+            if progress.query == query {
+                tracing::info!(
+                    resource = resource.path(),
+                    round_id = %progress.round_id,
+                    pages = progress.pages,
+                    full = progress.full,
+                    "resuming the unfinished round at its first unconfirmed page"
+                );
+                return Ok(RoundStart::resume(progress));
+            }
+            tracing::warn!(
+                resource = resource.path(),
+                previous = %progress.query,
+                current = %query,
+                "the Graph query changed since the unfinished round started: starting a full round"
+            );
+            self.cursors.forget(resource)?;
+            return Ok(RoundStart::full(query.to_string()));
+        }
+        Ok(match self.cursors.cursor(resource)? {
+            Some(cursor) if cursor.query.as_deref().is_none_or(|previous| previous == query) => {
+                RoundStart::incremental(cursor.delta_link)
+            }
+            Some(cursor) => {
+                // A deltaLink answers the query it was made for: after a change of API
+                // version, endpoint or $select it would hide what the new query adds.
+                tracing::warn!(
+                    resource = resource.path(),
+                    previous = ?cursor.query,
+                    current = %query,
+                    "the Graph query changed since the cursor was stored (API version, endpoint or $select): starting a full round"
+                );
+                self.cursors.forget(resource)?;
+                RoundStart::full(query.to_string())
+            }
+            None => RoundStart::full(query.to_string()),
+        })
+    }
+
+    async fn follow(&mut self, resource: Resource, start: RoundStart, query: &str) -> Result<usize, RoundFailure> {
+        let RoundStart { round_id, mut url, full, mut position, mut pages, fresh } = start;
         let mut visited = HashSet::new();
         let boundary = RoundBoundary { resource, full };
-        if full {
+        if full && fresh {
             self.publish(
                 &round_id,
                 &mut position,
@@ -79,7 +135,6 @@ impl Collector {
             )
             .await?;
         }
-        let mut pages = 0u64;
         let mut objects = 0usize;
         loop {
             pages += 1;
@@ -90,12 +145,20 @@ impl Collector {
                     page: pages,
                 }));
             }
-            let page = match self.graph.fetch_page(resource, &url).await {
-                Ok(page) => page,
-                Err(GraphError::ResyncRequired { reason, location }) => {
+            let fetched = tokio::time::timeout(self.page_timeout, self.graph.fetch_page(resource, &url)).await;
+            let page = match fetched {
+                Ok(Ok(page)) => page,
+                Ok(Err(GraphError::ResyncRequired { reason, location })) => {
                     return Err(RoundFailure::Resync { reason, location });
                 }
-                Err(other) => return Err(RoundFailure::Other(other.into())),
+                Ok(Err(other)) => return Err(RoundFailure::Other(other.into())),
+                Err(_) => {
+                    return Err(RoundFailure::Other(CollectorError::PageStalled {
+                        resource: resource.path(),
+                        page: pages,
+                        seconds: self.page_timeout.as_secs(),
+                    }));
+                }
             };
             let observed_at = self.clock.now_ms();
             objects += page.items.len();
@@ -103,7 +166,21 @@ impl Collector {
             let cause = format!("graph {}/delta round {round_id} page {pages}", resource.path());
             self.publish(&round_id, &mut position, observed_at, changes, &cause).await?;
             match page.link {
-                PageLink::Next(next) => url = next,
+                PageLink::Next(next) => {
+                    // Every event up to here is confirmed: a restart resumes at `next`.
+                    let progress = RoundProgress {
+                        round_id: round_id.clone(),
+                        next_link: next.clone(),
+                        full,
+                        position,
+                        pages,
+                        query: query.to_string(),
+                    };
+                    self.cursors
+                        .save_progress(resource, &progress, self.clock.now_ms())
+                        .map_err(|e| RoundFailure::Other(e.into()))?;
+                    url = next;
+                }
                 PageLink::Delta(delta) => {
                     self.publish(
                         &round_id,
@@ -116,7 +193,7 @@ impl Collector {
                     // Only now, with every event of the round confirmed, does the
                     // cursor move.
                     self.cursors
-                        .save(resource, &delta, self.clock.now_ms())
+                        .complete(resource, &delta, query, self.clock.now_ms())
                         .map_err(|e| RoundFailure::Other(e.into()))?;
                     if objects > 0 || full {
                         tracing::info!(resource = resource.path(), full, pages, objects, "delta round completed");
@@ -169,6 +246,39 @@ impl Collector {
             metrics.events_published(count);
         }
         Ok(())
+    }
+}
+
+/// Where a round begins: a new round (from a deltaLink, or a full round), or an
+/// unfinished one resumed with its round id and counters.
+struct RoundStart {
+    round_id: String,
+    url: String,
+    full: bool,
+    position: u64,
+    pages: u64,
+    /// False when resuming: `RoundStarted` was published already.
+    fresh: bool,
+}
+
+impl RoundStart {
+    fn full(url: String) -> Self {
+        RoundStart { round_id: uuid::Uuid::new_v4().to_string(), url, full: true, position: 0, pages: 0, fresh: true }
+    }
+
+    fn incremental(delta_link: String) -> Self {
+        RoundStart { full: false, ..RoundStart::full(delta_link) }
+    }
+
+    fn resume(progress: RoundProgress) -> Self {
+        RoundStart {
+            round_id: progress.round_id,
+            url: progress.next_link,
+            full: progress.full,
+            position: progress.position,
+            pages: progress.pages,
+            fresh: false,
+        }
     }
 }
 

@@ -51,6 +51,7 @@ fn paging() -> PagingConfig {
         member_slice: 7,
         empty_page_every: Some(2),
         shuffle: true,
+        page_delay_ms: 0,
     }
 }
 
@@ -322,7 +323,7 @@ async fn lost_delta_token_410_or_sync_state_codes_runs_a_full_round() {
 }
 
 #[tokio::test]
-async fn malformed_page_fails_the_full_round_without_completion_and_the_retry_rereads_everything() {
+async fn malformed_page_fails_the_attempt_and_the_retry_resumes_at_that_page() {
     let (t, _, groups) = seeded(8, 8).await;
     // Users round fine; the groups round breaks on its second page.
     t.admin
@@ -334,28 +335,80 @@ async fn malformed_page_fails_the_full_round_without_completion_and_the_retry_re
         .unwrap();
     let running = t.start("", "").await;
     initial_rounds(&t).await;
+    assert!(status(&running.control, None).await.rounds_failed >= 1, "the malformed page failed an attempt");
     let events = t.snapshot();
     let group_rounds: Vec<_> =
         boundaries(&events, false).into_iter().filter(|(_, r, _)| *r == resource(ev::Resource::Groups)).collect();
-    assert!(group_rounds.len() >= 2, "the failed round and its retry");
-    let failed = &group_rounds[0].0;
-    assert!(
-        events.iter().any(|e| &e.round_id == failed && matches!(e.change, Some(Change::Group(_)))),
-        "the failed round had published a page"
-    );
-    assert!(!boundaries(&events, true).iter().any(|(id, _, _)| id == failed), "a failed full round is never completed");
-    let retry =
-        &boundaries(&events, true).into_iter().find(|(_, r, _)| *r == resource(ev::Resource::Groups)).unwrap().0;
-    assert_eq!(groups_in_round(&events, retry).len(), groups.len(), "nothing lost");
+    assert_eq!(group_rounds.len(), 1, "the retry resumed the round instead of starting a new one");
+    let round = &group_rounds[0].0;
+    assert!(boundaries(&events, true).iter().any(|(id, _, _)| id == round), "the resumed round completed");
+    assert_eq!(groups_in_round(&events, round).len(), groups.len(), "nothing lost");
+    let initial = delta_requests(&t.admin, "groups", "initial").await;
+    assert_eq!(initial, 1, "page 1 was read once");
     running.stop().await.unwrap();
     t.finish().await;
 }
 
+/// How many delta requests of `resource` and `kind` graph-sim served.
+async fn delta_requests(admin: &AdminClient, resource: &str, kind: &str) -> u64 {
+    let stats = admin.stats().await.unwrap();
+    stats.delta_requests.iter().filter(|r| r.resource == resource && r.kind == kind).map(|r| r.count).sum()
+}
+
 #[tokio::test]
-async fn round_timeout_and_next_link_loop_abandon_the_round_without_completion() {
+async fn an_interrupted_full_round_resumes_at_its_first_unconfirmed_page_after_a_crash() {
+    let t = tenant(SimConfig { page: PagingConfig { page_delay_ms: 100, ..paging() }, ..SimConfig::default() }).await;
+    let user_ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    let group_ids: Vec<Uuid> = (0..60).map(|_| Uuid::new_v4()).collect();
+    let seed: Seed = serde_json::from_value(serde_json::json!({
+        "users": user_ids.iter().enumerate().map(|(i, id)| serde_json::json!({"id": id, "displayName": format!("User {i}"),
+            "userPrincipalName": format!("u{i}@example.com")})).collect::<Vec<_>>(),
+        "groups": group_ids.iter().enumerate().map(|(i, id)| serde_json::json!({"id": id, "displayName": format!("Group {i}"),
+            "securityEnabled": true, "mailEnabled": false, "groupTypes": [], "members": [user_ids[i % 4]]})).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    t.admin.seed(&seed).await.unwrap();
+    let first = t.start("", "").await;
+    // At 100 ms a page and at most 4 groups a page the groups round takes seconds:
+    // "crash" (abort, no shutdown) once several of its pages are confirmed.
+    t.wait_for("a few pages of the groups round", |e| group_ids_seen(e).len() >= 12).await;
+    first.task.abort();
+    let _ = first.task.await;
+    assert_eq!(completed(&t.snapshot(), ev::Resource::Groups, true), 0, "the crash came mid-round");
+    let second = t.start("", "").await;
+    t.wait_for("the groups round completes", |e| completed(e, ev::Resource::Groups, true) == 1).await;
+    second.stop().await.unwrap();
+    let events = t.snapshot();
+    let starts: Vec<_> =
+        boundaries(&events, false).into_iter().filter(|(_, r, _)| *r == resource(ev::Resource::Groups)).collect();
+    assert_eq!(starts.len(), 1, "one groups round, resumed: {starts:?}");
+    let round = &starts[0].0;
+    assert!(boundaries(&events, true).iter().any(|(id, _, _)| id == round), "completed under its own round id");
+    assert_eq!(groups_in_round(&events, round).len(), group_ids.len(), "every group in the round");
+    assert_eq!(delta_requests(&t.admin, "groups", "initial").await, 1, "graph-sim served page 1 once: no restart");
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn a_cursor_from_another_query_is_not_reused_the_next_round_is_full() {
+    let (t, _, _) = seeded(4, 2).await;
+    let first = t.start("api_version = \"v1.0\"\n", "").await;
+    initial_rounds(&t).await;
+    first.stop().await.unwrap();
+    // The operator switches to beta (to read writebackConfiguration): the v1.0 deltaLink
+    // answers the old $select and would never show the new property.
+    let second = t.start("api_version = \"beta\"\n", "").await;
+    t.wait_for("a new full groups round", |e| completed(e, ev::Resource::Groups, true) >= 2).await;
+    second.stop().await.unwrap();
+    assert!(completed(&t.snapshot(), ev::Resource::Users, true) >= 2, "users too");
+    t.finish().await;
+}
+
+#[tokio::test]
+async fn a_stalled_page_and_a_next_link_loop_abandon_the_round_without_completion() {
     let (t, _, _) = seeded(4, 2).await;
     t.admin.add_faults(&[rule(FaultMatch::GroupsDelta, FaultKind::Delay { ms: 2500 }, 1)]).await.unwrap();
-    let running = t.start("", "round_timeout_seconds = 1\n").await;
+    let running = t.start("", "page_timeout_seconds = 1\n").await;
     initial_rounds(&t).await;
     let status = status(&running.control, None).await;
     assert!(status.rounds_failed >= 1, "{status:?}");

@@ -22,6 +22,7 @@ pub fn paging(min: usize, max: usize, slice: usize, empty_every: Option<u32>) ->
         member_slice: slice,
         empty_page_every: empty_every,
         shuffle: true,
+        page_delay_ms: 0,
     }
 }
 
