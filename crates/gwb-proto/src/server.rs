@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tonic::transport::server::Router;
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 use gwb_runtime::secret::{self, Secret};
 use gwb_runtime::shutdown::Shutdown;
@@ -70,6 +71,12 @@ pub fn token_check(token: Option<&Secret>) -> TokenCheck {
 pub async fn router<S: tonic::server::NamedService>() -> Result<Router, ServerError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<S>().await;
+    router_with_health(health)
+}
+
+/// The same with a health service the caller drives (the writer reports serving only
+/// while its directory answers).
+pub fn router_with_health<H: Health>(health: HealthServer<H>) -> Result<Router, ServerError> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
         .build_v1()

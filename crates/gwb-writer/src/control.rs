@@ -96,13 +96,7 @@ pub async fn serve(
     token: TokenCheck,
     shutdown: Shutdown,
 ) -> Result<(), ServerError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(gwb_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Serve(e.to_string()))?;
-    let router = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
+    let router = gwb_proto::server::router_with_health(health)?
         .add_service(WriterServer::with_interceptor(service, move |request| token.check(request)));
     gwb_proto::server::serve(router, listener, shutdown).await
 }
