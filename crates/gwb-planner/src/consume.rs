@@ -13,7 +13,7 @@ use gwb_proto::events::v1 as ev;
 use gwb_runtime::clock::Clock;
 
 use crate::plan::{Incoming, Planned};
-use crate::{SharedEngine, count_planned, origin};
+use crate::{SharedEngine, count_planned, origin, trace_of};
 
 const EVENT_TYPE: &str = "gwb.events.v1.ChangeEvent";
 const OUTCOME_TYPE: &str = "gwb.commands.v1.Outcome";
@@ -45,7 +45,7 @@ impl Consumer {
                 Ok(event) if event.change.is_some() && !event.event_id.is_empty() => {
                     let span = tracing::info_span!("plan_event", event_id = %event.event_id);
                     delivery.set_parent_of(&span);
-                    let trace = origin(0, &span).trace;
+                    let trace = trace_of(&span);
                     events.push(Incoming { event, span, trace });
                     indices.push(index);
                 }

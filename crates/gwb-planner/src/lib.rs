@@ -59,12 +59,17 @@ pub enum PlannerError {
 
 pub(crate) type SharedEngine = Arc<Mutex<Engine<SqliteStore>>>;
 
-/// `now_ms` under the trace of `span`: commands planned then carry that trace.
-pub(crate) fn origin(now_ms: i64, span: &tracing::Span) -> Origin {
+/// The W3C trace context of `span` as the JSON object the outbox stores ("" when
+/// there is none). A map of strings always serializes.
+pub(crate) fn trace_of(span: &tracing::Span) -> String {
     let mut headers = std::collections::BTreeMap::new();
     gwb_runtime::telemetry::inject_span(span, &mut headers);
-    let trace = if headers.is_empty() { String::new() } else { serde_json::to_string(&headers).unwrap_or_default() };
-    Origin { now_ms, trace }
+    if headers.is_empty() { String::new() } else { serde_json::to_string(&headers).unwrap_or_default() }
+}
+
+/// `now_ms` under the trace of `span`: commands planned then carry that trace.
+pub(crate) fn origin(now_ms: i64, span: &tracing::Span) -> Origin {
+    Origin { now_ms, trace: trace_of(span) }
 }
 
 /// Counts what a committed call planned (`gwb_commands_total{result="planned"}`).

@@ -347,7 +347,7 @@ fn a_call_returns_what_it_committed_and_a_failed_batch_only_its_applied_part() {
     let rows = engine.outbox_batch(100).unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].headers.get("traceparent").map(String::as_str), Some("t"), "the event's trace is carried");
-    // A preview plans the same commands but returns them as a preview only.
+    // A preview of a group already in step plans nothing and leaves the outbox alone.
     let preview = engine.preview("g1", &at(0)).unwrap().unwrap();
     assert!(preview.commands.is_empty(), "nothing changed since: {:?}", preview.commands);
     assert_eq!(engine.outbox_batch(100).unwrap().len(), 2);

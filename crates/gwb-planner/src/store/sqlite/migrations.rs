@@ -215,3 +215,47 @@ fn migrate(db: &mut Connection) -> rusqlite::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store written by the version before fingerprints (5 migrations) opens, keeps
+    /// its users and writeback rows, and forgets only the old spec texts.
+    #[test]
+    fn a_store_from_before_fingerprints_is_migrated_in_place() {
+        let dir = std::env::temp_dir().join(format!("gwb-migrate-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("planner.db");
+        {
+            let db = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..5] {
+                db.execute_batch(sql).unwrap();
+            }
+            db.pragma_update(None, "user_version", 5).unwrap();
+            db.execute_batch(
+                "INSERT INTO users (id, sid, sync_enabled, seen_round) VALUES ('u1', 'S-1-5-21-1-2-3-1001', 1, 'r1');
+                 INSERT INTO writeback (group_id, state, spec, target_type, updated_ms)
+                   VALUES ('g1', 'written', 'GroupSpec { object_id: \"g1\" }', 'universalSecurityGroup', 7);",
+            )
+            .unwrap();
+        }
+        let db = open(&path).unwrap();
+        let version: usize = db.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        let user: (String, i64, String) = db
+            .query_row("SELECT sid, sync_enabled, seen_round FROM users WHERE id = 'u1'", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(user, ("S-1-5-21-1-2-3-1001".to_string(), 1, "r1".to_string()));
+        let row: (String, Option<String>, String) = db
+            .query_row("SELECT state, spec_fingerprint, target_type FROM writeback WHERE group_id = 'g1'", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(row, ("written".to_string(), None, "universalSecurityGroup".to_string()));
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
