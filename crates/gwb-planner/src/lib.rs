@@ -116,12 +116,17 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
     let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(db, policy)));
     let publisher = Publisher::connect(config.bus.clone()).await?;
     let listen_key = format!("{}.listen", control.name);
-    let listener = match listeners.control {
+    let (listener, bound) = match listeners.control {
         Some(listener) => {
-            gwb_runtime::listen::report("control", &listen_key, &listener)?;
-            listener
+            let bound = gwb_runtime::listen::report("control", &listen_key, &listener)?;
+            (listener, bound)
         }
-        None => gwb_runtime::listen::bind("control", &listen_key, control.listen()).await?,
+        None => {
+            let listener = gwb_runtime::listen::bind("control", &listen_key, control.listen()).await?;
+            // `bind` reported the address already; this copy is for the log line only.
+            let bound = listener.local_addr().unwrap_or_else(|_| control.listen());
+            (listener, bound)
+        }
     };
     let outbox_ready = Arc::new(Notify::new());
 
@@ -162,7 +167,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         move |request| token.check(request),
     );
     let server = tokio::spawn(gwb_proto::server::serve(router.add_service(operator), listener, shutdown.clone()));
-    tracing::info!(listen = %control.listen(), "planner running");
+    tracing::info!(listen = %bound, "planner running");
 
     let served = server.await?;
     for task in [events, outcomes, outbox] {
