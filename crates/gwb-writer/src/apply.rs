@@ -290,6 +290,12 @@ async fn apply_with_retry(
         match result {
             Err(error) if error.class == FailureClass::Transient => {
                 failures += 1;
+                if let Some(budget) = error.retry_budget()
+                    && failures >= budget
+                {
+                    tracing::warn!(%error, kind = write.kind(), anchor = write.anchor(), failures, "directory keeps refusing; giving up on this command");
+                    return Some(Err(DirectoryError { class: FailureClass::Permanent, ..error }));
+                }
                 let delay = crate::DIRECTORY_BACKOFF.delay(failures);
                 tracing::warn!(%error, kind = write.kind(), anchor = write.anchor(), retry_in_ms = delay.as_millis() as u64, "directory unavailable; retrying");
                 tokio::select! {
