@@ -1,11 +1,19 @@
 //! Names of written-back groups: anchor, CN and sAMAccountName (DESIGN.md §3).
 
-/// AD limit on the `cn` RDN value (ub-common-name).
+/// AD limit on the `cn` RDN value (ub-common-name), in UTF-16 code units: AD stores
+/// Unicode strings as UTF-16 and counts its "characters" so (an emoji counts two).
 pub const CN_MAX_CHARS: usize = 64;
-/// `sAMAccountName` kept within the pre-Windows 2000 limit so every client can use it.
+/// `sAMAccountName` kept within the pre-Windows 2000 limit so every client can use it,
+/// in UTF-16 code units as AD counts.
 pub const SAM_MAX_CHARS: usize = 20;
-/// Display-name part of the `<displayName>_<last 12>` template (Microsoft's rule).
+/// Display-name part of the `<displayName>_<last 12>` template (Microsoft's rule), in
+/// UTF-16 code units, so the CN stays within 64.
 const DISPLAY_NAME_CHARS: usize = 51;
+
+/// Length as AD counts it: UTF-16 code units.
+pub fn ad_length(text: &str) -> usize {
+    text.encode_utf16().count()
+}
 
 /// Which CN Microsoft's writeback would use; we offer both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,7 +49,7 @@ pub fn cn(template: NameTemplate, display_name: &str, object_id: &str) -> String
         NameTemplate::ObjectId => anchor(object_id),
         NameTemplate::DisplayName => {
             let cleaned: String = display_name.chars().filter(|c| !c.is_control()).collect();
-            let base: String = cleaned.trim().chars().take(DISPLAY_NAME_CHARS).collect();
+            let base = truncate(cleaned.trim(), DISPLAY_NAME_CHARS);
             let base = base.trim_end();
             if base.is_empty() { anchor(object_id) } else { format!("{base}_{}", last_12(object_id)) }
         }
@@ -58,17 +66,24 @@ fn sam_allowed(c: char) -> bool {
 /// The writer takes the first one no other object uses.
 pub fn sam_account_name_candidates(display_name: &str, object_id: &str) -> Vec<String> {
     let cleaned: String = display_name.chars().filter(|c| sam_allowed(*c)).collect();
-    // A trailing period is not allowed; leading/trailing spaces are confusing.
-    let cleaned = cleaned.trim().trim_end_matches('.').trim().to_string();
+    let cleaned = sam_ends(&cleaned);
     let id_hex = last_12(object_id);
     let mut candidates = Vec::new();
     if !cleaned.is_empty() {
-        candidates.push(truncate(&cleaned, SAM_MAX_CHARS));
+        // Cut first, then clean the ends again: a cut can leave a trailing space or
+        // period ("Conf Hostile Member ", "… 1234."), which AD refuses or shows badly.
+        let whole = truncate(cleaned, SAM_MAX_CHARS);
+        let whole = sam_ends(&whole);
+        if !whole.is_empty() {
+            candidates.push(whole.to_string());
+        }
         for suffix_len in [4, 8, 12] {
             let suffix = &id_hex[id_hex.len().saturating_sub(suffix_len)..];
             let room = SAM_MAX_CHARS - suffix.len() - 1;
-            let base = truncate(&cleaned, room);
-            candidates.push(format!("{}_{suffix}", base.trim_end()));
+            let base = sam_ends(&truncate(cleaned, room)).to_string();
+            if !base.is_empty() {
+                candidates.push(format!("{base}_{suffix}"));
+            }
         }
     }
     // Always unique by construction: 7 + 12 = 19 characters.
@@ -77,8 +92,21 @@ pub fn sam_account_name_candidates(display_name: &str, object_id: &str) -> Vec<S
     candidates
 }
 
-fn truncate(text: &str, max_chars: usize) -> String {
-    text.chars().take(max_chars).collect()
+/// Without leading and trailing spaces, and without trailing periods (AD refuses a
+/// sAMAccountName that ends in one).
+fn sam_ends(text: &str) -> &str {
+    text.trim().trim_end_matches(|c: char| c == '.' || c.is_whitespace())
+}
+
+/// The longest prefix of whole characters within `max_units` UTF-16 code units.
+fn truncate(text: &str, max_units: usize) -> String {
+    let mut units = 0;
+    text.chars()
+        .take_while(|c| {
+            units += c.len_utf16();
+            units <= max_units
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -110,6 +138,30 @@ mod tests {
         let only_bad = sam_account_name_candidates("@@@", ID);
         assert_eq!(only_bad, vec!["Group_e9305786a271".to_string()]);
         assert_eq!(sam_account_name_candidates("x", ID), sam_account_name_candidates("x", ID));
+    }
+
+    #[test]
+    fn a_cut_never_leaves_a_trailing_space_or_period() {
+        // 20 characters would end in a space, or in a period.
+        for name in ["Conf Hostile Member X", "Conf Hostile 1234.tail", "Abcdefghijklmnopqr. .x"] {
+            for candidate in sam_account_name_candidates(name, ID) {
+                assert!(!candidate.ends_with(' ') && !candidate.ends_with('.'), "{name:?}: {candidate:?}");
+                assert!(ad_length(&candidate) <= SAM_MAX_CHARS, "{candidate:?}");
+            }
+        }
+        assert_eq!(sam_account_name_candidates("Conf Hostile Member X", ID)[0], "Conf Hostile Member");
+        assert_eq!(sam_account_name_candidates("Conf Hostile 1234.tail", ID)[1], "Conf Hostile 12_a271");
+    }
+
+    #[test]
+    fn lengths_are_counted_in_utf16_units_as_ad_does() {
+        let emoji = "🚀".repeat(40);
+        let name = cn(NameTemplate::DisplayName, &emoji, ID);
+        assert!(ad_length(&name) <= CN_MAX_CHARS, "{} units", ad_length(&name));
+        assert_eq!(ad_length(&name), 50 + 13, "25 rockets of two units each, then _ and 12");
+        for candidate in sam_account_name_candidates(&emoji, ID) {
+            assert!(ad_length(&candidate) <= SAM_MAX_CHARS, "{candidate:?}");
+        }
     }
 }
 
