@@ -1,5 +1,8 @@
 //! The planner's consumers: change events (in batches, one transaction each) and the
 //! writer's outcomes and status reports. Every store call runs in `spawn_blocking`.
+//!
+//! This is the planner's edge for events: each is decoded into the domain's
+//! `ChangeEvent` (`gwb_proto::convert::events`) here, and planning sees nothing else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,16 +11,20 @@ use prost::Message as _;
 use tokio::sync::Notify;
 
 use gwb_bus::{Delivery, Disposition};
+use gwb_core::event::ChangeEvent;
 use gwb_proto::commands::v1 as cmd;
 use gwb_proto::events::v1 as ev;
+use gwb_proto::message_types::{EVENT_TYPE, OUTCOME_TYPE, WRITER_STATUS_TYPE};
 use gwb_runtime::clock::Clock;
 
 use crate::plan::{Incoming, Planned};
 use crate::{SharedEngine, count_planned, origin, trace_of};
 
-const EVENT_TYPE: &str = "gwb.events.v1.ChangeEvent";
-const OUTCOME_TYPE: &str = "gwb.commands.v1.Outcome";
-const WRITER_STATUS_TYPE: &str = "gwb.commands.v1.WriterStatus";
+/// The domain event a delivery's payload stands for, or why it has none.
+fn decode_event(payload: &[u8]) -> Result<ChangeEvent, String> {
+    let wire = ev::ChangeEvent::decode(payload).map_err(|error| format!("undecodable: {error}"))?;
+    ChangeEvent::try_from(wire).map_err(|error| error.to_string())
+}
 
 #[derive(Clone)]
 pub(crate) struct Consumer {
@@ -41,16 +48,16 @@ impl Consumer {
                 dispositions[index] = Disposition::DeadLetter;
                 continue;
             }
-            match ev::ChangeEvent::decode(delivery.payload.as_slice()) {
-                Ok(event) if event.change.is_some() && !event.event_id.is_empty() => {
+            match decode_event(&delivery.payload) {
+                Ok(event) => {
                     let span = tracing::info_span!("plan_event", event_id = %event.event_id);
                     delivery.set_parent_of(&span);
                     let trace = trace_of(&span);
                     events.push(Incoming { event, span, trace });
                     indices.push(index);
                 }
-                Ok(_) | Err(_) => {
-                    tracing::error!(message_id = ?delivery.message_id, "undecodable or empty change event dead-lettered");
+                Err(error) => {
+                    tracing::error!(message_id = ?delivery.message_id, %error, "change event dead-lettered");
                     dispositions[index] = Disposition::DeadLetter;
                 }
             }
@@ -129,5 +136,51 @@ impl Consumer {
                 Disposition::Requeue
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use gwb_core::event::{Change, ObjectRemoved, RemovalReason};
+
+    use super::*;
+
+    fn wire(change: Option<ev::change_event::Change>) -> Vec<u8> {
+        ev::ChangeEvent { event_id: "e1".into(), round_id: "r1".into(), change, ..Default::default() }.encode_to_vec()
+    }
+
+    #[test]
+    fn an_event_is_decoded_into_the_domain_at_the_edge() {
+        let removed = ev::ObjectRemoved { id: "g1".into(), reason: ev::RemovalReason::Deleted as i32 };
+        let event = decode_event(&wire(Some(ev::change_event::Change::GroupRemoved(removed)))).unwrap();
+        assert_eq!(
+            event.change,
+            Change::GroupRemoved(ObjectRemoved { id: "g1".into(), reason: RemovalReason::Deleted })
+        );
+        // An unset reason is a soft removal (issue 14 F7): only "deleted" is permanent.
+        let unset = ev::ObjectRemoved { id: "g1".into(), reason: 0 };
+        let event = decode_event(&wire(Some(ev::change_event::Change::GroupRemoved(unset)))).unwrap();
+        assert_eq!(
+            event.change,
+            Change::GroupRemoved(ObjectRemoved { id: "g1".into(), reason: RemovalReason::Changed })
+        );
+    }
+
+    #[test]
+    fn an_event_without_meaning_is_refused_with_its_reason() {
+        assert!(decode_event(b"\xff\xff\xff").unwrap_err().starts_with("undecodable"));
+        assert_eq!(decode_event(&wire(None)).unwrap_err(), "the event carries no change");
+        let unknown = ev::RoundBoundary { resource: 7, full: true };
+        let error = decode_event(&wire(Some(ev::change_event::Change::RoundStarted(unknown)))).unwrap_err();
+        assert!(error.contains("no known resource (7)"), "{error}");
+        let mut anonymous = ev::ChangeEvent::decode(
+            wire(Some(ev::change_event::Change::UserRemoved(ev::ObjectRemoved { id: "u1".into(), reason: 0 })))
+                .as_slice(),
+        )
+        .unwrap();
+        anonymous.event_id.clear();
+        assert_eq!(decode_event(&anonymous.encode_to_vec()).unwrap_err(), "the event has no event_id");
     }
 }

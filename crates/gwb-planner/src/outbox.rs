@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use gwb_bus::{Message, Publisher, Route};
+use gwb_proto::message_types::COMMAND_TYPE;
 use gwb_runtime::clock::Clock;
 use gwb_runtime::shutdown::Shutdown;
 
@@ -114,7 +115,7 @@ pub(crate) async fn publish(outbox: Outbox, shutdown: Shutdown) {
             .map(|row| {
                 let message = Message {
                     id: row.command_id,
-                    kind: gwb_bus::COMMAND_TYPE,
+                    kind: COMMAND_TYPE,
                     payload: row.payload,
                     headers: row.headers,
                     timestamp_ms: now_ms,

@@ -1,18 +1,18 @@
 //! Users and groups as the cloud changes them, and the policy decision that follows.
 
-use gwb_core::command::CommandKind;
+use gwb_core::command::{CommandKind, WriteCommand};
+use gwb_core::event::{GroupObserved, UserObserved};
 use gwb_core::members;
 use gwb_core::policy::{self, CloudGroup, Decision};
 use gwb_core::state::WritebackState;
 use gwb_proto::commands::v1 as cmd;
-use gwb_proto::events::v1 as ev;
 
 use super::members::MemberDelta;
-use super::{EngineError, Plan, wire};
+use super::{EngineError, Plan};
 use crate::store::{Counter, Meta, ServiceReport, StoreTx, UserRow};
 
 impl<T: StoreTx> Plan<'_, T> {
-    pub(super) fn user_upsert(&mut self, user: &ev::UserUpsert, round: &str) -> Result<(), EngineError> {
+    pub(super) fn user_upsert(&mut self, user: &UserObserved, round: &str) -> Result<(), EngineError> {
         let id = user.id.to_ascii_lowercase();
         let before = self.tx.user_anchor(&id)?;
         let row = UserRow {
@@ -45,10 +45,10 @@ impl<T: StoreTx> Plan<'_, T> {
         self.member_changed(&id)
     }
 
-    pub(super) fn group_upsert(&mut self, group: &ev::GroupUpsert, round: &str) -> Result<(), EngineError> {
+    pub(super) fn group_upsert(&mut self, group: &GroupObserved, round: &str) -> Result<(), EngineError> {
         let id = group.id.to_ascii_lowercase();
         let restored = self.tx.group_is_removed(&id)?;
-        let config = group.writeback_configuration.as_ref();
+        let config = group.writeback.as_ref();
         let row = CloudGroup {
             id: id.clone(),
             display_name: group.display_name.clone().unwrap_or_default(),
@@ -68,7 +68,7 @@ impl<T: StoreTx> Plan<'_, T> {
         let mut counted = 0i64;
         for member in &group.members_added {
             let member_id = member.id.to_ascii_lowercase();
-            if self.tx.upsert_membership(&id, &member_id, wire::member_kind(member.kind), round)? {
+            if self.tx.upsert_membership(&id, &member_id, member.kind, round)? {
                 counted += 1;
             }
             touched.push(member_id);
@@ -134,12 +134,12 @@ impl<T: StoreTx> Plan<'_, T> {
                     self.ensure_row(group_id)?;
                     self.set_state(group_id, WritebackState::Pending, "in scope")?;
                     self.tx.set_spec(group_id, fingerprint, target_type, self.cause.now_ms)?;
-                    self.emit(group_id, cmd::write_command::Action::Upsert(wire::spec_message(&spec)))?;
+                    self.emit(group_id, WriteCommand::Upsert(spec))?;
                     self.sync_all_members(group_id)?;
                 } else {
                     if current.as_ref().and_then(|row| row.fingerprint) != Some(fingerprint) {
                         self.tx.set_spec(group_id, fingerprint, target_type, self.cause.now_ms)?;
-                        self.emit(group_id, cmd::write_command::Action::Upsert(wire::spec_message(&spec)))?;
+                        self.emit(group_id, WriteCommand::Upsert(spec))?;
                     }
                     if let Some(touched) = touched {
                         let mut delta = MemberDelta::default();

@@ -1,9 +1,10 @@
 //! Removing written groups: per policy (keep, delete, move), and cloud-caused
 //! deletions held until the end of the cycle and passed through the threshold.
 
+use gwb_core::command::WriteCommand;
 use gwb_core::deletion;
+use gwb_core::naming;
 use gwb_core::state::WritebackState;
-use gwb_proto::commands::v1 as cmd;
 
 use super::{EngineError, Plan};
 use crate::config::RemovalAction;
@@ -24,7 +25,7 @@ impl<T: StoreTx> Plan<'_, T> {
                     return Ok(self.set_state(group_id, WritebackState::Kept, reason)?);
                 };
                 self.set_state(group_id, WritebackState::Retired, reason)?;
-                self.emit(group_id, cmd::write_command::Action::Retire(cmd::Retire { retired_ou }))
+                self.emit(group_id, WriteCommand::Retire { anchor: naming::anchor(group_id), retired_ou })
             }
         }
     }
@@ -83,6 +84,6 @@ impl<T: StoreTx> Plan<'_, T> {
         self.ensure_row(group_id)?;
         self.set_state(group_id, WritebackState::Deleting, reason)?;
         self.tx.forget_member_plan(group_id)?;
-        self.emit(group_id, cmd::write_command::Action::Delete(cmd::Delete {}))
+        self.emit(group_id, WriteCommand::Delete { anchor: naming::anchor(group_id) })
     }
 }

@@ -3,11 +3,11 @@
 
 use std::collections::HashSet;
 
-use gwb_core::command::MemberRef;
+use gwb_core::command::{MemberRef, WriteCommand};
 use gwb_core::members::{self, MemberKind, Resolution};
-use gwb_proto::commands::v1 as cmd;
+use gwb_core::naming;
 
-use super::{EngineError, Plan, wire};
+use super::{EngineError, Plan};
 use crate::store::{KnownMember, StoreError, StoreTx};
 
 /// Member values to add and remove for one group, flushed as batched commands.
@@ -107,12 +107,12 @@ impl<T: StoreTx> Plan<'_, T> {
     pub(super) fn flush_members(&mut self, group_id: &str, delta: MemberDelta) -> Result<(), EngineError> {
         let batch = self.policy.member_batch_size.max(1);
         for chunk in delta.remove.chunks(batch) {
-            let change = cmd::MemberChange { members: chunk.iter().map(wire::member_message).collect() };
-            self.emit(group_id, cmd::write_command::Action::RemoveMembers(change))?;
+            let command = WriteCommand::RemoveMembers { anchor: naming::anchor(group_id), members: chunk.to_vec() };
+            self.emit(group_id, command)?;
         }
         for chunk in delta.add.chunks(batch) {
-            let change = cmd::MemberChange { members: chunk.iter().map(wire::member_message).collect() };
-            self.emit(group_id, cmd::write_command::Action::AddMembers(change))?;
+            let command = WriteCommand::AddMembers { anchor: naming::anchor(group_id), members: chunk.to_vec() };
+            self.emit(group_id, command)?;
         }
         Ok(())
     }

@@ -17,16 +17,16 @@ mod outcomes;
 mod rounds;
 #[cfg(test)]
 mod tests;
-pub mod wire;
 
 use prost::Message as _;
 
-use gwb_core::command::CommandKind;
+use gwb_core::command::{CommandKind, WriteCommand};
 use gwb_core::deletion::DeletionThreshold;
+use gwb_core::event::{Change, ChangeEvent, RemovalReason};
 use gwb_core::policy::{DirectorySchema, Placement, Scope};
 use gwb_core::state::WritebackState;
 use gwb_proto::commands::v1 as cmd;
-use gwb_proto::events::v1 as ev;
+use gwb_proto::convert::commands::{Envelope, command_to_wire, describe_command};
 
 use crate::config::RemovalAction;
 use crate::store::{AuditEntry, AuditResult, Meta, PlannedCommand, Store, StoreError, StoreTx};
@@ -58,9 +58,10 @@ pub struct Origin {
     pub trace: String,
 }
 
-/// One change event to plan, under its own span and trace.
+/// One change event to plan (decoded from the bus at the edge), under its own span
+/// and trace.
 pub struct Incoming {
-    pub event: ev::ChangeEvent,
+    pub event: ChangeEvent,
     pub span: tracing::Span,
     /// The event's trace context (JSON), carried into the commands it causes.
     pub trace: String,
@@ -206,28 +207,29 @@ impl<S: Store> Engine<S> {
 fn apply_one<T: StoreTx>(
     tx: &mut T,
     policy: &PolicySettings,
-    event: &ev::ChangeEvent,
+    event: &ChangeEvent,
     origin: &Origin,
     planned: &mut Planned,
 ) -> Result<bool, EngineError> {
+    // Redelivery is deduplicated by the event id: without one, a replay would be
+    // planned again. The bus decoder refuses such events; this guards other callers.
+    if event.event_id.is_empty() {
+        return Err(EngineError::Invalid("event without an event id".into()));
+    }
     if !tx.mark_processed(&event.event_id, origin.now_ms)? {
         return Ok(false);
     }
     let cause = Cause::cloud(event.cause.clone(), event.observed_at_ms, origin);
     let mut plan = Plan { tx, policy, cause, ignore_switch: false, planned };
     let round = event.round_id.as_str();
-    use ev::change_event::Change;
     match &event.change {
-        Some(Change::User(user)) => plan.user_upsert(user, round)?,
-        Some(Change::UserRemoved(removed)) => plan.user_removed(&removed.id)?,
-        Some(Change::Group(group)) => plan.group_upsert(group, round)?,
-        Some(Change::GroupRemoved(removed)) => {
-            let hard = removed.reason == ev::RemovalReason::Deleted as i32;
-            plan.group_removed(&removed.id, hard)?
-        }
-        Some(Change::RoundStarted(boundary)) => plan.round_started(boundary, round)?,
-        Some(Change::RoundCompleted(boundary)) => plan.round_completed(boundary, round)?,
-        None => return Err(EngineError::Invalid("event without a change".into())),
+        Change::User(user) => plan.user_upsert(user, round)?,
+        Change::UserRemoved(removed) => plan.user_removed(&removed.id)?,
+        Change::Group(group) => plan.group_upsert(group, round)?,
+        // Only a permanent delete is hard; a soft-deleted group may be restored.
+        Change::GroupRemoved(removed) => plan.group_removed(&removed.id, removed.reason == RemovalReason::Deleted)?,
+        Change::RoundStarted(boundary) => plan.round_started(boundary, round)?,
+        Change::RoundCompleted(boundary) => plan.round_completed(boundary, round)?,
     }
     Ok(true)
 }
@@ -264,27 +266,25 @@ impl<T: StoreTx> Plan<'_, T> {
     }
 
     /// Plans one command for the group: into the outbox, in flight, audited.
-    fn emit(&mut self, group_id: &str, action: cmd::write_command::Action) -> Result<(), EngineError> {
-        let kind = wire::action_kind(&action);
+    fn emit(&mut self, group_id: &str, command: WriteCommand) -> Result<(), EngineError> {
+        let kind = command.command_kind();
         let sequence = self.tx.next_sequence(group_id)?;
-        let detail = wire::describe_action(&action);
+        let detail = describe_command(&command);
         let command_id = uuid::Uuid::new_v4().to_string();
-        let command = cmd::WriteCommand {
+        let envelope = Envelope {
             command_id: command_id.clone(),
             group_id: group_id.to_string(),
             sequence,
             cause: self.cause.text.clone(),
             observed_at_ms: self.cause.observed_at_ms,
             planned_at_ms: self.cause.now_ms,
-            anchor: gwb_core::naming::anchor(group_id),
-            action: Some(action),
         };
         self.tx.enqueue(&PlannedCommand {
             command_id,
             group_id: group_id.to_string(),
             kind,
             partition: gwb_bus::partition_of(group_id, self.policy.partitions),
-            payload: command.encode_to_vec(),
+            payload: command_to_wire(envelope, &command).encode_to_vec(),
             headers: if self.cause.trace.is_empty() { "{}".into() } else { self.cause.trace.clone() },
             planned_ms: self.cause.now_ms,
             cause: self.cause.text.clone(),

@@ -5,12 +5,13 @@ use std::collections::HashSet;
 
 use prost::Message as _;
 
-use gwb_core::command::CommandKind;
+use gwb_core::command::{CommandKind, WriteCommand};
 use gwb_core::policy::{self, Decision, GroupOverride};
 use gwb_core::state::WritebackState;
 use gwb_proto::commands::v1 as cmd;
+use gwb_proto::convert::commands::describe_command;
 
-use super::{Cause, Engine, EngineError, Origin, Plan, Planned, wire};
+use super::{Cause, Engine, EngineError, Origin, Plan, Planned};
 use crate::store::{AuditEntry, AuditResult, Meta, SkippedMember, Store, StoreTx};
 
 /// What [`Engine::preview`] found.
@@ -139,25 +140,27 @@ impl<S: Store> Engine<S> {
         let mut tx = self.store.transaction()?;
         let rows = tx.outbox_head(1000)?;
         for row in &rows {
-            match cmd::WriteCommand::decode(row.payload.as_slice()) {
-                Ok(command) => {
-                    let detail = command.action.as_ref().map(wire::describe_action).unwrap_or_default();
-                    let kind = command.action.as_ref().map(|a| wire::action_kind(a).as_str()).unwrap_or("unknown");
+            let decoded =
+                cmd::WriteCommand::decode(row.payload.as_slice()).map_err(|error| error.to_string()).and_then(|wire| {
+                    WriteCommand::try_from(&wire).map(|command| (wire, command)).map_err(|e| e.to_string())
+                });
+            match decoded {
+                Ok((wire, command)) => {
                     tx.audit(&AuditEntry {
                         at_ms: now_ms,
-                        group_id: &command.group_id,
-                        command_id: &command.command_id,
-                        kind,
+                        group_id: &wire.group_id,
+                        command_id: &wire.command_id,
+                        kind: command.kind(),
                         result: AuditResult::Staged,
-                        cause: &command.cause,
-                        detail: &detail,
+                        cause: &wire.cause,
+                        detail: &describe_command(&command),
                     })?;
-                    tx.command_finished(&command.command_id)?;
                 }
                 // The planner wrote it itself; a row it cannot read is dropped, not
-                // staged, and said so.
-                Err(error) => tracing::error!(seq = row.seq, %error, "undecodable outbox row dropped while staging"),
+                // staged, and said so. It will never be sent, so it is not in flight.
+                Err(error) => tracing::error!(seq = row.seq, %error, "unreadable outbox row dropped while staging"),
             }
+            tx.command_finished(&row.command_id)?;
             tx.remove_from_outbox(row.seq)?;
         }
         tx.commit()?;

@@ -1,11 +1,12 @@
 //! The writer's outcomes: what AD now holds, failures, refused member values.
 
-use gwb_core::command::{AppliedGroup, CommandKind};
+use gwb_core::command::CommandKind;
 use gwb_core::members::MemberKind;
 use gwb_core::state::WritebackState;
 use gwb_proto::commands::v1 as cmd;
+use gwb_proto::convert::commands::report_from_wire_lossy;
 
-use super::{EngineError, Plan, wire};
+use super::{EngineError, Plan};
 use crate::store::{AuditEntry, AuditResult, StoreTx};
 
 impl<T: StoreTx> Plan<'_, T> {
@@ -20,6 +21,12 @@ impl<T: StoreTx> Plan<'_, T> {
         }
         self.tx.set_last_outcome_sequence(&group_id, sequence)?;
         let status = cmd::OutcomeStatus::try_from(outcome.status).unwrap_or(cmd::OutcomeStatus::Unspecified);
+        // One malformed refused value must not cost the rest of the outcome (the
+        // group's AD object, the other refusals): it is logged and left out.
+        let (report, malformed) = report_from_wire_lossy(outcome);
+        for error in &malformed {
+            tracing::warn!(%group_id, command_id = %outcome.command_id, %error, "a refused member value in an outcome is ignored");
+        }
         let (result, detail) = match status {
             cmd::OutcomeStatus::Failed => {
                 (AuditResult::Failed, format!("LDAP {}: {}", outcome.ldap_code, outcome.message))
@@ -29,10 +36,10 @@ impl<T: StoreTx> Plan<'_, T> {
                 AuditResult::Applied,
                 format!(
                     "{}changed; members +{} -{} ={} refused {}",
-                    if outcome.changed { "" } else { "un" },
-                    outcome.members_added,
-                    outcome.members_removed,
-                    outcome.members_unchanged,
+                    if report.changed { "" } else { "un" },
+                    report.members_added,
+                    report.members_removed,
+                    report.members_unchanged,
                     outcome.members_rejected.len()
                 ),
             ),
@@ -58,13 +65,9 @@ impl<T: StoreTx> Plan<'_, T> {
         }
         match kind {
             Some(CommandKind::Upsert | CommandKind::Retire) => {
-                if let Some(group) = &outcome.group {
-                    let applied = AppliedGroup {
-                        dn: group.dn.clone(),
-                        object_guid: group.object_guid.to_ascii_lowercase(),
-                        object_sid: group.object_sid.clone(),
-                        sam_account_name: group.sam_account_name.clone(),
-                    };
+                if let Some(mut applied) = report.group {
+                    // GUIDs are compared and keyed in lower case throughout the store.
+                    applied.object_guid.make_ascii_lowercase();
                     self.tx.record_applied(&group_id, &applied, self.cause.now_ms)?;
                     if kind == Some(CommandKind::Upsert)
                         && matches!(current, WritebackState::Pending | WritebackState::Error)
@@ -82,16 +85,15 @@ impl<T: StoreTx> Plan<'_, T> {
             }
             _ => {}
         }
-        for rejected in &outcome.members_rejected {
-            let Some(reference) = rejected.member.as_ref().and_then(wire::member_from_message) else { continue };
-            if let Some(member_id) = self.tx.planned_member_by_ref(&group_id, &reference)? {
+        for (reference, reason) in &report.members_rejected {
+            if let Some(member_id) = self.tx.planned_member_by_ref(&group_id, reference)? {
                 self.tx.clear_planned_member(&group_id, &member_id)?;
                 let kind = self.tx.membership_kind(&group_id, &member_id)?.unwrap_or(MemberKind::User);
                 self.tx.set_skipped_member(
                     &group_id,
                     &member_id,
                     kind.as_str(),
-                    &format!("AD refused the member: {}", rejected.reason),
+                    &format!("AD refused the member: {reason}"),
                 )?;
             }
         }

@@ -2,14 +2,18 @@
 
 use prost::Message as _;
 
+use gwb_core::command::{MemberRef, WriteCommand};
 use gwb_core::deletion::DeletionThreshold;
+use gwb_core::event::{
+    Change, ChangeEvent, GroupObserved, MemberLink, ObjectRemoved, RemovalReason, Resource, RoundBoundary, UserObserved,
+};
+use gwb_core::members::MemberKind;
 use gwb_core::naming::NameTemplate;
 use gwb_core::policy::{Placement, Scope};
 use gwb_core::state::WritebackState;
 use gwb_proto::commands::v1 as cmd;
-use gwb_proto::events::v1 as ev;
 
-use super::{Engine, EngineError, Incoming, Origin, PolicySettings, wire};
+use super::{Engine, EngineError, Incoming, Origin, PolicySettings};
 use crate::config::RemovalAction;
 use crate::store::queries::Queries;
 use crate::store::sqlite::SqliteStore;
@@ -24,7 +28,7 @@ fn at(now_ms: i64) -> Origin {
 impl TestEngine {
     /// Applies one change event in its own transaction. Returns false for an event id
     /// applied before.
-    fn apply_event(&mut self, event: &ev::ChangeEvent, now_ms: i64) -> Result<bool, EngineError> {
+    fn apply_event(&mut self, event: &ChangeEvent, now_ms: i64) -> Result<bool, EngineError> {
         let mut tx = self.store.transaction()?;
         let mut planned = super::Planned::default();
         let fresh = super::apply_one(&mut tx, &self.policy, event, &at(now_ms), &mut planned)?;
@@ -62,19 +66,19 @@ fn engine(threshold: DeletionThreshold) -> TestEngine {
     engine
 }
 
-fn event(change: ev::change_event::Change) -> ev::ChangeEvent {
-    ev::ChangeEvent {
+fn event(change: Change) -> ChangeEvent {
+    ChangeEvent {
         event_id: uuid::Uuid::new_v4().to_string(),
         cause: "test".into(),
         observed_at_ms: 1,
         round_id: "r1".into(),
         round_position: 0,
-        change: Some(change),
+        change,
     }
 }
 
-fn user(n: u32) -> ev::ChangeEvent {
-    event(ev::change_event::Change::User(ev::UserUpsert {
+fn user(n: u32) -> ChangeEvent {
+    event(Change::User(UserObserved {
         id: format!("u{n}"),
         on_premises_security_identifier: Some(format!("{SID}{}", 1000 + n)),
         on_premises_sync_enabled: Some(true),
@@ -82,9 +86,9 @@ fn user(n: u32) -> ev::ChangeEvent {
     }))
 }
 
-fn group(id: &str, added: impl IntoIterator<Item = u32>, removed: impl IntoIterator<Item = u32>) -> ev::ChangeEvent {
-    let link = |n: u32| ev::MemberLink { id: format!("u{n}"), kind: ev::MemberKind::User as i32 };
-    event(ev::change_event::Change::Group(ev::GroupUpsert {
+fn group(id: &str, added: impl IntoIterator<Item = u32>, removed: impl IntoIterator<Item = u32>) -> ChangeEvent {
+    let link = |n: u32| MemberLink { id: format!("u{n}"), kind: MemberKind::User };
+    event(Change::Group(GroupObserved {
         id: id.into(),
         display_name: Some(id.to_uppercase()),
         security_enabled: Some(true),
@@ -95,16 +99,25 @@ fn group(id: &str, added: impl IntoIterator<Item = u32>, removed: impl IntoItera
     }))
 }
 
-fn removed(id: &str, hard: bool) -> ev::ChangeEvent {
-    let reason = if hard { ev::RemovalReason::Deleted } else { ev::RemovalReason::Changed };
-    event(ev::change_event::Change::GroupRemoved(ev::ObjectRemoved { id: id.into(), reason: reason as i32 }))
+fn removed(id: &str, hard: bool) -> ChangeEvent {
+    let reason = if hard { RemovalReason::Deleted } else { RemovalReason::Changed };
+    event(Change::GroupRemoved(ObjectRemoved { id: id.into(), reason }))
 }
 
-fn round_completed() -> ev::ChangeEvent {
-    event(ev::change_event::Change::RoundCompleted(ev::RoundBoundary {
-        resource: ev::Resource::Groups as i32,
-        full: false,
-    }))
+fn round_completed() -> ChangeEvent {
+    event(Change::RoundCompleted(RoundBoundary { resource: Resource::Groups, full: false }))
+}
+
+/// An event the engine refuses: it has no id, so a redelivery could not be told apart.
+fn without_id(event: ChangeEvent) -> ChangeEvent {
+    ChangeEvent { event_id: String::new(), ..event }
+}
+
+/// The domain command an outbox row carries, read back as the writer reads it.
+fn command_of(payload: &[u8]) -> (cmd::WriteCommand, WriteCommand) {
+    let wire = cmd::WriteCommand::decode(payload).unwrap();
+    let command = WriteCommand::try_from(&wire).unwrap();
+    (wire, command)
 }
 
 /// Takes the outbox: (kind, number of member values) per command.
@@ -115,15 +128,12 @@ fn drain(engine: &mut TestEngine) -> Vec<(String, usize)> {
     }
     rows.iter()
         .map(|row| {
-            let command = cmd::WriteCommand::decode(row.payload.as_slice()).unwrap();
-            let action = command.action.unwrap();
-            let values = match &action {
-                cmd::write_command::Action::AddMembers(c) | cmd::write_command::Action::RemoveMembers(c) => {
-                    c.members.len()
-                }
+            let (_, command) = command_of(&row.payload);
+            let values = match &command {
+                WriteCommand::AddMembers { members, .. } | WriteCommand::RemoveMembers { members, .. } => members.len(),
                 _ => 0,
             };
-            (wire::action_kind(&action).as_str().to_string(), values)
+            (command.kind().to_string(), values)
         })
         .collect()
 }
@@ -224,18 +234,18 @@ fn only_a_complete_full_round_sweeps() {
     engine.apply_event(&group("keep", [1], []), 0).unwrap();
     engine.apply_event(&group("gone", [1], []), 0).unwrap();
     drain(&mut engine);
-    let boundary = ev::RoundBoundary { resource: ev::Resource::Groups as i32, full: true };
-    let in_round = |change| ev::ChangeEvent { round_id: "full-1".into(), ..event(change) };
-    engine.apply_event(&in_round(ev::change_event::Change::RoundStarted(boundary)), 0).unwrap();
+    let boundary = RoundBoundary { resource: Resource::Groups, full: true };
+    let in_round = |change| ChangeEvent { round_id: "full-1".into(), ..event(change) };
+    engine.apply_event(&in_round(Change::RoundStarted(boundary)), 0).unwrap();
     let mut seen = group("keep", [], []);
     seen.round_id = "full-1".into();
     engine.apply_event(&seen, 0).unwrap();
     // A completion for another round (its start never seen) sweeps nothing.
-    let mut other = event(ev::change_event::Change::RoundCompleted(boundary));
+    let mut other = event(Change::RoundCompleted(boundary));
     other.round_id = "full-0".into();
     engine.apply_event(&other, 0).unwrap();
     assert!(drain(&mut engine).is_empty());
-    engine.apply_event(&in_round(ev::change_event::Change::RoundCompleted(boundary)), 0).unwrap();
+    engine.apply_event(&in_round(Change::RoundCompleted(boundary)), 0).unwrap();
     // "gone" vanished (soft-delete policy: keep) and "keep" lost its member, which
     // the full round no longer listed.
     assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 1)]);
@@ -260,7 +270,7 @@ fn switched_off_plans_nothing_and_preview_changes_nothing() {
 #[test]
 fn a_batch_keeps_the_events_before_a_failure_and_leaves_the_rest_for_redelivery() {
     let mut engine = engine(DeletionThreshold::default());
-    let broken = ev::ChangeEvent { change: None, ..user(3) };
+    let broken = without_id(user(3));
     let batch: Vec<Incoming> = [user(1), user(2), broken, user(4)]
         .into_iter()
         .map(|event| Incoming { event, span: tracing::Span::none(), trace: String::new() })
@@ -301,10 +311,7 @@ fn the_status_counters_follow_every_membership_and_user_change() {
     engine.apply_event(&group("g2", 4..10, []), 0).unwrap();
     engine.apply_event(&group("g1", 0..3, [5]), 0).unwrap();
     assert_eq!(check(&engine), (11, 10));
-    let gone = event(ev::change_event::Change::UserRemoved(ev::ObjectRemoved {
-        id: "u7".into(),
-        reason: ev::RemovalReason::Deleted as i32,
-    }));
+    let gone = event(Change::UserRemoved(ObjectRemoved { id: "u7".into(), reason: RemovalReason::Deleted }));
     engine.apply_event(&gone, 0).unwrap();
     engine.apply_event(&removed("g2", true), 0).unwrap();
     assert_eq!(check(&engine), (5, 9));
@@ -334,12 +341,9 @@ fn outcome(group: &str, kind: &str, status: cmd::OutcomeStatus) -> cmd::Outcome 
 fn a_call_returns_what_it_committed_and_a_failed_batch_only_its_applied_part() {
     let mut engine = engine(DeletionThreshold::default());
     engine.apply_event(&user(1), 0).unwrap();
-    let incoming = |event: ev::ChangeEvent| Incoming {
-        event,
-        span: tracing::Span::none(),
-        trace: "{\"traceparent\":\"t\"}".into(),
-    };
-    let broken = ev::ChangeEvent { change: None, ..user(9) };
+    let incoming =
+        |event: ChangeEvent| Incoming { event, span: tracing::Span::none(), trace: "{\"traceparent\":\"t\"}".into() };
+    let broken = without_id(user(9));
     let applied = engine.apply_events(&[incoming(group("g1", [1], [])), incoming(broken)], 0);
     assert_eq!(applied.events, 1);
     let kinds: Vec<&str> = applied.planned.commands.iter().map(|(kind, _)| kind.as_str()).collect();
@@ -356,12 +360,12 @@ fn a_call_returns_what_it_committed_and_a_failed_batch_only_its_applied_part() {
 #[test]
 fn outcomes_record_the_ad_object_and_nested_groups_follow_it() {
     let mut engine = engine(DeletionThreshold::default());
-    let nested = event(ev::change_event::Change::Group(ev::GroupUpsert {
+    let nested = event(Change::Group(GroupObserved {
         id: "parent".into(),
         display_name: Some("PARENT".into()),
         security_enabled: Some(true),
         mail_enabled: Some(false),
-        members_added: vec![ev::MemberLink { id: "child".into(), kind: ev::MemberKind::Group as i32 }],
+        members_added: vec![MemberLink { id: "child".into(), kind: MemberKind::Group }],
         ..Default::default()
     }));
     engine.apply_event(&group("child", [], []), 0).unwrap();
@@ -401,7 +405,7 @@ fn a_failure_keeps_its_cause_and_a_refused_member_is_skipped() {
     assert_eq!(engine.state("g"), Some(WritebackState::Written));
     let mut refused = outcome("g", "add_members", cmd::OutcomeStatus::Applied);
     refused.members_rejected = vec![cmd::RejectedMember {
-        member: Some(wire::member_message(&gwb_core::command::MemberRef::Sid(format!("{SID}1001")))),
+        member: Some(cmd::MemberRef::from(&MemberRef::Sid(format!("{SID}1001")))),
         reason: "no such object".into(),
     }];
     engine.apply_outcome(&refused, &at(4)).unwrap();
@@ -414,6 +418,42 @@ fn a_failure_keeps_its_cause_and_a_refused_member_is_skipped() {
     assert!(audit.iter().any(|entry| entry.result == "failed"));
 }
 
+/// The writer's refusals are read value by value: one that is not a SID or GUID is
+/// logged and left out, and the rest of the outcome still counts.
+#[test]
+fn a_malformed_refused_member_is_ignored_and_the_rest_of_the_outcome_recorded() {
+    let mut engine = engine(DeletionThreshold::default());
+    for n in [1, 2] {
+        engine.apply_event(&user(n), 0).unwrap();
+    }
+    engine.apply_event(&group("g", [1, 2], []), 0).unwrap();
+    drain(&mut engine);
+    let mut applied = outcome("g", "upsert", cmd::OutcomeStatus::Applied);
+    applied.members_rejected = vec![
+        cmd::RejectedMember {
+            member: Some(cmd::MemberRef { reference: Some(cmd::member_ref::Reference::Sid("S-1-5>;<x".into())) }),
+            reason: "hostile".into(),
+        },
+        cmd::RejectedMember { member: None, reason: "empty".into() },
+        cmd::RejectedMember {
+            member: Some(cmd::MemberRef::from(&MemberRef::Sid(format!("{SID}1002")))),
+            reason: "no such object".into(),
+        },
+    ];
+    engine.apply_outcome(&applied, &at(1)).unwrap();
+    assert_eq!(engine.state("g"), Some(WritebackState::Written));
+    let detail = engine.store().group_detail("g").unwrap().unwrap();
+    assert_eq!(detail.ad_object_sid, "S-1-5-21-1-2-3-9000");
+    assert_eq!(detail.members_written, [format!("sid:{SID}1001")]);
+    assert_eq!(detail.members_skipped.len(), 1);
+    assert_eq!(
+        (detail.members_skipped[0].member_id.as_str(), detail.members_skipped[0].reason.as_str()),
+        ("u2", "AD refused the member: no such object")
+    );
+    let audit = engine.store().audit_log("g", 1).unwrap();
+    assert!(audit[0].detail.ends_with("refused 3"), "{}", audit[0].detail);
+}
+
 #[test]
 fn a_changed_spec_sends_one_upsert_and_a_group_from_before_fingerprints_at_most_one() {
     let mut engine = engine(DeletionThreshold::default());
@@ -423,7 +463,7 @@ fn a_changed_spec_sends_one_upsert_and_a_group_from_before_fingerprints_at_most_
     assert!(drain(&mut engine).is_empty(), "same spec, nothing to send");
     let described = || {
         let mut described = group("g", [], []);
-        if let Some(ev::change_event::Change::Group(g)) = &mut described.change {
+        if let Change::Group(g) = &mut described.change {
             g.description = Some("now described".into());
         }
         described
@@ -444,7 +484,7 @@ fn disabling_with_keep_freezes_every_owned_group_and_the_status_says_so() {
     for id in ["a", "b"] {
         engine.apply_event(&group(id, [], []), 0).unwrap();
     }
-    let skipped = event(ev::change_event::Change::Group(ev::GroupUpsert {
+    let skipped = event(Change::Group(GroupObserved {
         id: "synced".into(),
         on_premises_sync_enabled: Some(true),
         security_enabled: Some(true),
@@ -484,7 +524,7 @@ fn ingest_cost() {
     let guid = |kind: u32, n: u32| format!("{kind:08x}-0000-4000-8000-{n:012x}");
     let mut events = Vec::new();
     for n in 0..users {
-        events.push(event(ev::change_event::Change::User(ev::UserUpsert {
+        events.push(event(Change::User(UserObserved {
             id: guid(1, n),
             on_premises_security_identifier: Some(format!("{SID}{}", 1000 + n)),
             on_premises_sync_enabled: Some(true),
@@ -501,15 +541,12 @@ fn ingest_cost() {
         }
         let chosen: Vec<u32> = chosen.into_iter().collect();
         for part in chosen.chunks(slice as usize) {
-            events.push(event(ev::change_event::Change::Group(ev::GroupUpsert {
+            events.push(event(Change::Group(GroupObserved {
                 id: guid(2, g),
                 display_name: Some(format!("tp-{g}")),
                 security_enabled: Some(true),
                 mail_enabled: Some(false),
-                members_added: part
-                    .iter()
-                    .map(|&n| ev::MemberLink { id: guid(1, n), kind: ev::MemberKind::User as i32 })
-                    .collect(),
+                members_added: part.iter().map(|&n| MemberLink { id: guid(1, n), kind: MemberKind::User }).collect(),
                 ..Default::default()
             })));
         }
@@ -531,11 +568,10 @@ fn ingest_cost() {
         let Some(last) = rows.last() else { break };
         engine.outbox_published(last.seq).unwrap();
         for row in &rows {
-            let command = cmd::WriteCommand::decode(row.payload.as_slice()).unwrap();
-            let kind = wire::action_kind(command.action.as_ref().unwrap()).as_str();
-            let mut dry_run = outcome(&command.group_id, kind, cmd::OutcomeStatus::DryRun);
-            dry_run.command_id = command.command_id;
-            dry_run.sequence = command.sequence;
+            let (wire, command) = command_of(&row.payload);
+            let mut dry_run = outcome(&wire.group_id, command.kind(), cmd::OutcomeStatus::DryRun);
+            dry_run.command_id = wire.command_id;
+            dry_run.sequence = wire.sequence;
             dry_run.group = None;
             engine.apply_outcome(&dry_run, &at(2)).unwrap();
         }

@@ -12,6 +12,7 @@ pub mod queries;
 pub mod sqlite;
 
 use gwb_core::command::{AppliedGroup, CommandKind, MemberRef};
+use gwb_core::event::Resource;
 use gwb_core::members::{MemberKind, UserAnchor};
 use gwb_core::policy::{CloudGroup, GroupOverride};
 use gwb_core::state::WritebackState;
@@ -38,8 +39,8 @@ pub enum Meta {
     /// Why the deletions now held were held.
     HeldReason,
     LastRoundCompletedMs,
-    /// The full round of a resource (by its `events.v1.Resource` number) in progress.
-    FullRound(i32),
+    /// The id of the full round of a resource in progress.
+    FullRound(Resource),
 }
 
 /// Status counts kept up to date by planning, never counted on demand.

@@ -299,6 +299,67 @@ pub fn report_from_wire(outcome: &cmd::Outcome) -> Result<ApplyReport, CommandEr
     })
 }
 
+/// [`report_from_wire`] for a reader that must not lose an outcome over one bad value
+/// (the planner records every outcome it receives): the report keeps each refused
+/// member value that is a well-formed SID or GUID, and each one that is not comes
+/// back as an error, for the caller to log.
+pub fn report_from_wire_lossy(outcome: &cmd::Outcome) -> (ApplyReport, Vec<CommandError>) {
+    let mut refused = Vec::new();
+    let members_rejected = outcome
+        .members_rejected
+        .iter()
+        .filter_map(|rejected| {
+            let member = rejected.member.as_ref().ok_or_else(|| CommandError::BadMember("(empty)".into()));
+            match member.and_then(MemberRef::try_from) {
+                Ok(member) => Some((member, rejected.reason.clone())),
+                Err(error) => {
+                    refused.push(error);
+                    None
+                }
+            }
+        })
+        .collect();
+    let report = ApplyReport {
+        group: outcome.group.as_ref().map(AppliedGroup::from),
+        members_added: outcome.members_added,
+        members_removed: outcome.members_removed,
+        members_unchanged: outcome.members_unchanged,
+        members_rejected,
+        changed: outcome.changed,
+    };
+    (report, refused)
+}
+
+// ----- descriptions ----------------------------------------------------------------
+
+/// One line describing a command for people (the planner's audit log, previews and
+/// staging): an upsert's DN, type and first sAMAccountName candidate, up to five
+/// values of a member change, a retire's OU. The group type is spelt as on the wire
+/// (`GROUP_TYPE_…`), as the audit log has always shown it.
+pub fn describe_command(command: &WriteCommand) -> String {
+    /// More values than this are counted, not listed: a first write carries hundreds.
+    const SHOWN: usize = 5;
+    match command {
+        WriteCommand::Upsert(spec) => format!(
+            "{} ({}, sAMAccountName {})",
+            gwb_core::escape::child_dn(&spec.cn, &spec.parent_dn),
+            cmd::GroupType::from(spec.group_type).as_str_name(),
+            spec.sam_account_name_candidates.first().map(String::as_str).unwrap_or("?")
+        ),
+        WriteCommand::AddMembers { members, .. } | WriteCommand::RemoveMembers { members, .. } => {
+            let shown: Vec<String> = members.iter().take(SHOWN).map(MemberRef::ldap_value).collect();
+            let more = members.len() - shown.len();
+            if more > 0 {
+                format!("{} values: {} … (+{more})", members.len(), shown.join(" "))
+            } else {
+                format!("{} values: {}", members.len(), shown.join(" "))
+            }
+        }
+        WriteCommand::Delete { .. } => "delete the AD group".into(),
+        WriteCommand::Retire { retired_ou, .. } => format!("move to {retired_ou}"),
+    }
+}
+
 // ----- writer status ---------------------------------------------------------------
 
 /// The writer's answer to `GetWriterState` is its last status report; the pause reason
@@ -481,6 +542,60 @@ mod tests {
         assert_eq!(report_from_wire(&outcome), Ok(report));
         outcome.members_rejected.push(cmd::RejectedMember { member: Some(sid_value("S-1-x")), reason: "?".into() });
         assert!(matches!(report_from_wire(&outcome), Err(CommandError::BadMember(_))));
+    }
+
+    #[test]
+    fn a_lossy_report_keeps_the_good_refusals_and_returns_the_bad_ones() {
+        let mut outcome = cmd::Outcome { members_added: 2, changed: true, ..Default::default() };
+        outcome.members_rejected = vec![
+            cmd::RejectedMember { member: Some(sid_value(SID)), reason: "no such object".into() },
+            cmd::RejectedMember { member: Some(sid_value("S-1-5>")), reason: "?".into() },
+            cmd::RejectedMember { member: None, reason: "?".into() },
+            cmd::RejectedMember { member: Some(guid_value(&GUID.to_ascii_uppercase())), reason: "busy".into() },
+        ];
+        let (report, refused) = report_from_wire_lossy(&outcome);
+        assert_eq!(
+            report.members_rejected,
+            vec![
+                (MemberRef::Sid(SID.into()), "no such object".to_string()),
+                (MemberRef::Guid(GUID.into()), "busy".to_string())
+            ]
+        );
+        assert_eq!((report.members_added, report.changed), (2, true));
+        assert_eq!(refused.len(), 2);
+        assert!(refused.iter().all(|error| matches!(error, CommandError::BadMember(_))), "{refused:?}");
+        assert!(report_from_wire(&outcome).is_err(), "the strict reader refuses the whole report");
+    }
+
+    #[test]
+    fn every_command_is_described_in_one_line() {
+        let anchor = naming::anchor(GROUP);
+        assert_eq!(
+            describe_command(&WriteCommand::Upsert(spec())),
+            "CN=Sales\\, EMEA,OU=Cloud Groups,DC=lab,DC=example \
+             (GROUP_TYPE_UNIVERSAL_MAIL_ENABLED_SECURITY, sAMAccountName Sales-EMEA)"
+        );
+        let unnamed =
+            GroupSpec { sam_account_name_candidates: Vec::new(), group_type: GroupType::UniversalSecurity, ..spec() };
+        assert!(
+            describe_command(&WriteCommand::Upsert(unnamed))
+                .ends_with("(GROUP_TYPE_UNIVERSAL_SECURITY, sAMAccountName ?)")
+        );
+        let two = vec![MemberRef::Sid(SID.into()), MemberRef::Guid(GUID.into())];
+        assert_eq!(
+            describe_command(&WriteCommand::AddMembers { anchor: anchor.clone(), members: two }),
+            format!("2 values: <SID={SID}> <GUID={GUID}>")
+        );
+        let seven: Vec<MemberRef> = (0..7).map(|n| MemberRef::Sid(format!("S-1-5-21-1-2-3-{n}"))).collect();
+        let described = describe_command(&WriteCommand::RemoveMembers { anchor: anchor.clone(), members: seven });
+        assert_eq!(
+            described,
+            "7 values: <SID=S-1-5-21-1-2-3-0> <SID=S-1-5-21-1-2-3-1> <SID=S-1-5-21-1-2-3-2> \
+             <SID=S-1-5-21-1-2-3-3> <SID=S-1-5-21-1-2-3-4> … (+2)"
+        );
+        assert_eq!(describe_command(&WriteCommand::Delete { anchor: anchor.clone() }), "delete the AD group");
+        let retire = WriteCommand::Retire { anchor, retired_ou: "OU=Retired,DC=lab".into() };
+        assert_eq!(describe_command(&retire), "move to OU=Retired,DC=lab");
     }
 
     #[test]

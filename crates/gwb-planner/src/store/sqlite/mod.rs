@@ -13,6 +13,7 @@ use rusqlite::{CachedStatement, Connection, OptionalExtension, Row, Transaction,
 
 use gwb_core::command::GroupType;
 use gwb_core::command::{AppliedGroup, MemberRef};
+use gwb_core::event::Resource;
 use gwb_core::members::{MemberKind, UserAnchor};
 use gwb_core::policy::{CloudGroup, GroupOverride};
 use gwb_core::state::WritebackState;
@@ -121,14 +122,17 @@ impl<'a> SqliteTx<'a> {
     }
 }
 
-fn meta_key(key: &Meta) -> String {
+/// The keys of the `meta` table. A full round's key keeps the number its resource had
+/// on the wire when the key was introduced, so a round in progress survives an upgrade.
+fn meta_key(key: &Meta) -> &'static str {
     match key {
-        Meta::WritebackEnabled => "writeback_enabled".into(),
-        Meta::LastDisableMode => "last_disable_mode".into(),
-        Meta::HasExchangeSchema => "has_exchange_schema".into(),
-        Meta::HeldReason => "held_reason".into(),
-        Meta::LastRoundCompletedMs => "last_round_completed_ms".into(),
-        Meta::FullRound(resource) => format!("full_round.{resource}"),
+        Meta::WritebackEnabled => "writeback_enabled",
+        Meta::LastDisableMode => "last_disable_mode",
+        Meta::HasExchangeSchema => "has_exchange_schema",
+        Meta::HeldReason => "held_reason",
+        Meta::LastRoundCompletedMs => "last_round_completed_ms",
+        Meta::FullRound(Resource::Users) => "full_round.1",
+        Meta::FullRound(Resource::Groups) => "full_round.2",
     }
 }
 
