@@ -27,6 +27,10 @@ pub struct DirectoryConfig {
     /// Limit for each LDAP operation (connect and bind included).
     pub operation_timeout: Duration,
     pub member_batch_size: usize,
+    /// Rename a written group's sAMAccountName when its display name changes. Off by
+    /// default: AD documents that the pre-Windows 2000 name "should not change", and
+    /// scripts, ACL exports and NTFS tools refer to groups by it.
+    pub follow_display_name: bool,
 }
 
 impl DirectoryConfig {
@@ -47,6 +51,7 @@ impl DirectoryConfig {
             managed_ous,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             member_batch_size: DEFAULT_MEMBER_BATCH_SIZE,
+            follow_display_name: false,
         }
     }
 

@@ -10,7 +10,7 @@ use crate::codec::{
     CN_MAX_CHARS, canonical_sid, dn_eq, fallback_cn, guid_from_bytes, is_privileged_sid, parent_dn, sid_from_bytes,
 };
 use crate::directory::Directory;
-use crate::error::{DirectoryError, ENTRY_ALREADY_EXISTS};
+use crate::error::{CONSTRAINT_VIOLATION, DirectoryError, ENTRY_ALREADY_EXISTS, INVALID_ATTRIBUTE_SYNTAX};
 use crate::group::{GroupEntry, attribute_changes, binary, new_group_attributes};
 use crate::members::MemberOp;
 
@@ -172,6 +172,19 @@ impl Directory {
         let first = spec.sam_account_name_candidates.iter().find(|c| !c.trim().is_empty()).cloned().unwrap_or_default();
         let mut sam = first;
         let mut result = self.add(&wanted, attributes(self, &sam)).await;
+        // AD refuses some names outright (constraint violation or bad syntax: a name a
+        // DC's rules reject, e.g. a trailing period): take the next candidate, in order,
+        // instead of failing the group for good.
+        let mut remaining = spec.sam_account_name_candidates.iter().filter(|c| !c.trim().is_empty()).skip(1);
+        while matches!(&result, Err(e) if e.code == Some(CONSTRAINT_VIOLATION) || e.code == Some(INVALID_ATTRIBUTE_SYNTAX))
+        {
+            let Some(next) = remaining.next() else { break };
+            if let Err(error) = &result {
+                tracing::warn!(anchor = %spec.anchor, refused = %sam, next = %next, %error, "sAMAccountName refused; trying the next candidate");
+            }
+            sam = next.clone();
+            result = self.add(&wanted, attributes(self, &sam)).await;
+        }
         let mut name_taken = false;
         if matches!(&result, Err(e) if e.code == Some(ENTRY_ALREADY_EXISTS)) {
             name_taken = self.exists(&wanted).await?;
@@ -220,7 +233,10 @@ impl Directory {
     async fn update(&mut self, mut group: GroupEntry, spec: &GroupSpec) -> Result<ApplyReport, DirectoryError> {
         let mut changed = self.place(&mut group, spec).await?;
 
-        let keeps_sam = spec.sam_account_name_candidates.iter().any(|c| c.eq_ignore_ascii_case(&group.sam));
+        // A written group keeps its sAMAccountName unless the operator asked it to follow
+        // the display name; an empty one (never set) is always filled in.
+        let keeps_sam = (!self.config.follow_display_name && !group.sam.is_empty())
+            || spec.sam_account_name_candidates.iter().any(|c| c.eq_ignore_ascii_case(&group.sam));
         let new_sam = if keeps_sam { None } else { Some(self.pick_sam(&spec.sam_account_name_candidates).await?) };
         let mods = attribute_changes(&group, spec, &self.caps, new_sam.as_deref());
         if !mods.is_empty() {

@@ -301,7 +301,11 @@ async fn sam_account_name_collision_takes_next_candidate() -> anyhow::Result<()>
     ensure!(group.sam_account_name == format!("{}-2", spec.cn), "{group:?}");
     ensure!(!upsert(&mut dir, &spec).await?.changed, "kept candidate should not change");
 
-    // A current name that is no longer a candidate is replaced by the first free one.
+    // With follow_display_name, a current name that is no longer a candidate is
+    // replaced by the first free one.
+    let mut config = f.config(vec![f.ou.clone()]);
+    config.follow_display_name = true;
+    let mut dir = Directory::connect(config).await?;
     let mut renamed = spec.clone();
     renamed.sam_account_name_candidates = vec![spec.cn.clone(), format!("{}-3", spec.cn)];
     let report = upsert(&mut dir, &renamed).await?;
@@ -311,6 +315,39 @@ async fn sam_account_name_collision_takes_next_candidate() -> anyhow::Result<()>
     let found = f.lab.find_groups_by_anchor(&spec.anchor).await?;
     ensure!(found.len() == 1 && found[0].sam == format!("{}-3", spec.cn), "{found:?}");
     ensure!(f.lab.snapshot_entry(&foreign_dn).await? == foreign_before, "foreign group touched");
+    f.cleanup().await
+}
+
+#[tokio::test]
+async fn a_written_sam_account_name_stays_when_the_display_name_changes() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let mut dir = f.directory().await?;
+    let spec = f.spec("keep");
+    let first = upsert(&mut dir, &spec).await?.group.context("no group")?;
+    let mut renamed = spec.clone();
+    renamed.display_name = "keep renamed display".into();
+    renamed.sam_account_name_candidates = vec![format!("kr-{}", f.id), format!("kr-{}-2", f.id)];
+    let report = upsert(&mut dir, &renamed).await?;
+    ensure!(report.changed, "the display name changed: {report:?}");
+    let group = report.group.context("no group")?;
+    ensure!(group.sam_account_name == first.sam_account_name, "sAMAccountName moved: {group:?}");
+    let found = f.lab.find_groups_by_anchor(&spec.anchor).await?;
+    ensure!(found.len() == 1 && found[0].sam == first.sam_account_name, "{found:?}");
+    f.cleanup().await
+}
+
+#[tokio::test]
+async fn a_refused_sam_account_name_takes_the_next_candidate() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let mut dir = f.directory().await?;
+    let mut spec = f.spec("refused");
+    // The DC refuses a trailing period (constraint violation); the next candidate is fine.
+    let good = format!("ok-{}", f.id);
+    spec.sam_account_name_candidates = vec![format!("bad-{}.", f.id), good.clone()];
+    let group = upsert(&mut dir, &spec).await?.group.context("no group")?;
+    ensure!(group.sam_account_name == good, "{group:?}");
+    let found = f.lab.find_groups_by_anchor(&spec.anchor).await?;
+    ensure!(found.len() == 1 && found[0].sam == good, "{found:?}");
     f.cleanup().await
 }
 

@@ -51,6 +51,10 @@ pub struct DirectorySettings {
     pub operation_timeout_seconds: u64,
     #[serde(default = "default_batch")]
     pub member_batch_size: usize,
+    /// Rename a written group's sAMAccountName when its display name changes (default:
+    /// keep it, as AD documents it should not change).
+    #[serde(default)]
+    pub follow_display_name: bool,
 }
 
 #[derive(Debug, Deserialize)]
