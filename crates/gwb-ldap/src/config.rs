@@ -31,6 +31,10 @@ pub struct DirectoryConfig {
     /// default: AD documents that the pre-Windows 2000 name "should not change", and
     /// scripts, ACL exports and NTFS tools refer to groups by it.
     pub follow_display_name: bool,
+    /// Domain SIDs (`S-1-5-21-a-b-c`) of trusted domains whose accounts may be written
+    /// as members (the DC then creates their foreignSecurityPrincipals). Members with a
+    /// SID of any other domain are skipped with the reason.
+    pub foreign_domain_sids: Vec<String>,
 }
 
 impl DirectoryConfig {
@@ -52,6 +56,7 @@ impl DirectoryConfig {
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             member_batch_size: DEFAULT_MEMBER_BATCH_SIZE,
             follow_display_name: false,
+            foreign_domain_sids: Vec::new(),
         }
     }
 

@@ -135,7 +135,13 @@ impl Directory {
             tracing::warn!(anchor, member = ?member, "refusing to add a well-known or privileged SID as a member");
             report.members_rejected.push((member, "well-known or privileged SID: never added as a member".into()));
         }
-        let unique = allowed;
+        // Only members that exist go into an add: a `<SID=…>` value no object of this
+        // domain carries (another domain's user, a stale SID) makes the DC create a
+        // foreignSecurityPrincipal outside every managed OU, which is not ours to create.
+        // Such members are skipped with the reason (the planner retries them later);
+        // SIDs of domains the operator listed as trusted (`foreign_domain_sids`) are
+        // written, as a trust needs.
+        let unique = if op == MemberOp::Add { self.only_existing_sids(allowed, &mut report).await? } else { allowed };
         let batch_size = self.config.member_batch_size.max(1);
         // A stack, so bisected halves are retried before the remaining batches.
         let mut pending: Vec<Vec<MemberRef>> = unique.chunks(batch_size).rev().map(<[MemberRef]>::to_vec).collect();
@@ -190,6 +196,52 @@ impl Directory {
         }
         report.changed = report.members_added + report.members_removed > 0;
         Ok(report)
+    }
+
+    async fn only_existing_sids(
+        &mut self,
+        members: Vec<MemberRef>,
+        report: &mut ApplyReport,
+    ) -> Result<Vec<MemberRef>, DirectoryError> {
+        let sids: Vec<String> = members
+            .iter()
+            .filter_map(|m| match m {
+                MemberRef::Sid(sid) if !self.is_trusted_foreign_sid(sid) => Some(sid.clone()),
+                _ => None,
+            })
+            .collect();
+        if sids.is_empty() {
+            return Ok(members);
+        }
+        let found = self.find_sids(&sids).await?;
+        let mut kept = Vec::with_capacity(members.len());
+        for member in members {
+            match &member {
+                MemberRef::Sid(sid)
+                    if !self.is_trusted_foreign_sid(sid) && !found.contains_key(&canonical_sid(sid)) =>
+                {
+                    tracing::info!(member = %sid, "member SID is not an object of this domain; skipped");
+                    report.members_rejected.push((
+                        member.clone(),
+                        format!(
+                            "SID {sid} is no object of this domain (another domain's account, or a stale SID): not \
+                             written, so the DC creates no foreignSecurityPrincipal; list its domain in \
+                             [directory] foreign_domain_sids if it is a trusted domain"
+                        ),
+                    ));
+                }
+                _ => kept.push(member),
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Whether `sid` belongs to a domain the operator listed as trusted: its domain part
+    /// (the SID without its last sub-authority, the RID) is in `foreign_domain_sids`.
+    fn is_trusted_foreign_sid(&self, sid: &str) -> bool {
+        let sid = canonical_sid(sid);
+        let Some((domain, _rid)) = sid.rsplit_once('-') else { return false };
+        self.config.foreign_domain_sids.iter().any(|trusted| canonical_sid(trusted) == domain)
     }
 
     async fn modify_members(&mut self, dn: &str, op: MemberOp, batch: &[MemberRef]) -> Result<(), DirectoryError> {

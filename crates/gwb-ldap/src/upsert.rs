@@ -84,19 +84,7 @@ impl Directory {
         if wanted.is_empty() {
             return Ok((Vec::new(), members.to_vec()));
         }
-        let filter =
-            format!("(|{})", wanted.iter().map(|sid| format!("(objectSid={})", filter_value(sid))).collect::<String>());
-        let base = self.caps.default_naming_context.clone();
-        let found: HashMap<String, String> = self
-            .search(&base, Scope::Subtree, &filter, &["objectSid", "objectGUID"], Vec::new())
-            .await?
-            .iter()
-            .filter_map(|entry| {
-                let sid = binary(entry, "objectSid").and_then(|b| sid_from_bytes(&b))?;
-                let guid = binary(entry, "objectGUID").and_then(|b| guid_from_bytes(&b))?;
-                Some((canonical_sid(&sid), guid))
-            })
-            .collect();
+        let found = self.find_sids(&wanted).await?;
         let mut initial = Vec::new();
         let mut rest = Vec::new();
         let mut taken = HashSet::new();
@@ -113,6 +101,28 @@ impl Directory {
         Ok((initial, rest))
     }
 
+    /// The objects of this domain that carry these SIDs: canonical SID → objectGUID.
+    /// One search per member batch of SIDs (the filter stays a few tens of KB).
+    pub(crate) async fn find_sids(&mut self, sids: &[String]) -> Result<HashMap<String, String>, DirectoryError> {
+        let base = self.caps.default_naming_context.clone();
+        let mut found = HashMap::new();
+        for chunk in sids.chunks(self.config.member_batch_size.clamp(1, 500)) {
+            let filter = format!(
+                "(|{})",
+                chunk.iter().map(|sid| format!("(objectSid={})", filter_value(sid))).collect::<String>()
+            );
+            for entry in self.search(&base, Scope::Subtree, &filter, &["objectSid", "objectGUID"], Vec::new()).await? {
+                if let (Some(sid), Some(guid)) = (
+                    binary(&entry, "objectSid").and_then(|b| sid_from_bytes(&b)),
+                    binary(&entry, "objectGUID").and_then(|b| guid_from_bytes(&b)),
+                ) {
+                    found.insert(canonical_sid(&sid), guid);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     fn validate_spec(&self, spec: &GroupSpec) -> Result<(), DirectoryError> {
         if spec.anchor.trim().is_empty() {
             return Err(DirectoryError::permanent("group spec has an empty anchor"));
@@ -120,10 +130,10 @@ impl Directory {
         if spec.cn.trim().is_empty() {
             return Err(DirectoryError::permanent(format!("group {} has an empty name", spec.anchor)));
         }
-        let length = spec.cn.chars().count();
+        let length = gwb_core::naming::ad_length(&spec.cn);
         if length > CN_MAX_CHARS {
             return Err(DirectoryError::permanent(format!(
-                "group {} name is {length} characters; AD allows at most {CN_MAX_CHARS}",
+                "group {} name is {length} UTF-16 units long; AD allows at most {CN_MAX_CHARS}",
                 spec.anchor
             )));
         }

@@ -429,13 +429,53 @@ async fn unresolvable_member_is_rejected_alone() -> anyhow::Result<()> {
     ensure!(r.members_added == 6, "{r:?}");
     let rejected: BTreeSet<MemberRef> = r.members_rejected.iter().map(|(m, _)| m.clone()).collect();
     ensure!(rejected == BTreeSet::from([unknown_sid.clone(), unknown_guid.clone()]), "{r:?}");
-    ensure!(r.members_rejected.iter().all(|(_, why)| why.contains("LDAP")), "{r:?}");
+    // The unknown SID is caught before any write (no object of the domain); the unknown
+    // GUID is refused by the DC.
+    for (member, why) in &r.members_rejected {
+        let expected = if *member == unknown_sid { "no object of this domain" } else { "LDAP" };
+        ensure!(why.contains(expected), "{member:?}: {why}");
+    }
     let expected: BTreeSet<String> = users.iter().map(|(_, sid)| sid.clone()).collect();
     ensure!(f.lab.member_sids(&group_dn).await? == expected);
 
     // Replaying: the good ones are unchanged, the bad ones rejected again.
     let r = dir.apply(&WriteCommand::AddMembers { anchor: spec.anchor.clone(), members }).await?;
     ensure!((r.members_added, r.members_unchanged, r.members_rejected.len()) == (0, 6, 2), "{r:?}");
+    f.cleanup().await
+}
+
+#[tokio::test]
+async fn a_member_of_another_domain_creates_no_foreign_security_principal() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let mut dir = f.directory().await?;
+    let spec = f.spec("foreign");
+    let group_dn = upsert(&mut dir, &spec).await?.group.context("no group")?.dn;
+    let users = f.lab.create_users(&f.ou, &format!("f{}", f.id), 2).await?;
+    // A synced user whose SID belongs to another forest (no trust configured).
+    let other_domain =
+        format!("S-1-5-21-1111111111-2222222222-{}", 3_000_000_000u32 + u32::from_str_radix(&f.id[..4], 16)?);
+    let foreign = MemberRef::Sid(format!("{other_domain}-1105"));
+    let fsp_dn = format!("CN={other_domain}-1105,CN=ForeignSecurityPrincipals,{}", f.lab.base_dn);
+    let mut members = sids(&users);
+    members.push(foreign.clone());
+
+    let r = dir.apply(&WriteCommand::AddMembers { anchor: spec.anchor.clone(), members: members.clone() }).await?;
+    ensure!(r.members_added == 2, "{r:?}");
+    ensure!(r.members_rejected.len() == 1 && r.members_rejected[0].0 == foreign, "{r:?}");
+    ensure!(r.members_rejected[0].1.contains("foreign_domain_sids"), "{r:?}");
+    ensure!(f.lab.entry(&fsp_dn, &["cn"]).await?.is_none(), "the DC created {fsp_dn}");
+    let expected: BTreeSet<String> = users.iter().map(|(_, sid)| sid.clone()).collect();
+    ensure!(f.lab.member_sids(&group_dn).await? == expected);
+
+    // A listed (trusted) domain's member is written as a trust needs.
+    let mut config = f.config(vec![f.ou.clone()]);
+    config.foreign_domain_sids = vec![other_domain.clone()];
+    let mut trusting = Directory::connect(config).await?;
+    let r = trusting.apply(&WriteCommand::AddMembers { anchor: spec.anchor.clone(), members }).await?;
+    ensure!(r.members_added == 1 && r.members_rejected.is_empty(), "{r:?}");
+    let created = f.lab.entry(&fsp_dn, &["cn"]).await?.is_some();
+    f.lab.delete_subtree(&fsp_dn).await.ok();
+    ensure!(created, "a trusted domain's member is written through its foreignSecurityPrincipal");
     f.cleanup().await
 }
 
@@ -845,9 +885,9 @@ async fn upsert_with_members_creates_the_group_with_them_in_one_write() -> anyho
             .collect::<Vec<_>>()
     };
     let seen = records.lock().map_err(|_| anyhow!("observer poisoned"))?.clone();
-    // The create carries the four users; the member path then tries the unknown SID
-    // (rejected by the DC), and the privileged one is refused without a write.
-    ensure!(writes(&seen) == vec![OperationKind::Add, OperationKind::Modify], "{seen:?}");
+    // The create carries the four users; the unknown SID (no object of the domain) and
+    // the privileged one are refused without a write.
+    ensure!(writes(&seen) == vec![OperationKind::Add], "{seen:?}");
     ensure!(report.members_added == 4, "{report:?}");
     let rejected: BTreeSet<MemberRef> = report.members_rejected.iter().map(|(m, _)| m.clone()).collect();
     ensure!(rejected == BTreeSet::from([unknown.clone(), privileged.clone()]), "{report:?}");

@@ -55,6 +55,9 @@ pub struct DirectorySettings {
     /// keep it, as AD documents it should not change).
     #[serde(default)]
     pub follow_display_name: bool,
+    /// Domain SIDs of trusted domains whose accounts may be written as members.
+    #[serde(default)]
+    pub foreign_domain_sids: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

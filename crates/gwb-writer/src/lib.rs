@@ -160,6 +160,7 @@ fn directory_config(config: &Config) -> Result<DirectoryConfig, WriterError> {
     directory_config.operation_timeout = Duration::from_secs(settings.operation_timeout_seconds.max(1));
     directory_config.member_batch_size = settings.member_batch_size;
     directory_config.follow_display_name = settings.follow_display_name;
+    directory_config.foreign_domain_sids = settings.foreign_domain_sids.clone();
     Ok(directory_config)
 }
 
