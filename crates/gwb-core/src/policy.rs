@@ -144,7 +144,7 @@ pub fn decide(
     let mail = group_type.needs_exchange().then(|| MailAttributes {
         mail: group.mail.clone(),
         mail_nickname: group.mail_nickname.clone(),
-        proxy_addresses: group.proxy_addresses.clone(),
+        proxy_addresses: mail_proxy_addresses(&group.proxy_addresses),
     });
     Decision::Write(GroupSpec {
         object_id: group.id.to_ascii_lowercase(),
@@ -159,8 +159,52 @@ pub fn decide(
     })
 }
 
+/// The proxy addresses written to AD: every SMTP address (primary `SMTP:` and secondary
+/// `smtp:`; Microsoft's own writeback keeps the primary only, so secondary addresses
+/// would not resolve on-premises) and X500 addresses; never other types (`SPO:`,
+/// `SIP:`…), which mean nothing to on-premises Exchange and would become custom
+/// proxy types. Duplicates (case-insensitive) are dropped.
+pub fn mail_proxy_addresses(addresses: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    addresses
+        .iter()
+        .filter(|address| {
+            address.split_once(':').is_some_and(|(prefix, value)| {
+                !value.is_empty() && (prefix.eq_ignore_ascii_case("smtp") || prefix.eq_ignore_ascii_case("x500"))
+            })
+        })
+        .filter(|address| seen.insert(address.to_ascii_lowercase()))
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_smtp_and_x500_proxy_addresses_are_written() {
+        let addresses: Vec<String> = [
+            "SMTP:team@contoso.com",
+            "smtp:team@contoso.mail.onmicrosoft.com",
+            "SPO:SPO_1234@SPO_5678",
+            "SIP:team@contoso.com",
+            "X500:/o=ExchangeLabs/ou=Exchange Administrative Group/cn=Recipients/cn=team",
+            "smtp:TEAM@contoso.com",
+            "smtp:",
+            "nonsense",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        assert_eq!(
+            super::mail_proxy_addresses(&addresses),
+            vec![
+                "SMTP:team@contoso.com".to_string(),
+                "smtp:team@contoso.mail.onmicrosoft.com".to_string(),
+                "X500:/o=ExchangeLabs/ou=Exchange Administrative Group/cn=Recipients/cn=team".to_string(),
+            ]
+        );
+    }
+
     use super::*;
 
     fn placement() -> Placement {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use gwb_core::command::{AppliedGroup, GroupSpec, GroupType};
+use gwb_core::command::{AppliedGroup, GroupSpec, GroupType, MailAttributes};
 use ldap3::{Mod, SearchEntry};
 
 use crate::Capabilities;
@@ -14,6 +14,7 @@ use crate::error::DirectoryError;
 pub(crate) const EXTERNAL_ID: &str = "msDS-ExternalDirectoryObjectId";
 pub(crate) const RECIPIENT_DISPLAY_TYPE: &str = "msExchRecipientDisplayType";
 pub(crate) const RECIPIENT_TYPE_DETAILS: &str = "msExchRecipientTypeDetails";
+pub(crate) const TARGET_ADDRESS: &str = "targetAddress";
 
 /// Attributes read for every group the writer looks at.
 const BASE_ATTRIBUTES: [&str; 10] = [
@@ -36,7 +37,14 @@ pub(crate) fn attributes_to_read(caps: &Capabilities) -> Vec<&'static str> {
         attrs.push(EXTERNAL_ID);
     }
     if caps.has_exchange_schema {
-        attrs.extend(["mail", "mailNickname", "proxyAddresses", RECIPIENT_DISPLAY_TYPE, RECIPIENT_TYPE_DETAILS]);
+        attrs.extend([
+            "mail",
+            "mailNickname",
+            "proxyAddresses",
+            RECIPIENT_DISPLAY_TYPE,
+            RECIPIENT_TYPE_DETAILS,
+            TARGET_ADDRESS,
+        ]);
     }
     attrs
 }
@@ -113,15 +121,36 @@ pub(crate) fn binary(entry: &SearchEntry, name: &str) -> Option<Vec<u8>> {
 }
 
 /// Exchange recipient type values for the mail-enabled group flavours
-/// (`msExchRecipientDisplayType`, `msExchRecipientTypeDetails`).
-fn recipient_types(group_type: GroupType) -> Option<(&'static str, &'static str)> {
+/// (`msExchRecipientDisplayType`, `msExchRecipientTypeDetails`), from Exchange's
+/// `RecipientTypeDetails`: a group whose mail routes to Exchange Online (it has a
+/// `targetAddress`) is a RemoteGroupMailbox, which on-premises Exchange treats as a
+/// pointer to the cloud group (mail to `targetAddress`, Autodiscover to the cloud)
+/// instead of a list to expand locally.
+fn recipient_types(group_type: GroupType, routes_to_cloud: bool) -> Option<(&'static str, &'static str)> {
     match group_type {
         GroupType::UniversalSecurity => None,
+        // DistributionGroup (1), RemoteGroupMailbox (0x80000000000).
+        GroupType::UniversalDistribution if routes_to_cloud => Some(("1", "8796093022208")),
         // DistributionGroup (1), MailUniversalDistributionGroup (0x100).
         GroupType::UniversalDistribution => Some(("1", "256")),
-        // SecurityDistributionGroup (0x40000009), MailUniversalSecurityGroup (0x200).
-        GroupType::UniversalMailEnabledSecurity => Some(("1073741833", "512")),
+        // SecurityDistributionGroup (0x40000009), MailUniversalSecurityGroup (0x400;
+        // 0x200 would be MailNonUniversalGroup).
+        GroupType::UniversalMailEnabledSecurity => Some(("1073741833", "1024")),
     }
+}
+
+/// The address on-premises mail for a Microsoft 365 group is routed to: its Exchange
+/// Online routing address (`…@<tenant>.mail.onmicrosoft.com`), else its initial
+/// `…@<tenant>.onmicrosoft.com` address, when Graph lists one that is not the primary
+/// (Autodiscover refuses a targetAddress equal to the primary SMTP address).
+pub(crate) fn cloud_target_address(mail: &MailAttributes) -> Option<String> {
+    let smtp = |p: &String| {
+        let (prefix, address) = p.split_once(':')?;
+        (prefix.eq_ignore_ascii_case("smtp") && prefix != "SMTP").then(|| address.to_string())
+    };
+    let secondary: Vec<String> = mail.proxy_addresses.iter().filter_map(smtp).collect();
+    let ends = |suffix: &str| secondary.iter().find(|a| a.to_ascii_lowercase().ends_with(suffix)).cloned();
+    ends(".mail.onmicrosoft.com").or_else(|| ends(".onmicrosoft.com")).map(|address| format!("SMTP:{address}"))
 }
 
 fn non_empty(value: &str) -> Vec<String> {
@@ -146,9 +175,12 @@ fn managed_attributes(spec: &GroupSpec, caps: &Capabilities) -> Vec<(&'static st
         attrs.push(("mail", mail.mail.as_deref().map(non_empty).unwrap_or_default()));
         attrs.push(("mailNickname", mail.mail_nickname.as_deref().map(non_empty).unwrap_or_default()));
         attrs.push(("proxyAddresses", mail.proxy_addresses.clone()));
-        let (display, details) = recipient_types(spec.group_type).unzip();
+        let target =
+            (spec.group_type == GroupType::UniversalDistribution).then(|| cloud_target_address(mail)).flatten();
+        let (display, details) = recipient_types(spec.group_type, target.is_some()).unzip();
         attrs.push((RECIPIENT_DISPLAY_TYPE, display.map(non_empty).unwrap_or_default()));
         attrs.push((RECIPIENT_TYPE_DETAILS, details.map(non_empty).unwrap_or_default()));
+        attrs.push((TARGET_ADDRESS, target.into_iter().collect()));
     }
     attrs
 }
@@ -259,6 +291,50 @@ mod tests {
     }
 
     #[test]
+    fn an_m365_group_with_a_cloud_routing_address_is_a_remote_group_mailbox() {
+        let mut s = spec();
+        s.group_type = GroupType::UniversalDistribution;
+        s.mail = Some(MailAttributes {
+            mail: Some("team@contoso.com".into()),
+            mail_nickname: Some("team".into()),
+            proxy_addresses: vec![
+                "SMTP:team@contoso.com".into(),
+                "smtp:team@contoso.onmicrosoft.com".into(),
+                "smtp:team@contoso.mail.onmicrosoft.com".into(),
+            ],
+        });
+        let attrs = managed_attributes(&s, &caps(true, true));
+        let get = |n: &str| attrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
+        assert_eq!(get(RECIPIENT_TYPE_DETAILS), Some(vec!["8796093022208".to_string()]));
+        assert_eq!(get(RECIPIENT_DISPLAY_TYPE), Some(vec!["1".to_string()]));
+        assert_eq!(get(TARGET_ADDRESS), Some(vec!["SMTP:team@contoso.mail.onmicrosoft.com".to_string()]));
+        // Without a routing address, the initial onmicrosoft.com address; with none at
+        // all, a classic distribution group that Exchange expands locally.
+        let mut only_moera = s.clone();
+        if let Some(mail) = only_moera.mail.as_mut() {
+            mail.proxy_addresses.pop();
+        }
+        let attrs = managed_attributes(&only_moera, &caps(true, true));
+        let get = |n: &str| attrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
+        assert_eq!(get(TARGET_ADDRESS), Some(vec!["SMTP:team@contoso.onmicrosoft.com".to_string()]));
+        let mut on_premises_only = s.clone();
+        if let Some(mail) = on_premises_only.mail.as_mut() {
+            mail.proxy_addresses.truncate(1);
+        }
+        let attrs = managed_attributes(&on_premises_only, &caps(true, true));
+        let get = |n: &str| attrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
+        assert_eq!(get(RECIPIENT_TYPE_DETAILS), Some(vec!["256".to_string()]));
+        assert_eq!(get(TARGET_ADDRESS), Some(Vec::new()));
+        // Mail-enabled security is MailUniversalSecurityGroup (1024), never a remote mailbox.
+        let mut security = s.clone();
+        security.group_type = GroupType::UniversalMailEnabledSecurity;
+        let attrs = managed_attributes(&security, &caps(true, true));
+        let get = |n: &str| attrs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
+        assert_eq!(get(RECIPIENT_TYPE_DETAILS), Some(vec!["1024".to_string()]));
+        assert_eq!(get(TARGET_ADDRESS), Some(Vec::new()));
+    }
+
+    #[test]
     fn mail_attributes_only_with_exchange() {
         let mut s = spec();
         s.group_type = GroupType::UniversalDistribution;
@@ -324,7 +400,7 @@ mod tests {
             ("mail", &["a@x"]),
             ("proxyAddresses", &["smtp:b@x", "SMTP:a@x"]),
             (RECIPIENT_DISPLAY_TYPE, &["1073741833"]),
-            (RECIPIENT_TYPE_DETAILS, &["512"]),
+            (RECIPIENT_TYPE_DETAILS, &["1024"]),
         ]);
         assert!(attribute_changes(&e, &s, &caps(false, true), None).is_empty());
     }

@@ -14,6 +14,12 @@ use crate::error::{CONSTRAINT_VIOLATION, DirectoryError, ENTRY_ALREADY_EXISTS, I
 use crate::group::{GroupEntry, attribute_changes, binary, new_group_attributes};
 use crate::members::MemberOp;
 
+/// A proxy address compared as Exchange does: the address, whatever its prefix's case
+/// (primary `SMTP:` and secondary `smtp:` are the same address).
+fn address_key(address: &str) -> String {
+    address.to_ascii_lowercase()
+}
+
 impl Directory {
     pub(crate) async fn upsert(&mut self, spec: &GroupSpec) -> Result<ApplyReport, DirectoryError> {
         self.validate_spec(spec)?;
@@ -168,6 +174,7 @@ impl Directory {
         spec: &GroupSpec,
         members: &[(MemberRef, String)],
     ) -> Result<ApplyReport, DirectoryError> {
+        let spec = &self.without_addresses_of_others(spec, None).await?;
         let attributes = |directory: &Directory, sam: &str| {
             let mut attrs = new_group_attributes(spec, sam, &directory.caps);
             if !members.is_empty() {
@@ -241,6 +248,7 @@ impl Directory {
     }
 
     async fn update(&mut self, mut group: GroupEntry, spec: &GroupSpec) -> Result<ApplyReport, DirectoryError> {
+        let spec = &self.without_addresses_of_others(spec, Some(&group.dn)).await?;
         let mut changed = self.place(&mut group, spec).await?;
 
         // A written group keeps its sAMAccountName unless the operator asked it to follow
@@ -317,6 +325,49 @@ impl Directory {
         group.dn = child_dn(cn, parent);
         group.cn = cn.to_string();
         Ok(())
+    }
+
+    /// The spec without the proxy addresses another object of the domain already holds
+    /// (Exchange requires every proxy address to be unique, and an address two
+    /// recipients share bounces): those are skipped, with a warning naming the holder,
+    /// and written once they are free. `own_dn` is the group itself, when it exists.
+    async fn without_addresses_of_others(
+        &mut self,
+        spec: &GroupSpec,
+        own_dn: Option<&str>,
+    ) -> Result<GroupSpec, DirectoryError> {
+        let Some(mail) = spec.mail.as_ref().filter(|m| !m.proxy_addresses.is_empty()) else {
+            return Ok(spec.clone());
+        };
+        if !self.caps.has_exchange_schema {
+            return Ok(spec.clone());
+        }
+        let filter = format!(
+            "(|{})",
+            mail.proxy_addresses.iter().map(|a| format!("(proxyAddresses={})", filter_value(a))).collect::<String>()
+        );
+        let base = self.caps.default_naming_context.clone();
+        let holders = self.search(&base, Scope::Subtree, &filter, &["proxyAddresses"], Vec::new()).await?;
+        let mut taken: HashMap<String, String> = HashMap::new();
+        for holder in holders.iter().filter(|h| own_dn.is_none_or(|own| !dn_eq(&h.dn, own))) {
+            for address in crate::directory::values(holder, "proxyAddresses") {
+                taken.insert(address_key(&address), holder.dn.clone());
+            }
+        }
+        if taken.is_empty() {
+            return Ok(spec.clone());
+        }
+        let mut trimmed = spec.clone();
+        if let Some(mail) = trimmed.mail.as_mut() {
+            mail.proxy_addresses.retain(|address| match taken.get(&address_key(address)) {
+                Some(holder) => {
+                    tracing::warn!(anchor = %spec.anchor, %address, %holder, "proxy address held by another recipient: not written");
+                    false
+                }
+                None => true,
+            });
+        }
+        Ok(trimmed)
     }
 
     /// The first candidate no object in the domain uses as its sAMAccountName.

@@ -16,6 +16,7 @@
 //! by writing a mail-enabled group through gwb-ldap (allowed or refused).
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -276,23 +277,62 @@ async fn exchange_lab_with_an_organisation_allows_m365_groups() -> anyhow::Resul
     ensure!(dir.capabilities().configuration_naming_context.starts_with("CN=Configuration,"));
 
     if detection.m365_group_writeback().is_ok() {
-        // The schema takes what the writer writes for a Microsoft 365 group today.
-        let spec = m365_group(&ou);
+        // A Microsoft 365 group is written as Exchange's RemoteGroupMailbox: universal
+        // distribution, mailNickname, the RemoteGroupMailbox type and a targetAddress
+        // routing on-premises mail to its Exchange Online address.
+        let mut spec = m365_group(&ou);
+        let alias = spec.mail.as_ref().and_then(|m| m.mail_nickname.clone()).context("alias")?;
+        // An address another on-premises recipient already holds is not written twice.
+        let holder = format!("CN=holder-{alias},{ou}");
+        let shared = format!("smtp:shared-{alias}@lab.example");
+        let mut ldap = lab.raw().await?;
+        ldap.add(
+            &holder,
+            vec![
+                ("objectClass", HashSet::from(["group"])),
+                ("sAMAccountName", HashSet::from([format!("h-{}", &alias[5..]).as_str()])),
+                // The holder has it as its primary, in other case: still the same address.
+                ("proxyAddresses", HashSet::from([shared.to_uppercase().as_str()])),
+            ],
+        )
+        .await?
+        .success()?;
+        if let Some(mail) = spec.mail.as_mut() {
+            mail.proxy_addresses.push(shared.clone());
+        }
         let report = dir.apply(&WriteCommand::Upsert(spec.clone())).await?;
         ensure!(report.group.is_some(), "{report:?}");
-        let mut ldap = lab.raw().await?;
         let found = search(
             &mut ldap,
             &ou,
             Scope::OneLevel,
             &format!("(adminDescription={})", spec.anchor),
-            &["mailNickname", "msExchRecipientTypeDetails", "groupType"],
+            &[
+                "mailNickname",
+                "msExchRecipientTypeDetails",
+                "msExchRecipientDisplayType",
+                "groupType",
+                "targetAddress",
+                "proxyAddresses",
+            ],
         )
         .await?;
         let entry = found.first().context("the group was not written")?;
-        ensure!(first(entry, "mailNickname") == spec.mail.as_ref().and_then(|m| m.mail_nickname.clone()), "{entry:?}");
-        ensure!(first(entry, "msExchRecipientTypeDetails").is_some(), "{entry:?}");
+        ensure!(first(entry, "mailNickname") == Some(alias.clone()), "{entry:?}");
+        ensure!(first(entry, "msExchRecipientTypeDetails").as_deref() == Some("8796093022208"), "{entry:?}");
+        ensure!(first(entry, "msExchRecipientDisplayType").as_deref() == Some("1"), "{entry:?}");
         ensure!(first(entry, "groupType").as_deref() == Some("8"), "{entry:?}");
+        ensure!(first(entry, "targetAddress") == Some(format!("SMTP:{alias}@lab.mail.onmicrosoft.com")), "{entry:?}");
+        let proxies: HashSet<String> = entry
+            .attrs
+            .get("proxyAddresses")
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.to_lowercase())
+            .collect();
+        ensure!(proxies.contains(&format!("smtp:{alias}@lab.example")), "{entry:?}");
+        ensure!(!proxies.contains(&shared), "an address another recipient holds was written: {entry:?}");
     } else if let Err(refusal) = detection.m365_group_writeback() {
         // An older organisation or schema (GWB_LAB_EXCHANGE_*_VERSION): refused, saying why.
         match dir.apply(&WriteCommand::Upsert(m365_group(&ou))).await {
