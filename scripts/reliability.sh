@@ -12,8 +12,9 @@
 # At full scale the sustained-load case (reliability_load) also runs while it is
 # #[ignore]d, after dc_capacity_for_the_load_mix (the same mix straight over LDAP).
 #
-# Test binaries run one after another (the broker-restart case stops RabbitMQ for
-# everyone: it also holds $TMPDIR/gwb-broker-restart.lock). Output is kept
+# The cases run one after another from the one suite binary; the broker-restart case
+# (which stops RabbitMQ for everyone) runs alone inside it (Options::alone) and still
+# holds $TMPDIR/gwb-broker-restart.lock. Output is kept
 # (--nocapture): the load case prints its lag and memory figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,7 @@ for test in reliability_crashes reliability_broker reliability_directory reliabi
     if [ "$test" = reliability_load ] && [ "${GWB_RELIABILITY_SCALE:-small}" = full ]; then
         extra=(--include-ignored)
     fi
-    if ! cargo test -p gwb-tests --test "$test" -- --nocapture --test-threads 1 "${extra[@]}"; then
+    if ! cargo test -p gwb-tests --test suite -- --nocapture --test-threads 1 "${extra[@]}" "$test::"; then
         status=1
     fi
     echo "=== $test: $((SECONDS - start)) s"
