@@ -70,7 +70,9 @@ impl AdminClient {
     /// `base_url` is the simulator's root, e.g. `http://127.0.0.1:8600`.
     pub fn new(base_url: impl Into<String>) -> Result<Self, AdminError> {
         ensure_crypto_provider();
-        let http = reqwest::Client::builder().no_proxy().build()?;
+        // A hung simulator must fail a test, not hang it. Generating a big tenant
+        // (millions of links) takes minutes, hence the generous limit.
+        let http = reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(600)).build()?;
         Ok(AdminClient { http, base: base_url.into().trim_end_matches('/').to_owned() })
     }
 
