@@ -56,7 +56,14 @@ pub enum Resolution {
     Skip(String),
 }
 
-/// A user member: written by its AD SID when it is synced from AD.
+/// A user member: written by its AD SID.
+///
+/// The SID decides, not `onPremisesSyncEnabled`: that flag turns `null` when the
+/// user's source of authority moves to the cloud and `false` when directory sync is
+/// switched off, while the AD account (and its access) still exists. Stripping such a
+/// user from every group would cut their access for no reason. A SID whose account is
+/// gone is no member either way: the writer writes only SIDs an object of the domain
+/// carries.
 pub fn resolve_user(user: Option<&UserAnchor>) -> Resolution {
     let Some(user) = user else {
         return Resolution::Skip("user not seen in users/delta yet".into());
@@ -64,16 +71,13 @@ pub fn resolve_user(user: Option<&UserAnchor>) -> Resolution {
     if user.deleted {
         return Resolution::Skip("user deleted in the cloud".into());
     }
-    match (&user.on_premises_sid, user.on_premises_sync_enabled) {
-        (Some(sid), Some(true)) if !is_sid(sid) => {
-            Resolution::Skip(format!("onPremisesSecurityIdentifier {sid:?} is not a SID"))
-        }
-        (Some(sid), Some(true)) if is_privileged_sid(sid) => {
+    match &user.on_premises_sid {
+        Some(sid) if !is_sid(sid) => Resolution::Skip(format!("onPremisesSecurityIdentifier {sid:?} is not a SID")),
+        Some(sid) if is_privileged_sid(sid) => {
             Resolution::Skip(format!("{sid} is a well-known or privileged SID; it is never written as a member"))
         }
-        (Some(sid), Some(true)) => Resolution::Write(MemberRef::Sid(sid.clone())),
-        (Some(_), _) => Resolution::Skip("user is no longer synced from AD (onPremisesSyncEnabled is not true)".into()),
-        (None, _) => Resolution::Skip("cloud-only user (no onPremisesSecurityIdentifier)".into()),
+        Some(sid) => Resolution::Write(MemberRef::Sid(sid.clone())),
+        None => Resolution::Skip("cloud-only user (no onPremisesSecurityIdentifier)".into()),
     }
 }
 
@@ -129,12 +133,20 @@ mod tests {
         assert!(matches!(resolve_user(None), Resolution::Skip(r) if r.contains("not seen")));
         let cloud = UserAnchor::default();
         assert!(matches!(resolve_user(Some(&cloud)), Resolution::Skip(r) if r.contains("cloud-only")));
-        let unsynced = UserAnchor {
-            on_premises_sid: Some("S-1-5-21-1-2-3-4".into()),
-            on_premises_sync_enabled: Some(false),
-            deleted: false,
-        };
-        assert!(matches!(resolve_user(Some(&unsynced)), Resolution::Skip(r) if r.contains("no longer synced")));
+        // Sync switched off (false) or the source of authority moved to the cloud
+        // (null): the AD account still exists, so the user stays a member.
+        for sync in [Some(false), None] {
+            let converted = UserAnchor {
+                on_premises_sid: Some("S-1-5-21-1-2-3-1104".into()),
+                on_premises_sync_enabled: sync,
+                deleted: false,
+            };
+            assert_eq!(
+                resolve_user(Some(&converted)),
+                Resolution::Write(MemberRef::Sid("S-1-5-21-1-2-3-1104".into())),
+                "{sync:?}"
+            );
+        }
         let hostile = UserAnchor {
             on_premises_sid: Some("S-1-5-21>;<GUID=x".into()),
             on_premises_sync_enabled: Some(true),

@@ -102,22 +102,18 @@ async fn late_members(lab: &TestLab, p: &Pipeline) -> anyhow::Result<()> {
     })
     .await?;
 
-    // …and removed when it stops being synced.
+    // …and kept when directory sync is switched off for it (F2): its AD account and
+    // access still exist. The old behaviour removed it within a poll or two (0.5 s
+    // each), so it must still be there throughout several seconds.
     p.sim
         .update_user(later, &UserFields { on_premises_sync_enabled: Some(false), ..UserFields::default() }, &[])
         .await?;
-    p.eventually("the unsynced user is removed", WAIT, || async {
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let entry = group_in_ad(&lab.ad, parent).await?.context("parent not in AD")?;
         let sids = lab.ad.member_sids(&entry.dn).await?;
-        ensure!(!sids.contains(&later_sid), "members {sids:?}");
-        Ok(())
-    })
-    .await?;
-    let detail = p.gwbctl_json(&["group", &parent.to_string()]).await?;
-    ensure!(
-        detail["members_skipped"][0]["reason"].as_str().unwrap_or_default().contains("no longer synced"),
-        "{detail}"
-    );
+        ensure!(sids.contains(&later_sid), "an unsynced user lost its membership: members {sids:?}");
+    }
     Ok(())
 }
 
