@@ -126,14 +126,7 @@ impl Collector {
         let mut visited = HashSet::new();
         let boundary = RoundBoundary { resource, full };
         if full && fresh {
-            self.publish(
-                &round_id,
-                &mut position,
-                self.clock.now_ms(),
-                vec![Change::RoundStarted(boundary)],
-                "full round started",
-            )
-            .await?;
+            self.publish_now(&round_id, &mut position, Change::RoundStarted(boundary), "full round started").await?;
         }
         let mut objects = 0usize;
         loop {
@@ -182,14 +175,8 @@ impl Collector {
                     url = next;
                 }
                 PageLink::Delta(delta) => {
-                    self.publish(
-                        &round_id,
-                        &mut position,
-                        self.clock.now_ms(),
-                        vec![Change::RoundCompleted(boundary)],
-                        "round completed",
-                    )
-                    .await?;
+                    self.publish_now(&round_id, &mut position, Change::RoundCompleted(boundary), "round completed")
+                        .await?;
                     // Only now, with every event of the round confirmed, does the
                     // cursor move.
                     self.cursors
@@ -204,6 +191,17 @@ impl Collector {
                 }
             }
         }
+    }
+
+    /// One change observed now (a round boundary).
+    async fn publish_now(
+        &self,
+        round_id: &str,
+        position: &mut u64,
+        change: Change,
+        cause: &str,
+    ) -> Result<(), RoundFailure> {
+        self.publish(round_id, position, self.clock.now_ms(), vec![change], cause).await
     }
 
     async fn publish(
