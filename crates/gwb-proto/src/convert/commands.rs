@@ -7,7 +7,9 @@
 //! member value that is not a well-formed SID or GUID (a hostile value would otherwise
 //! end up inside a `<SID=…>` member value).
 
-use gwb_core::command::{AppliedGroup, ApplyReport, GroupSpec, GroupType, MailAttributes, MemberRef, WriteCommand};
+use gwb_core::command::{
+    AppliedGroup, ApplyReport, CommandKind, GroupSpec, GroupType, MailAttributes, MemberRef, WriteCommand,
+};
 use gwb_core::members::is_sid;
 use gwb_core::naming;
 
@@ -169,6 +171,21 @@ impl From<&WriteCommand> for cmd::write_command::Action {
             WriteCommand::RemoveMembers { members, .. } => Action::RemoveMembers(members.as_slice().into()),
             WriteCommand::Delete { .. } => Action::Delete(cmd::Delete {}),
             WriteCommand::Retire { retired_ou, .. } => Action::Retire(cmd::Retire { retired_ou: retired_ou.clone() }),
+        }
+    }
+}
+
+/// The kind of a wire action, without decoding (or validating) the rest of it: for
+/// readers that only count or label commands.
+impl From<&cmd::write_command::Action> for CommandKind {
+    fn from(action: &cmd::write_command::Action) -> Self {
+        use cmd::write_command::Action;
+        match action {
+            Action::Upsert(_) => CommandKind::Upsert,
+            Action::AddMembers(_) => CommandKind::AddMembers,
+            Action::RemoveMembers(_) => CommandKind::RemoveMembers,
+            Action::Delete(_) => CommandKind::Delete,
+            Action::Retire(_) => CommandKind::Retire,
         }
     }
 }
@@ -456,6 +473,7 @@ mod tests {
             WriteCommand::Retire { anchor: anchor.clone(), retired_ou: "OU=Retired,DC=lab,DC=example".into() },
         ] {
             let wire = command_to_wire(envelope(), &domain);
+            assert_eq!(CommandKind::from(wire.action.as_ref().unwrap()), domain.command_kind());
             assert_eq!(wire.anchor, anchor);
             assert_eq!((wire.command_id.as_str(), wire.sequence, wire.observed_at_ms), ("c-1", 7, 1_000));
             assert_eq!(WriteCommand::try_from(&wire), Ok(domain.clone()), "{}", domain.kind());

@@ -184,6 +184,56 @@ INSERT INTO users_by_id SELECT id, display_name, user_principal_name, sid, sync_
 DROP TABLE users;
 ALTER TABLE users_by_id RENAME TO users;
 "#,
+    r#"
+-- Memberships, planned and skipped members keyed by integers instead of two 36-character
+-- GUID texts: planning one membership searches and inserts into these tables several
+-- times, and comparing GUID texts was a sixth of the planner's work. `objects` gives
+-- every group and member id a number once; numbers are never reused.
+CREATE TABLE objects (num INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
+INSERT INTO objects (id)
+  SELECT group_id FROM memberships UNION SELECT member_id FROM memberships
+  UNION SELECT group_id FROM planned_members UNION SELECT member_id FROM planned_members
+  UNION SELECT group_id FROM skipped_members UNION SELECT member_id FROM skipped_members;
+
+CREATE TABLE memberships_by_num (
+    group_num INTEGER NOT NULL,
+    member_num INTEGER NOT NULL,
+    member_kind TEXT NOT NULL,
+    seen_round TEXT,
+    PRIMARY KEY (group_num, member_num)
+) WITHOUT ROWID;
+INSERT INTO memberships_by_num
+  SELECT g.num, m.num, x.member_kind, x.seen_round
+  FROM memberships x JOIN objects g ON g.id = x.group_id JOIN objects m ON m.id = x.member_id;
+DROP TABLE memberships;
+ALTER TABLE memberships_by_num RENAME TO memberships;
+CREATE INDEX memberships_by_member ON memberships (member_num);
+
+CREATE TABLE planned_by_num (
+    group_num INTEGER NOT NULL,
+    member_num INTEGER NOT NULL,
+    ref_key TEXT NOT NULL,
+    PRIMARY KEY (group_num, member_num)
+) WITHOUT ROWID;
+INSERT INTO planned_by_num
+  SELECT g.num, m.num, x.ref_key
+  FROM planned_members x JOIN objects g ON g.id = x.group_id JOIN objects m ON m.id = x.member_id;
+DROP TABLE planned_members;
+ALTER TABLE planned_by_num RENAME TO planned_members;
+
+CREATE TABLE skipped_by_num (
+    group_num INTEGER NOT NULL,
+    member_num INTEGER NOT NULL,
+    member_kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (group_num, member_num)
+) WITHOUT ROWID;
+INSERT INTO skipped_by_num
+  SELECT g.num, m.num, x.member_kind, x.reason
+  FROM skipped_members x JOIN objects g ON g.id = x.group_id JOIN objects m ON m.id = x.member_id;
+DROP TABLE skipped_members;
+ALTER TABLE skipped_by_num RENAME TO skipped_members;
+"#,
 ];
 
 pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -256,6 +306,89 @@ mod tests {
             .unwrap();
         assert_eq!(row, ("written".to_string(), None, "universalSecurityGroup".to_string()));
         drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A store written by the version before integer keys (7 migrations) opens with
+    /// every membership, planned and skipped member, now under the ids' numbers.
+    #[test]
+    fn a_store_from_before_integer_keys_is_migrated_in_place() {
+        let dir = std::env::temp_dir().join(format!("gwb-migrate-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("planner.db");
+        {
+            let db = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..7] {
+                db.execute_batch(sql).unwrap();
+            }
+            db.pragma_update(None, "user_version", 7).unwrap();
+            db.execute_batch(
+                "INSERT INTO memberships (group_id, member_id, member_kind, seen_round) VALUES
+                   ('g1', 'u1', 'user', 'r1'), ('g1', 'u2', 'user', NULL), ('g2', 'g1', 'group', 'r2');
+                 INSERT INTO planned_members (group_id, member_id, ref_key) VALUES
+                   ('g1', 'u1', 'sid:S-1-5-21-1-2-3-1001'), ('g1', 'gone', 'sid:S-1-5-21-1-2-3-1009');
+                 INSERT INTO skipped_members (group_id, member_id, member_kind, reason) VALUES
+                   ('g1', 'u2', 'user', 'cloud-only user');",
+            )
+            .unwrap();
+        }
+        let db = open(&path).unwrap();
+        let version: usize = db.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        let rows = |sql: &str| -> Vec<Vec<Option<String>>> {
+            let mut stmt = db.prepare(sql).unwrap();
+            let width = stmt.column_count();
+            stmt.query_map([], |row| (0..width).map(|i| row.get::<_, Option<String>>(i)).collect())
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let text = |values: &[Option<&str>]| values.iter().map(|v| v.map(str::to_string)).collect::<Vec<_>>();
+        assert_eq!(
+            rows(
+                "SELECT g.id, m.id, x.member_kind, x.seen_round FROM memberships x
+                 JOIN objects g ON g.num = x.group_num JOIN objects m ON m.num = x.member_num ORDER BY g.id, m.id"
+            ),
+            vec![
+                text(&[Some("g1"), Some("u1"), Some("user"), Some("r1")]),
+                text(&[Some("g1"), Some("u2"), Some("user"), None]),
+                text(&[Some("g2"), Some("g1"), Some("group"), Some("r2")]),
+            ]
+        );
+        assert_eq!(
+            rows(
+                "SELECT g.id, m.id, x.ref_key FROM planned_members x
+                 JOIN objects g ON g.num = x.group_num JOIN objects m ON m.num = x.member_num ORDER BY m.id"
+            ),
+            vec![
+                text(&[Some("g1"), Some("gone"), Some("sid:S-1-5-21-1-2-3-1009")]),
+                text(&[Some("g1"), Some("u1"), Some("sid:S-1-5-21-1-2-3-1001")]),
+            ]
+        );
+        assert_eq!(
+            rows(
+                "SELECT g.id, m.id, x.member_kind, x.reason FROM skipped_members x
+                 JOIN objects g ON g.num = x.group_num JOIN objects m ON m.num = x.member_num"
+            ),
+            vec![text(&[Some("g1"), Some("u2"), Some("user"), Some("cloud-only user")])]
+        );
+        let objects: i64 = db.query_row("SELECT COUNT(*) FROM objects", [], |row| row.get(0)).unwrap();
+        assert_eq!(objects, 5, "g1, g2, u1, u2 and gone, once each");
+        drop(db);
+        // The store reads what was migrated, and numbers new ids after the old ones.
+        let mut store = super::super::SqliteStore::open(&path).unwrap();
+        let mut tx = crate::store::Store::transaction(&mut store).unwrap();
+        use crate::store::StoreTx as _;
+        let known = tx.known_member("g1", "u1").unwrap();
+        assert_eq!(known.kind, Some(gwb_core::members::MemberKind::User));
+        assert_eq!(known.planned, Some(gwb_core::command::MemberRef::Sid("S-1-5-21-1-2-3-1001".into())));
+        assert_eq!(tx.known_member("g1", "u2").unwrap().skipped.as_deref(), Some("cloud-only user"));
+        assert_eq!(tx.planned_member_ids("g1").unwrap().len(), 2);
+        assert!(tx.upsert_membership("g1", "u3", gwb_core::members::MemberKind::User, "r3").unwrap());
+        assert!(!tx.upsert_membership("g1", "u1", gwb_core::members::MemberKind::User, "r3").unwrap());
+        assert_eq!(tx.stale_memberships("r3").unwrap(), Vec::<(String, String)>::new(), "g1 was not seen in r3");
+        tx.commit().unwrap();
+        drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -73,6 +73,7 @@ impl Store for SqliteStore {
         let conn: &Connection = &self.db;
         Ok(SqliteTx {
             statements: RefCell::new(HashMap::new()),
+            nums: RefCell::new(HashMap::new()),
             tx: Transaction::new_unchecked(conn, TransactionBehavior::Deferred)?,
             conn,
         })
@@ -100,11 +101,62 @@ pub struct SqliteTx<'a> {
     /// some of the statements themselves. They go back to that cache at the end.
     /// Declared first, so they are dropped before the transaction ends.
     statements: RefCell<HashMap<usize, CachedStatement<'a>>>,
+    /// The numbers of the object ids (`objects`) this transaction used: planning a
+    /// group's slice names the same group hundreds of times and each member three
+    /// times. It lives and dies with the transaction, so a rollback forgets numbers
+    /// given in it, and it is emptied when it grows past [`NUMS_KEPT`].
+    nums: RefCell<HashMap<String, i64>>,
     tx: Transaction<'a>,
     conn: &'a Connection,
 }
 
+/// The most object numbers a transaction keeps at hand (a full round's batch can
+/// name a hundred thousand members; memory stays bounded).
+const NUMS_KEPT: usize = 20_000;
+
 impl<'a> SqliteTx<'a> {
+    fn remember(&self, id: &str, num: i64) {
+        let mut nums = self.nums.borrow_mut();
+        if nums.len() >= NUMS_KEPT {
+            nums.clear();
+        }
+        nums.insert(id.to_string(), num);
+    }
+
+    /// The number of object `id`, None when it was never given one (then no row
+    /// names it).
+    fn num(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        if let Some(&num) = self.nums.borrow().get(id) {
+            return Ok(Some(num));
+        }
+        let num: Option<i64> =
+            self.stmt("SELECT num FROM objects WHERE id = ?1")?.query_row(params![id], |row| row.get(0)).optional()?;
+        if let Some(num) = num {
+            self.remember(id, num);
+        }
+        Ok(num)
+    }
+
+    /// The number of object `id`, given now if it has none.
+    fn intern(&self, id: &str) -> Result<i64, StoreError> {
+        if let Some(num) = self.num(id)? {
+            return Ok(num);
+        }
+        let num: i64 = self
+            .stmt("INSERT INTO objects (id) VALUES (?1) RETURNING num")?
+            .query_row(params![id], |row| row.get(0))?;
+        self.remember(id, num);
+        Ok(num)
+    }
+
+    /// The numbers of a (group, member) pair, None when either has none.
+    fn pair(&self, group_id: &str, member_id: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        Ok(match (self.num(group_id)?, self.num(member_id)?) {
+            (Some(group), Some(member)) => Some((group, member)),
+            _ => None,
+        })
+    }
+
     fn stmt(&self, sql: &'static str) -> Result<RefMut<'_, CachedStatement<'a>>, StoreError> {
         let key = sql.as_ptr() as usize;
         let mut statements = self.statements.borrow_mut();
@@ -184,13 +236,22 @@ fn json_list(row: &Row<'_>, index: usize, what: &'static str) -> rusqlite::Resul
     })
 }
 
-/// A [`KnownMember`] as read, before its planned value is parsed.
+/// A [`KnownMember`] as read, before a planned value that does not parse is refused.
 struct RawKnown {
-    kind: Option<String>,
-    planned: Option<String>,
+    kind: Option<MemberKind>,
+    /// The planned value, or its stored key when that is not one.
+    planned: Option<Result<MemberRef, String>>,
     user: Option<UserAnchor>,
     written_guid: Option<String>,
     skipped: Option<String>,
+}
+
+/// Column `index` as text without copying it: this runs once per membership planned,
+/// and an allocation per text column cost more than reading it.
+fn text_ref<'r>(row: &'r Row<'_>, index: usize) -> rusqlite::Result<Option<&'r str>> {
+    row.get_ref(index)?
+        .as_str_or_null()
+        .map_err(|error| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error)))
 }
 
 /// Columns `at..at + 8` of the known-member queries: kind, planned value, whether
@@ -206,9 +267,10 @@ fn known_row(row: &Row<'_>, at: usize) -> rusqlite::Result<RawKnown> {
     } else {
         None
     };
+    let planned = text_ref(row, at + 1)?.map(|key| MemberRef::from_key(key).ok_or_else(|| key.to_string()));
     Ok(RawKnown {
-        kind: row.get(at)?,
-        planned: row.get(at + 1)?,
+        kind: text_ref(row, at)?.map(MemberKind::from_str_lossy),
+        planned,
         user,
         written_guid: row.get(at + 6)?,
         skipped: row.get(at + 7)?,
@@ -218,14 +280,12 @@ fn known_row(row: &Row<'_>, at: usize) -> rusqlite::Result<RawKnown> {
 impl RawKnown {
     fn into_known(self) -> Result<KnownMember, StoreError> {
         let planned = match self.planned {
-            Some(key) => Some(
-                MemberRef::from_key(&key)
-                    .ok_or_else(|| StoreError::Corrupt { what: "planned member value", detail: key })?,
-            ),
+            Some(Ok(reference)) => Some(reference),
+            Some(Err(key)) => return Err(StoreError::Corrupt { what: "planned member value", detail: key }),
             None => None,
         };
         Ok(KnownMember {
-            kind: self.kind.as_deref().map(MemberKind::from_str_lossy),
+            kind: self.kind,
             planned,
             user: self.user,
             written_guid: self.written_guid,
@@ -443,15 +503,16 @@ impl StoreTx for SqliteTx<'_> {
     ) -> Result<bool, StoreError> {
         // Insert, else update: two plain statements, so the caller's count is exact
         // and SQLite needs no statement journal for an upsert.
-        let values = params![group_id, member_id, kind.as_str(), round];
+        let (group, member) = (self.intern(group_id)?, self.intern(member_id)?);
+        let values = params![group, member, kind.as_str(), round];
         let inserted = self.stmt(
-                "INSERT OR IGNORE INTO memberships (group_id, member_id, member_kind, seen_round) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR IGNORE INTO memberships (group_num, member_num, member_kind, seen_round) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(values)?
             == 1;
         if !inserted {
             self.stmt(
-                "UPDATE memberships SET member_kind = ?3, seen_round = ?4 WHERE group_id = ?1 AND member_id = ?2",
+                "UPDATE memberships SET member_kind = ?3, seen_round = ?4 WHERE group_num = ?1 AND member_num = ?2",
             )?
             .execute(values)?;
         }
@@ -459,27 +520,31 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn remove_membership(&mut self, group_id: &str, member_id: &str) -> Result<bool, StoreError> {
+        let Some((group, member)) = self.pair(group_id, member_id)? else { return Ok(false) };
         Ok(self
-            .stmt("DELETE FROM memberships WHERE group_id = ?1 AND member_id = ?2")?
-            .execute(params![group_id, member_id])?
+            .stmt("DELETE FROM memberships WHERE group_num = ?1 AND member_num = ?2")?
+            .execute(params![group, member])?
             > 0)
     }
 
     fn remove_group_memberships(&mut self, group_id: &str) -> Result<u64, StoreError> {
-        Ok(self.stmt("DELETE FROM memberships WHERE group_id = ?1")?.execute(params![group_id])? as u64)
+        let Some(group) = self.num(group_id)? else { return Ok(0) };
+        Ok(self.stmt("DELETE FROM memberships WHERE group_num = ?1")?.execute(params![group])? as u64)
     }
 
     fn membership_kind(&self, group_id: &str, member_id: &str) -> Result<Option<MemberKind>, StoreError> {
+        let Some((group, member)) = self.pair(group_id, member_id)? else { return Ok(None) };
         let kind: Option<String> = self
-            .stmt("SELECT member_kind FROM memberships WHERE group_id = ?1 AND member_id = ?2")?
-            .query_row(params![group_id, member_id], |row| row.get(0))
+            .stmt("SELECT member_kind FROM memberships WHERE group_num = ?1 AND member_num = ?2")?
+            .query_row(params![group, member], |row| row.get(0))
             .optional()?;
         Ok(kind.as_deref().map(MemberKind::from_str_lossy))
     }
 
     fn stale_memberships(&self, round: &str) -> Result<Vec<(String, String)>, StoreError> {
         let mut stmt = self.stmt(
-            "SELECT m.group_id, m.member_id FROM memberships m JOIN groups g ON g.id = m.group_id
+            "SELECT g.id, mo.id FROM groups g JOIN objects go ON go.id = g.id
+               JOIN memberships m ON m.group_num = go.num JOIN objects mo ON mo.num = m.member_num
              WHERE g.seen_round = ?1 AND (m.seen_round IS NULL OR m.seen_round <> ?1)",
         )?;
         let rows = stmt.query_map(params![round], |row| Ok((row.get(0)?, row.get(1)?)))?;
@@ -487,36 +552,44 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn known_member(&self, group_id: &str, member_id: &str) -> Result<KnownMember, StoreError> {
+        // Without numbers the pair has no rows: NULL numbers match none, and the
+        // user is still looked up by its id.
+        let (group, member) = match self.pair(group_id, member_id)? {
+            Some((group, member)) => (Some(group), Some(member)),
+            None => (None, None),
+        };
         self.stmt(
             "SELECT m.member_kind, p.ref_key, u.id IS NOT NULL, u.sid, u.sync_enabled, u.deleted,
                     CASE WHEN m.member_kind = 'group' THEN
                       (SELECT w.object_guid FROM writeback w WHERE w.group_id = k.member_id AND w.state IN ('pending', 'written'))
                     END,
                     s.reason
-             FROM (SELECT ?1 AS group_id, ?2 AS member_id) k
-             LEFT JOIN memberships m ON m.group_id = k.group_id AND m.member_id = k.member_id
-             LEFT JOIN planned_members p ON p.group_id = k.group_id AND p.member_id = k.member_id
+             FROM (SELECT ?1 AS group_num, ?2 AS member_num, ?3 AS member_id) k
+             LEFT JOIN memberships m ON m.group_num = k.group_num AND m.member_num = k.member_num
+             LEFT JOIN planned_members p ON p.group_num = k.group_num AND p.member_num = k.member_num
              LEFT JOIN users u ON u.id = k.member_id
-             LEFT JOIN skipped_members s ON s.group_id = k.group_id AND s.member_id = k.member_id",
+             LEFT JOIN skipped_members s ON s.group_num = k.group_num AND s.member_num = k.member_num",
         )?
-        .query_row(params![group_id, member_id], |row| known_row(row, 0))?
+        .query_row(params![group, member, member_id], |row| known_row(row, 0))?
         .into_known()
     }
 
     fn known_members_of(&self, group_id: &str) -> Result<Vec<(String, KnownMember)>, StoreError> {
+        let Some(group) = self.num(group_id)? else { return Ok(Vec::new()) };
         let mut stmt = self.stmt(
             "SELECT m.member_kind, p.ref_key, u.id IS NOT NULL, u.sid, u.sync_enabled, u.deleted,
                     CASE WHEN m.member_kind = 'group' THEN
-                      (SELECT w.object_guid FROM writeback w WHERE w.group_id = m.member_id AND w.state IN ('pending', 'written'))
+                      (SELECT w.object_guid FROM writeback w WHERE w.group_id = mo.id AND w.state IN ('pending', 'written'))
                     END,
-                    s.reason, m.member_id
+                    s.reason, mo.id
              FROM memberships m
-             LEFT JOIN planned_members p ON p.group_id = m.group_id AND p.member_id = m.member_id
-             LEFT JOIN users u ON u.id = m.member_id
-             LEFT JOIN skipped_members s ON s.group_id = m.group_id AND s.member_id = m.member_id
-             WHERE m.group_id = ?1",
+             JOIN objects mo ON mo.num = m.member_num
+             LEFT JOIN planned_members p ON p.group_num = m.group_num AND p.member_num = m.member_num
+             LEFT JOIN users u ON u.id = mo.id
+             LEFT JOIN skipped_members s ON s.group_num = m.group_num AND s.member_num = m.member_num
+             WHERE m.group_num = ?1",
         )?;
-        let rows = stmt.query_map(params![group_id], |row| Ok((row.get::<_, String>(8)?, known_row(row, 0)?)))?;
+        let rows = stmt.query_map(params![group], |row| Ok((row.get::<_, String>(8)?, known_row(row, 0)?)))?;
         let mut known = Vec::new();
         for row in rows {
             let (member_id, raw) = row?;
@@ -526,37 +599,47 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn set_planned_member(&mut self, group_id: &str, member_id: &str, reference: &MemberRef) -> Result<(), StoreError> {
-        self.stmt("INSERT OR REPLACE INTO planned_members (group_id, member_id, ref_key) VALUES (?1, ?2, ?3)")?
-            .execute(params![group_id, member_id, reference.key()])?;
+        let (group, member) = (self.intern(group_id)?, self.intern(member_id)?);
+        self.stmt("INSERT OR REPLACE INTO planned_members (group_num, member_num, ref_key) VALUES (?1, ?2, ?3)")?
+            .execute(params![group, member, reference.key()])?;
         Ok(())
     }
 
     fn clear_planned_member(&mut self, group_id: &str, member_id: &str) -> Result<(), StoreError> {
-        self.stmt("DELETE FROM planned_members WHERE group_id = ?1 AND member_id = ?2")?
-            .execute(params![group_id, member_id])?;
+        let Some((group, member)) = self.pair(group_id, member_id)? else { return Ok(()) };
+        self.stmt("DELETE FROM planned_members WHERE group_num = ?1 AND member_num = ?2")?
+            .execute(params![group, member])?;
         Ok(())
     }
 
     fn planned_member_ids(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
-        self.strings("SELECT member_id FROM planned_members WHERE group_id = ?1", group_id)
+        self.strings(
+            "SELECT o.id FROM planned_members p JOIN objects o ON o.num = p.member_num
+             WHERE p.group_num = (SELECT num FROM objects WHERE id = ?1)",
+            group_id,
+        )
     }
 
     fn planned_member_by_ref(&self, group_id: &str, reference: &MemberRef) -> Result<Option<String>, StoreError> {
         Ok(self
-            .stmt("SELECT member_id FROM planned_members WHERE group_id = ?1 AND ref_key = ?2")?
+            .stmt(
+                "SELECT o.id FROM planned_members p JOIN objects o ON o.num = p.member_num
+                 WHERE p.group_num = (SELECT num FROM objects WHERE id = ?1) AND p.ref_key = ?2",
+            )?
             .query_row(params![group_id, reference.key()], |row| row.get(0))
             .optional()?)
     }
 
     fn planned_member_count(&self, group_id: &str) -> Result<u64, StoreError> {
         let count: i64 = self
-            .stmt("SELECT COUNT(*) FROM planned_members WHERE group_id = ?1")?
+            .stmt("SELECT COUNT(*) FROM planned_members WHERE group_num = (SELECT num FROM objects WHERE id = ?1)")?
             .query_row(params![group_id], |row| row.get(0))?;
         Ok(count.max(0) as u64)
     }
 
     fn forget_planned_links_to(&mut self, member_id: &str) -> Result<(), StoreError> {
-        self.stmt("DELETE FROM planned_members WHERE member_id = ?1")?.execute(params![member_id])?;
+        let Some(member) = self.num(member_id)? else { return Ok(()) };
+        self.stmt("DELETE FROM planned_members WHERE member_num = ?1")?.execute(params![member])?;
         Ok(())
     }
 
@@ -567,16 +650,18 @@ impl StoreTx for SqliteTx<'_> {
         kind: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
+        let (group, member) = (self.intern(group_id)?, self.intern(member_id)?);
         self.stmt(
-            "INSERT OR REPLACE INTO skipped_members (group_id, member_id, member_kind, reason) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR REPLACE INTO skipped_members (group_num, member_num, member_kind, reason) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![group_id, member_id, kind, reason])?;
+        .execute(params![group, member, kind, reason])?;
         Ok(())
     }
 
     fn clear_skipped_member(&mut self, group_id: &str, member_id: &str) -> Result<(), StoreError> {
-        self.stmt("DELETE FROM skipped_members WHERE group_id = ?1 AND member_id = ?2")?
-            .execute(params![group_id, member_id])?;
+        let Some((group, member)) = self.pair(group_id, member_id)? else { return Ok(()) };
+        self.stmt("DELETE FROM skipped_members WHERE group_num = ?1 AND member_num = ?2")?
+            .execute(params![group, member])?;
         Ok(())
     }
 
@@ -585,16 +670,18 @@ impl StoreTx for SqliteTx<'_> {
     }
 
     fn forget_member_plan(&mut self, group_id: &str) -> Result<(), StoreError> {
-        self.stmt("DELETE FROM planned_members WHERE group_id = ?1")?.execute(params![group_id])?;
-        self.stmt("DELETE FROM skipped_members WHERE group_id = ?1")?.execute(params![group_id])?;
+        let Some(group) = self.num(group_id)? else { return Ok(()) };
+        self.stmt("DELETE FROM planned_members WHERE group_num = ?1")?.execute(params![group])?;
+        self.stmt("DELETE FROM skipped_members WHERE group_num = ?1")?.execute(params![group])?;
         Ok(())
     }
 
     fn groups_to_replan(&self, member_id: &str) -> Result<Vec<String>, StoreError> {
         self.strings(
-            "SELECT m.group_id FROM memberships m JOIN writeback w ON w.group_id = m.group_id
-             WHERE m.member_id = ?1 AND w.state IN ('pending', 'written')
-             UNION SELECT p.group_id FROM planned_members p WHERE p.member_id = ?1",
+            "SELECT go.id FROM memberships m JOIN objects go ON go.num = m.group_num JOIN writeback w ON w.group_id = go.id
+             WHERE m.member_num = (SELECT num FROM objects WHERE id = ?1) AND w.state IN ('pending', 'written')
+             UNION SELECT go.id FROM planned_members p JOIN objects go ON go.num = p.group_num
+             WHERE p.member_num = (SELECT num FROM objects WHERE id = ?1)",
             member_id,
         )
     }

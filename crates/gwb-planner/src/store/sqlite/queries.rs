@@ -10,8 +10,8 @@ use crate::store::{Meta, SkippedMember, StoreError};
 
 const SUMMARY: &str =
     "SELECT g.id, g.display_name, COALESCE(w.state, 'unknown'), COALESCE(w.dn, ''), COALESCE(w.last_error, ''),
-            (SELECT COUNT(*) FROM planned_members p WHERE p.group_id = g.id),
-            (SELECT COUNT(*) FROM skipped_members s WHERE s.group_id = g.id)
+            (SELECT COUNT(*) FROM planned_members p WHERE p.group_num = (SELECT num FROM objects WHERE id = g.id)),
+            (SELECT COUNT(*) FROM skipped_members s WHERE s.group_num = (SELECT num FROM objects WHERE id = g.id))
      FROM groups g LEFT JOIN writeback w ON w.group_id = g.id";
 
 fn summary_row(row: &Row<'_>) -> rusqlite::Result<GroupSummary> {
@@ -28,7 +28,8 @@ fn summary_row(row: &Row<'_>) -> rusqlite::Result<GroupSummary> {
 
 pub(super) fn skipped_members(db: &Connection, group_id: &str, limit: usize) -> Result<Vec<SkippedMember>, StoreError> {
     let mut stmt = db.prepare_cached(
-        "SELECT member_id, member_kind, reason FROM skipped_members WHERE group_id = ?1 ORDER BY member_id LIMIT ?2",
+        "SELECT o.id, s.member_kind, s.reason FROM skipped_members s JOIN objects o ON o.num = s.member_num
+         WHERE s.group_num = (SELECT num FROM objects WHERE id = ?1) ORDER BY o.id LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![group_id, limit as i64], |row| {
         Ok(SkippedMember { member_id: row.get(0)?, kind: row.get(1)?, reason: row.get(2)? })
@@ -118,7 +119,8 @@ impl Queries for SqliteStore {
             .unwrap_or_default();
         let members_written = {
             let mut stmt = db.prepare_cached(
-                "SELECT ref_key FROM planned_members WHERE group_id = ?1 ORDER BY ref_key LIMIT 10000",
+                "SELECT ref_key FROM planned_members WHERE group_num = (SELECT num FROM objects WHERE id = ?1)
+                 ORDER BY ref_key LIMIT 10000",
             )?;
             let rows = stmt.query_map(params![group_id], |row| row.get(0))?;
             rows.collect::<Result<_, _>>()?
