@@ -107,9 +107,11 @@ TOML
 
 launch() {
     local name=$1; shift
-    # The lab's GWB_LAB_* variables are for the scripts, not service configuration.
-    env -u GWB_LAB_LDAP_URL -u GWB_LAB_LDAP_CA_FILE -u GWB_LAB_LDAP_BIND_DN -u GWB_LAB_LDAP_PASSWORD_FILE \
-        -u GWB_LAB_BASE_DN -u GWB_LAB_DIR nohup "$BIN/$name" "$@" >"$DEMO/logs/$name.log" 2>&1 &
+    # The lab's GWB_LAB_* variables (all of them, whatever lab-ad.sh exports) are for
+    # the scripts: a service reads GWB_* as configuration and refuses unknown keys.
+    local unset=()
+    for var in $(compgen -e | grep '^GWB_LAB_'); do unset+=(-u "$var"); done
+    env "${unset[@]}" nohup "$BIN/$name" "$@" >"$DEMO/logs/$name.log" 2>&1 &
     echo $! >"$DEMO/$name.pid"
 }
 
