@@ -15,18 +15,21 @@
 //! against gwb-ldap's detection, against the directory read here with ldap3 alone, and
 //! by writing a mail-enabled group through gwb-ldap (allowed or refused).
 
+// The lab helpers of the end-to-end test crate, shared rather than copied; not every
+// helper is needed here.
+#[allow(dead_code)]
+#[path = "../../../tests/src/ad.rs"]
+mod ad;
+
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail, ensure};
 use gwb_core::command::{FailureClass, GroupSpec, GroupType, MailAttributes, WriteCommand};
 use gwb_ldap::exchange::{SCHEMA_VERSION_CN, WRITTEN_ATTRIBUTES, schema_label};
 use gwb_ldap::{Directory, DirectoryConfig, ExchangeDetection, ExchangePresence, M365WritebackRefusal};
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
+use ldap3::{Ldap, Scope, SearchEntry};
 
 const ORG_LAB: &str = "GWB_LAB_EXCHANGE_ORG_ENV";
 const SCHEMA_LAB: &str = "GWB_LAB_EXCHANGE_SCHEMA_ENV";
@@ -88,22 +91,8 @@ impl Lab {
     /// A plain ldap3 connection (LDAPS verified against the lab CA), independent of
     /// gwb-ldap, to check what the directory really holds.
     async fn raw(&self) -> anyhow::Result<Ldap> {
-        let url = self.get("GWB_LAB_LDAP_URL")?;
-        let ca_file = self.get("GWB_LAB_LDAP_CA_FILE")?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca_file).with_context(|| format!("reading {ca_file}"))? {
-            roots.add(cert?)?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let settings = LdapConnSettings::new().set_config(Arc::new(config));
-        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, url).await.with_context(|| url.to_string())?;
-        ldap3::drive!(conn);
-        ldap.simple_bind(self.get("GWB_LAB_LDAP_BIND_DN")?, &self.password()?).await?.success()?;
-        Ok(ldap)
+        let ca_file = Path::new(self.get("GWB_LAB_LDAP_CA_FILE")?);
+        ad::connect(self.get("GWB_LAB_LDAP_URL")?, ca_file, self.get("GWB_LAB_LDAP_BIND_DN")?, &self.password()?).await
     }
 }
 
