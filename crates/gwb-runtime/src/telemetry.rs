@@ -25,7 +25,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// a dependency of their own (and always the same version as the runtime's).
 pub use opentelemetry;
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` (default) or `json`.
@@ -50,6 +50,26 @@ pub enum LogFormat {
 
 fn default_filter() -> String {
     "info".into()
+}
+
+/// Written by hand: a derived `Default` left the filter empty, so a service without a
+/// `[log]` section logged errors only, not `info` as documented.
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::default(), filter: default_filter(), otlp_endpoint: None }
+    }
+}
+
+/// The filter directives in force: `RUST_LOG` when it says something, else the
+/// configured filter, else `info`. An empty value (`RUST_LOG=` in a compose file or
+/// a shell) means unset: taken literally it would show errors only.
+fn filter_directives(env: Option<&str>, configured: &str) -> String {
+    [env.unwrap_or_default(), configured]
+        .into_iter()
+        .map(str::trim)
+        .find(|directives| !directives.is_empty())
+        .unwrap_or("info")
+        .to_string()
 }
 
 /// Refused at load time, naming the key, rather than failing when the first span is
@@ -78,9 +98,12 @@ pub fn init_logging(service: &'static str, config: &LogConfig) {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let (provider, export_error) = tracer_provider(service, config.otlp_endpoint.as_deref());
     let tracer = provider.tracer(service);
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let env = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let directives = filter_directives(env.as_deref(), &config.filter);
+    let (filter, bad_filter) = match EnvFilter::try_new(&directives) {
+        Ok(filter) => (filter, None),
+        Err(error) => (EnvFilter::new("info"), Some((directives, error))),
+    };
     let registry = tracing_subscriber::registry().with(filter).with(tracing_opentelemetry::layer().with_tracer(tracer));
     let result = match config.format {
         LogFormat::Json => {
@@ -91,6 +114,9 @@ pub fn init_logging(service: &'static str, config: &LogConfig) {
     if result.is_ok() {
         let _ = TRACER_PROVIDER.set(provider);
         tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
+        if let Some((directives, error)) = bad_filter {
+            tracing::warn!(directives, %error, "log filter does not parse; logging at info");
+        }
         match (export_error, &config.otlp_endpoint) {
             (Some(error), Some(endpoint)) => {
                 tracing::error!(%error, endpoint, "log.otlp_endpoint: traces will not be exported")
@@ -244,5 +270,27 @@ mod tests {
         let error = toml::from_str::<LogConfig>("otlp_endpoint = \"collector:4317\"").unwrap_err();
         assert!(error.to_string().contains("http:// or https://"), "{error}");
         assert_eq!(toml::from_str::<LogConfig>("").unwrap().otlp_endpoint, None);
+    }
+
+    /// A service config without a `[log]` section logs at info, as the README says
+    /// (failed before: the derived default filter was empty, which is errors only).
+    #[test]
+    fn without_a_log_section_the_filter_is_info() {
+        #[derive(Deserialize)]
+        struct Service {
+            #[serde(default)]
+            log: LogConfig,
+        }
+        let service: Service = toml::from_str("").unwrap();
+        assert_eq!(filter_directives(None, &service.log.filter), "info");
+        assert_eq!(LogConfig::default().filter, "info");
+    }
+
+    #[test]
+    fn an_empty_rust_log_is_unset() {
+        assert_eq!(filter_directives(Some(""), "warn"), "warn");
+        assert_eq!(filter_directives(Some("  "), ""), "info");
+        assert_eq!(filter_directives(Some("debug"), "warn"), "debug");
+        assert_eq!(filter_directives(None, " "), "info");
     }
 }
