@@ -14,7 +14,7 @@ use gwb_runtime::clock::Clock;
 
 use crate::coordination::Coordinator;
 use crate::plan::{Engine, EngineError, Origin};
-use crate::store::queries::{self, Queries};
+use crate::store::queries::{self, Queries, ServiceRow};
 use crate::store::sqlite::SqliteStore;
 use crate::{count_planned, origin};
 
@@ -355,6 +355,30 @@ fn skipped_message(skipped: crate::store::SkippedMember) -> pb::SkippedMember {
     pb::SkippedMember { member_id: skipped.member_id, kind: skipped.kind, reason: skipped.reason }
 }
 
+/// A service report older than this (six default writer status intervals) is stale:
+/// the service is shown unhealthy.
+const REPORT_FRESH_MS: i64 = 90_000;
+/// A writer stale for this long is no longer listed, when another writer reports:
+/// writers scaled down or replaced would otherwise stay as unhealthy rows for ever.
+const STALE_WRITER_LISTED_MS: i64 = 300_000;
+
+/// The service reports worth showing: all of them, except writers stale for longer
+/// than [`STALE_WRITER_LISTED_MS`] while another writer reports. With no writer
+/// reporting, the last one seen stays listed, so "no writer" is visible.
+fn listed_services(services: Vec<ServiceRow>, now: i64) -> Vec<ServiceRow> {
+    let is_writer = |service: &ServiceRow| service.name.starts_with("gwb-writer/");
+    let any_fresh_writer = services.iter().any(|s| is_writer(s) && now - s.last_seen_ms < REPORT_FRESH_MS);
+    let last_writer_seen = services.iter().filter(|s| is_writer(s)).map(|s| s.last_seen_ms).max();
+    services
+        .into_iter()
+        .filter(|service| {
+            !is_writer(service)
+                || now - service.last_seen_ms < STALE_WRITER_LISTED_MS
+                || (!any_fresh_writer && Some(service.last_seen_ms) == last_writer_seen)
+        })
+        .collect()
+}
+
 fn status(engine: &Engine<SqliteStore>, now: i64) -> Result<pb::Status, EngineError> {
     let snapshot = engine.store().status()?;
     let last_disable_mode = match snapshot.last_disable_mode.as_deref() {
@@ -369,9 +393,9 @@ fn status(engine: &Engine<SqliteStore>, now: i64) -> Result<pb::Status, EngineEr
         detail: String::new(),
         last_seen_ms: now,
     }];
-    services.extend(snapshot.services.into_iter().map(|service| {
+    services.extend(listed_services(snapshot.services, now).into_iter().map(|service| {
         // A service that stopped reporting is not healthy, whatever it said last.
-        let fresh = now - service.last_seen_ms < 90_000;
+        let fresh = now - service.last_seen_ms < REPORT_FRESH_MS;
         pb::ServiceHealth {
             service: service.name,
             healthy: service.healthy && fresh,
@@ -413,4 +437,36 @@ fn status(engine: &Engine<SqliteStore>, now: i64) -> Result<pb::Status, EngineEr
         recent_errors: snapshot.recent_errors,
         planner_version: env!("CARGO_PKG_VERSION").into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str, last_seen_ms: i64) -> ServiceRow {
+        ServiceRow { name: name.into(), healthy: true, version: String::new(), detail: String::new(), last_seen_ms }
+    }
+
+    fn names(services: &[ServiceRow]) -> Vec<&str> {
+        services.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// Failed before: a writer scaled away stayed in `gwbctl status` for ever.
+    #[test]
+    fn writers_that_stopped_reporting_drop_out_while_another_reports() {
+        let now = 10_000_000;
+        let services = vec![
+            report("gwb-writer/a", now - 5_000),
+            report("gwb-writer/b", now - 120_000),
+            report("gwb-writer/c", now - 400_000),
+        ];
+        assert_eq!(names(&listed_services(services, now)), ["gwb-writer/a", "gwb-writer/b"], "c has been gone 400 s");
+    }
+
+    #[test]
+    fn with_no_writer_reporting_the_last_one_seen_stays_listed() {
+        let now = 10_000_000;
+        let services = vec![report("gwb-writer/a", now - 900_000), report("gwb-writer/b", now - 600_000)];
+        assert_eq!(names(&listed_services(services, now)), ["gwb-writer/b"]);
+    }
 }
