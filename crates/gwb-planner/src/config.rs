@@ -65,6 +65,9 @@ pub struct PlannerSettings {
     /// What happens to a written group that is soft-deleted in the cloud.
     #[serde(default)]
     pub on_soft_delete: RemovalAction,
+    /// What happens to the memberships of a user soft-deleted in the cloud.
+    #[serde(default)]
+    pub on_user_soft_delete: UserSoftDelete,
     /// Plan everything, send nothing: commands are recorded in the audit log as
     /// `staged` instead of reaching the writer.
     #[serde(default)]
@@ -164,6 +167,19 @@ pub enum RemovalAction {
     Delete,
     /// Move it to `retired_ou`.
     Move,
+}
+
+/// A soft-deleted synced user (`@removed: changed`: restorable for 30 days, often a
+/// sync-scope mistake on the AD side) most likely still has its AD account; removing
+/// it from every written group would strip its access until it is restored.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UserSoftDelete {
+    /// It stays a member until it is permanently deleted.
+    #[default]
+    Keep,
+    /// It is removed from the groups at once, as for a permanent deletion.
+    Remove,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -99,6 +99,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         member_batch_size: config.planner.member_batch_size,
         on_leave_scope: config.planner.on_leave_scope,
         on_soft_delete: config.planner.on_soft_delete,
+        on_user_soft_delete: config.planner.on_user_soft_delete,
         retired_ou: config.planner.retired_ou.clone(),
         partitions: config.bus.command_partitions.max(1),
         threshold: config.deletion.threshold(),

@@ -9,6 +9,7 @@ use gwb_proto::commands::v1 as cmd;
 
 use super::members::MemberDelta;
 use super::{EngineError, Plan};
+use crate::config::UserSoftDelete;
 use crate::store::{Counter, Meta, ServiceReport, StoreTx, UserRow};
 
 impl<T: StoreTx> Plan<'_, T> {
@@ -33,11 +34,17 @@ impl<T: StoreTx> Plan<'_, T> {
         Ok(())
     }
 
-    pub(super) fn user_removed(&mut self, user_id: &str) -> Result<(), EngineError> {
+    /// A user left the delta: permanently deleted (`hard`), or soft-deleted. A synced
+    /// user's cloud object goes because its AD account went out of sync scope or was
+    /// deleted: AD drops a deleted account from its groups by itself, and one out of
+    /// scope still exists, so by default a soft-deleted user stays a member until it is
+    /// permanently deleted (`on_user_soft_delete`). Restored, it comes back as an upsert.
+    pub(super) fn user_removed(&mut self, user_id: &str, hard: bool) -> Result<(), EngineError> {
         let id = user_id.to_ascii_lowercase();
-        // Both "changed" and "deleted" remove the user from our view. A soft-deleted
-        // user keeps its cloud memberships, but its AD account is no longer a synced
-        // identity we may vouch for; if it is restored it comes back as an upsert.
+        if !hard && self.policy.on_user_soft_delete == UserSoftDelete::Keep {
+            tracing::info!(user = %id, "user soft-deleted in the cloud: it stays a member until permanently deleted");
+            return Ok(());
+        }
         if self.tx.user_anchor(&id)?.is_some_and(|user| !user.deleted) {
             self.tx.add_to_counter(Counter::Users, -1)?;
         }

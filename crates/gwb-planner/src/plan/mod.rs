@@ -28,7 +28,7 @@ use gwb_core::state::WritebackState;
 use gwb_proto::commands::v1 as cmd;
 use gwb_proto::convert::commands::{Envelope, command_to_wire, describe_command};
 
-use crate::config::RemovalAction;
+use crate::config::{RemovalAction, UserSoftDelete};
 use crate::store::{AuditEntry, AuditResult, Meta, PlannedCommand, Store, StoreError, StoreTx};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,7 @@ pub struct PolicySettings {
     pub member_batch_size: usize,
     pub on_leave_scope: RemovalAction,
     pub on_soft_delete: RemovalAction,
+    pub on_user_soft_delete: UserSoftDelete,
     pub retired_ou: Option<String>,
     pub partitions: u16,
     pub threshold: DeletionThreshold,
@@ -224,7 +225,7 @@ fn apply_one<T: StoreTx>(
     let round = event.round_id.as_str();
     match &event.change {
         Change::User(user) => plan.user_upsert(user, round)?,
-        Change::UserRemoved(removed) => plan.user_removed(&removed.id)?,
+        Change::UserRemoved(removed) => plan.user_removed(&removed.id, removed.reason == RemovalReason::Deleted)?,
         Change::Group(group) => plan.group_upsert(group, round)?,
         // Only a permanent delete is hard; a soft-deleted group may be restored.
         Change::GroupRemoved(removed) => plan.group_removed(&removed.id, removed.reason == RemovalReason::Deleted)?,

@@ -37,7 +37,8 @@ impl<T: StoreTx> Plan<'_, T> {
         match boundary.resource {
             Resource::Users => {
                 for id in self.tx.users_not_seen_in(round)? {
-                    self.user_removed(&id)?;
+                    // Soft or hard is unknowable here, as for groups: the soft policy.
+                    self.user_removed(&id, false)?;
                 }
             }
             Resource::Groups => self.sweep_groups(round)?,

@@ -14,7 +14,7 @@ use gwb_core::state::WritebackState;
 use gwb_proto::commands::v1 as cmd;
 
 use super::{Engine, EngineError, Incoming, Origin, PolicySettings};
-use crate::config::RemovalAction;
+use crate::config::{RemovalAction, UserSoftDelete};
 use crate::store::queries::Queries;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Counter, Store, StoreTx};
@@ -57,6 +57,7 @@ fn engine(threshold: DeletionThreshold) -> TestEngine {
         member_batch_size: 500,
         on_leave_scope: RemovalAction::Keep,
         on_soft_delete: RemovalAction::Keep,
+        on_user_soft_delete: UserSoftDelete::Keep,
         retired_ou: None,
         partitions: 4,
         threshold,
@@ -639,4 +640,44 @@ fn ingest_cost() {
         total.as_secs_f64() * 1e6 / memberships as f64
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// F2: a soft-deleted synced user (`@removed: changed`, e.g. moved out of the sync
+/// scope on the AD side) keeps its memberships by default until it is permanently
+/// deleted; `on_user_soft_delete = "remove"` removes it at once. Failed before: every
+/// `@removed` user was removed from its groups.
+#[test]
+fn a_soft_deleted_user_stays_a_member_until_permanently_deleted() {
+    let user_removed = |hard: bool| {
+        let reason = if hard { RemovalReason::Deleted } else { RemovalReason::Changed };
+        event(Change::UserRemoved(ObjectRemoved { id: "u2".into(), reason }))
+    };
+    let apply = |engine: &mut TestEngine, event: ChangeEvent| {
+        let applied = engine.apply_events(&[Incoming { event, span: tracing::Span::none(), trace: String::new() }], 0);
+        assert!(applied.failure.is_none());
+        applied.planned.commands.into_iter().map(|(kind, _)| kind).collect::<Vec<_>>()
+    };
+    let planned = |engine: &mut TestEngine| engine.store.transaction().unwrap().planned_member_count("g").unwrap();
+    for (policy, removed_on_soft_delete) in [(UserSoftDelete::Keep, false), (UserSoftDelete::Remove, true)] {
+        let mut engine = engine(DeletionThreshold::default());
+        engine.policy.on_user_soft_delete = policy;
+        for n in 1..=2 {
+            engine.apply_event(&user(n), 0).unwrap();
+        }
+        engine.apply_event(&group("g", 1..=2, []), 0).unwrap();
+        assert_eq!(planned(&mut engine), 2);
+
+        let soft = apply(&mut engine, user_removed(false));
+        if removed_on_soft_delete {
+            assert_eq!(soft, [CommandKind::RemoveMembers], "{policy:?}");
+            assert_eq!(planned(&mut engine), 1);
+            continue;
+        }
+        assert!(soft.is_empty(), "{policy:?}: nothing is sent for a soft delete, got {soft:?}");
+        assert_eq!(planned(&mut engine), 2, "the soft-deleted user is still a member");
+        assert_eq!(engine.store().status().unwrap().users_known, 2);
+        let hard = apply(&mut engine, user_removed(true));
+        assert_eq!(hard, [CommandKind::RemoveMembers], "a permanent deletion removes it");
+        assert_eq!(planned(&mut engine), 1);
+    }
 }
