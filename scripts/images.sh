@@ -168,13 +168,13 @@ rust_base() {
 }
 
 gwb_images() {
-    # One snapshot of the sources (files git tracks or would track, so target/, .git and
-    # secrets/ stay out) is the context of all four builds: they share one cargo build
+    # One snapshot of the build's inputs (the workspace's files that git tracks or would
+    # track, so target/ and secrets/ stay out) is the context of all four builds: they share one cargo build
     # even while the work tree changes under them, and its hash decides the rebuild.
     local context=$CACHE/context hash target
     rm -rf "$context"
     mkdir -p "$context"
-    git ls-files -coz --exclude-standard | grep -zv '^secrets/' |
+    git ls-files -coz --exclude-standard -- Cargo.toml Cargo.lock crates proto tests deploy/Dockerfile .dockerignore |
         tar --null --no-recursion --ignore-failed-read -cf - -T - | tar -xf - -C "$context"
     hash=$( (cd "$context" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
         label_of "$RUST_BASE"; label_of "$DEBIAN_BASE") | sha256sum | cut -c1-16)

@@ -31,11 +31,12 @@ make_tls() {
             -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
         openssl req -newkey rsa:2048 -nodes -sha256 -keyout key.pem -out server.csr \
             -subj "/O=gwb lab/CN=$SERVICE_NAME" 2>/dev/null
+        # DNS:$HOST_NAME too: libldap checks ldaps://localhost against the local host name.
         cat >server.ext <<EXT
 basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=DNS:$SERVICE_NAME,DNS:$HOST_NAME.lab.example,DNS:localhost,IP:127.0.0.1
+subjectAltName=DNS:$SERVICE_NAME,DNS:$HOST_NAME,DNS:$HOST_NAME.lab.example,DNS:localhost,IP:127.0.0.1
 EXT
         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
             -days 825 -sha256 -extfile server.ext -out cert.pem 2>/dev/null

@@ -1,5 +1,7 @@
-//! docker-compose.yml checked against the code, since no container engine runs here:
-//! it parses; every build target is a Dockerfile stage; every mounted file exists;
+//! docker-compose.yml (with the lab's docker-compose.lab.yml merged in, as
+//! deploy/lab.env has compose do) checked against the code as text; scripts/compose-test.sh
+//! runs it for real where an engine answers. It parses; every build target is a
+//! Dockerfile stage; every mounted file exists;
 //! every service config (production and lab) has the sections and keys its service
 //! reads, its secret files are mounted secrets, its metrics port is the healthcheck's
 //! and Prometheus' port; healthchecks run binaries the image contains (and that the
@@ -23,10 +25,34 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn compose() -> Yaml {
-    let mut value: Yaml = serde_norway::from_str(&read("docker-compose.yml")).expect("docker-compose.yml parses");
+fn parse(path: &str) -> Yaml {
+    let mut value: Yaml = serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} parses: {e}"));
     // `<<: *gwb-service` merge keys, as compose resolves them.
     value.apply_merge().expect("merge keys resolve");
+    value
+}
+
+/// docker-compose.yml with docker-compose.lab.yml over it, merged as compose merges
+/// several files: mappings key by key, lists (volumes, ports) appended.
+fn compose() -> Yaml {
+    fn merge(base: &mut Yaml, over: &Yaml) {
+        match (base, over) {
+            (Yaml::Mapping(base), Yaml::Mapping(over)) => {
+                for (key, value) in over {
+                    match base.get_mut(key) {
+                        Some(existing) => merge(existing, value),
+                        None => {
+                            base.insert(key.clone(), value.clone());
+                        }
+                    }
+                }
+            }
+            (Yaml::Sequence(base), Yaml::Sequence(over)) => base.extend(over.iter().cloned()),
+            (base, over) => *base = over.clone(),
+        }
+    }
+    let mut value = parse("docker-compose.yml");
+    merge(&mut value, &parse("docker-compose.lab.yml"));
     value
 }
 
@@ -44,8 +70,16 @@ fn strings(value: &Yaml) -> Vec<String> {
 }
 
 /// `${NAME:-default}` → every value the compose file can take for it: the default and
-/// the documented alternatives (the lab config directory).
+/// the documented alternatives (the lab config directory). Other variables (host
+/// ports, the image tag) expand to their default.
 fn expansions(text: &str) -> Vec<String> {
+    let mut text = text.to_string();
+    while let Some(start) = text.find("${GWB_").filter(|_| !text.contains("${GWB_CONFIG_DIR:-")) {
+        let end = start + text[start..].find('}').unwrap();
+        let default = text[start..end].split_once(":-").map(|(_, d)| d.to_string()).unwrap_or_default();
+        text.replace_range(start..=end, &default);
+    }
+    let text = text.as_str();
     match (text.find("${GWB_CONFIG_DIR:-"), text.find('}')) {
         (Some(start), Some(end)) => {
             let default = &text[start + "${GWB_CONFIG_DIR:-".len()..end];
@@ -286,7 +320,8 @@ fn compose_services_match_images_configs_ports_and_secrets() {
         if let Some(build) = service["build"].as_mapping() {
             let build = Yaml::Mapping(build.clone());
             let context = build["context"].as_str().unwrap();
-            let dockerfile = format!("{}/{}", context.trim_end_matches('/'), build["dockerfile"].as_str().unwrap());
+            let dockerfile =
+                format!("{}/{}", context.trim_end_matches('/'), build["dockerfile"].as_str().unwrap_or("Dockerfile"));
             let dockerfile = dockerfile.trim_start_matches("./").to_string();
             assert!(repo().join(&dockerfile).exists(), "{name}: {dockerfile} missing");
             let stages = dockerfile_stages(&dockerfile);
@@ -345,13 +380,8 @@ fn compose_services_match_images_configs_ports_and_secrets() {
                 let dep = dep.as_str().unwrap();
                 assert!(services.contains_key(dep), "{name} depends on unknown {dep}");
                 assert!(spec["condition"].as_str().is_some(), "{name} → {dep}: a condition");
-                if services[dep]["profiles"].as_sequence().is_some() && service["profiles"].as_sequence().is_none() {
-                    assert_eq!(
-                        spec["required"].as_bool(),
-                        Some(false),
-                        "{name} → {dep}: lab-only dependency must be optional"
-                    );
-                }
+                // Compose v1 (Debian's docker-compose 1.29) knows no `required: false`.
+                assert!(spec["required"].is_null(), "{name} → {dep}: no `required` (Compose v1)");
             }
         }
 
@@ -371,6 +401,10 @@ fn compose_services_match_images_configs_ports_and_secrets() {
         }
         let mounts: Vec<String> = volumes(service).into_iter().map(|(_, t)| t).collect();
         let published: Vec<u16> = strings(&service["ports"]).iter().map(|p| port_of(p)).collect();
+        assert!(
+            service["read_only"].as_bool() == Some(true) && service["restart"].as_str() == Some("unless-stopped"),
+            "{name}: read-only root filesystem, restarted on a crash"
+        );
         for path in expansions(&config_target.0) {
             let text = read(path.trim_start_matches("./"));
             let config: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -444,9 +478,18 @@ fn compose_services_match_images_configs_ports_and_secrets() {
     assert!(writer["deploy"]["replicas"].as_u64().unwrap_or(0) >= 2);
     assert!(writer["ports"].is_null() && writer["container_name"].is_null());
 
-    // Lab profile: graph-sim and a Samba DC built from deploy/samba, with its entrypoint.
+    // The lab (docker-compose.lab.yml only): graph-sim and a Samba DC built from
+    // deploy/samba, with its entrypoint; Grafana, which cannot be built from Debian
+    // packages, behind a profile.
+    let production = self::services(&parse("docker-compose.yml"));
     for lab in ["graph-sim", "samba-dc"] {
-        assert_eq!(strings(&services[lab]["profiles"]), vec!["lab"]);
+        assert!(services.contains_key(lab) && !production.contains_key(lab), "{lab} is a lab service");
+    }
+    assert_eq!(strings(&services["grafana"]["profiles"]), vec!["grafana"]);
+    for (name, service) in &services {
+        for port in strings(&service["ports"]) {
+            assert!(port.starts_with("${GWB_"), "{name}: host port {port} is configurable");
+        }
     }
     let samba = read("deploy/samba/Dockerfile");
     for script in ["entrypoint.sh", "healthcheck.sh"] {
