@@ -13,6 +13,7 @@ mod compose_file;
 mod e2e_control;
 mod e2e_parallel_writers;
 mod e2e_policy;
+mod e2e_user_lifecycle;
 mod e2e_writeback;
 mod observability_prometheus;
 mod observability_secrets;
