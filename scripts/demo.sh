@@ -3,8 +3,13 @@
 # tenant (graph-sim) with sample users and groups, the three services over RabbitMQ,
 # writeback switched on. Leaves everything running so you can look at the result.
 #
-#   scripts/demo.sh          start (or restart) the demo
-#   scripts/demo.sh down     stop it and remove the lab domain
+#   scripts/demo.sh [--exchange]   start (or restart) the demo on a lab domain with
+#                                  Exchange's schema and an organisation (the default):
+#                                  the Microsoft 365 group is written back as a
+#                                  RemoteGroupMailbox next to the security groups
+#   scripts/demo.sh --plain        the same on a plain lab domain (the M365 group is
+#                                  then skipped, with the reason)
+#   scripts/demo.sh down           stop it and remove the lab domain
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -29,6 +34,14 @@ stop_services() {
     done
 }
 
+VARIANT=--exchange
+case "${1:-up}" in
+    up | --exchange) ;;
+    --plain) VARIANT= ;;
+    down) ;;
+    *) echo "usage: scripts/demo.sh [--exchange | --plain | down]" >&2; exit 2 ;;
+esac
+
 if [ "${1:-up}" = down ]; then
     stop_services
     scripts/lab-ad.sh down demo
@@ -42,7 +55,8 @@ scripts/ensure-rabbitmq.sh
 # Every run starts from a fresh lab domain and tenant, so what you see is this run's.
 stop_services
 scripts/lab-ad.sh down demo >/dev/null 2>&1 || true
-scripts/lab-ad.sh up demo >/dev/null
+# shellcheck disable=SC2086 # VARIANT is one word or none
+scripts/lab-ad.sh up demo $VARIANT >/dev/null
 set -a; . "$(scripts/lab-ad.sh env demo)"; set +a
 
 echo "==> building"
@@ -132,10 +146,13 @@ for _ in $(seq 100); do "$BIN/gwbctl" status >/dev/null 2>&1 && break; sleep 0.2
 echo "==> switching writeback on (gwbctl enable)"
 "$BIN/gwbctl" enable >/dev/null
 
+# Three security groups, and the Microsoft 365 group on the Exchange lab.
+expected=3
+[ -n "$VARIANT" ] && expected=4
 written=0
 for _ in $(seq 150); do
     written=$("$BIN/gwbctl" groups --state written --json | grep -c '"id"' || true)
-    [ "$written" -ge 3 ] && break
+    [ "$written" -ge "$expected" ] && break
     sleep 0.2
 done
 echo
@@ -143,6 +160,13 @@ echo
 echo
 "$BIN/gwbctl" groups
 echo
+if [ -n "$VARIANT" ]; then
+    echo "==> the Microsoft 365 group as written (mail attributes, over LDAPS)"
+    LDAPTLS_CACERT=$GWB_LAB_LDAP_CA_FILE ldapsearch -LLL -o ldif-wrap=no -H "$GWB_LAB_LDAP_URL" \
+        -D "$GWB_LAB_LDAP_BIND_DN" -y "$GWB_LAB_LDAP_PASSWORD_FILE" -b "$TARGET_OU" \
+        '(&(objectClass=group)(mailNickname=*))' cn groupType mail mailNickname proxyAddresses \
+        msExchRecipientTypeDetails msExchRecipientDisplayType targetAddress member adminDescription
+fi
 echo "Demo ready in $(( $(date +%s) - start )) s: $written groups written back to $TARGET_OU."
 cat <<TXT
 

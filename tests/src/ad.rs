@@ -8,7 +8,7 @@
 //! This file is also compiled into `gwb-ldap`'s integration tests (by `#[path]`), so
 //! it only uses crates both have: ldap3, rustls, tokio, futures, uuid, anyhow.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,23 +70,63 @@ impl fmt::Debug for LabAd {
     }
 }
 
-fn env_var(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).map_err(|_| {
-        anyhow!(
-            "{name} is not set: these tests need the lab AD DC. Run scripts/test.sh, or \
-             start it with `scripts/lab-ad.sh up test` and `source $(scripts/lab-ad.sh env test)`"
-        )
-    })
+/// A lab DC's settings (`GWB_LAB_*`): the process environment's (the plain lab
+/// scripts/test.sh loads), or those of another lab's env file (`scripts/lab-ad.sh env
+/// <name>`), e.g. the Exchange variants. Tests run in parallel threads of one process,
+/// so another lab is passed around as a value, never put into the environment.
+#[derive(Debug, Clone, Default)]
+pub struct LabEnv {
+    vars: HashMap<String, String>,
+    /// Where the values came from, for error messages.
+    source: Option<PathBuf>,
+}
+
+impl LabEnv {
+    pub fn from_process_env() -> LabEnv {
+        LabEnv { vars: std::env::vars().filter(|(key, _)| key.starts_with("GWB_LAB_")).collect(), source: None }
+    }
+
+    /// The `export KEY=value` lines of a lab's env file.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<LabEnv> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading lab env file {}", path.display()))?;
+        let vars = text
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("export "))
+            .filter_map(|assignment| assignment.split_once('='))
+            .map(|(key, value)| (key.to_string(), value.trim_matches('\'').trim_matches('"').to_string()))
+            .collect();
+        Ok(LabEnv { vars, source: Some(path.to_path_buf()) })
+    }
+
+    pub fn get(&self, name: &str) -> anyhow::Result<&str> {
+        self.vars.get(name).map(String::as_str).ok_or_else(|| match &self.source {
+            Some(file) => anyhow!("the lab env file {} has no {name}", file.display()),
+            None => anyhow!(
+                "{name} is not set: these tests need the lab AD DC. Run scripts/test.sh, or \
+                 start it with `scripts/lab-ad.sh up test` and `source $(scripts/lab-ad.sh env test)`"
+            ),
+        })
+    }
+
+    /// `org`, `schema` or `none` (labs from before the variants are plain).
+    pub fn variant(&self) -> &str {
+        self.vars.get("GWB_LAB_EXCHANGE").map_or("none", String::as_str)
+    }
 }
 
 impl LabAd {
     /// Connects (LDAPS, verified against the lab CA) and binds with the lab settings.
     pub async fn from_env() -> anyhow::Result<LabAd> {
-        let url = env_var("GWB_LAB_LDAP_URL")?;
-        let ca_file = PathBuf::from(env_var("GWB_LAB_LDAP_CA_FILE")?);
-        let bind_dn = env_var("GWB_LAB_LDAP_BIND_DN")?;
-        let password_file = env_var("GWB_LAB_LDAP_PASSWORD_FILE")?;
-        let base_dn = env_var("GWB_LAB_BASE_DN")?;
+        LabAd::from_lab(&LabEnv::from_process_env()).await
+    }
+
+    /// [`LabAd::from_env`] for the lab `env` describes.
+    pub async fn from_lab(env: &LabEnv) -> anyhow::Result<LabAd> {
+        let url = env.get("GWB_LAB_LDAP_URL")?.to_string();
+        let ca_file = PathBuf::from(env.get("GWB_LAB_LDAP_CA_FILE")?);
+        let bind_dn = env.get("GWB_LAB_LDAP_BIND_DN")?.to_string();
+        let password_file = env.get("GWB_LAB_LDAP_PASSWORD_FILE")?.to_string();
+        let base_dn = env.get("GWB_LAB_BASE_DN")?.to_string();
         let password = std::fs::read_to_string(&password_file)
             .with_context(|| format!("reading the lab password from {password_file}"))?
             .trim_end_matches(['\r', '\n'])

@@ -29,7 +29,12 @@ impl TestLab {
 
     /// `OU=<prefix>-<unique>` with `OU=Users` and `OU=<groups>`.
     pub async fn with_groups_ou(prefix: &str, groups: &str) -> anyhow::Result<TestLab> {
-        let ad = LabAd::from_env().await?;
+        TestLab::in_lab(&crate::ad::LabEnv::from_process_env(), prefix, groups).await
+    }
+
+    /// [`TestLab::with_groups_ou`] on the lab DC `lab` describes (e.g. an Exchange variant).
+    pub async fn in_lab(lab: &crate::ad::LabEnv, prefix: &str, groups: &str) -> anyhow::Result<TestLab> {
+        let ad = LabAd::from_lab(lab).await?;
         let root = ad.create_ou(&unique(prefix)).await?;
         let users_ou = ad.create_ou_in(&root, "Users").await?;
         let groups_ou = ad.create_ou_in(&root, groups).await?;

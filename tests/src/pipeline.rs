@@ -107,6 +107,8 @@ pub struct Options {
     pub name: String,
     /// Keep the run's directory (configurations, logs, state) after [`Pipeline::stop`].
     pub keep_dir: bool,
+    /// The lab DC the writer uses (default: the process environment's `GWB_LAB_*`).
+    pub lab: Option<crate::ad::LabEnv>,
 }
 
 impl Options {
@@ -134,6 +136,7 @@ impl Options {
             check_every: Duration::from_millis(100),
             name: "gwbtest".into(),
             keep_dir: false,
+            lab: None,
         }
     }
 }
@@ -212,8 +215,8 @@ impl Pipeline {
         gwb_runtime::secret::write_secret_file(&files.client_secret, "sim-client-secret-value")?;
         let token_file = dir.join("control-token");
         gwb_runtime::secret::write_secret_file(&token_file, &uuid::Uuid::new_v4().to_string())?;
-        let lab_password_file =
-            std::env::var("GWB_LAB_LDAP_PASSWORD_FILE").context("GWB_LAB_LDAP_PASSWORD_FILE (run scripts/test.sh)")?;
+        let lab_password_file = lab_var(&options, "GWB_LAB_LDAP_PASSWORD_FILE")
+            .context("GWB_LAB_LDAP_PASSWORD_FILE (run scripts/test.sh)")?;
         let password = std::fs::read_to_string(&lab_password_file)?;
         gwb_runtime::secret::write_secret_file(&files.bind_password, password.trim_end())?;
         gwb_runtime::secret::write_secret_file(&files.client_state, &uuid::Uuid::new_v4().simple().to_string())?;
@@ -637,12 +640,12 @@ impl Pipeline {
 
     fn writer_config(&self, id: &str, writer_toml: &str, control: &str) -> String {
         let o = &self.options;
-        let ldap_url = o.ldap_url.clone().or_else(|| std::env::var("GWB_LAB_LDAP_URL").ok()).unwrap_or_default();
+        let ldap_url = o.ldap_url.clone().or_else(|| lab_var(o, "GWB_LAB_LDAP_URL")).unwrap_or_default();
         let ca_file = match &o.writer_ca_file {
             Some(path) => path.display().to_string(),
-            None => std::env::var("GWB_LAB_LDAP_CA_FILE").unwrap_or_default(),
+            None => lab_var(o, "GWB_LAB_LDAP_CA_FILE").unwrap_or_default(),
         };
-        let bind_dn = std::env::var("GWB_LAB_LDAP_BIND_DN").unwrap_or_default();
+        let bind_dn = lab_var(o, "GWB_LAB_LDAP_BIND_DN").unwrap_or_default();
         format!(
             "[directory]\nurl = \"{ldap_url}\"\nca_file = \"{ca_file}\"\nbind_dn = \"{bind_dn}\"\nbind_password_file = \"{}\"\nmanaged_ous = [{}]\n\n\
              [writer]\nid = \"{id}\"\nstatus_interval_seconds = 2\n{writer_toml}\n\n\
@@ -720,6 +723,14 @@ pub fn shared_blocking() -> Turn {
 /// Waits until no other test of this process runs services, and keeps them out.
 pub async fn alone() -> Turn {
     Turn::Alone(TURNS.clone().write_owned().await)
+}
+
+/// A lab setting: from [`Options::lab`] when given, else the process environment.
+fn lab_var(options: &Options, name: &str) -> Option<String> {
+    match &options.lab {
+        Some(lab) => lab.get(name).ok().map(str::to_string),
+        None => std::env::var(name).ok(),
+    }
 }
 
 /// Services read `GWB_*` variables as configuration overrides; the test's own

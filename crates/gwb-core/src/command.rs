@@ -51,8 +51,10 @@ impl fmt::Display for GroupType {
     }
 }
 
-/// Mail attributes, only sent when the target type is mail-enabled and the schema
-/// has the Exchange attributes.
+/// Mail attributes, sent when the target type is mail-enabled and the schema has the
+/// Exchange attributes; all empty for a Microsoft 365 group written as plain security
+/// into such a forest (the writer then removes what it wrote as another type). Absent:
+/// the writer leaves mail attributes alone.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MailAttributes {
     pub mail: Option<String>,
@@ -322,6 +324,24 @@ pub struct ApplyReport {
     pub members_rejected: Vec<(MemberRef, String)>,
     /// Whether anything was changed in AD.
     pub changed: bool,
+    /// Proxy addresses of the spec not written because another object of the domain
+    /// holds them (Exchange needs every proxy address unique).
+    pub addresses_skipped: Vec<SkippedAddress>,
+}
+
+/// A proxy address left out of a group because another recipient holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedAddress {
+    pub address: String,
+    /// The DN of the object that holds it.
+    pub holder_dn: String,
+}
+
+impl SkippedAddress {
+    /// How the operator reads it: `smtp:x@contoso.com (held by CN=…)`.
+    pub fn describe(&self) -> String {
+        format!("{} (held by {})", self.address, self.holder_dn)
+    }
 }
 
 impl ApplyReport {
@@ -334,6 +354,7 @@ impl ApplyReport {
         self.members_unchanged += next.members_unchanged;
         self.members_rejected.extend(next.members_rejected);
         self.changed |= next.changed;
+        self.addresses_skipped.extend(next.addresses_skipped);
         self
     }
 }

@@ -65,9 +65,14 @@ pub struct Placement {
 }
 
 /// What the directory can hold, as the writer discovered it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DirectorySchema {
     pub has_exchange: bool,
+    /// Why the writers refuse mail-enabled groups in this forest although its schema has
+    /// Exchange's attributes (a schema-only forest, a schema too old for Microsoft 365
+    /// groups, a missing attribute), as they reported it; `None` when they accept them
+    /// or never said.
+    pub mail_refusal: Option<String>,
 }
 
 // A decision lives for one planning step; boxing the spec would only add an allocation.
@@ -133,6 +138,14 @@ pub fn decide(
              write it back as universalSecurityGroup or extend the schema"
         ));
     }
+    if group_type.needs_exchange()
+        && let Some(refusal) = &schema.mail_refusal
+    {
+        return Decision::Skip(format!(
+            "writing back as {group_type} is refused in this forest: {refusal}; write it back as \
+             universalSecurityGroup or prepare the forest for Exchange"
+        ));
+    }
     let parent_dn = over.parent_dn.clone().unwrap_or_else(|| {
         let per_type = if group_type == GroupType::UniversalDistribution {
             placement.distribution_ou.clone()
@@ -141,11 +154,21 @@ pub fn decide(
         };
         per_type.unwrap_or_else(|| placement.default_ou.clone())
     });
-    let mail = group_type.needs_exchange().then(|| MailAttributes {
-        mail: group.mail.clone(),
-        mail_nickname: group.mail_nickname.clone(),
-        proxy_addresses: mail_proxy_addresses(&group.proxy_addresses),
-    });
+    let mail = if group_type.needs_exchange() {
+        Some(MailAttributes {
+            mail: group.mail.clone(),
+            mail_nickname: group.mail_nickname.clone(),
+            proxy_addresses: mail_proxy_addresses(&group.proxy_addresses),
+        })
+    } else if is_m365 && schema.has_exchange {
+        // A Microsoft 365 group written as plain security into an Exchange forest is no
+        // mail recipient there: the mail attributes gwb wrote when it was another type
+        // are removed (all empty), instead of leaving a security group that Exchange
+        // reads as a RemoteGroupMailbox.
+        Some(MailAttributes::default())
+    } else {
+        None
+    };
     Decision::Write(GroupSpec {
         object_id: group.id.to_ascii_lowercase(),
         anchor: naming::anchor(&group.id),
@@ -281,6 +304,62 @@ mod tests {
     }
 
     #[test]
+    fn a_forest_the_writers_refuse_skips_mail_enabled_types_with_their_reason() {
+        let scope = Scope { all_microsoft_365_groups: true, ..Default::default() };
+        let schema_only = DirectorySchema {
+            has_exchange: true,
+            mail_refusal: Some("the forest has the Exchange 2019 CU10+ schema only, no Exchange organisation".into()),
+        };
+        let refused = decide(&m365("b"), &GroupOverride::default(), &scope, &placement(), schema_only.clone());
+        assert!(
+            matches!(&refused, Decision::Skip(r) if r.contains("refused in this forest") && r.contains("schema only, no Exchange organisation")),
+            "{refused:?}"
+        );
+        let mail_security =
+            GroupOverride { group_type: Some(GroupType::UniversalMailEnabledSecurity), ..Default::default() };
+        assert!(matches!(
+            decide(&m365("b"), &mail_security, &scope, &placement(), schema_only.clone()),
+            Decision::Skip(r) if r.contains("schema only")
+        ));
+        // Security is no mail type: still written, with no mail attributes (all empty:
+        // whatever gwb wrote as another type is removed).
+        let as_security = GroupOverride { group_type: Some(GroupType::UniversalSecurity), ..Default::default() };
+        assert!(matches!(
+            decide(&m365("b"), &as_security, &scope, &placement(), schema_only),
+            Decision::Write(spec) if spec.mail == Some(MailAttributes::default())
+        ));
+    }
+
+    /// Cloud mail-enabled security groups (Microsoft's writeback does not take them) are
+    /// written as plain universal security groups, with no mail attributes: their access
+    /// is what on-premises resources need, and their mail stays with Exchange Online.
+    #[test]
+    fn a_cloud_mail_enabled_security_group_is_written_as_plain_security() {
+        let group = CloudGroup {
+            id: "m".into(),
+            display_name: "Mail Sec".into(),
+            mail_enabled: true,
+            security_enabled: true,
+            mail: Some("mailsec@contoso.com".into()),
+            mail_nickname: Some("mailsec".into()),
+            proxy_addresses: vec!["SMTP:mailsec@contoso.com".into()],
+            ..Default::default()
+        };
+        let exchange = DirectorySchema { has_exchange: true, ..Default::default() };
+        let Decision::Write(spec) =
+            decide(&group, &GroupOverride::default(), &all_security(), &placement(), exchange.clone())
+        else {
+            panic!("not written")
+        };
+        assert_eq!((spec.group_type, spec.mail), (GroupType::UniversalSecurity, None));
+        let as_mail = GroupOverride { group_type: Some(GroupType::UniversalMailEnabledSecurity), ..Default::default() };
+        assert!(matches!(
+            decide(&group, &as_mail, &all_security(), &placement(), exchange),
+            Decision::Skip(r) if r.contains("only be written back as universalSecurityGroup")
+        ));
+    }
+
+    #[test]
     fn microsoft_365_needs_exchange_for_distribution() {
         let scope = Scope { all_microsoft_365_groups: true, ..Default::default() };
         let refused = decide(
@@ -288,12 +367,16 @@ mod tests {
             &GroupOverride::default(),
             &scope,
             &placement(),
-            DirectorySchema { has_exchange: false },
+            DirectorySchema { has_exchange: false, ..Default::default() },
         );
         assert!(matches!(&refused, Decision::Skip(r) if r.contains("Exchange schema")), "{refused:?}");
-        let Decision::Write(spec) =
-            decide(&m365("b"), &GroupOverride::default(), &scope, &placement(), DirectorySchema { has_exchange: true })
-        else {
+        let Decision::Write(spec) = decide(
+            &m365("b"),
+            &GroupOverride::default(),
+            &scope,
+            &placement(),
+            DirectorySchema { has_exchange: true, ..Default::default() },
+        ) else {
             panic!()
         };
         assert_eq!(spec.group_type, GroupType::UniversalDistribution);
@@ -310,7 +393,13 @@ mod tests {
     fn security_group_cannot_become_distribution_and_dls_are_refused() {
         let over = GroupOverride { group_type: Some(GroupType::UniversalDistribution), ..Default::default() };
         assert!(matches!(
-            decide(&security("a"), &over, &all_security(), &placement(), DirectorySchema { has_exchange: true }),
+            decide(
+                &security("a"),
+                &over,
+                &all_security(),
+                &placement(),
+                DirectorySchema { has_exchange: true, ..Default::default() }
+            ),
             Decision::Skip(_)
         ));
         let dl = CloudGroup { id: "d".into(), mail_enabled: true, ..Default::default() };

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use gwb_core::command::{ApplyReport, GroupSpec, MemberRef};
+use gwb_core::command::{ApplyReport, GroupSpec, MemberRef, SkippedAddress};
 use gwb_core::escape::{child_dn, dn_value, filter_value};
 use ldap3::Scope;
 
@@ -174,7 +174,8 @@ impl Directory {
         spec: &GroupSpec,
         members: &[(MemberRef, String)],
     ) -> Result<ApplyReport, DirectoryError> {
-        let spec = &self.without_addresses_of_others(spec, None).await?;
+        let (spec, addresses_skipped) = self.without_addresses_of_others(spec, None).await?;
+        let spec = &spec;
         let attributes = |directory: &Directory, sam: &str| {
             let mut attrs = new_group_attributes(spec, sam, &directory.caps);
             if !members.is_empty() {
@@ -244,11 +245,12 @@ impl Directory {
         };
         let group = self.read_group(&dn).await?;
         self.remember(&spec.anchor, &group.guid);
-        Ok(ApplyReport { group: Some(group.applied()), changed: true, ..ApplyReport::default() })
+        Ok(ApplyReport { group: Some(group.applied()), changed: true, addresses_skipped, ..ApplyReport::default() })
     }
 
     async fn update(&mut self, mut group: GroupEntry, spec: &GroupSpec) -> Result<ApplyReport, DirectoryError> {
-        let spec = &self.without_addresses_of_others(spec, Some(&group.dn)).await?;
+        let (spec, addresses_skipped) = self.without_addresses_of_others(spec, Some(&group.dn)).await?;
+        let spec = &spec;
         let mut changed = self.place(&mut group, spec).await?;
 
         // A written group keeps its sAMAccountName unless the operator asked it to follow
@@ -265,7 +267,7 @@ impl Directory {
         if let Some(sam) = new_sam {
             group.sam = sam;
         }
-        Ok(ApplyReport { group: Some(group.applied()), changed, ..ApplyReport::default() })
+        Ok(ApplyReport { group: Some(group.applied()), changed, addresses_skipped, ..ApplyReport::default() })
     }
 
     /// Renames and/or moves the group to `CN=<cn>,<parent_dn>` (modDN keeps its
@@ -331,16 +333,17 @@ impl Directory {
     /// (Exchange requires every proxy address to be unique, and an address two
     /// recipients share bounces): those are skipped, with a warning naming the holder,
     /// and written once they are free. `own_dn` is the group itself, when it exists.
+    /// The skipped addresses come back with their holders, for the outcome.
     async fn without_addresses_of_others(
         &mut self,
         spec: &GroupSpec,
         own_dn: Option<&str>,
-    ) -> Result<GroupSpec, DirectoryError> {
+    ) -> Result<(GroupSpec, Vec<SkippedAddress>), DirectoryError> {
         let Some(mail) = spec.mail.as_ref().filter(|m| !m.proxy_addresses.is_empty()) else {
-            return Ok(spec.clone());
+            return Ok((spec.clone(), Vec::new()));
         };
         if !self.caps.has_exchange_schema {
-            return Ok(spec.clone());
+            return Ok((spec.clone(), Vec::new()));
         }
         let filter = format!(
             "(|{})",
@@ -355,19 +358,21 @@ impl Directory {
             }
         }
         if taken.is_empty() {
-            return Ok(spec.clone());
+            return Ok((spec.clone(), Vec::new()));
         }
         let mut trimmed = spec.clone();
+        let mut skipped = Vec::new();
         if let Some(mail) = trimmed.mail.as_mut() {
             mail.proxy_addresses.retain(|address| match taken.get(&address_key(address)) {
                 Some(holder) => {
                     tracing::warn!(anchor = %spec.anchor, %address, %holder, "proxy address held by another recipient: not written");
+                    skipped.push(SkippedAddress { address: address.clone(), holder_dn: holder.clone() });
                     false
                 }
                 None => true,
             });
         }
-        Ok(trimmed)
+        Ok((trimmed, skipped))
     }
 
     /// The first candidate no object in the domain uses as its sAMAccountName.

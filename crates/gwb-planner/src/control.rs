@@ -155,6 +155,13 @@ impl Operator for ControlService {
                          choose universalSecurityGroup or extend the AD schema for Exchange first"
                     ))));
                 }
+                if let Some(t) = over.group_type.filter(|t| t.needs_exchange())
+                    && let Some(refusal) = engine.store().mail_refusal()?
+                {
+                    return Ok(Err(Status::failed_precondition(format!(
+                        "writing back as {t} is refused in this forest: {refusal}; choose universalSecurityGroup"
+                    ))));
+                }
                 count_planned(&engine.set_override(&wanted, (!clear).then_some(&over), origin)?);
                 Ok(group_detail(engine, &wanted)?.ok_or_else(|| unknown_group(&wanted)))
             })
@@ -326,6 +333,7 @@ fn group_detail(engine: &Engine<SqliteStore>, wanted: &str) -> Result<Option<pb:
         members_written: detail.members_written,
         members_skipped: detail.members_skipped.into_iter().map(skipped_message).collect(),
         policy_reason: detail.policy_reason,
+        addresses_skipped: detail.addresses_skipped,
     }))
 }
 
@@ -436,6 +444,9 @@ fn status(engine: &Engine<SqliteStore>, now: i64) -> Result<pb::Status, EngineEr
         held_deletions: snapshot.held_deletions,
         recent_errors: snapshot.recent_errors,
         planner_version: env!("CARGO_PKG_VERSION").into(),
+        m365_writeback_allowed: !snapshot.exchange.is_empty() && snapshot.mail_refusal.is_empty(),
+        exchange: snapshot.exchange,
+        m365_writeback_refusal: snapshot.mail_refusal,
     })
 }
 

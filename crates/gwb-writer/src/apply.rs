@@ -169,6 +169,10 @@ fn unit_outcomes(
                         .collect(),
                     ..ApplyReport::default()
                 };
+                // Only the upsert wrote the group's addresses.
+                if matches!(command, WriteCommand::Upsert(_)) {
+                    mine.addresses_skipped = report.addresses_skipped.clone();
+                }
                 if Some(index) == last {
                     mine.members_added = report.members_added;
                     mine.members_removed = report.members_removed;

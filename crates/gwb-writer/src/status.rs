@@ -67,6 +67,7 @@ async fn check_directory(shared: &Shared, directory: &mut Option<Directory>, sta
             status.supports_permissive_modify = caps.supports_permissive_modify;
             status.missing_ous = caps.missing_ous.clone();
             status.unwritable_ous = caps.unwritable_ous.clone();
+            status.exchange = Some(exchange_status(&caps.exchange));
             status.detail = describe(caps);
         }
         (Ok(()), None) => status.detail = "not connected".into(),
@@ -74,6 +75,21 @@ async fn check_directory(shared: &Shared, directory: &mut Option<Directory>, sta
             status.detail = error.to_string();
             *directory = None;
         }
+    }
+}
+
+/// What was found of Exchange, and whether mail-enabled groups may be written.
+fn exchange_status(found: &gwb_ldap::ExchangeDetection) -> cmd::ExchangeStatus {
+    let refusal = found.m365_group_writeback().err();
+    cmd::ExchangeStatus {
+        description: found.description(),
+        schema_version: found.schema_version.unwrap_or(0),
+        schema_label: found.schema_label.clone(),
+        organization: found.organization.clone().unwrap_or_default(),
+        organization_version: found.organization_version.unwrap_or(0),
+        servers: u32::try_from(found.servers).unwrap_or(u32::MAX),
+        m365_writeback_allowed: refusal.is_none(),
+        m365_writeback_refusal: refusal.map(|r| r.to_string()).unwrap_or_default(),
     }
 }
 

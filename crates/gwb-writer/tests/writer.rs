@@ -209,6 +209,14 @@ async fn scenario(lab: &mut Lab, id: &str) -> anyhow::Result<()> {
 
     let status = lab.connected_status().await?;
     ensure!(status.writer_id == format!("writer-{id}") && !status.paused, "status: {status:?}");
+    // What was found of Exchange travels with the status; the plain lab has none.
+    let exchange = status.exchange.clone().unwrap_or_default();
+    if std::env::var("GWB_LAB_EXCHANGE").unwrap_or_else(|_| "none".into()) == "none" {
+        ensure!(exchange.description == "none" && !exchange.m365_writeback_allowed, "status: {status:?}");
+        ensure!(exchange.m365_writeback_refusal.contains("no Exchange schema"), "status: {status:?}");
+    } else {
+        ensure!(!exchange.description.is_empty(), "status: {status:?}");
+    }
 
     // A new group with a member: the upsert and the add arrive in one batch.
     let (_, sid) = lab.ad.create_user(&lab.ou, &format!("u-{id}")).await?;

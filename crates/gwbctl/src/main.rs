@@ -406,6 +406,9 @@ fn print_status(status: &pb::Status, as_json: bool) {
             "held_deletions": status.held_deletions,
             "recent_errors": status.recent_errors,
             "planner_version": status.planner_version,
+            "exchange": status.exchange,
+            "m365_writeback_allowed": status.m365_writeback_allowed,
+            "m365_writeback_refusal": status.m365_writeback_refusal,
         }));
         return;
     }
@@ -425,6 +428,16 @@ fn print_status(status: &pb::Status, as_json: bool) {
     println!("Memberships known:  {}", status.memberships_known);
     println!("Commands in flight: {} (oldest {} ms)", status.commands_in_flight, status.oldest_in_flight_ms);
     println!("Held deletions:     {}", status.held_deletions);
+    if status.exchange.is_empty() {
+        println!("Exchange:           not reported yet (no writer connected to the directory)");
+    } else {
+        println!("Exchange:           {}", status.exchange);
+        if status.m365_writeback_allowed {
+            println!("Microsoft 365 groups: written back (as RemoteGroupMailbox)");
+        } else {
+            println!("Microsoft 365 groups: refused: {}", status.m365_writeback_refusal);
+        }
+    }
     println!();
     println!("{:<28} {:<8} {:<8} DETAIL", "SERVICE", "HEALTHY", "VERSION");
     for service in &status.services {
@@ -491,6 +504,7 @@ fn print_group(detail: &pb::GroupDetail, as_json: bool) {
             "members_written": detail.members_written,
             "members_skipped": detail.members_skipped.iter().map(|m| json!({"member_id": m.member_id, "kind": m.kind, "reason": m.reason})).collect::<Vec<_>>(),
             "policy_reason": detail.policy_reason,
+            "addresses_skipped": detail.addresses_skipped,
         }));
         return;
     }
@@ -503,6 +517,12 @@ fn print_group(detail: &pb::GroupDetail, as_json: bool) {
     println!("sAMAccount:   {}", detail.sam_account_name);
     if !summary.last_error.is_empty() {
         println!("Last error:   {}", summary.last_error);
+    }
+    if !detail.addresses_skipped.is_empty() {
+        println!("\nProxy addresses not written ({}): another object holds them", detail.addresses_skipped.len());
+        for address in &detail.addresses_skipped {
+            println!("  {address}");
+        }
     }
     println!("\nMembers written ({}):", detail.members_written.len());
     for member in &detail.members_written {

@@ -106,7 +106,18 @@ async fn main() -> anyhow::Result<()> {
             mail_enabled: Some(true),
             security_enabled: Some(false),
             group_types: Some(vec!["Unified".into()]),
-            proxy_addresses: Some(vec!["SMTP:marketing@contoso.com".into(), "smtp:mkt@contoso.com".into()]),
+            // As Exchange Online lists them: the primary, a secondary, the routing address
+            // (targetAddress comes from it), the initial address, an X500 and an SPO:
+            // address (not written back).
+            proxy_addresses: Some(vec![
+                "SMTP:marketing@contoso.com".into(),
+                "smtp:mkt@contoso.com".into(),
+                "smtp:marketing@contoso.mail.onmicrosoft.com".into(),
+                "smtp:marketing@contoso.onmicrosoft.com".into(),
+                "X500:/o=ExchangeLabs/ou=Exchange Administrative Group (FYDIBOHF23SPDLT)/cn=Recipients/cn=marketing"
+                    .into(),
+                "SPO:SPO_5b7a0c4e-1111-2222-3333-444455556666@SPO_11111111-2222-3333-4444-555555555555".into(),
+            ]),
             writeback_configuration: Some(WritebackConfiguration {
                 is_enabled: Some(true),
                 on_premises_group_type: None,

@@ -184,8 +184,9 @@ impl<T: StoreTx> Plan<'_, T> {
         Ok(())
     }
 
-    /// A writer's status report; a change in the directory's schema re-decides every
-    /// group (mail-enabled types depend on it).
+    /// A writer's status report; a change in the directory's schema, or in whether the
+    /// writer accepts mail-enabled groups in this forest, re-decides every group
+    /// (mail-enabled types depend on both).
     pub(super) fn writer_status(&mut self, status: &cmd::WriterStatus) -> Result<(), EngineError> {
         let detail = if status.directory_connected {
             status.detail.clone()
@@ -199,10 +200,25 @@ impl<T: StoreTx> Plan<'_, T> {
             detail,
             last_seen_ms: self.cause.now_ms,
         })?;
-        let previous = self.tx.meta(&Meta::HasExchangeSchema)?;
+        if !status.directory_connected {
+            return Ok(());
+        }
+        let mut changed = false;
         let current = if status.has_exchange_schema { "1" } else { "0" };
-        if status.directory_connected && previous.as_deref() != Some(current) {
+        if self.tx.meta(&Meta::HasExchangeSchema)?.as_deref() != Some(current) {
             self.tx.set_meta(&Meta::HasExchangeSchema, current)?;
+            changed = true;
+        }
+        // A writer from before Exchange detection says nothing: no refusal is assumed.
+        if let Some(exchange) = &status.exchange {
+            self.tx.set_meta(&Meta::ExchangeDescription, &exchange.description)?;
+            let refusal = if exchange.m365_writeback_allowed { "" } else { exchange.m365_writeback_refusal.as_str() };
+            if self.tx.meta(&Meta::MailRefusal)?.as_deref().unwrap_or("") != refusal {
+                self.tx.set_meta(&Meta::MailRefusal, refusal)?;
+                changed = true;
+            }
+        }
+        if changed {
             self.reconcile_all()?;
         }
         Ok(())

@@ -251,7 +251,10 @@ impl<T: StoreTx> Plan<'_, T> {
     }
 
     fn schema(&self) -> Result<DirectorySchema, StoreError> {
-        Ok(DirectorySchema { has_exchange: self.tx.meta(&Meta::HasExchangeSchema)?.as_deref() == Some("1") })
+        Ok(DirectorySchema {
+            has_exchange: self.tx.meta(&Meta::HasExchangeSchema)?.as_deref() == Some("1"),
+            mail_refusal: self.tx.meta(&Meta::MailRefusal)?.filter(|refusal| !refusal.is_empty()),
+        })
     }
 
     fn state_of(&self, group_id: &str) -> Result<Option<WritebackState>, StoreError> {

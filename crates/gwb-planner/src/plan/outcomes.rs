@@ -32,17 +32,21 @@ impl<T: StoreTx> Plan<'_, T> {
                 (AuditResult::Failed, format!("LDAP {}: {}", outcome.ldap_code, outcome.message))
             }
             cmd::OutcomeStatus::DryRun => (AuditResult::DryRun, String::new()),
-            _ => (
-                AuditResult::Applied,
-                format!(
+            _ => {
+                let mut detail = format!(
                     "{}changed; members +{} -{} ={} refused {}",
                     if report.changed { "" } else { "un" },
                     report.members_added,
                     report.members_removed,
                     report.members_unchanged,
                     outcome.members_rejected.len()
-                ),
-            ),
+                );
+                if !report.addresses_skipped.is_empty() {
+                    let skipped: Vec<String> = report.addresses_skipped.iter().map(|a| a.describe()).collect();
+                    detail.push_str(&format!("; proxy addresses not written: {}", skipped.join(", ")));
+                }
+                (AuditResult::Applied, detail)
+            }
         };
         self.tx.audit(&AuditEntry {
             at_ms: self.cause.now_ms,
@@ -73,6 +77,10 @@ impl<T: StoreTx> Plan<'_, T> {
                         && matches!(current, WritebackState::Pending | WritebackState::Error)
                     {
                         self.tx.mark_written(&group_id)?;
+                    }
+                    if kind == Some(CommandKind::Upsert) {
+                        let skipped: Vec<String> = report.addresses_skipped.iter().map(|a| a.describe()).collect();
+                        self.tx.set_addresses_skipped(&group_id, &skipped)?;
                     }
                     if row.object_guid.as_deref() != Some(applied.object_guid.as_str()) {
                         // Groups that nest this one can now reference it by objectGUID.

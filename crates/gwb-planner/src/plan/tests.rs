@@ -681,3 +681,91 @@ fn a_soft_deleted_user_stays_a_member_until_permanently_deleted() {
         assert_eq!(planned(&mut engine), 1);
     }
 }
+
+fn m365(id: &str) -> ChangeEvent {
+    event(Change::Group(GroupObserved {
+        id: id.into(),
+        display_name: Some("Team".into()),
+        mail_nickname: Some("team".into()),
+        mail: Some("team@contoso.com".into()),
+        mail_enabled: Some(true),
+        security_enabled: Some(false),
+        group_types: vec!["Unified".into()],
+        proxy_addresses: vec!["SMTP:team@contoso.com".into()],
+        writeback: Some(gwb_core::event::WritebackConfiguration {
+            is_enabled: Some(true),
+            on_premises_group_type: None,
+        }),
+        ..Default::default()
+    }))
+}
+
+fn writer_status(allowed: bool, refusal: &str) -> cmd::WriterStatus {
+    cmd::WriterStatus {
+        writer_id: "w1".into(),
+        directory_connected: true,
+        has_exchange_schema: true,
+        exchange: Some(cmd::ExchangeStatus {
+            description: if allowed {
+                "Exchange 2019 CU10+ schema, organisation LabOrg (objectVersion 16759, no Exchange servers)".into()
+            } else {
+                "Exchange 2019 CU10+ schema only, no organisation".into()
+            },
+            m365_writeback_allowed: allowed,
+            m365_writeback_refusal: refusal.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A writer that refuses mail-enabled groups (a schema-only forest) makes the planner
+/// skip Microsoft 365 groups with its reason, sending nothing; once a writer accepts
+/// them, they are written.
+#[test]
+fn microsoft_365_groups_follow_the_writers_exchange_verdict() {
+    const REFUSAL: &str = "the forest has the Exchange 2019 CU10+ schema only, no Exchange organisation";
+    let mut engine = engine(DeletionThreshold::default());
+    engine.apply_writer_status(&writer_status(false, REFUSAL), &at(0)).unwrap();
+    engine.apply_event(&m365("team"), 0).unwrap();
+    assert!(drain(&mut engine).is_empty(), "a command the writer would refuse was sent");
+    assert_eq!(engine.state("team"), Some(WritebackState::Skipped));
+    let detail = engine.store().group_detail("team").unwrap().unwrap();
+    assert!(detail.policy_reason.contains(REFUSAL), "{}", detail.policy_reason);
+    let status = engine.store().status().unwrap();
+    assert_eq!(status.exchange, "Exchange 2019 CU10+ schema only, no organisation");
+    assert_eq!(status.mail_refusal, REFUSAL);
+    assert_eq!(engine.store().mail_refusal().unwrap().as_deref(), Some(REFUSAL));
+
+    engine.apply_writer_status(&writer_status(true, ""), &at(1)).unwrap();
+    assert_eq!(drain(&mut engine), vec![("upsert".to_string(), 0)]);
+    assert_eq!(engine.state("team"), Some(WritebackState::Pending));
+    assert_eq!(engine.store().mail_refusal().unwrap(), None);
+    // The same verdict again re-decides nothing.
+    engine.apply_writer_status(&writer_status(true, ""), &at(2)).unwrap();
+    assert!(drain(&mut engine).is_empty());
+}
+
+/// Addresses the writer left out are kept on the group (and audited) until a write
+/// reports none.
+#[test]
+fn skipped_proxy_addresses_are_kept_on_the_group() {
+    let mut engine = engine(DeletionThreshold::default());
+    engine.apply_writer_status(&writer_status(true, ""), &at(0)).unwrap();
+    engine.apply_event(&m365("team"), 0).unwrap();
+    drain(&mut engine);
+    let mut applied = outcome("team", "upsert", cmd::OutcomeStatus::Applied);
+    applied.addresses_skipped = vec![cmd::SkippedAddress {
+        address: "smtp:sales@contoso.com".into(),
+        holder_dn: "CN=Sales DL,OU=Mail,DC=lab".into(),
+    }];
+    engine.apply_outcome(&applied, &at(1)).unwrap();
+    let detail = engine.store().group_detail("team").unwrap().unwrap();
+    assert_eq!(detail.addresses_skipped, ["smtp:sales@contoso.com (held by CN=Sales DL,OU=Mail,DC=lab)"]);
+    let audit = engine.store().audit_log("team", 1).unwrap();
+    assert!(audit[0].detail.contains("proxy addresses not written: smtp:sales@contoso.com"), "{:?}", audit[0]);
+    let mut later = outcome("team", "upsert", cmd::OutcomeStatus::Applied);
+    later.sequence = 1_001;
+    engine.apply_outcome(&later, &at(2)).unwrap();
+    assert!(engine.store().group_detail("team").unwrap().unwrap().addresses_skipped.is_empty());
+}

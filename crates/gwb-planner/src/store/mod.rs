@@ -36,6 +36,11 @@ pub enum Meta {
     LastDisableMode,
     /// `1` when the writer found the Exchange schema.
     HasExchangeSchema,
+    /// What the writer found of Exchange, as one line for `gwbctl status`.
+    ExchangeDescription,
+    /// Why the writer refuses mail-enabled groups in this forest; empty when it
+    /// accepts them.
+    MailRefusal,
     /// Why the deletions now held were held.
     HeldReason,
     LastRoundCompletedMs,
@@ -300,6 +305,9 @@ pub trait StoreTx {
     fn record_applied(&mut self, group_id: &str, group: &AppliedGroup, now_ms: i64) -> Result<(), StoreError>;
     /// State `written`, last error cleared.
     fn mark_written(&mut self, group_id: &str) -> Result<(), StoreError>;
+    /// The proxy addresses the writer left out at the group's last write, because
+    /// another object holds them (empty: none).
+    fn set_addresses_skipped(&mut self, group_id: &str, addresses: &[String]) -> Result<(), StoreError>;
     /// State `deleted`, the AD object forgotten.
     fn mark_deleted(&mut self, group_id: &str, now_ms: i64) -> Result<(), StoreError>;
     fn group_ids_in_states(&self, states: &[WritebackState]) -> Result<Vec<String>, StoreError>;

@@ -27,6 +27,8 @@ pub struct GroupDetail {
     pub members_written: Vec<String>,
     pub members_skipped: Vec<SkippedMember>,
     pub policy_reason: String,
+    /// Proxy addresses left out at the last write: "address (held by DN)".
+    pub addresses_skipped: Vec<String>,
 }
 
 /// A service's last report, as recorded.
@@ -56,6 +58,10 @@ pub struct StatusSnapshot {
     pub held_deletions: u64,
     /// Newest first, at most 10.
     pub recent_errors: Vec<String>,
+    /// What the writer found of Exchange (empty before it reported it).
+    pub exchange: String,
+    /// Why the writer refuses mail-enabled groups (empty: it accepts them).
+    pub mail_refusal: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,4 +97,6 @@ pub trait Queries {
     /// Held deletions, and skipped members counted by their full reason.
     fn gauges(&self) -> Result<(u64, Vec<(String, u64)>), StoreError>;
     fn has_exchange_schema(&self) -> Result<bool, StoreError>;
+    /// Why the writer refuses mail-enabled groups in this forest, when it does.
+    fn mail_refusal(&self) -> Result<Option<String>, StoreError>;
 }

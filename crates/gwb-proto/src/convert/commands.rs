@@ -8,7 +8,8 @@
 //! end up inside a `<SID=…>` member value).
 
 use gwb_core::command::{
-    AppliedGroup, ApplyReport, CommandKind, GroupSpec, GroupType, MailAttributes, MemberRef, WriteCommand,
+    AppliedGroup, ApplyReport, CommandKind, GroupSpec, GroupType, MailAttributes, MemberRef, SkippedAddress,
+    WriteCommand,
 };
 use gwb_core::members::is_sid;
 use gwb_core::naming;
@@ -285,6 +286,19 @@ pub fn fill_report(outcome: &mut cmd::Outcome, report: ApplyReport) {
         .map(|(member, reason)| cmd::RejectedMember { member: Some((&member).into()), reason })
         .collect();
     outcome.changed = report.changed;
+    outcome.addresses_skipped = report
+        .addresses_skipped
+        .into_iter()
+        .map(|skipped| cmd::SkippedAddress { address: skipped.address, holder_dn: skipped.holder_dn })
+        .collect();
+}
+
+fn addresses_skipped_from_wire(outcome: &cmd::Outcome) -> Vec<SkippedAddress> {
+    outcome
+        .addresses_skipped
+        .iter()
+        .map(|skipped| SkippedAddress { address: skipped.address.clone(), holder_dn: skipped.holder_dn.clone() })
+        .collect()
 }
 
 /// Marks `outcome` failed permanently, with the LDAP result code when there is one.
@@ -313,6 +327,7 @@ pub fn report_from_wire(outcome: &cmd::Outcome) -> Result<ApplyReport, CommandEr
         members_unchanged: outcome.members_unchanged,
         members_rejected,
         changed: outcome.changed,
+        addresses_skipped: addresses_skipped_from_wire(outcome),
     })
 }
 
@@ -343,6 +358,7 @@ pub fn report_from_wire_lossy(outcome: &cmd::Outcome) -> (ApplyReport, Vec<Comma
         members_unchanged: outcome.members_unchanged,
         members_rejected,
         changed: outcome.changed,
+        addresses_skipped: addresses_skipped_from_wire(outcome),
     };
     (report, refused)
 }
@@ -396,6 +412,7 @@ impl From<&cmd::WriterStatus> for control::WriterState {
             missing_ous: status.missing_ous.clone(),
             dry_run: status.dry_run,
             unwritable_ous: status.unwritable_ous.clone(),
+            exchange: status.exchange.as_ref().map(|e| e.description.clone()).unwrap_or_default(),
         }
     }
 }
@@ -552,6 +569,10 @@ mod tests {
             members_unchanged: 1,
             members_rejected: vec![(MemberRef::Sid(SID.into()), "no such object".into())],
             changed: true,
+            addresses_skipped: vec![SkippedAddress {
+                address: "smtp:sales@contoso.com".into(),
+                holder_dn: "CN=Sales DL,OU=Mail,DC=lab,DC=example".into(),
+            }],
         };
         let mut outcome = cmd::Outcome { command_id: "c-1".into(), kind: "upsert".into(), ..Default::default() };
         fill_report(&mut outcome, report.clone());
@@ -641,6 +662,10 @@ mod tests {
             paused: true,
             dry_run: true,
             unwritable_ous: vec!["OU=Locked".into()],
+            exchange: Some(cmd::ExchangeStatus {
+                description: "Exchange 2019 CU10+ schema only, no organisation".into(),
+                ..Default::default()
+            }),
         };
         let state = control::WriterState::from(&status);
         assert_eq!(
@@ -658,6 +683,7 @@ mod tests {
                 missing_ous: vec!["OU=Gone".into()],
                 dry_run: true,
                 unwritable_ous: vec!["OU=Locked".into()],
+                exchange: "Exchange 2019 CU10+ schema only, no organisation".into(),
             }
         );
     }

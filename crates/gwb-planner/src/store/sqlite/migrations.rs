@@ -234,6 +234,10 @@ INSERT INTO skipped_by_num
 DROP TABLE skipped_members;
 ALTER TABLE skipped_by_num RENAME TO skipped_members;
 "#,
+    // 9: proxy addresses the writer left out because another object holds them.
+    r#"
+ALTER TABLE writeback ADD COLUMN addresses_skipped TEXT NOT NULL DEFAULT '';
+"#,
 ];
 
 pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {

@@ -225,6 +225,8 @@ fn meta_key(key: &Meta) -> &'static str {
         Meta::WritebackEnabled => "writeback_enabled",
         Meta::LastDisableMode => "last_disable_mode",
         Meta::HasExchangeSchema => "has_exchange_schema",
+        Meta::ExchangeDescription => "exchange_description",
+        Meta::MailRefusal => "mail_refusal",
         Meta::HeldReason => "held_reason",
         Meta::LastRoundCompletedMs => "last_round_completed_ms",
         Meta::FullRound(Resource::Users) => "full_round.1",
@@ -816,6 +818,12 @@ impl StoreTx for SqliteTx<'_> {
     fn mark_written(&mut self, group_id: &str) -> Result<(), StoreError> {
         self.stmt("UPDATE writeback SET state = ?2, last_error = NULL WHERE group_id = ?1")?
             .execute(params![group_id, WritebackState::Written.as_str()])?;
+        Ok(())
+    }
+
+    fn set_addresses_skipped(&mut self, group_id: &str, addresses: &[String]) -> Result<(), StoreError> {
+        self.stmt("UPDATE writeback SET addresses_skipped = ?2 WHERE group_id = ?1")?
+            .execute(params![group_id, addresses.join("\n")])?;
         Ok(())
     }
 

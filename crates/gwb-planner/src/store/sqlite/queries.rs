@@ -90,6 +90,8 @@ impl Queries for SqliteStore {
             oldest_in_flight_planned_ms: oldest,
             held_deletions: count(db, "SELECT COUNT(*) FROM writeback WHERE state = 'held'")?,
             recent_errors,
+            exchange: get_meta(db, &Meta::ExchangeDescription)?.unwrap_or_default(),
+            mail_refusal: get_meta(db, &Meta::MailRefusal)?.unwrap_or_default(),
         })
     }
 
@@ -109,12 +111,15 @@ impl Queries for SqliteStore {
             .query_row(params![group_id], summary_row)
             .optional()?;
         let Some(summary) = summary else { return Ok(None) };
-        let (target_type, ad_object_guid, ad_object_sid, sam_account_name, policy_reason) = db
+        let (target_type, ad_object_guid, ad_object_sid, sam_account_name, policy_reason, addresses_skipped) = db
             .prepare_cached(
-                "SELECT COALESCE(target_type, ''), COALESCE(object_guid, ''), COALESCE(object_sid, ''), COALESCE(sam_account_name, ''), reason
+                "SELECT COALESCE(target_type, ''), COALESCE(object_guid, ''), COALESCE(object_sid, ''), COALESCE(sam_account_name, ''), reason,
+                        addresses_skipped
                  FROM writeback WHERE group_id = ?1",
             )?
-            .query_row(params![group_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
+            .query_row(params![group_id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get::<_, String>(5)?))
+            })
             .optional()?
             .unwrap_or_default();
         let members_written = {
@@ -134,6 +139,7 @@ impl Queries for SqliteStore {
             members_written,
             members_skipped: skipped_members(db, group_id, 10_000)?,
             policy_reason,
+            addresses_skipped: addresses_skipped.lines().map(str::to_string).collect(),
         }))
     }
 
@@ -186,5 +192,9 @@ impl Queries for SqliteStore {
 
     fn has_exchange_schema(&self) -> Result<bool, StoreError> {
         Ok(get_meta(&self.db, &Meta::HasExchangeSchema)?.as_deref() == Some("1"))
+    }
+
+    fn mail_refusal(&self) -> Result<Option<String>, StoreError> {
+        Ok(get_meta(&self.db, &Meta::MailRefusal)?.filter(|refusal| !refusal.is_empty()))
     }
 }
