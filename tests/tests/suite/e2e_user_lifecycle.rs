@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use graph_sim::{GroupFields, NewGroup, NewUser, UserFields};
 use gwb_tests::fixture::TestLab;
 use gwb_tests::pipeline::{Options, Pipeline, unique};
 
@@ -26,33 +25,9 @@ async fn a_soft_deleted_user_keeps_its_groups_until_permanently_deleted() -> any
 
 async fn scenario(lab: &TestLab, pipeline: &Pipeline, [alice_sid, bob_sid, dave_sid]: [&str; 3]) -> anyhow::Result<()> {
     let sim = &pipeline.sim;
-    let synced = |name: &str, sid: &str| NewUser {
-        id: None,
-        fields: UserFields {
-            display_name: Some(name.into()),
-            user_principal_name: Some(format!("{}@lab.example", name.to_ascii_lowercase())),
-            on_premises_security_identifier: Some(sid.into()),
-            on_premises_sync_enabled: Some(true),
-            ..UserFields::default()
-        },
-    };
-    let alice = sim.create_user(&synced("Alice", alice_sid)).await?.user.id;
-    let bob = sim.create_user(&synced("Bob", bob_sid)).await?.user.id;
-    let group = sim
-        .create_group(&NewGroup {
-            id: None,
-            fields: GroupFields {
-                display_name: Some("Share Access".into()),
-                mail_enabled: Some(false),
-                security_enabled: Some(true),
-                group_types: Some(vec![]),
-                ..GroupFields::default()
-            },
-            members: vec![alice, bob],
-        })
-        .await?
-        .group
-        .id;
+    let alice = pipeline.synced_user(alice_sid).await?;
+    let bob = pipeline.synced_user(bob_sid).await?;
+    let group = pipeline.security_group("Share Access", vec![alice, bob]).await?;
     let anchor = &format!("Group_{group}");
     let members_are = |expected: BTreeSet<String>, what: &'static str| async move {
         pipeline
@@ -73,7 +48,7 @@ async fn scenario(lab: &TestLab, pipeline: &Pipeline, [alice_sid, bob_sid, dave_
     // marker: when Dave is in AD, Bob's removal (earlier in the users delta) has been
     // planned too, and Bob must still be there.
     sim.delete_user(bob, false).await?;
-    let dave = sim.create_user(&synced("Dave", dave_sid)).await?.user.id;
+    let dave = pipeline.synced_user(dave_sid).await?;
     sim.add_members(group, &[dave]).await?;
     members_are(sids(&[alice_sid, bob_sid, dave_sid]), "Dave is added and soft-deleted Bob stays").await?;
     let status = pipeline.gwbctl_json(&["status"]).await?;
