@@ -118,6 +118,14 @@ pub struct DeletionSettings {
     pub max_percent: u64,
     #[serde(default = "default_window_minutes")]
     pub window_minutes: u64,
+    /// Removals of more member values than this from one group within the window
+    /// are held.
+    #[serde(default = "default_max_member_removals")]
+    pub max_member_removals: u64,
+    /// Removals of more than this percentage of a group's members (groups of 20 or
+    /// more) within the window are held.
+    #[serde(default = "default_max_member_removal_percent")]
+    pub max_member_removal_percent: u64,
 }
 
 impl Default for DeletionSettings {
@@ -126,6 +134,8 @@ impl Default for DeletionSettings {
             max_groups: default_max_groups(),
             max_percent: default_max_percent(),
             window_minutes: default_window_minutes(),
+            max_member_removals: default_max_member_removals(),
+            max_member_removal_percent: default_max_member_removal_percent(),
         }
     }
 }
@@ -138,6 +148,14 @@ impl DeletionSettings {
             window_minutes: self.window_minutes,
         }
     }
+
+    pub fn member_removal_threshold(&self) -> gwb_core::deletion::MemberRemovalThreshold {
+        gwb_core::deletion::MemberRemovalThreshold {
+            max_members: self.max_member_removals,
+            max_percent: self.max_member_removal_percent,
+            ..Default::default()
+        }
+    }
 }
 
 fn default_max_groups() -> u64 {
@@ -148,6 +166,12 @@ fn default_max_percent() -> u64 {
 }
 fn default_window_minutes() -> u64 {
     60
+}
+fn default_max_member_removals() -> u64 {
+    100
+}
+fn default_max_member_removal_percent() -> u64 {
+    50
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]

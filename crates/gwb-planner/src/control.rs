@@ -252,7 +252,20 @@ impl Operator for ControlService {
                     held_at_ms: h.held_at_ms,
                 })
                 .collect();
-            Ok(pb::ListHeldDeletionsResponse { deletions, threshold_reason })
+            let member_removals = engine
+                .store()
+                .held_member_removals()?
+                .into_iter()
+                .map(|h| pb::HeldMemberRemovals {
+                    group_id: h.group_id,
+                    display_name: h.display_name,
+                    ad_dn: h.ad_dn,
+                    count: h.count,
+                    reason: h.reason,
+                    held_at_ms: h.held_at_ms,
+                })
+                .collect();
+            Ok(pb::ListHeldDeletionsResponse { deletions, threshold_reason, member_removals })
         })
         .await
         .map(Response::new)
@@ -263,15 +276,18 @@ impl Operator for ControlService {
         request: Request<pb::DeletionDecisionRequest>,
     ) -> Result<Response<pb::DeletionDecisionResponse>, Status> {
         let ids = request.into_inner().group_ids;
-        tracing::info!(groups = ids.len(), "operator approved held deletions");
-        let affected = self
+        tracing::info!(groups = ids.len(), "operator approved held changes");
+        let decided = self
             .with_engine(move |engine, origin| {
-                let (affected, planned) = engine.decide_held(&ids, true, origin)?;
+                let (decided, planned) = engine.decide_held(&ids, true, origin)?;
                 count_planned(&planned);
-                Ok(affected)
+                Ok(decided)
             })
             .await?;
-        Ok(Response::new(pb::DeletionDecisionResponse { affected }))
+        Ok(Response::new(pb::DeletionDecisionResponse {
+            affected: decided.deletions,
+            member_removals: decided.member_removals,
+        }))
     }
 
     async fn discard_deletions(
@@ -279,15 +295,18 @@ impl Operator for ControlService {
         request: Request<pb::DeletionDecisionRequest>,
     ) -> Result<Response<pb::DeletionDecisionResponse>, Status> {
         let ids = request.into_inner().group_ids;
-        tracing::info!(groups = ids.len(), "operator discarded held deletions");
-        let affected = self
+        tracing::info!(groups = ids.len(), "operator discarded held changes");
+        let decided = self
             .with_engine(move |engine, origin| {
-                let (affected, planned) = engine.decide_held(&ids, false, origin)?;
+                let (decided, planned) = engine.decide_held(&ids, false, origin)?;
                 count_planned(&planned);
-                Ok(affected)
+                Ok(decided)
             })
             .await?;
-        Ok(Response::new(pb::DeletionDecisionResponse { affected }))
+        Ok(Response::new(pb::DeletionDecisionResponse {
+            affected: decided.deletions,
+            member_removals: decided.member_removals,
+        }))
     }
 
     async fn list_audit(
@@ -442,6 +461,7 @@ fn status(engine: &Engine<SqliteStore>, now: i64) -> Result<pb::Status, EngineEr
         commands_in_flight: snapshot.commands_in_flight,
         oldest_in_flight_ms: snapshot.oldest_in_flight_planned_ms.map(|t| (now - t).max(0)).unwrap_or(0),
         held_deletions: snapshot.held_deletions,
+        held_member_removals: snapshot.held_member_removals,
         recent_errors: snapshot.recent_errors,
         planner_version: env!("CARGO_PKG_VERSION").into(),
         m365_writeback_allowed: !snapshot.exchange.is_empty() && snapshot.mail_refusal.is_empty(),

@@ -70,11 +70,12 @@ impl Outbox {
         if now - *last_gauges > 5_000 {
             *last_gauges = now;
             let gauges = self.with_engine("reading the gauges", |engine| Ok(engine.store().gauges()?)).await;
-            if let Some((held, skipped)) = gauges
+            if let Some(gauges) = gauges
                 && let Some(metrics) = gwb_runtime::metrics::global()
             {
-                metrics.held_deletions(held);
-                for (category, count) in skipped_by_category(skipped) {
+                metrics.held_deletions(gauges.held_deletions);
+                metrics.held_member_removals(gauges.held_member_removals);
+                for (category, count) in skipped_by_category(gauges.skipped) {
                     metrics.skipped_members(&category, count);
                 }
             }

@@ -79,6 +79,7 @@ struct Inner {
     members_written: Counter<u64>,
     skipped_members: Gauge<u64>,
     held_deletions: Gauge<u64>,
+    held_member_removals: Gauge<u64>,
     queue_lag: Gauge<f64>,
     end_to_end: Histogram<f64>,
     dead_lettered: Counter<u64>,
@@ -143,6 +144,10 @@ impl Metrics {
             held_deletions: meter
                 .u64_gauge("gwb_held_deletions")
                 .with_description("Group deletions held back for an operator's decision.")
+                .build(),
+            held_member_removals: meter
+                .u64_gauge("gwb_held_member_removals")
+                .with_description("Member values the member-removal threshold keeps in AD until an operator decides.")
                 .build(),
             queue_lag: meter
                 .f64_gauge("gwb_queue_lag_seconds")
@@ -228,6 +233,11 @@ impl Metrics {
     /// `gwb_held_deletions`: deletions currently waiting for an operator.
     pub fn held_deletions(&self, n: u64) {
         self.inner.held_deletions.record(n, &[]);
+    }
+
+    /// `gwb_held_member_removals`: member removals currently waiting for an operator.
+    pub fn held_member_removals(&self, n: u64) {
+        self.inner.held_member_removals.record(n, &[]);
     }
 
     /// `gwb_queue_lag_seconds{queue}`: age of the message just taken from `queue`.
@@ -440,6 +450,7 @@ mod tests {
         metrics.skipped_members("cloud_only_user", 2);
         metrics.skipped_members("cloud_only_user", 1);
         metrics.held_deletions(4);
+        metrics.held_member_removals(150);
         metrics.queue_lag("gwb.events", Duration::from_millis(1500));
         metrics.end_to_end_latency(Duration::from_secs(2));
         metrics.dead_lettered("gwb.events");
@@ -470,6 +481,7 @@ mod tests {
         // A gauge: the last value set wins.
         assert_eq!(sample(&text, "gwb_skipped_members{reason=\"cloud_only_user\"}"), Some(1.0));
         assert_eq!(sample(&text, "gwb_held_deletions"), Some(4.0));
+        assert_eq!(sample(&text, "gwb_held_member_removals"), Some(150.0));
         assert_eq!(sample(&text, "gwb_queue_lag_seconds{queue=\"gwb.events\"}"), Some(1.5));
         assert_eq!(sample(&text, "gwb_end_to_end_latency_seconds_bucket{le=\"1800\"}"), Some(1.0), "{text}");
         assert_eq!(sample(&text, "gwb_end_to_end_latency_seconds_bucket{le=\"1\"}"), Some(0.0));

@@ -88,11 +88,13 @@ enum Command {
     },
     /// Let the writers apply commands again.
     Resume,
-    /// Deletions held by the deletion threshold.
+    /// Deletions held by the deletion threshold, and member removals held by the
+    /// member-removal threshold.
     Held,
-    /// Carry out held deletions (all, or the listed groups).
+    /// Carry out held deletions and member removals (all, or the listed groups').
     Approve { ids: Vec<String> },
-    /// Drop held deletions (all, or the listed groups); their AD groups are kept.
+    /// Drop held deletions (their AD groups are kept) and held member removals (AD
+    /// keeps the members), all or the listed groups'.
     Discard { ids: Vec<String> },
     /// Every AD change planned for a group, with cause and result.
     Audit {
@@ -279,13 +281,16 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             } else {
                 client.discard_deletions(request).await?
             };
-            let affected = response.into_inner().affected;
+            let decided = response.into_inner();
+            let (affected, members) = (decided.affected, decided.member_removals);
             if cli.json {
-                print_json(json!({ "affected": affected }));
+                print_json(json!({ "affected": affected, "member_removals": members }));
             } else if approve {
                 println!("{affected} held deletion(s) approved: the AD groups are being deleted.");
+                println!("{members} held member removal(s) approved: the members are being removed.");
             } else {
                 println!("{affected} held deletion(s) discarded: the AD groups are kept, frozen.");
+                println!("{members} held member removal(s) discarded: AD keeps the members.");
             }
         }
         Command::Audit { id, limit } => {
@@ -344,19 +349,41 @@ fn print_held(held: &pb::ListHeldDeletionsResponse, as_json: bool) {
         print_json(json!({
             "threshold_reason": held.threshold_reason,
             "deletions": held.deletions.iter().map(|d| json!({"group_id": d.group_id, "display_name": d.display_name, "ad_dn": d.ad_dn, "reason": d.reason, "held_at_ms": d.held_at_ms})).collect::<Vec<_>>(),
+            "member_removals": held.member_removals.iter().map(|m| json!({"group_id": m.group_id, "display_name": m.display_name, "ad_dn": m.ad_dn, "count": m.count, "reason": m.reason, "held_at_ms": m.held_at_ms})).collect::<Vec<_>>(),
         }));
         return;
     }
     if held.deletions.is_empty() {
         println!("No deletions are held.");
-        return;
+    } else {
+        println!("{} deletion(s) held: {}\n", held.deletions.len(), held.threshold_reason);
+        println!("{:<36}  {:<30} AD DN", "ID", "NAME");
+        for deletion in &held.deletions {
+            println!("{:<36}  {:<30} {}", deletion.group_id, truncate(&deletion.display_name, 30), deletion.ad_dn);
+        }
     }
-    println!("{} deletion(s) held: {}\n", held.deletions.len(), held.threshold_reason);
-    println!("{:<36}  {:<30} AD DN", "ID", "NAME");
-    for deletion in &held.deletions {
-        println!("{:<36}  {:<30} {}", deletion.group_id, truncate(&deletion.display_name, 30), deletion.ad_dn);
+    if held.member_removals.is_empty() {
+        println!("No member removals are held.");
+    } else {
+        let values: u64 = held.member_removals.iter().map(|m| m.count).sum();
+        println!(
+            "\n{values} member removal(s) held in {} group(s); AD keeps these members:\n",
+            held.member_removals.len()
+        );
+        println!("{:<36}  {:<30} {:>7}  CAUSE", "ID", "NAME", "MEMBERS");
+        for group in &held.member_removals {
+            println!(
+                "{:<36}  {:<30} {:>7}  {}",
+                group.group_id,
+                truncate(&group.display_name, 30),
+                group.count,
+                group.reason
+            );
+        }
     }
-    println!("\nDecide: gwbctl approve [ID…]  or  gwbctl discard [ID…]");
+    if !held.deletions.is_empty() || !held.member_removals.is_empty() {
+        println!("\nDecide: gwbctl approve [ID…]  or  gwbctl discard [ID…]");
+    }
 }
 
 fn print_audit(audit: &pb::ListAuditResponse, as_json: bool) {
@@ -404,6 +431,7 @@ fn print_status(status: &pb::Status, as_json: bool) {
             "commands_in_flight": status.commands_in_flight,
             "oldest_in_flight_ms": status.oldest_in_flight_ms,
             "held_deletions": status.held_deletions,
+            "held_member_removals": status.held_member_removals,
             "recent_errors": status.recent_errors,
             "planner_version": status.planner_version,
             "exchange": status.exchange,
@@ -428,6 +456,7 @@ fn print_status(status: &pb::Status, as_json: bool) {
     println!("Memberships known:  {}", status.memberships_known);
     println!("Commands in flight: {} (oldest {} ms)", status.commands_in_flight, status.oldest_in_flight_ms);
     println!("Held deletions:     {}", status.held_deletions);
+    println!("Held member removals: {}", status.held_member_removals);
     if status.exchange.is_empty() {
         println!("Exchange:           not reported yet (no writer connected to the directory)");
     } else {

@@ -582,7 +582,7 @@ fn prometheus_and_grafana_files_match_compose() {
         "changes per second",
         "latency",
         "errors by class",
-        "held deletions",
+        "held for an operator",
         "queue depth",
         "ldap operation latency",
         "skipped members by reason",
@@ -606,6 +606,7 @@ fn catalog() -> BTreeSet<String> {
     m.members_written(1);
     m.skipped_members("r", 1);
     m.held_deletions(0);
+    m.held_member_removals(0);
     m.queue_lag("q", Duration::ZERO);
     m.end_to_end_latency(Duration::ZERO);
     m.dead_lettered("q");

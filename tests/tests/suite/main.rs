@@ -12,6 +12,7 @@
 mod compose_file;
 mod e2e_control;
 mod e2e_exchange;
+mod e2e_member_removals;
 mod e2e_parallel_writers;
 mod e2e_policy;
 mod e2e_user_lifecycle;

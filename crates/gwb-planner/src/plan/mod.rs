@@ -21,7 +21,7 @@ mod tests;
 use prost::Message as _;
 
 use gwb_core::command::{CommandKind, WriteCommand};
-use gwb_core::deletion::DeletionThreshold;
+use gwb_core::deletion::{DeletionThreshold, MemberRemovalThreshold};
 use gwb_core::event::{Change, ChangeEvent, RemovalReason};
 use gwb_core::policy::{DirectorySchema, Placement, Scope};
 use gwb_core::state::WritebackState;
@@ -49,6 +49,8 @@ pub struct PolicySettings {
     pub retired_ou: Option<String>,
     pub partitions: u16,
     pub threshold: DeletionThreshold,
+    /// Counted in `threshold`'s window.
+    pub member_removals: MemberRemovalThreshold,
 }
 
 /// When a planning call runs and the trace its commands belong to.

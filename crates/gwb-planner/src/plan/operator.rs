@@ -14,6 +14,15 @@ use gwb_proto::convert::commands::describe_command;
 use super::{Cause, Engine, EngineError, Origin, Plan, Planned};
 use crate::store::{AuditEntry, AuditResult, Meta, SkippedMember, Store, StoreTx};
 
+/// What an operator's decision on held changes affected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldDecision {
+    /// Held group deletions.
+    pub deletions: u64,
+    /// Held member values.
+    pub member_removals: u64,
+}
+
 /// What [`Engine::preview`] found.
 pub struct Preview {
     pub decision: Decision,
@@ -58,24 +67,24 @@ impl<S: Store> Engine<S> {
         Ok(planned)
     }
 
-    /// Operator decision on held deletions (`approve`: delete now; otherwise keep the
-    /// AD groups, frozen). Empty `group_ids` means all. Returns how many were affected.
+    /// Operator decision on what the thresholds hold: held deletions (`approve`:
+    /// delete now; otherwise keep the AD groups, frozen) and held member removals
+    /// (`approve`: remove them now; otherwise AD keeps the members, no longer managed
+    /// by gwb). Empty `group_ids` means all.
     pub fn decide_held(
         &mut self,
         group_ids: &[String],
         approve: bool,
         origin: &Origin,
-    ) -> Result<(u64, Planned), EngineError> {
-        let text = if approve { "operator approved held deletions" } else { "operator discarded held deletions" };
+    ) -> Result<(HeldDecision, Planned), EngineError> {
+        let text = if approve { "operator approved held changes" } else { "operator discarded held changes" };
         self.in_transaction(Cause::operator(text, origin), |plan| {
-            let held = plan.tx.group_ids_in_states(&[WritebackState::Held])?;
-            let wanted: Vec<String> = if group_ids.is_empty() {
-                held
-            } else {
-                let requested: HashSet<String> = group_ids.iter().map(|id| id.to_ascii_lowercase()).collect();
-                held.into_iter().filter(|id| requested.contains(id)).collect()
+            let requested: HashSet<String> = group_ids.iter().map(|id| id.to_ascii_lowercase()).collect();
+            let chosen = |ids: Vec<String>| -> Vec<String> {
+                if requested.is_empty() { ids } else { ids.into_iter().filter(|id| requested.contains(id)).collect() }
             };
-            for group_id in &wanted {
+            let deletions = chosen(plan.tx.group_ids_in_states(&[WritebackState::Held])?);
+            for group_id in &deletions {
                 if approve {
                     plan.emit_delete(group_id, "deletion approved by the operator")?;
                 } else {
@@ -87,7 +96,23 @@ impl<S: Store> Engine<S> {
                     plan.audit_deletion(group_id, AuditResult::Discarded, "")?;
                 }
             }
-            Ok(wanted.len() as u64)
+            let mut member_removals = 0u64;
+            for group_id in chosen(plan.tx.groups_with_held_member_removals()?) {
+                let held = plan.tx.take_held_member_removals(&group_id)?;
+                member_removals += held.len() as u64;
+                let active = plan.state_of(&group_id)?.is_some_and(WritebackState::is_active);
+                if approve && active {
+                    plan.emit_member_changes(&group_id, &held, &[])?;
+                } else {
+                    let detail = if approve {
+                        format!("{} held member removal(s) dropped: the group is no longer written back", held.len())
+                    } else {
+                        format!("{} held member removal(s) discarded: AD keeps the members", held.len())
+                    };
+                    plan.audit(&group_id, CommandKind::RemoveMembers, AuditResult::Discarded, &detail)?;
+                }
+            }
+            Ok(HeldDecision { deletions: deletions.len() as u64, member_removals })
         })
     }
 

@@ -3,7 +3,7 @@
 use prost::Message as _;
 
 use gwb_core::command::{CommandKind, MemberRef, WriteCommand};
-use gwb_core::deletion::DeletionThreshold;
+use gwb_core::deletion::{DeletionThreshold, MemberRemovalThreshold};
 use gwb_core::event::{
     Change, ChangeEvent, GroupObserved, MemberLink, ObjectRemoved, RemovalReason, Resource, RoundBoundary, UserObserved,
 };
@@ -61,6 +61,7 @@ fn engine(threshold: DeletionThreshold) -> TestEngine {
         retired_ou: None,
         partitions: 4,
         threshold,
+        member_removals: MemberRemovalThreshold::default(),
     };
     let mut engine = Engine::new(db, policy);
     engine.set_writeback(true, false, &at(0)).unwrap();
@@ -185,9 +186,9 @@ fn cloud_deletions_wait_for_the_end_of_the_cycle_and_pass_the_threshold() {
     }
     engine.apply_event(&round_completed(), 0).unwrap();
     assert!(drain(&mut engine).is_empty(), "3 deletions > 2 must be held");
-    assert_eq!(engine.decide_held(&["c".into()], true, &at(0)).unwrap().0, 1);
+    assert_eq!(engine.decide_held(&["c".into()], true, &at(0)).unwrap().0.deletions, 1);
     assert_eq!(drain(&mut engine), vec![("delete".to_string(), 0)]);
-    assert_eq!(engine.decide_held(&[], false, &at(0)).unwrap().0, 2);
+    assert_eq!(engine.decide_held(&[], false, &at(0)).unwrap().0.deletions, 2);
     assert!(drain(&mut engine).is_empty());
 }
 
@@ -212,7 +213,7 @@ fn the_threshold_counts_every_deletion_of_its_window_and_holds_later_ones_with_t
     assert_eq!(delete_in_round(&mut engine, &["g2", "g3"], 2 * MINUTE), 0);
     // While those wait for an operator, a single later deletion waits with them.
     assert_eq!(delete_in_round(&mut engine, &["g4"], 3 * MINUTE), 0);
-    assert_eq!(engine.decide_held(&[], false, &at(4 * MINUTE)).unwrap().0, 3);
+    assert_eq!(engine.decide_held(&[], false, &at(4 * MINUTE)).unwrap().0.deletions, 3);
     // Discarded, and the first two have left the window: small deletions go again.
     assert_eq!(delete_in_round(&mut engine, &["g5", "g6"], 62 * MINUTE), 2);
 }
@@ -768,4 +769,123 @@ fn skipped_proxy_addresses_are_kept_on_the_group() {
     later.sequence = 1_001;
     engine.apply_outcome(&later, &at(2)).unwrap();
     assert!(engine.store().group_detail("team").unwrap().unwrap().addresses_skipped.is_empty());
+}
+
+/// Values planned for the group, and the member removals held for it.
+fn members_and_held(engine: &mut TestEngine, group_id: &str) -> (u64, u64) {
+    let tx = engine.store.transaction().unwrap();
+    (tx.planned_member_count(group_id).unwrap(), tx.held_member_removal_count(group_id).unwrap())
+}
+
+/// #14 item 3: a cloud change that would take more than `max_member_removals` values
+/// from one group is held: AD keeps the members until an operator approves (the
+/// removals are sent) or discards (they stay). Later removals wait with the held ones;
+/// a held member added again is no longer to be removed. Failed before: every removal
+/// was sent at once.
+#[test]
+fn a_mass_member_removal_is_held_until_an_operator_decides() {
+    let mut engine = engine(DeletionThreshold::default());
+    for n in 0..300 {
+        engine.apply_event(&user(n), 0).unwrap();
+    }
+    engine.apply_event(&group("g", 0..300, []), 0).unwrap();
+    drain(&mut engine);
+
+    // 101 of 300 (34 %): over the count limit of 100, under 50 %.
+    engine.apply_event(&group("g", [], 0..101), 1).unwrap();
+    assert!(drain(&mut engine).is_empty(), "101 removals must be held");
+    assert_eq!(members_and_held(&mut engine, "g"), (199, 101));
+    let held = engine.store().held_member_removals().unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!((held[0].group_id.as_str(), held[0].count), ("g", 101));
+    assert!(held[0].reason.contains("101 member removals within 60 minutes exceed the threshold of 100"), "{held:?}");
+    assert_eq!(engine.store().status().unwrap().held_member_removals, 101);
+    assert_eq!(engine.store().gauges().unwrap().held_member_removals, 101);
+    let audit = engine.store().audit_log("g", 10).unwrap();
+    assert_eq!((audit[0].kind.as_str(), audit[0].result.as_str()), ("remove_members", "held"), "{audit:?}");
+
+    // One more removal waits with them; a held member back in the group is added
+    // (AD still holds it) and leaves the held list.
+    engine.apply_event(&group("g", [], [150]), 2).unwrap();
+    assert!(drain(&mut engine).is_empty());
+    engine.apply_event(&group("g", [0], []), 3).unwrap();
+    assert_eq!(drain(&mut engine), vec![("add_members".to_string(), 1)]);
+    assert_eq!(members_and_held(&mut engine, "g"), (199, 101));
+
+    let (decided, planned) = engine.decide_held(&["G".into()], true, &at(4)).unwrap();
+    assert_eq!((decided.deletions, decided.member_removals), (0, 101));
+    assert_eq!(planned.commands.len(), 1);
+    assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 101)]);
+    assert_eq!(members_and_held(&mut engine, "g"), (199, 0));
+    assert!(engine.store().held_member_removals().unwrap().is_empty());
+}
+
+/// The percentage rule applies to groups of 20 members or more; a discard leaves the
+/// members in AD, no longer managed, and the next removal is judged afresh.
+#[test]
+fn more_than_half_of_a_group_is_held_and_a_discard_keeps_the_members() {
+    let mut engine = engine(DeletionThreshold::default());
+    for n in 0..40 {
+        engine.apply_event(&user(n), 0).unwrap();
+    }
+    engine.apply_event(&group("big", 0..30, []), 0).unwrap();
+    engine.apply_event(&group("small", 30..40, []), 0).unwrap();
+    drain(&mut engine);
+
+    engine.apply_event(&group("small", [], 30..39), 1).unwrap();
+    assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 9)], "9 of 10: a small group");
+    engine.apply_event(&group("big", [], 0..16), 1).unwrap();
+    assert!(drain(&mut engine).is_empty(), "16 of 30 members are more than 50 %");
+    let held = engine.store().held_member_removals().unwrap();
+    assert!(held[0].reason.contains("more than 50 % of the group's 30 members"), "{held:?}");
+
+    let (decided, _) = engine.decide_held(&[], false, &at(2)).unwrap();
+    assert_eq!(decided.member_removals, 16);
+    assert!(drain(&mut engine).is_empty(), "discarded: nothing is removed");
+    assert_eq!(members_and_held(&mut engine, "big"), (14, 0));
+    let audit = engine.store().audit_log("big", 1).unwrap();
+    assert_eq!(audit[0].result, "discarded");
+    engine.apply_event(&group("big", [], [20]), 3).unwrap();
+    assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 1)]);
+}
+
+/// Removals sent without an operator count within the deletion window, so a mass
+/// removal seen in slices is still one mass removal; after the window they no
+/// longer count. A changed value (the same member, a new SID) is no removal.
+#[test]
+fn member_removals_count_over_the_window_and_replaced_values_do_not_count() {
+    const MINUTE: i64 = 60_000;
+    let mut engine = engine(DeletionThreshold::default());
+    for n in 0..400 {
+        engine.apply_event(&user(n), 0).unwrap();
+    }
+    engine.apply_event(&group("g", 0..400, []), 0).unwrap();
+    drain(&mut engine);
+
+    engine.apply_event(&group("g", [], 0..60), 0).unwrap();
+    assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 60)]);
+    engine.apply_event(&group("g", [], 60..110), 10 * MINUTE).unwrap();
+    assert!(drain(&mut engine).is_empty(), "60 + 50 within the hour exceed 100");
+    let held = engine.store().held_member_removals().unwrap();
+    assert!(held[0].reason.contains("(60 of them already sent)"), "{held:?}");
+    engine.decide_held(&[], true, &at(11 * MINUTE)).unwrap();
+    assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 50)]);
+
+    // Approved removals were the operator's: they do not count. 61 minutes after the
+    // first slice, only what was sent without an operator in the last hour counts.
+    engine.apply_event(&group("g", [], 110..190), 61 * MINUTE).unwrap();
+    assert_eq!(drain(&mut engine), vec![("remove_members".to_string(), 80)]);
+
+    // 150 users get a new SID: 150 values replaced, no member lost.
+    engine.policy.member_removals.max_members = 0;
+    for n in 200..350 {
+        let mut changed = user(n);
+        if let Change::User(user) = &mut changed.change {
+            user.on_premises_security_identifier = Some(format!("{SID}{}", 9000 + n));
+        }
+        engine.apply_event(&changed, 62 * MINUTE).unwrap();
+    }
+    let sent = drain(&mut engine);
+    assert_eq!(sent.iter().filter(|(kind, _)| kind == "remove_members").count(), 150, "{sent:?}");
+    assert_eq!(members_and_held(&mut engine, "g"), (210, 0));
 }

@@ -274,8 +274,27 @@ pub trait StoreTx {
     ) -> Result<(), StoreError>;
     fn clear_skipped_member(&mut self, group_id: &str, member_id: &str) -> Result<(), StoreError>;
     fn skipped_members(&self, group_id: &str, limit: usize) -> Result<Vec<SkippedMember>, StoreError>;
-    /// Forgets the group's planned and skipped members (its AD object goes away).
+    /// Forgets the group's planned, skipped and held members (its AD object goes away).
     fn forget_member_plan(&mut self, group_id: &str) -> Result<(), StoreError>;
+    /// Member removals of the group held for an operator.
+    fn held_member_removal_count(&self, group_id: &str) -> Result<u64, StoreError>;
+    fn hold_member_removal(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        reference: &MemberRef,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// The value is planned again (back in the cloud group): its held removal is moot.
+    fn release_held_member_removal(&mut self, group_id: &str, reference: &MemberRef) -> Result<(), StoreError>;
+    /// Takes the group's held removals out of the store (the operator decided).
+    fn take_held_member_removals(&mut self, group_id: &str) -> Result<Vec<MemberRef>, StoreError>;
+    fn groups_with_held_member_removals(&self) -> Result<Vec<String>, StoreError>;
+    /// Member values removed from the group without an operator since `window_start_ms`;
+    /// older records are forgotten.
+    fn member_removals_sent_since(&mut self, group_id: &str, window_start_ms: i64) -> Result<u64, StoreError>;
+    fn record_member_removals_sent(&mut self, group_id: &str, removals: u64, at_ms: i64) -> Result<(), StoreError>;
     /// Groups in which a change of `member_id` must be re-planned: active groups
     /// linking it and groups it was planned into.
     fn groups_to_replan(&self, member_id: &str) -> Result<Vec<String>, StoreError>;

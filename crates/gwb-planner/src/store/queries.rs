@@ -56,6 +56,7 @@ pub struct StatusSnapshot {
     pub commands_in_flight: u64,
     pub oldest_in_flight_planned_ms: Option<i64>,
     pub held_deletions: u64,
+    pub held_member_removals: u64,
     /// Newest first, at most 10.
     pub recent_errors: Vec<String>,
     /// What the writer found of Exchange (empty before it reported it).
@@ -71,6 +72,26 @@ pub struct HeldDeletion {
     pub ad_dn: String,
     pub reason: String,
     pub held_at_ms: i64,
+}
+
+/// One group's member removals held by the member-removal threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldMemberRemovals {
+    pub group_id: String,
+    pub display_name: String,
+    pub ad_dn: String,
+    pub count: u64,
+    pub reason: String,
+    pub held_at_ms: i64,
+}
+
+/// The gauges the planner publishes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub held_deletions: u64,
+    pub held_member_removals: u64,
+    /// Skipped members counted by their full reason.
+    pub skipped: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,10 +113,11 @@ pub trait Queries {
     fn group_detail(&self, group_id: &str) -> Result<Option<GroupDetail>, StoreError>;
     /// Held deletions by group id, and why they were held.
     fn held_deletions(&self) -> Result<(Vec<HeldDeletion>, String), StoreError>;
+    /// Held member removals by group id, with the reason of the last one held.
+    fn held_member_removals(&self) -> Result<Vec<HeldMemberRemovals>, StoreError>;
     /// A group's audit log, newest first.
     fn audit_log(&self, group_id: &str, limit: u32) -> Result<Vec<AuditRow>, StoreError>;
-    /// Held deletions, and skipped members counted by their full reason.
-    fn gauges(&self) -> Result<(u64, Vec<(String, u64)>), StoreError>;
+    fn gauges(&self) -> Result<Gauges, StoreError>;
     fn has_exchange_schema(&self) -> Result<bool, StoreError>;
     /// Why the writer refuses mail-enabled groups in this forest, when it does.
     fn mail_refusal(&self) -> Result<Option<String>, StoreError>;

@@ -238,6 +238,21 @@ ALTER TABLE skipped_by_num RENAME TO skipped_members;
     r#"
 ALTER TABLE writeback ADD COLUMN addresses_skipped TEXT NOT NULL DEFAULT '';
 "#,
+    // 10: the member-removal threshold: removals held for an operator, and removals
+    // sent without one, per group, counted over the deletion window.
+    r#"
+CREATE TABLE held_member_removals (
+    group_num INTEGER NOT NULL,
+    member_num INTEGER NOT NULL,
+    ref_key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    held_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_num, member_num)
+) WITHOUT ROWID;
+CREATE INDEX held_member_removals_by_member ON held_member_removals (member_num);
+CREATE TABLE member_removals_sent (group_num INTEGER NOT NULL, at_ms INTEGER NOT NULL, removals INTEGER NOT NULL);
+CREATE INDEX member_removals_sent_by_group ON member_removals_sent (group_num, at_ms);
+"#,
 ];
 
 pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {

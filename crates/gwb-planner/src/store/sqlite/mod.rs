@@ -688,6 +688,7 @@ impl StoreTx for SqliteTx<'_> {
     fn forget_planned_links_to(&mut self, member_id: &str) -> Result<(), StoreError> {
         let Some(member) = self.num(member_id)? else { return Ok(()) };
         self.stmt("DELETE FROM planned_members WHERE member_num = ?1")?.execute(params![member])?;
+        self.stmt("DELETE FROM held_member_removals WHERE member_num = ?1")?.execute(params![member])?;
         Ok(())
     }
 
@@ -721,6 +722,78 @@ impl StoreTx for SqliteTx<'_> {
         let Some(group) = self.num(group_id)? else { return Ok(()) };
         self.stmt("DELETE FROM planned_members WHERE group_num = ?1")?.execute(params![group])?;
         self.stmt("DELETE FROM skipped_members WHERE group_num = ?1")?.execute(params![group])?;
+        self.stmt("DELETE FROM held_member_removals WHERE group_num = ?1")?.execute(params![group])?;
+        Ok(())
+    }
+
+    fn held_member_removal_count(&self, group_id: &str) -> Result<u64, StoreError> {
+        let Some(group) = self.num(group_id)? else { return Ok(0) };
+        let count: i64 = self
+            .stmt("SELECT COUNT(*) FROM held_member_removals WHERE group_num = ?1")?
+            .query_row(params![group], |row| row.get(0))?;
+        Ok(count.max(0) as u64)
+    }
+
+    fn hold_member_removal(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        reference: &MemberRef,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (group, member) = (self.intern(group_id)?, self.intern(member_id)?);
+        self.stmt(
+            "INSERT OR REPLACE INTO held_member_removals (group_num, member_num, ref_key, reason, held_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![group, member, reference.key(), reason, now_ms])?;
+        Ok(())
+    }
+
+    fn release_held_member_removal(&mut self, group_id: &str, reference: &MemberRef) -> Result<(), StoreError> {
+        let Some(group) = self.num(group_id)? else { return Ok(()) };
+        self.stmt("DELETE FROM held_member_removals WHERE group_num = ?1 AND ref_key = ?2")?
+            .execute(params![group, reference.key()])?;
+        Ok(())
+    }
+
+    fn take_held_member_removals(&mut self, group_id: &str) -> Result<Vec<MemberRef>, StoreError> {
+        let Some(group) = self.num(group_id)? else { return Ok(Vec::new()) };
+        let keys: Vec<String> = self
+            .stmt("SELECT ref_key FROM held_member_removals WHERE group_num = ?1 ORDER BY member_num")?
+            .query_map(params![group], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        self.stmt("DELETE FROM held_member_removals WHERE group_num = ?1")?.execute(params![group])?;
+        keys.into_iter()
+            .map(|key| {
+                MemberRef::from_key(&key).ok_or(StoreError::Corrupt { what: "held member reference", detail: key })
+            })
+            .collect()
+    }
+
+    fn groups_with_held_member_removals(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.stmt(
+            "SELECT DISTINCT o.id FROM held_member_removals h JOIN objects o ON o.num = h.group_num ORDER BY o.id",
+        )?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn member_removals_sent_since(&mut self, group_id: &str, window_start_ms: i64) -> Result<u64, StoreError> {
+        let Some(group) = self.num(group_id)? else { return Ok(0) };
+        self.stmt("DELETE FROM member_removals_sent WHERE group_num = ?1 AND at_ms < ?2")?
+            .execute(params![group, window_start_ms])?;
+        let sum: i64 = self
+            .stmt("SELECT COALESCE(SUM(removals), 0) FROM member_removals_sent WHERE group_num = ?1")?
+            .query_row(params![group], |row| row.get(0))?;
+        Ok(sum.max(0) as u64)
+    }
+
+    fn record_member_removals_sent(&mut self, group_id: &str, removals: u64, at_ms: i64) -> Result<(), StoreError> {
+        let group = self.intern(group_id)?;
+        self.stmt("INSERT INTO member_removals_sent (group_num, at_ms, removals) VALUES (?1, ?2, ?3)")?
+            .execute(params![group, at_ms, i64::try_from(removals).unwrap_or(i64::MAX)])?;
         Ok(())
     }
 

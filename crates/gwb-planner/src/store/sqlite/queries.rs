@@ -5,7 +5,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use gwb_core::state::WritebackState;
 
 use super::{SqliteStore, get_meta};
-use crate::store::queries::{AuditRow, GroupDetail, GroupSummary, HeldDeletion, Queries, ServiceRow, StatusSnapshot};
+use crate::store::queries::{
+    AuditRow, Gauges, GroupDetail, GroupSummary, HeldDeletion, HeldMemberRemovals, Queries, ServiceRow, StatusSnapshot,
+};
 use crate::store::{Meta, SkippedMember, StoreError};
 
 const SUMMARY: &str =
@@ -89,6 +91,7 @@ impl Queries for SqliteStore {
             commands_in_flight: in_flight.max(0) as u64,
             oldest_in_flight_planned_ms: oldest,
             held_deletions: count(db, "SELECT COUNT(*) FROM writeback WHERE state = 'held'")?,
+            held_member_removals: count(db, "SELECT COUNT(*) FROM held_member_removals")?,
             recent_errors,
             exchange: get_meta(db, &Meta::ExchangeDescription)?.unwrap_or_default(),
             mail_refusal: get_meta(db, &Meta::MailRefusal)?.unwrap_or_default(),
@@ -183,11 +186,39 @@ impl Queries for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn gauges(&self) -> Result<(u64, Vec<(String, u64)>), StoreError> {
-        let held = count(&self.db, "SELECT COUNT(*) FROM writeback WHERE state = 'held'")?;
+    fn held_member_removals(&self) -> Result<Vec<HeldMemberRemovals>, StoreError> {
+        // The reason and time of each group's newest held removal: the cause an
+        // operator needs to decide.
+        let mut stmt = self.db.prepare_cached(
+            "SELECT o.id, COALESCE(g.display_name, ''), COALESCE(w.dn, ''), COUNT(*),
+                    (SELECT n.reason FROM held_member_removals n WHERE n.group_num = h.group_num
+                     ORDER BY n.held_ms DESC LIMIT 1),
+                    MAX(h.held_ms)
+             FROM held_member_removals h JOIN objects o ON o.num = h.group_num
+             LEFT JOIN groups g ON g.id = o.id LEFT JOIN writeback w ON w.group_id = o.id
+             GROUP BY h.group_num ORDER BY o.id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(HeldMemberRemovals {
+                group_id: row.get(0)?,
+                display_name: row.get(1)?,
+                ad_dn: row.get(2)?,
+                count: row.get::<_, i64>(3)?.max(0) as u64,
+                reason: row.get(4)?,
+                held_at_ms: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn gauges(&self) -> Result<Gauges, StoreError> {
         let mut stmt = self.db.prepare_cached("SELECT reason, COUNT(*) FROM skipped_members GROUP BY reason")?;
         let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?.max(0) as u64)))?;
-        Ok((held, rows.collect::<Result<_, _>>()?))
+        Ok(Gauges {
+            held_deletions: count(&self.db, "SELECT COUNT(*) FROM writeback WHERE state = 'held'")?,
+            held_member_removals: count(&self.db, "SELECT COUNT(*) FROM held_member_removals")?,
+            skipped: rows.collect::<Result<_, _>>()?,
+        })
     }
 
     fn has_exchange_schema(&self) -> Result<bool, StoreError> {
