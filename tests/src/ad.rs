@@ -209,6 +209,23 @@ impl LabAd {
         Ok((dn, sid))
     }
 
+    /// Creates a global security group (as AD administrators make them) with these
+    /// members; returns its DN and SID.
+    pub async fn create_group(&self, ou_dn: &str, cn: &str, member_dns: &[&str]) -> anyhow::Result<(String, String)> {
+        let dn = format!("CN={},{ou_dn}", escape_dn_value(cn));
+        let sam = [cn];
+        let mut attrs: Vec<(&str, &[&str])> = vec![("objectClass", &["group"]), ("sAMAccountName", &sam)];
+        if !member_dns.is_empty() {
+            attrs.push(("member", member_dns));
+        }
+        self.add_entry(&dn, &attrs).await?;
+        let entry = self.entry(&dn, &["objectSid"]).await?.ok_or_else(|| anyhow!("{dn} vanished after creation"))?;
+        let sid = binary(&entry, "objectSid")
+            .and_then(|b| sid_from_bytes(&b))
+            .ok_or_else(|| anyhow!("{dn} has no objectSid"))?;
+        Ok((dn, sid))
+    }
+
     /// Creates `count` disabled users `<prefix>-<n>` in `ou_dn`, several adds in flight
     /// at once; returns (dn, SID) in order.
     pub async fn create_users(&self, ou_dn: &str, prefix: &str, count: usize) -> anyhow::Result<Vec<(String, String)>> {

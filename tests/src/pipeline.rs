@@ -79,6 +79,8 @@ pub struct Options {
     pub collector_graph_toml: String,
     /// Extra `[writer]` TOML lines (e.g. `partitions = [0]`, `dry_run = true`).
     pub writer_toml: String,
+    /// Extra `[directory]` TOML lines for the writer (e.g. `adopt_converted_groups = true`).
+    pub directory_toml: String,
     /// Run with no other pipeline of this process at the same time (see [`alone`]).
     pub alone: bool,
     /// Where the binaries are (default `target/debug`, see [`binary`]); the benchmarks
@@ -124,6 +126,7 @@ impl Options {
             writer_ca_file: None,
             collector_graph_toml: String::new(),
             writer_toml: String::new(),
+            directory_toml: String::new(),
             alone: false,
             bin_dir: None,
             graph_sim_args: ["--max-objects-per-page", "3", "--min-objects-per-page", "1", "--empty-page-every", "4"]
@@ -647,7 +650,7 @@ impl Pipeline {
         };
         let bind_dn = lab_var(o, "GWB_LAB_LDAP_BIND_DN").unwrap_or_default();
         format!(
-            "[directory]\nurl = \"{ldap_url}\"\nca_file = \"{ca_file}\"\nbind_dn = \"{bind_dn}\"\nbind_password_file = \"{}\"\nmanaged_ous = [{}]\n\n\
+            "[directory]\nurl = \"{ldap_url}\"\nca_file = \"{ca_file}\"\nbind_dn = \"{bind_dn}\"\nbind_password_file = \"{}\"\nmanaged_ous = [{}]\n{}\n\n\
              [writer]\nid = \"{id}\"\nstatus_interval_seconds = 2\n{writer_toml}\n\n\
              [writer.control]\nlisten = \"{control}\"\ntoken_file = \"{}\"\n\n{}",
             self.files.bind_password.display(),
@@ -656,6 +659,7 @@ impl Pipeline {
                 .map(|ou| format!("\"{ou}\""))
                 .collect::<Vec<_>>()
                 .join(", "),
+            o.directory_toml,
             self.token_file.display(),
             self.bus_toml(),
         )

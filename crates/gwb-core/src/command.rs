@@ -82,6 +82,11 @@ pub struct GroupSpec {
     pub display_name: String,
     pub description: Option<String>,
     pub mail: Option<MailAttributes>,
+    /// The SID of the AD group this cloud group came from (`onPremisesSecurityIdentifier`
+    /// of a group no longer synced). When no group carries the anchor yet, the writer
+    /// looks for this SID: an AD group that has it is adopted when the operator allows
+    /// it, and otherwise the write is refused; a second group is never created.
+    pub on_premises_sid: Option<String>,
 }
 
 impl GroupSpec {
@@ -110,6 +115,11 @@ impl GroupSpec {
                 hash.option_str(mail.mail_nickname.as_deref());
                 hash.list(&mail.proxy_addresses);
             }
+        }
+        // Only when set, so the fingerprints of every other group stay as they were.
+        if let Some(sid) = &self.on_premises_sid {
+            hash.tag(2);
+            hash.str(sid);
         }
         hash.finish()
     }
@@ -201,6 +211,9 @@ impl MemberRef {
 
 /// One writer command. Every variant names the group by anchor.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// A command is built once per planned change and moved, never held in bulk: the
+// spec's size beside the other variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum WriteCommand {
     /// Create the group if no object carries the anchor, else make its name, OU and
     /// attributes match (rename/move keep objectGUID and SID).
@@ -366,6 +379,10 @@ pub enum FailureClass {
     Transient,
     /// Constraint, syntax, missing parent, access, safety refusal: retrying will not help.
     Permanent,
+    /// The writer will not write this group as it stands (an AD group with the cloud
+    /// group's SID exists and may not be adopted): nothing was written; the planner
+    /// skips the group with the reason until the cloud group or the settings change.
+    Refused,
 }
 
 #[cfg(test)]
@@ -383,6 +400,7 @@ mod tests {
             display_name: "Sales".into(),
             description: None,
             mail: None,
+            on_premises_sid: None,
         }
     }
 

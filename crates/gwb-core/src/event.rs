@@ -69,6 +69,10 @@ pub struct GroupObserved {
     pub proxy_addresses: Vec<String>,
     /// True for groups synced from AD: never written back (it would loop).
     pub on_premises_sync_enabled: Option<bool>,
+    /// The SID of the AD group this group was synced from. Set while it is synced, and
+    /// still set after its source of authority moved to the cloud or sync was switched
+    /// off: then an AD group with this SID may exist.
+    pub on_premises_security_identifier: Option<String>,
     /// Present when the collector reads the beta endpoint and Graph sent it.
     pub writeback: Option<WritebackConfiguration>,
     /// Links added in this slice (in a full round: the current membership).

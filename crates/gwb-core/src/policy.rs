@@ -18,6 +18,8 @@ pub struct CloudGroup {
     pub group_types: Vec<String>,
     pub proxy_addresses: Vec<String>,
     pub on_premises_sync_enabled: Option<bool>,
+    /// `onPremisesSecurityIdentifier`: the SID of the AD group it came from, if any.
+    pub on_premises_sid: Option<String>,
     /// Beta `writebackConfiguration.isEnabled`.
     pub writeback_enabled: Option<bool>,
     /// Beta `writebackConfiguration.onPremisesGroupType`.
@@ -179,6 +181,10 @@ pub fn decide(
         display_name: truncate(&group.display_name, DISPLAY_NAME_MAX_CHARS),
         description: group.description.as_deref().filter(|d| !d.is_empty()).map(|d| truncate(d, DESCRIPTION_MAX_CHARS)),
         mail,
+        // Not synced any more but still carrying its AD group's SID: converted to the
+        // cloud (Group Source of Authority) or sync switched off. The writer must not
+        // create a second group beside the original (F3).
+        on_premises_sid: group.on_premises_sid.clone().filter(|sid| !sid.trim().is_empty()),
     })
 }
 
@@ -272,6 +278,32 @@ mod tests {
         assert_eq!(spec.anchor, "Group_id1");
         assert_eq!(spec.parent_dn, "OU=WB,DC=lab");
         assert!(spec.mail.is_none());
+    }
+
+    /// F3: a group converted from AD keeps its AD group's SID; the spec carries it so
+    /// the writer finds the original instead of creating a second group.
+    #[test]
+    fn a_converted_group_carries_its_ad_sid_to_the_writer() {
+        let mut g = security("a");
+        g.on_premises_sid = Some("S-1-5-21-1-2-3-1109".into());
+        let write = |g: &CloudGroup| match decide(
+            g,
+            &GroupOverride::default(),
+            &all_security(),
+            &placement(),
+            DirectorySchema::default(),
+        ) {
+            Decision::Write(spec) => spec,
+            Decision::Skip(reason) => panic!("skipped: {reason}"),
+        };
+        assert_eq!(write(&g).on_premises_sid.as_deref(), Some("S-1-5-21-1-2-3-1109"));
+        assert_eq!(write(&security("a")).on_premises_sid, None);
+        assert_ne!(write(&g).fingerprint(), write(&security("a")).fingerprint());
+        g.on_premises_sync_enabled = Some(true);
+        assert!(matches!(
+            decide(&g, &GroupOverride::default(), &all_security(), &placement(), DirectorySchema::default()),
+            Decision::Skip(_)
+        ));
     }
 
     #[test]

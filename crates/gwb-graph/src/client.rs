@@ -18,7 +18,8 @@ use crate::token::{AccessToken, request_token, without_url};
 use crate::{GraphConfig, GraphError};
 use gwb_core::event::Resource;
 
-const GROUP_SELECT: &str = "id,displayName,description,mailNickname,mail,mailEnabled,securityEnabled,groupTypes,proxyAddresses,onPremisesSyncEnabled,members";
+// onPremisesSecurityIdentifier: a group converted from AD keeps its AD group's SID (F3).
+const GROUP_SELECT: &str = "id,displayName,description,mailNickname,mail,mailEnabled,securityEnabled,groupTypes,proxyAddresses,onPremisesSyncEnabled,onPremisesSecurityIdentifier,members";
 const USER_SELECT: &str = "id,displayName,userPrincipalName,userType,onPremisesSecurityIdentifier,onPremisesSyncEnabled,onPremisesDistinguishedName,onPremisesSamAccountName";
 
 pub struct GraphClient {

@@ -111,6 +111,7 @@ fn parse_item(resource: Resource, value: &Value) -> Result<DeltaItem, String> {
                 group_types: strings(object, "groupTypes"),
                 proxy_addresses: strings(object, "proxyAddresses"),
                 on_premises_sync_enabled: object.get("onPremisesSyncEnabled").and_then(Value::as_bool),
+                on_premises_security_identifier: string(object, "onPremisesSecurityIdentifier"),
                 ..GroupObserved::default()
             };
             if let Some(config) = object.get("writebackConfiguration").and_then(Value::as_object) {
@@ -174,6 +175,7 @@ mod tests {
     fn group_page_with_member_slice_and_removals() {
         let body = br##"{"@odata.context":"x","@odata.nextLink":"https://g/v1.0/groups/delta?$skiptoken=a",
           "value":[{"id":"g1","displayName":"Sales","groupTypes":[],"securityEnabled":true,
+            "onPremisesSyncEnabled":null,"onPremisesSecurityIdentifier":"S-1-5-21-1-2-3-1109",
             "members@delta":[{"@odata.type":"#microsoft.graph.user","id":"u1"},
                              {"@odata.type":"#microsoft.graph.group","id":"g2","@removed":{"reason":"deleted"}}]},
             {"id":"g3","@removed":{"reason":"changed"}}]}"##;
@@ -181,6 +183,8 @@ mod tests {
         assert_eq!(page.link, PageLink::Next("https://g/v1.0/groups/delta?$skiptoken=a".into()));
         let DeltaItem::Group(group) = &page.items[0] else { panic!("group expected") };
         assert_eq!(group.display_name.as_deref(), Some("Sales"));
+        assert_eq!(group.on_premises_security_identifier.as_deref(), Some("S-1-5-21-1-2-3-1109"));
+        assert_eq!(group.on_premises_sync_enabled, None);
         assert_eq!(group.members_added, vec![MemberLink { id: "u1".into(), kind: MemberKind::User }]);
         assert_eq!(group.members_removed, vec![MemberLink { id: "g2".into(), kind: MemberKind::Group }]);
         assert_eq!(page.items[1], DeltaItem::Removed { id: "g3".into(), reason: RemovalReason::Changed });

@@ -35,6 +35,13 @@ pub struct DirectoryConfig {
     /// as members (the DC then creates their foreignSecurityPrincipals). Members with a
     /// SID of any other domain are skipped with the reason.
     pub foreign_domain_sids: Vec<String>,
+    /// Write a cloud group converted from AD (it carries the SID of an AD group) back
+    /// to that original group, found by SID, stamping the anchor on it. Off: such a
+    /// group is refused with the reason, and never written as a second group.
+    pub adopt_converted_groups: bool,
+    /// Where original groups may be adopted from (and, once adopted, are written in
+    /// place: neither moved nor renamed). Groups elsewhere are refused.
+    pub adoptable_ous: Vec<String>,
 }
 
 impl DirectoryConfig {
@@ -57,6 +64,8 @@ impl DirectoryConfig {
             member_batch_size: DEFAULT_MEMBER_BATCH_SIZE,
             follow_display_name: false,
             foreign_domain_sids: Vec::new(),
+            adopt_converted_groups: false,
+            adoptable_ous: Vec::new(),
         }
     }
 
@@ -84,6 +93,16 @@ impl DirectoryConfig {
             self.managed_ous.iter().find(|ou| crate::codec::parse_dn(ou).is_none_or(|rdns| rdns.is_empty()))
         {
             return Err(DirectoryError::permanent(format!("managed OU {bad:?} is not a distinguished name")));
+        }
+        if let Some(bad) =
+            self.adoptable_ous.iter().find(|ou| crate::codec::parse_dn(ou).is_none_or(|rdns| rdns.is_empty()))
+        {
+            return Err(DirectoryError::permanent(format!("adoptable OU {bad:?} is not a distinguished name")));
+        }
+        if self.adopt_converted_groups && self.adoptable_ous.is_empty() {
+            return Err(DirectoryError::permanent(
+                "adopt_converted_groups is on but adoptable_ous lists no OU: no original group could be adopted",
+            ));
         }
         if self.member_batch_size == 0 {
             return Err(DirectoryError::permanent("member_batch_size must be at least 1"));

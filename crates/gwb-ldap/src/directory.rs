@@ -473,11 +473,21 @@ impl Directory {
     }
 
     /// Strictly below one of the managed OUs.
+    /// Where the writer may act on a group carrying its anchor: the managed OUs, and
+    /// the adoptable OUs (original groups it adopted are written in place).
     fn in_managed_ous(&self, dn: &str) -> bool {
-        self.config.managed_ous.iter().any(|ou| is_below(dn, ou))
+        self.config.managed_ous.iter().any(|ou| is_below(dn, ou)) || self.is_adopted_place(dn)
     }
 
-    fn check_safe(&self, group: &GroupEntry, anchor: &str) -> Result<(), DirectoryError> {
+    /// In an adoptable OU and in no managed one: an adopted original group, which stays
+    /// where its owners put it.
+    pub(crate) fn is_adopted_place(&self, dn: &str) -> bool {
+        self.config.adopt_converted_groups
+            && self.config.adoptable_ous.iter().any(|ou| is_below(dn, ou))
+            && !self.config.managed_ous.iter().any(|ou| is_below(dn, ou))
+    }
+
+    pub(crate) fn check_safe(&self, group: &GroupEntry, anchor: &str) -> Result<(), DirectoryError> {
         let refuse = |why: String| Err(DirectoryError::permanent(format!("refusing to modify {}: {why}", group.dn)));
         if !self.in_managed_ous(&group.dn) {
             return refuse("it is outside the managed OUs".into());

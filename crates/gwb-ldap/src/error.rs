@@ -41,6 +41,12 @@ impl DirectoryError {
         DirectoryError { class: FailureClass::Permanent, code: None, message: message.into() }
     }
 
+    /// A write a safety rule refuses for this group as it stands (see
+    /// [`FailureClass::Refused`]).
+    pub fn refused(message: impl Into<String>) -> Self {
+        DirectoryError { class: FailureClass::Refused, code: None, message: message.into() }
+    }
+
     pub fn transient(message: impl Into<String>) -> Self {
         DirectoryError { class: FailureClass::Transient, code: None, message: message.into() }
     }

@@ -248,6 +248,7 @@ mod tests {
             display_name: "Sales".into(),
             description: Some("All of sales".into()),
             mail: None,
+            on_premises_sid: None,
         }
     }
 

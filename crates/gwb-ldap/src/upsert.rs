@@ -24,9 +24,72 @@ impl Directory {
     pub(crate) async fn upsert(&mut self, spec: &GroupSpec) -> Result<ApplyReport, DirectoryError> {
         self.validate_spec(spec)?;
         match self.locate_for_write(&spec.anchor).await? {
-            None => self.create(spec, &[]).await,
             Some(group) => self.update(group, spec).await,
+            None => match self.adopt_original(spec).await? {
+                Some(group) => self.update(group, spec).await,
+                None => self.create(spec, &[]).await,
+            },
         }
+    }
+
+    /// A cloud group converted from AD (F3) carries the SID of the AD group it came
+    /// from. Before a group is created for it, that original is looked up by SID: when
+    /// the operator allows adoption and it lies in an adoptable OU, the anchor is
+    /// stamped on it and it is written from now on; otherwise the write is refused, so
+    /// no second group with the same purpose and a new SID appears. `None`: no such
+    /// group (it was deleted), so a new one is created.
+    async fn adopt_original(&mut self, spec: &GroupSpec) -> Result<Option<GroupEntry>, DirectoryError> {
+        let Some(sid) = spec.on_premises_sid.as_deref() else { return Ok(None) };
+        let mut attrs = crate::group::attributes_to_read(&self.caps);
+        attrs.push("objectClass");
+        let found = match self.search(&format!("<SID={sid}>"), Scope::Base, "(objectClass=*)", &attrs, Vec::new()).await
+        {
+            Ok(entries) => entries.into_iter().next(),
+            Err(e) if e.code == Some(crate::error::NO_SUCH_OBJECT) => None,
+            Err(e) => return Err(e),
+        };
+        let Some(entry) = found else {
+            tracing::info!(anchor = %spec.anchor, %sid, "the AD group this converted cloud group came from is gone; writing a new group");
+            return Ok(None);
+        };
+        let dn = entry.dn.clone();
+        let origin = format!("AD group {sid} exists: {dn}");
+        let is_group = entry
+            .attrs
+            .get("objectClass")
+            .is_some_and(|classes| classes.iter().any(|c| c.eq_ignore_ascii_case("group")));
+        if !is_group {
+            return Err(DirectoryError::refused(format!("{origin}, and it is not a group")));
+        }
+        if !self.config.adopt_converted_groups {
+            return Err(DirectoryError::refused(format!(
+                "{origin}; this cloud group was converted from it (Group Source of Authority, or sync \
+                 switched off). Set [directory] adopt_converted_groups = true and list its OU in \
+                 adoptable_ous to write back to it"
+            )));
+        }
+        if !self.is_adopted_place(&dn) {
+            return Err(DirectoryError::refused(format!(
+                "{origin}, outside [directory] adoptable_ous ({}); list its OU there to write back to it",
+                self.config.adoptable_ous.join("; ")
+            )));
+        }
+        let mut group = GroupEntry::from_search(entry)?;
+        if let Some(other) = group.admin_description.as_deref().map(str::trim).filter(|d| !d.is_empty())
+            && !other.eq_ignore_ascii_case(spec.anchor.trim())
+        {
+            return Err(DirectoryError::refused(format!(
+                "{origin}, and its adminDescription is {other:?}: another tool manages it"
+            )));
+        }
+        group.admin_description = Some(spec.anchor.clone());
+        // Every other safety rule (protected, critical, well-known SID) still holds.
+        self.check_safe(&group, &spec.anchor).map_err(|e| DirectoryError::refused(format!("{origin}: {e}")))?;
+        let stamp = vec![ldap3::Mod::Replace("adminDescription".to_string(), HashSet::from([spec.anchor.clone()]))];
+        self.modify(&dn, stamp, Vec::new(), &format!("stamp the anchor on {dn}")).await?;
+        tracing::warn!(anchor = %spec.anchor, %sid, %dn, "adopted the original AD group of a converted cloud group");
+        self.remember(&spec.anchor, &group.guid);
+        Ok(Some(self.read_group(&dn).await?))
     }
 
     /// An upsert followed by adding `members`. When the group is new, the members
@@ -40,7 +103,11 @@ impl Directory {
         members: &[MemberRef],
     ) -> Result<ApplyReport, DirectoryError> {
         self.validate_spec(spec)?;
-        let (mut report, rest) = match self.locate_for_write(&spec.anchor).await? {
+        let located = match self.locate_for_write(&spec.anchor).await? {
+            Some(group) => Some(group),
+            None => self.adopt_original(spec).await?,
+        };
+        let (mut report, rest) = match located {
             Some(group) => (self.update(group, spec).await?, members.to_vec()),
             None => {
                 let (initial, rest) = self.members_for_create(members).await?;
@@ -251,7 +318,8 @@ impl Directory {
     async fn update(&mut self, mut group: GroupEntry, spec: &GroupSpec) -> Result<ApplyReport, DirectoryError> {
         let (spec, addresses_skipped) = self.without_addresses_of_others(spec, Some(&group.dn)).await?;
         let spec = &spec;
-        let mut changed = self.place(&mut group, spec).await?;
+        // An adopted original group stays where its owners put it, under its name.
+        let mut changed = if self.is_adopted_place(&group.dn) { false } else { self.place(&mut group, spec).await? };
 
         // A written group keeps its sAMAccountName unless the operator asked it to follow
         // the display name; an empty one (never set) is always filled in.

@@ -218,6 +218,7 @@ fn m365_group(ou: &str) -> GroupSpec {
                 format!("smtp:{alias}@lab.mail.onmicrosoft.com"),
             ],
         }),
+        on_premises_sid: None,
     }
 }
 

@@ -70,6 +70,7 @@ impl Fixture {
             display_name: format!("{label} display"),
             description: Some(format!("{label} description")),
             mail: None,
+            on_premises_sid: None,
         }
     }
 
@@ -649,6 +650,7 @@ async fn real_domain_admins_is_never_touched() -> anyhow::Result<()> {
         display_name: "Domain Admins".into(),
         description: Some("a cloud group that happens to be called Domain Admins".into()),
         mail: None,
+        on_premises_sid: None,
     };
     let created = upsert(&mut dir, &spec).await?.group.context("no group")?;
     ensure!(created.dn == format!("CN=Domain Admins,{}", f.ou), "{created:?}");

@@ -93,7 +93,7 @@ fn decode_batch(shared: &Shared, deliveries: &[Delivery]) -> Batch {
                 tracing::error!(command_id = %wire.command_id, %reason, "impossible command dead-lettered");
                 let mut outcome = base_outcome(shared, &wire);
                 outcome.kind = "invalid".into();
-                fill_failure(&mut outcome, None, &format!("invalid command: {reason}"));
+                fill_failure(&mut outcome, FailureClass::Permanent, None, &format!("invalid command: {reason}"));
                 outcome.completed_at_ms = shared.clock.now_ms();
                 batch.refused.push(Pending { index, outcome, disposition: Disposition::DeadLetter });
                 batch.commands.push(None);
@@ -181,9 +181,16 @@ fn unit_outcomes(
                 fill_report(&mut outcome, mine);
                 Disposition::Ack
             }
+            // A refusal is an answer, not a poison message: nothing was written, the
+            // planner skips the group with the reason.
+            Err(error) if error.class == FailureClass::Refused => {
+                tracing::warn!(%error, kind = %outcome.kind, group = %wire.group_id, "group refused");
+                fill_failure(&mut outcome, error.class, error.code, &error.message);
+                Disposition::Ack
+            }
             Err(error) => {
                 tracing::error!(%error, kind = %outcome.kind, group = %wire.group_id, "command failed permanently; dead-lettered");
-                fill_failure(&mut outcome, error.code, &error.message);
+                fill_failure(&mut outcome, error.class, error.code, &error.message);
                 Disposition::DeadLetter
             }
         };

@@ -58,6 +58,12 @@ pub struct DirectorySettings {
     /// Domain SIDs of trusted domains whose accounts may be written as members.
     #[serde(default)]
     pub foreign_domain_sids: Vec<String>,
+    /// Write cloud groups converted from AD back to their original AD group (found by
+    /// SID, in `adoptable_ous`); off: they are skipped with the reason.
+    #[serde(default)]
+    pub adopt_converted_groups: bool,
+    #[serde(default)]
+    pub adoptable_ous: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -161,6 +161,8 @@ fn directory_config(config: &Config) -> Result<DirectoryConfig, WriterError> {
     directory_config.member_batch_size = settings.member_batch_size;
     directory_config.follow_display_name = settings.follow_display_name;
     directory_config.foreign_domain_sids = settings.foreign_domain_sids.clone();
+    directory_config.adopt_converted_groups = settings.adopt_converted_groups;
+    directory_config.adoptable_ous = settings.adoptable_ous.clone();
     Ok(directory_config)
 }
 

@@ -198,6 +198,7 @@ mod tests {
             display_name: anchor.into(),
             description: None,
             mail: None,
+            on_premises_sid: None,
         })
     }
 

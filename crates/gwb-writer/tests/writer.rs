@@ -187,6 +187,7 @@ fn spec(group_id: &str, cn: &str, ou: &str) -> GroupSpec {
         display_name: cn.into(),
         description: None,
         mail: None,
+        on_premises_sid: None,
     }
 }
 

@@ -67,6 +67,7 @@ impl<T: StoreTx> Plan<'_, T> {
             group_types: group.group_types.clone(),
             proxy_addresses: group.proxy_addresses.clone(),
             on_premises_sync_enabled: group.on_premises_sync_enabled,
+            on_premises_sid: group.on_premises_security_identifier.clone(),
             writeback_enabled: config.and_then(|c| c.is_enabled),
             writeback_group_type: config.and_then(|c| c.on_premises_group_type.clone()),
         };

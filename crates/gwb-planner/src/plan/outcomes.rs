@@ -31,6 +31,7 @@ impl<T: StoreTx> Plan<'_, T> {
             cmd::OutcomeStatus::Failed => {
                 (AuditResult::Failed, format!("LDAP {}: {}", outcome.ldap_code, outcome.message))
             }
+            cmd::OutcomeStatus::Refused => (AuditResult::Refused, outcome.message.clone()),
             cmd::OutcomeStatus::DryRun => (AuditResult::DryRun, String::new()),
             _ => {
                 let mut detail = format!(
@@ -59,7 +60,19 @@ impl<T: StoreTx> Plan<'_, T> {
         })?;
         // An outcome of a kind this version does not know changes no state.
         let kind = outcome.kind.parse::<CommandKind>().ok();
+        if status == cmd::OutcomeStatus::Refused {
+            // Nothing was written: the group is skipped with the writer's reason, and
+            // its members are planned afresh if it is ever written (say, adopted).
+            tracing::warn!(%group_id, reason = %outcome.message, "the writer refused the group");
+            self.set_state(&group_id, WritebackState::Skipped, &outcome.message)?;
+            self.tx.forget_member_plan(&group_id)?;
+            return Ok(());
+        }
         if status == cmd::OutcomeStatus::Failed {
+            // Member commands planned before a refusal fail for want of the group.
+            if current == WritebackState::Skipped && kind != Some(CommandKind::Upsert) {
+                return Ok(());
+            }
             let message = format!("{} failed (LDAP {}): {}", outcome.kind, outcome.ldap_code, outcome.message);
             // The first failure is the cause; member commands failing after a failed
             // upsert ("no group carries anchor…") must not hide it.

@@ -889,3 +889,52 @@ fn member_removals_count_over_the_window_and_replaced_values_do_not_count() {
     assert_eq!(sent.iter().filter(|(kind, _)| kind == "remove_members").count(), 150, "{sent:?}");
     assert_eq!(members_and_held(&mut engine, "g"), (210, 0));
 }
+
+/// F3: a group converted from AD (not synced, still carrying its AD group's SID) is
+/// sent with that SID; when the writer refuses it (the original exists and may not be
+/// adopted), it is skipped with the writer's reason, the member commands sent before
+/// it fail without turning it into an error, and a later change plans every member
+/// again. Failed before: the spec carried no SID and a refusal was a failure.
+#[test]
+fn a_converted_group_refused_by_the_writer_is_skipped_with_its_reason() {
+    let mut engine = engine(DeletionThreshold::default());
+    engine.apply_event(&user(1), 0).unwrap();
+    let converted = |description: &str| {
+        event(Change::Group(GroupObserved {
+            id: "g".into(),
+            display_name: Some("Finance".into()),
+            description: Some(description.into()),
+            security_enabled: Some(true),
+            mail_enabled: Some(false),
+            on_premises_sync_enabled: None,
+            on_premises_security_identifier: Some(format!("{SID}7777")),
+            members_added: vec![MemberLink { id: "u1".into(), kind: MemberKind::User }],
+            ..Default::default()
+        }))
+    };
+    engine.apply_event(&converted("one"), 0).unwrap();
+    let rows = engine.outbox_batch(10).unwrap();
+    let (_, first) = command_of(&rows[0].payload);
+    let WriteCommand::Upsert(spec) = first else { panic!("an upsert first, got {first:?}") };
+    assert_eq!(spec.on_premises_sid.as_deref(), Some("S-1-5-21-1-2-3-7777"));
+    assert_eq!(drain(&mut engine), vec![("upsert".to_string(), 0), ("add_members".to_string(), 1)]);
+
+    let reason = "AD group S-1-5-21-1-2-3-7777 exists: CN=Finance,OU=Legacy,DC=lab; …";
+    let refused = cmd::Outcome { message: reason.into(), ..outcome("g", "upsert", cmd::OutcomeStatus::Refused) };
+    engine.apply_outcome(&refused, &at(1)).unwrap();
+    let failed = cmd::Outcome {
+        sequence: 1_001,
+        message: "no group carries anchor Group_g".into(),
+        ..outcome("g", "add_members", cmd::OutcomeStatus::Failed)
+    };
+    engine.apply_outcome(&failed, &at(2)).unwrap();
+    assert_eq!(engine.state("g"), Some(WritebackState::Skipped));
+    let summary = engine.store().list_groups("", "skipped", 10).unwrap();
+    assert_eq!(summary.len(), 1);
+    let detail = engine.store().group_detail("g").unwrap().unwrap();
+    assert_eq!(detail.policy_reason, reason);
+    assert_eq!(engine.store().audit_log("g", 2).unwrap()[1].result, "refused");
+
+    engine.apply_event(&converted("two"), 3).unwrap();
+    assert_eq!(drain(&mut engine), vec![("upsert".to_string(), 0), ("add_members".to_string(), 1)]);
+}

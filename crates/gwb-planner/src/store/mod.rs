@@ -125,6 +125,8 @@ pub enum AuditResult {
     Discarded,
     Applied,
     Failed,
+    /// The writer refused to write the group (a safety rule); nothing was written.
+    Refused,
     DryRun,
 }
 
@@ -137,6 +139,7 @@ impl AuditResult {
             AuditResult::Discarded => "discarded",
             AuditResult::Applied => "applied",
             AuditResult::Failed => "failed",
+            AuditResult::Refused => "refused",
             AuditResult::DryRun => "dry_run",
         }
     }

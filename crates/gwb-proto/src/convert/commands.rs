@@ -8,8 +8,8 @@
 //! end up inside a `<SID=…>` member value).
 
 use gwb_core::command::{
-    AppliedGroup, ApplyReport, CommandKind, GroupSpec, GroupType, MailAttributes, MemberRef, SkippedAddress,
-    WriteCommand,
+    AppliedGroup, ApplyReport, CommandKind, FailureClass, GroupSpec, GroupType, MailAttributes, MemberRef,
+    SkippedAddress, WriteCommand,
 };
 use gwb_core::members::is_sid;
 use gwb_core::naming;
@@ -30,6 +30,8 @@ pub enum CommandError {
     MissingName,
     #[error("member reference {0} is neither a SID nor a GUID")]
     BadMember(String),
+    #[error("on-premises SID {0:?} of a converted group is not a SID")]
+    BadGroupSid(String),
 }
 
 // ----- group type ------------------------------------------------------------------
@@ -87,6 +89,7 @@ impl From<&GroupSpec> for cmd::GroupSpec {
             display_name: spec.display_name.clone(),
             description: spec.description.clone(),
             mail: spec.mail.as_ref().map(cmd::MailAttributes::from),
+            on_premises_sid: spec.on_premises_sid.clone(),
         }
     }
 }
@@ -96,6 +99,9 @@ pub fn group_spec_from_wire(group_id: &str, spec: &cmd::GroupSpec) -> Result<Gro
     let group_type = group_type_from_wire(spec.group_type)?;
     if spec.cn.trim().is_empty() || spec.parent_dn.trim().is_empty() {
         return Err(CommandError::MissingName);
+    }
+    if let Some(sid) = spec.on_premises_sid.as_ref().filter(|sid| !is_sid(sid)) {
+        return Err(CommandError::BadGroupSid(sid.clone()));
     }
     Ok(GroupSpec {
         object_id: group_id.to_ascii_lowercase(),
@@ -107,6 +113,7 @@ pub fn group_spec_from_wire(group_id: &str, spec: &cmd::GroupSpec) -> Result<Gro
         display_name: spec.display_name.clone(),
         description: spec.description.clone(),
         mail: spec.mail.as_ref().map(MailAttributes::from),
+        on_premises_sid: spec.on_premises_sid.clone(),
     })
 }
 
@@ -301,9 +308,13 @@ fn addresses_skipped_from_wire(outcome: &cmd::Outcome) -> Vec<SkippedAddress> {
         .collect()
 }
 
-/// Marks `outcome` failed permanently, with the LDAP result code when there is one.
-pub fn fill_failure(outcome: &mut cmd::Outcome, ldap_code: Option<u32>, message: &str) {
-    outcome.status = cmd::OutcomeStatus::Failed as i32;
+/// Marks `outcome` failed permanently (or refused, for [`FailureClass::Refused`]), with
+/// the LDAP result code when there is one.
+pub fn fill_failure(outcome: &mut cmd::Outcome, class: FailureClass, ldap_code: Option<u32>, message: &str) {
+    outcome.status = match class {
+        FailureClass::Refused => cmd::OutcomeStatus::Refused,
+        FailureClass::Transient | FailureClass::Permanent => cmd::OutcomeStatus::Failed,
+    } as i32;
     outcome.ldap_code = ldap_code.unwrap_or(0);
     outcome.message = message.to_string();
 }
@@ -440,6 +451,7 @@ mod tests {
                 mail_nickname: Some("sales".into()),
                 proxy_addresses: vec!["SMTP:sales@lab.example".into(), "smtp:s@lab.example".into()],
             }),
+            on_premises_sid: None,
         }
     }
 
@@ -640,10 +652,10 @@ mod tests {
     #[test]
     fn a_failure_carries_the_ldap_code_or_zero() {
         let mut outcome = cmd::Outcome::default();
-        fill_failure(&mut outcome, Some(53), "unwilling to perform");
+        fill_failure(&mut outcome, FailureClass::Permanent, Some(53), "unwilling to perform");
         assert_eq!(outcome.status, cmd::OutcomeStatus::Failed as i32);
         assert_eq!((outcome.ldap_code, outcome.message.as_str()), (53, "unwilling to perform"));
-        fill_failure(&mut outcome, None, "refused: outside the managed OUs");
+        fill_failure(&mut outcome, FailureClass::Permanent, None, "refused: outside the managed OUs");
         assert_eq!(outcome.ldap_code, 0);
     }
 

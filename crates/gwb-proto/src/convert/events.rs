@@ -114,6 +114,7 @@ impl From<GroupObserved> for pb::GroupUpsert {
             group_types: group.group_types,
             proxy_addresses: group.proxy_addresses,
             on_premises_sync_enabled: group.on_premises_sync_enabled,
+            on_premises_security_identifier: group.on_premises_security_identifier,
             writeback_configuration: group.writeback.map(|w| pb::WritebackConfiguration {
                 is_enabled: w.is_enabled,
                 on_premises_group_type: w.on_premises_group_type,
@@ -137,6 +138,7 @@ impl From<pb::GroupUpsert> for GroupObserved {
             group_types: group.group_types,
             proxy_addresses: group.proxy_addresses,
             on_premises_sync_enabled: group.on_premises_sync_enabled,
+            on_premises_security_identifier: group.on_premises_security_identifier,
             writeback: group.writeback_configuration.map(|w| WritebackConfiguration {
                 is_enabled: w.is_enabled,
                 on_premises_group_type: w.on_premises_group_type,

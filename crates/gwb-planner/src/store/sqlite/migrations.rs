@@ -239,7 +239,8 @@ ALTER TABLE skipped_by_num RENAME TO skipped_members;
 ALTER TABLE writeback ADD COLUMN addresses_skipped TEXT NOT NULL DEFAULT '';
 "#,
     // 10: the member-removal threshold: removals held for an operator, and removals
-    // sent without one, per group, counted over the deletion window.
+    // sent without one, per group, counted over the deletion window; and the SID of
+    // the AD group a converted cloud group came from.
     r#"
 CREATE TABLE held_member_removals (
     group_num INTEGER NOT NULL,
@@ -252,6 +253,8 @@ CREATE TABLE held_member_removals (
 CREATE INDEX held_member_removals_by_member ON held_member_removals (member_num);
 CREATE TABLE member_removals_sent (group_num INTEGER NOT NULL, at_ms INTEGER NOT NULL, removals INTEGER NOT NULL);
 CREATE INDEX member_removals_sent_by_group ON member_removals_sent (group_num, at_ms);
+-- F3: the SID of the AD group a cloud group came from (onPremisesSecurityIdentifier).
+ALTER TABLE groups ADD COLUMN on_premises_sid TEXT;
 "#,
 ];
 

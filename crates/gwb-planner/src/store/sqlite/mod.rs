@@ -442,13 +442,15 @@ impl StoreTx for SqliteTx<'_> {
         };
         self.stmt(
             "INSERT INTO groups (id, display_name, description, mail_nickname, mail, mail_enabled, security_enabled, group_types,
-                                 proxy_addresses, on_premises_sync_enabled, writeback_enabled, writeback_group_type, removed, seen_round)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, ?13)
+                                 proxy_addresses, on_premises_sync_enabled, writeback_enabled, writeback_group_type, removed, seen_round,
+                                 on_premises_sid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL, ?13, ?14)
              ON CONFLICT(id) DO UPDATE SET display_name = excluded.display_name, description = excluded.description,
                mail_nickname = excluded.mail_nickname, mail = excluded.mail, mail_enabled = excluded.mail_enabled,
                security_enabled = excluded.security_enabled, group_types = excluded.group_types, proxy_addresses = excluded.proxy_addresses,
                on_premises_sync_enabled = excluded.on_premises_sync_enabled, writeback_enabled = excluded.writeback_enabled,
-               writeback_group_type = excluded.writeback_group_type, removed = NULL, seen_round = excluded.seen_round",
+               writeback_group_type = excluded.writeback_group_type, removed = NULL, seen_round = excluded.seen_round,
+               on_premises_sid = excluded.on_premises_sid",
         )?
         .execute(params![
             group.id,
@@ -464,6 +466,7 @@ impl StoreTx for SqliteTx<'_> {
             group.writeback_enabled,
             group.writeback_group_type,
             round,
+            group.on_premises_sid,
         ])?;
         Ok(())
     }
@@ -479,7 +482,7 @@ impl StoreTx for SqliteTx<'_> {
     fn cloud_group(&self, group_id: &str) -> Result<Option<CloudGroup>, StoreError> {
         Ok(self.stmt(
                 "SELECT id, display_name, description, mail_nickname, mail, mail_enabled, security_enabled, group_types, proxy_addresses,
-                        on_premises_sync_enabled, writeback_enabled, writeback_group_type
+                        on_premises_sync_enabled, writeback_enabled, writeback_group_type, on_premises_sid
                  FROM groups WHERE id = ?1 AND removed IS NULL",
             )?
             .query_row(params![group_id], |row| {
@@ -496,6 +499,7 @@ impl StoreTx for SqliteTx<'_> {
                     on_premises_sync_enabled: row.get(9)?,
                     writeback_enabled: row.get(10)?,
                     writeback_group_type: row.get(11)?,
+                    on_premises_sid: row.get(12)?,
                 })
             })
             .optional()?)
