@@ -428,6 +428,23 @@ impl Pipeline {
         Ok(self.sim.create_group(&graph_sim::NewGroup { id: None, fields, members }).await?.group.id)
     }
 
+    /// Waits until `gwbctl group <id>` says the group is in `state`; its detail (JSON).
+    pub async fn group_in_state(
+        &self,
+        group: uuid::Uuid,
+        state: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let id = group.to_string();
+        self.eventually(&format!("group {id} is {state}"), timeout, || async {
+            let detail = self.gwbctl_json(&["group", &id]).await?;
+            anyhow::ensure!(detail["summary"]["state"] == state, "{detail}");
+            Ok(())
+        })
+        .await?;
+        self.gwbctl_json(&["group", &id]).await
+    }
+
     /// Polls `check` until it succeeds or `timeout` passes; the last error explains.
     pub async fn eventually<F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
     where

@@ -61,19 +61,7 @@ async fn expect_absent(pipeline: &Pipeline, ad: &LabAd, group: Uuid, what: &str)
 }
 
 async fn expect_state(pipeline: &Pipeline, group: Uuid, state: &str) -> anyhow::Result<serde_json::Value> {
-    let id = group.to_string();
-    let mut last = serde_json::Value::Null;
-    pipeline
-        .eventually(&format!("group {id} is {state}"), WAIT, || async {
-            let detail = pipeline.gwbctl_json(&["group", &id]).await?;
-            ensure!(detail["summary"]["state"] == state, "{detail}");
-            Ok(())
-        })
-        .await?;
-    if let Ok(detail) = pipeline.gwbctl_json(&["group", &id]).await {
-        last = detail;
-    }
-    Ok(last)
+    pipeline.group_in_state(group, state, WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

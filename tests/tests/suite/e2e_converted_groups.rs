@@ -31,15 +31,7 @@ async fn converted_group(
 }
 
 async fn state_is(pipeline: &Pipeline, group: uuid::Uuid, state: &str) -> anyhow::Result<serde_json::Value> {
-    let id = group.to_string();
-    pipeline
-        .eventually(&format!("group {id} is {state}"), WAIT, || async {
-            let detail = pipeline.gwbctl_json(&["group", &id]).await?;
-            ensure!(detail["summary"]["state"] == state, "{detail}");
-            Ok(())
-        })
-        .await?;
-    pipeline.gwbctl_json(&["group", &id]).await
+    pipeline.group_in_state(group, state, WAIT).await
 }
 
 /// Failed before: the converted group was created as a new group in the target OU.
