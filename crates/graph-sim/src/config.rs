@@ -134,6 +134,21 @@ impl Default for SimConfig {
     }
 }
 
+/// How `@removed` annotations of deleted objects carry their reason. Graph documents
+/// `changed` (soft-deleted, restorable) and `deleted` (permanently deleted); clients
+/// must also cope with an annotation without a reason, or with a value added later.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RemovedReason {
+    /// `{"reason": "changed"}` or `{"reason": "deleted"}`.
+    #[default]
+    Documented,
+    /// `{}`: no reason at all.
+    Omitted,
+    /// `{"reason": "unknownFutureValue"}`, Graph's marker for an evolvable enum's new member.
+    Unknown,
+}
+
 /// Settings readable and changeable through `GET`/`PATCH /admin/settings`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -143,6 +158,8 @@ pub struct Settings {
     pub round_ttl_secs: u64,
     pub paging: PagingConfig,
     pub soft_deleted_in_initial_sync: bool,
+    #[serde(default)]
+    pub removed_reason: RemovedReason,
 }
 
 impl Settings {
@@ -153,6 +170,7 @@ impl Settings {
             round_ttl_secs: c.round_ttl.as_secs(),
             paging: c.page.clone(),
             soft_deleted_in_initial_sync: c.soft_deleted_in_initial_sync,
+            removed_reason: RemovedReason::default(),
         }
     }
 
@@ -178,6 +196,8 @@ pub struct SettingsPatch {
     pub paging: Option<PagingConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_deleted_in_initial_sync: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_reason: Option<RemovedReason>,
 }
 
 impl SettingsPatch {
@@ -188,6 +208,7 @@ impl SettingsPatch {
             round_ttl_secs: self.round_ttl_secs.unwrap_or(s.round_ttl_secs),
             paging: self.paging.clone().unwrap_or_else(|| s.paging.clone()),
             soft_deleted_in_initial_sync: self.soft_deleted_in_initial_sync.unwrap_or(s.soft_deleted_in_initial_sync),
+            removed_reason: self.removed_reason.unwrap_or(s.removed_reason),
         }
     }
 }

@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::config::PagingConfig;
+use crate::config::{PagingConfig, RemovedReason};
 use crate::errors::ApiError;
 use crate::schema::{self, ApiVersion, Resource};
 use crate::store::{Change, FULL, IdxMap, IdxSet, Life, REMOVED, Tenant, resource_kind};
@@ -384,7 +384,7 @@ impl Round {
     }
 
     /// The objects of page `page`, with current property values.
-    pub fn render_page(&mut self, t: &Tenant, page: usize, minimal: bool) -> Vec<Value> {
+    pub fn render_page(&mut self, t: &Tenant, page: usize, minimal: bool, removed: RemovedReason) -> Vec<Value> {
         self.last_used = Instant::now();
         let Some(&(a, b)) = self.layout.pages.get(page) else {
             return Vec::new();
@@ -397,9 +397,12 @@ impl Round {
             let item = &self.items[e.item as usize];
             let spans_pages = e.start > 0 || (e.end as usize) < item.members.len();
             let mut obj = if spans_pages {
-                self.rendered.entry(e.item).or_insert_with(|| render_props(t, item, &returned, minimal)).clone()
+                self.rendered
+                    .entry(e.item)
+                    .or_insert_with(|| render_props(t, item, &returned, minimal, removed))
+                    .clone()
             } else {
-                render_props(t, item, &returned, minimal)
+                render_props(t, item, &returned, minimal, removed)
             };
             if e.end > e.start && !obj.contains_key("@removed") {
                 let members: Vec<Value> =
@@ -412,7 +415,13 @@ impl Round {
     }
 }
 
-fn render_props(t: &Tenant, item: &Item, returned: &[usize], minimal: bool) -> Map<String, Value> {
+fn render_props(
+    t: &Tenant,
+    item: &Item,
+    returned: &[usize],
+    minimal: bool,
+    shape: RemovedReason,
+) -> Map<String, Value> {
     let o = t.obj(item.obj);
     let mut m = Map::new();
     m.insert("id".into(), o.id.to_string().into());
@@ -424,7 +433,12 @@ fn render_props(t: &Tenant, item: &Item, returned: &[usize], minimal: bool) -> M
         (_, Life::Active) => None,
     };
     if let Some(reason) = removed {
-        m.insert("@removed".into(), json!({ "reason": reason }));
+        let annotation = match shape {
+            RemovedReason::Documented => json!({ "reason": reason }),
+            RemovedReason::Omitted => json!({}),
+            RemovedReason::Unknown => json!({ "reason": "unknownFutureValue" }),
+        };
+        m.insert("@removed".into(), annotation);
         return m;
     }
     let defs = t.obj(item.obj).resource().map(Resource::props).unwrap_or(&[]);

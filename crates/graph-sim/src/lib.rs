@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 
 pub use assertion::RegisteredCertificate;
 pub use client::{AdminClient, AdminError};
-pub use config::{PagingConfig, Settings, SettingsPatch, SimConfig};
+pub use config::{PagingConfig, RemovedReason, Settings, SettingsPatch, SimConfig};
 pub use faults::{ErrorVariant, FaultKind, FaultMatch, FaultRule};
 pub use model::{
     Committed, DeltaRequestCount, GenerateResult, GenerateSpec, GeneratedGroupKind, GroupFields, GroupMutation,

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use graph_sim::{RemovedReason, SettingsPatch};
 use gwb_tests::fixture::TestLab;
 use gwb_tests::pipeline::{Options, Pipeline, unique};
 
@@ -58,4 +59,45 @@ async fn scenario(lab: &TestLab, pipeline: &Pipeline, [alice_sid, bob_sid, dave_
     sim.delete_user(bob, true).await?;
     members_are(sids(&[alice_sid, dave_sid]), "permanently deleted Bob is removed").await?;
     Ok(())
+}
+
+/// F7: an `@removed` annotation without a reason, or with one this version does not know
+/// (`unknownFutureValue`), is a soft removal: a group deleted that way is kept in AD
+/// (`on_soft_delete = "keep"`), and only `"deleted"` deletes. Failed with the parser
+/// treating anything but `"changed"` as permanent (checked by flipping it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_without_a_known_reason_is_soft() -> anyhow::Result<()> {
+    let lab = TestLab::with_groups_ou("e2e-removed-reason", "Cloud Groups").await?;
+    let (_, alice_sid) = lab.ad.create_user(&lab.users_ou, &unique("alice")).await?;
+    let pipeline = Pipeline::start(Options::new(&lab.groups_ou)).await?;
+    let result = async {
+        let sim = &pipeline.sim;
+        let alice = pipeline.synced_user(&alice_sid).await?;
+        let omitted = pipeline.security_group("No Reason", vec![alice]).await?;
+        let unknown = pipeline.security_group("Unknown Reason", vec![alice]).await?;
+        let documented = pipeline.security_group("Deleted", vec![alice]).await?;
+        pipeline.gwbctl_ok(&["enable"]).await?;
+        for group in [omitted, unknown, documented] {
+            pipeline.group_in_state(group, "written", WAIT).await?;
+        }
+        for (group, shape) in [(omitted, RemovedReason::Omitted), (unknown, RemovedReason::Unknown)] {
+            sim.update_settings(&SettingsPatch { removed_reason: Some(shape), ..Default::default() }).await?;
+            sim.delete_group(group, true).await?;
+            pipeline.group_in_state(group, "kept", WAIT).await?;
+        }
+        sim.update_settings(&SettingsPatch { removed_reason: Some(RemovedReason::Documented), ..Default::default() })
+            .await?;
+        sim.delete_group(documented, true).await?;
+        pipeline.group_in_state(documented, "deleted", WAIT).await?;
+        for group in [omitted, unknown] {
+            let anchor = format!("Group_{group}");
+            let entry = lab.ad.find_groups_by_anchor(&anchor).await?.into_iter().next().context("kept in AD")?;
+            let members = lab.ad.member_sids(&entry.dn).await?;
+            ensure!(members == BTreeSet::from([alice_sid.clone()]), "kept with its member: {members:?}");
+        }
+        ensure!(pipeline.log("gwb-collector").contains("@removed without a known reason"), "the collector warns");
+        Ok(())
+    }
+    .await;
+    lab.finish(pipeline, result).await
 }
