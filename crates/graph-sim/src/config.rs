@@ -160,6 +160,10 @@ pub struct Settings {
     pub soft_deleted_in_initial_sync: bool,
     #[serde(default)]
     pub removed_reason: RemovedReason,
+    /// Refuse `writebackConfiguration` in a beta delta query's `$select` (400), as
+    /// Graph may: it documents the property on the group, not in delta queries.
+    #[serde(default)]
+    pub refuse_writeback_in_delta: bool,
 }
 
 impl Settings {
@@ -171,6 +175,7 @@ impl Settings {
             paging: c.page.clone(),
             soft_deleted_in_initial_sync: c.soft_deleted_in_initial_sync,
             removed_reason: RemovedReason::default(),
+            refuse_writeback_in_delta: false,
         }
     }
 
@@ -198,6 +203,8 @@ pub struct SettingsPatch {
     pub soft_deleted_in_initial_sync: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_reason: Option<RemovedReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refuse_writeback_in_delta: Option<bool>,
 }
 
 impl SettingsPatch {
@@ -209,6 +216,7 @@ impl SettingsPatch {
             paging: self.paging.clone().unwrap_or_else(|| s.paging.clone()),
             soft_deleted_in_initial_sync: self.soft_deleted_in_initial_sync.unwrap_or(s.soft_deleted_in_initial_sync),
             removed_reason: self.removed_reason.unwrap_or(s.removed_reason),
+            refuse_writeback_in_delta: self.refuse_writeback_in_delta.unwrap_or(s.refuse_writeback_in_delta),
         }
     }
 }

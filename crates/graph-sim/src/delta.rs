@@ -86,7 +86,7 @@ impl Query {
         }
     }
 
-    fn returned(&self, resource: Resource, api: ApiVersion) -> Vec<usize> {
+    pub(crate) fn returned(&self, resource: Resource, api: ApiVersion) -> Vec<usize> {
         match &self.select {
             None => schema::default_props(resource.props(), api),
             Some(props) => props.clone(),

@@ -138,11 +138,19 @@ fn decide(app: &App, resource: Resource, api: ApiVersion, o: &Options) -> Result
             _ => Err(ApiError::bad_request("The $skiptoken is not valid.")),
         };
     }
-    match o.deltatoken.as_deref() {
-        None | Some("") => Ok(Plan::Initial(Query::new(resource, api, o.select.as_deref(), filter)?)),
-        Some(t) if t.eq_ignore_ascii_case("latest") => {
-            Ok(Plan::Latest(Query::new(resource, api, o.select.as_deref(), filter)?))
+    let new_query = |filter| {
+        let query = Query::new(resource, api, o.select.as_deref(), filter)?;
+        let names = query.select_names.as_deref().unwrap_or_default();
+        if app.settings().refuse_writeback_in_delta && names.iter().any(|n| n == "writebackConfiguration") {
+            return Err(ApiError::bad_request(
+                "Property 'writebackConfiguration' is not supported in the $select of a delta query.",
+            ));
         }
+        Ok(query)
+    };
+    match o.deltatoken.as_deref() {
+        None | Some("") => Ok(Plan::Initial(new_query(filter)?)),
+        Some(t) if t.eq_ignore_ascii_case("latest") => Ok(Plan::Latest(new_query(filter)?)),
         Some(t) => {
             if o.filter.is_some() {
                 return Err(ApiError::bad_request("$filter cannot be added to a deltaLink."));

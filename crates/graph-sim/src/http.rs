@@ -43,6 +43,7 @@ pub fn router(app: Arc<App>) -> Router {
             )
             .route(&format!("{base}/{{id}}/reauthorize"), post(subscriptions::reauthorize));
     }
+    let r = crate::objects::routes(r);
     r.route("/admin/users", post(admin::create_user))
         .route("/admin/users/{id}", get(admin::get_user).patch(admin::patch_user).delete(admin::delete_user))
         .route("/admin/users/{id}/restore", post(admin::restore_user))

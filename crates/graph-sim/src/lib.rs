@@ -28,6 +28,7 @@ mod faults;
 mod graph;
 mod http;
 mod model;
+mod objects;
 mod schema;
 mod stats;
 mod store;

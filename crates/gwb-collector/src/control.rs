@@ -50,6 +50,7 @@ impl Collector for CollectorService {
             rounds_completed: status.rounds_completed,
             rounds_failed: status.rounds_failed,
             notifications_active: status.notifications_active,
+            writeback_configuration: status.writeback_source,
         }))
     }
 }

@@ -48,6 +48,8 @@ pub(crate) struct Status {
     pub rounds_completed: u64,
     pub rounds_failed: u64,
     pub notifications_active: bool,
+    /// Where groups' `writebackConfiguration` was read from in the last groups round.
+    pub writeback_source: String,
 }
 
 /// State shared by the round loop, the notification receiver and the control API.
@@ -223,7 +225,10 @@ async fn run_rounds(collector: &mut round::Collector, shared: &Shared) -> usize 
                 let now = shared.clock.now_ms();
                 match resource {
                     Resource::Users => status.users_round_completed_ms = now,
-                    Resource::Groups => status.groups_round_completed_ms = now,
+                    Resource::Groups => {
+                        status.groups_round_completed_ms = now;
+                        status.writeback_source = collector.writeback_source().describe().to_string();
+                    }
                 }
             }
             Err(error) => {

@@ -9,7 +9,7 @@ use prost::Message as _;
 
 use gwb_bus::{Message, Publisher, Route};
 use gwb_core::event::{Change, ChangeEvent, RoundBoundary};
-use gwb_graph::{GraphClient, GraphError, PageLink, Resource};
+use gwb_graph::{DeltaItem, GraphClient, GraphError, PageLink, Resource, WritebackSource};
 use gwb_proto::events::v1 as pb;
 use gwb_proto::message_types::EVENT_TYPE;
 use gwb_runtime::clock::Clock;
@@ -40,6 +40,10 @@ impl Collector {
         Collector { graph, publisher, cursors, max_pages, page_timeout, clock }
     }
 
+    pub fn writeback_source(&self) -> WritebackSource {
+        self.graph.writeback_source()
+    }
+
     /// Forgets every cursor, so the next rounds are full rounds (FullResync).
     pub fn forget_cursors(&self) -> Result<(), CollectorError> {
         for resource in Resource::ALL {
@@ -57,24 +61,57 @@ impl Collector {
     /// them where they were, so the next attempt re-reads at most one page (Graph
     /// replays are harmless downstream).
     pub async fn run_round(&mut self, resource: Resource) -> Result<usize, CollectorError> {
+        self.keep_writeback_source(resource)?;
+        match self.run_round_once(resource).await {
+            Err(RoundFailure::WritebackRefused(error)) => {
+                // F8: the property is documented on the group, not in delta queries. Read
+                // it per changed group instead; the changed query starts a full round.
+                tracing::warn!(%error, "Graph refuses writebackConfiguration in the delta $select: reading it per changed group ($batch)");
+                self.graph.read_writeback_per_group();
+                self.run_round_once(resource).await.map_err(RoundFailure::into_error)
+            }
+            other => other.map_err(RoundFailure::into_error),
+        }
+    }
+
+    /// A collector that switched to per-group reads before a restart goes on with them:
+    /// its stored position was made by that query, and trying the refused one again
+    /// would cost a full round each time.
+    fn keep_writeback_source(&self, resource: Resource) -> Result<(), CollectorError> {
+        if resource != Resource::Groups || self.graph.writeback_source() != WritebackSource::DeltaSelect {
+            return Ok(());
+        }
+        let per_group = self.graph.initial_url_for(resource, WritebackSource::PerGroup);
+        let stored = match self.cursors.progress(resource)? {
+            Some(progress) => Some(progress.query),
+            None => self.cursors.cursor(resource)?.and_then(|cursor| cursor.query),
+        };
+        if stored.as_deref() == Some(per_group.as_str()) {
+            tracing::info!("writebackConfiguration is read per changed group, as before the restart");
+            self.graph.read_writeback_per_group();
+        }
+        Ok(())
+    }
+
+    async fn run_round_once(&mut self, resource: Resource) -> Result<usize, RoundFailure> {
         let query = self.graph.initial_url(resource);
-        let start = self.start(resource, &query)?;
+        let start = self.start(resource, &query).map_err(RoundFailure::Other)?;
         let resumed = !start.fresh;
         match self.follow(resource, start, &query).await {
             Err(RoundFailure::Resync { reason, location }) => {
                 tracing::warn!(resource = resource.path(), %reason, "delta token lost: starting a full round");
-                self.cursors.forget(resource)?;
+                self.cursors.forget(resource).map_err(|e| RoundFailure::Other(e.into()))?;
                 let url = location.filter(|l| !l.is_empty()).unwrap_or_else(|| query.clone());
-                self.follow(resource, RoundStart::full(url), &query).await.map_err(RoundFailure::into_error)
+                self.follow(resource, RoundStart::full(url), &query).await
             }
             Err(RoundFailure::Other(CollectorError::Graph(error @ GraphError::Rejected { .. }))) if resumed => {
                 // Graph refuses the stored nextLink itself (e.g. it expired): resuming
                 // again would fail the same way, so the round starts over next time.
                 tracing::warn!(resource = resource.path(), %error, "the interrupted round cannot resume: it starts over");
-                self.cursors.forget_progress(resource)?;
-                Err(CollectorError::Graph(error))
+                self.cursors.forget_progress(resource).map_err(|e| RoundFailure::Other(e.into()))?;
+                Err(RoundFailure::Other(CollectorError::Graph(error)))
             }
-            other => other.map_err(RoundFailure::into_error),
+            other => other,
         }
     }
 
@@ -144,6 +181,9 @@ impl Collector {
                 Ok(Err(GraphError::ResyncRequired { reason, location })) => {
                     return Err(RoundFailure::Resync { reason, location });
                 }
+                Ok(Err(error)) if url == query && self.graph.refuses_writeback_select(&error) => {
+                    return Err(RoundFailure::WritebackRefused(error));
+                }
                 Ok(Err(other)) => return Err(RoundFailure::Other(other.into())),
                 Err(_) => {
                     return Err(RoundFailure::Other(CollectorError::PageStalled {
@@ -153,9 +193,13 @@ impl Collector {
                     }));
                 }
             };
+            let mut items = page.items;
+            if resource == Resource::Groups && self.graph.writeback_source() == WritebackSource::PerGroup {
+                self.add_writeback_configurations(&mut items).await.map_err(|e| RoundFailure::Other(e.into()))?;
+            }
             let observed_at = self.clock.now_ms();
-            objects += page.items.len();
-            let changes: Vec<Change> = page.items.into_iter().map(|item| item.into_change(resource)).collect();
+            objects += items.len();
+            let changes: Vec<Change> = items.into_iter().map(|item| item.into_change(resource)).collect();
             let cause = format!("graph {}/delta round {round_id} page {pages}", resource.path());
             self.publish(&round_id, &mut position, observed_at, changes, &cause).await?;
             match page.link {
@@ -191,6 +235,27 @@ impl Collector {
                 }
             }
         }
+    }
+
+    /// Fills in the changed groups' `writebackConfiguration`, read per group.
+    async fn add_writeback_configurations(&self, items: &mut [DeltaItem]) -> Result<(), GraphError> {
+        let ids: Vec<String> = items
+            .iter()
+            .filter_map(|item| match item {
+                DeltaItem::Group(group) => Some(group.id.clone()),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut found = self.graph.writeback_configurations(&ids).await?;
+        for item in items.iter_mut() {
+            if let DeltaItem::Group(group) = item {
+                group.writeback = found.remove(&group.id);
+            }
+        }
+        Ok(())
     }
 
     /// One change observed now (a round boundary).
@@ -281,7 +346,12 @@ impl RoundStart {
 }
 
 enum RoundFailure {
-    Resync { reason: String, location: Option<String> },
+    Resync {
+        reason: String,
+        location: Option<String>,
+    },
+    /// Graph refused `writebackConfiguration` in the initial `$select`.
+    WritebackRefused(GraphError),
     Other(CollectorError),
 }
 
@@ -289,6 +359,7 @@ impl RoundFailure {
     fn into_error(self) -> CollectorError {
         match self {
             RoundFailure::Resync { reason, .. } => CollectorError::ResyncLoop(reason),
+            RoundFailure::WritebackRefused(error) => CollectorError::Graph(error),
             RoundFailure::Other(error) => error,
         }
     }

@@ -1,5 +1,7 @@
 //! HTTP side: tokens, retries and error classification.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use gwb_runtime::backoff::Backoff;
@@ -16,7 +18,7 @@ use crate::delta::{DeltaPage, parse_page};
 use crate::subscription::{NewSubscription, Subscription, rfc3339};
 use crate::token::{AccessToken, request_token, without_url};
 use crate::{GraphConfig, GraphError};
-use gwb_core::event::Resource;
+use gwb_core::event::{Resource, WritebackConfiguration};
 
 // onPremisesSecurityIdentifier: a group converted from AD keeps its AD group's SID (F3).
 const GROUP_SELECT: &str = "id,displayName,description,mailNickname,mail,mailEnabled,securityEnabled,groupTypes,proxyAddresses,onPremisesSyncEnabled,onPremisesSecurityIdentifier,members";
@@ -31,7 +33,37 @@ pub struct GraphClient {
     clock: Clock,
     /// 0.5 s doubling up to `graph.max_backoff_seconds`, when Graph sends no `Retry-After`.
     backoff: Backoff,
+    /// Beta only: whether `writebackConfiguration` is read in the groups delta
+    /// `$select` (the default) or, after Graph refused it there, per changed group.
+    writeback_in_delta: AtomicBool,
 }
+
+/// Where the collector reads groups' `writebackConfiguration` (beta) from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritebackSource {
+    /// v1.0 has no such property.
+    NotRead,
+    /// In the groups delta `$select`.
+    DeltaSelect,
+    /// `GET /beta/groups/{id}?$select=writebackConfiguration` per changed group,
+    /// batched 20 to a `$batch` request, because Graph refused it in the delta `$select`.
+    PerGroup,
+}
+
+impl WritebackSource {
+    pub fn describe(self) -> &'static str {
+        match self {
+            WritebackSource::NotRead => "not read (v1.0 has no writebackConfiguration)",
+            WritebackSource::DeltaSelect => "read in the groups delta $select",
+            WritebackSource::PerGroup => {
+                "read per changed group ($batch, 20 per request): Graph refused it in the delta $select"
+            }
+        }
+    }
+}
+
+/// Requests in one JSON batch (Graph's limit).
+const BATCH_SIZE: usize = 20;
 
 impl GraphClient {
     pub fn new(config: GraphConfig, credential: Credential) -> Result<Self, GraphError> {
@@ -53,15 +85,105 @@ impl GraphClient {
             .map_err(|e| GraphError::Config(format!("HTTP client: {e}")))?;
         let backoff =
             Backoff::new(Duration::from_millis(500), Duration::from_secs(config.max_backoff_seconds.max(1)), 0.5);
-        Ok(GraphClient { config, credential, http, token: Mutex::new(None), clock: Clock::system(), backoff })
+        Ok(GraphClient {
+            config,
+            credential,
+            http,
+            token: Mutex::new(None),
+            clock: Clock::system(),
+            backoff,
+            writeback_in_delta: AtomicBool::new(true),
+        })
+    }
+
+    pub fn writeback_source(&self) -> WritebackSource {
+        match (self.config.is_beta(), self.writeback_in_delta.load(Ordering::Relaxed)) {
+            (false, _) => WritebackSource::NotRead,
+            (true, true) => WritebackSource::DeltaSelect,
+            (true, false) => WritebackSource::PerGroup,
+        }
+    }
+
+    /// From now on `writebackConfiguration` is read per changed group: the groups delta
+    /// query no longer selects it.
+    pub fn read_writeback_per_group(&self) {
+        self.writeback_in_delta.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether Graph's refusal of the groups delta query is a refusal of
+    /// `writebackConfiguration` in its `$select`.
+    pub fn refuses_writeback_select(&self, error: &GraphError) -> bool {
+        self.writeback_source() == WritebackSource::DeltaSelect
+            && matches!(error, GraphError::Rejected { status: 400, message, .. } if message.contains("writebackConfiguration"))
+    }
+
+    /// The groups' `writebackConfiguration` by id, read with `$batch` (20 groups a
+    /// request). A group that is gone (404) is left out; a throttled or failed request
+    /// in the batch fails the call, so the caller's page is read again.
+    pub async fn writeback_configurations(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, WritebackConfiguration>, GraphError> {
+        let url = format!("{}/{}/$batch", self.config.graph_endpoint.trim_end_matches('/'), self.config.api_version);
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(BATCH_SIZE) {
+            let requests: Vec<Value> = chunk
+                .iter()
+                .enumerate()
+                .map(|(n, id)| {
+                    serde_json::json!({
+                        "id": n.to_string(),
+                        "method": "GET",
+                        "url": format!("/groups/{}?$select=id,writebackConfiguration", url_segment(id)),
+                    })
+                })
+                .collect();
+            let answer = self.send(Method::POST, &url, Some(&serde_json::json!({ "requests": requests }))).await?;
+            let malformed = |reason: String| GraphError::Malformed { url: url.clone(), reason };
+            let body: Value = serde_json::from_slice(&answer).map_err(|e| malformed(e.to_string()))?;
+            let responses = body["responses"].as_array().ok_or_else(|| malformed("no `responses` array".into()))?;
+            for response in responses {
+                let index: usize = response["id"].as_str().and_then(|id| id.parse().ok()).unwrap_or(usize::MAX);
+                let Some(id) = chunk.get(index) else {
+                    return Err(malformed(format!("unknown response id {}", response["id"])));
+                };
+                match response["status"].as_u64() {
+                    Some(200) => {
+                        let config = &response["body"]["writebackConfiguration"];
+                        found.insert(
+                            id.clone(),
+                            WritebackConfiguration {
+                                is_enabled: config["isEnabled"].as_bool(),
+                                on_premises_group_type: config["onPremisesGroupType"].as_str().map(str::to_string),
+                            },
+                        );
+                    }
+                    Some(404) => {}
+                    status => {
+                        return Err(GraphError::Unavailable {
+                            attempts: 1,
+                            last: format!("$batch request for group {id} answered {status:?}"),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// First request of a full round. Query parameters go on this request only; every
     /// later link is followed verbatim.
     pub fn initial_url(&self, resource: Resource) -> String {
+        self.initial_url_for(resource, self.writeback_source())
+    }
+
+    /// [`GraphClient::initial_url`] as it is with `writebackConfiguration` read from `source`.
+    pub fn initial_url_for(&self, resource: Resource, source: WritebackSource) -> String {
         let select = match resource {
             Resource::Users => USER_SELECT.to_string(),
-            Resource::Groups if self.config.is_beta() => format!("{GROUP_SELECT},writebackConfiguration"),
+            Resource::Groups if source == WritebackSource::DeltaSelect => {
+                format!("{GROUP_SELECT},writebackConfiguration")
+            }
             Resource::Groups => GROUP_SELECT.to_string(),
         };
         format!(

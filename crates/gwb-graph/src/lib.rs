@@ -14,7 +14,7 @@ mod error;
 mod subscription;
 mod token;
 
-pub use client::GraphClient;
+pub use client::{GraphClient, WritebackSource};
 pub use config::GraphConfig;
 pub use credential::{CertificateCredential, Credential};
 pub use delta::{DeltaItem, DeltaPage, PageLink};

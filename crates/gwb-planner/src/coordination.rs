@@ -84,10 +84,16 @@ impl Coordinator {
                     service: format!("gwb-collector@{endpoint}"),
                     healthy: state.last_error.is_empty(),
                     version: state.version,
-                    detail: if state.last_error.is_empty() {
-                        format!("{} rounds completed, {} failed", state.rounds_completed, state.rounds_failed)
-                    } else {
-                        format!("last round failed: {}", state.last_error)
+                    detail: {
+                        let rounds = if state.last_error.is_empty() {
+                            format!("{} rounds completed, {} failed", state.rounds_completed, state.rounds_failed)
+                        } else {
+                            format!("last round failed: {}", state.last_error)
+                        };
+                        match state.writeback_configuration.as_str() {
+                            "" => rounds,
+                            source => format!("{rounds}; writebackConfiguration: {source}"),
+                        }
                     },
                     last_seen_ms: now,
                 },

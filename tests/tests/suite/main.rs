@@ -18,6 +18,7 @@ mod e2e_parallel_writers;
 mod e2e_policy;
 mod e2e_user_lifecycle;
 mod e2e_writeback;
+mod e2e_writeback_configuration;
 mod observability_prometheus;
 mod observability_secrets;
 mod reliability_broker;

@@ -9,4 +9,5 @@ mod certificates;
 mod common;
 mod delta;
 mod faults;
+mod objects;
 mod subscriptions;
