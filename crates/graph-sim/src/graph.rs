@@ -453,6 +453,8 @@ fn page_body(
 
 fn page_response(body: Value, minimal_applied: bool) -> Response {
     let mut resp = graph_json(StatusCode::OK, &body);
+    // What the page cost against the directory-read budget: a GET with $select, 1.
+    resp.headers_mut().insert("x-ms-resource-unit", HeaderValue::from_static("1"));
     if minimal_applied {
         resp.headers_mut().insert("preference-applied", HeaderValue::from_static("return=minimal"));
     }

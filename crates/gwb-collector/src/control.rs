@@ -51,6 +51,7 @@ impl Collector for CollectorService {
             rounds_failed: status.rounds_failed,
             notifications_active: status.notifications_active,
             writeback_configuration: status.writeback_source,
+            graph_budget: status.graph_budget,
         }))
     }
 }

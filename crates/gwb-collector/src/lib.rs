@@ -50,6 +50,8 @@ pub(crate) struct Status {
     pub notifications_active: bool,
     /// Where groups' `writebackConfiguration` was read from in the last groups round.
     pub writeback_source: String,
+    /// Graph's resource-unit budget after the last round.
+    pub graph_budget: String,
 }
 
 /// State shared by the round loop, the notification receiver and the control API.
@@ -219,7 +221,9 @@ async fn run_rounds(collector: &mut round::Collector, shared: &Shared) -> usize 
                 if let Some(metrics) = metrics {
                     metrics.delta_round(resource.path(), "completed");
                 }
+                let budget = collector.budget_description();
                 let mut status = shared.status();
+                status.graph_budget = budget;
                 status.rounds_completed += 1;
                 status.last_error.clear();
                 let now = shared.clock.now_ms();

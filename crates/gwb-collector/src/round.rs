@@ -44,6 +44,16 @@ impl Collector {
         self.graph.writeback_source()
     }
 
+    /// The Graph budget as `gwbctl status` shows it.
+    pub fn budget_description(&self) -> String {
+        match self.graph.budget_usage() {
+            (_, _, 0) => "not paced (resource_units_per_10s = 0)".to_string(),
+            (used, peak, limit) => {
+                format!("{used} of {limit} resource units used in the last 10 s (peak {peak})")
+            }
+        }
+    }
+
     /// Forgets every cursor, so the next rounds are full rounds (FullResync).
     pub fn forget_cursors(&self) -> Result<(), CollectorError> {
         for resource in Resource::ALL {

@@ -13,6 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+use crate::budget::Budget;
 use crate::credential::Credential;
 use crate::delta::{DeltaPage, parse_page};
 use crate::subscription::{NewSubscription, Subscription, rfc3339};
@@ -33,6 +34,8 @@ pub struct GraphClient {
     clock: Clock,
     /// 0.5 s doubling up to `graph.max_backoff_seconds`, when Graph sends no `Retry-After`.
     backoff: Backoff,
+    /// Resource units spent against Graph's directory-read budget.
+    budget: std::sync::Mutex<Budget>,
     /// Beta only: whether `writebackConfiguration` is read in the groups delta
     /// `$select` (the default) or, after Graph refused it there, per changed group.
     writeback_in_delta: AtomicBool,
@@ -86,13 +89,14 @@ impl GraphClient {
         let backoff =
             Backoff::new(Duration::from_millis(500), Duration::from_secs(config.max_backoff_seconds.max(1)), 0.5);
         Ok(GraphClient {
-            config,
             credential,
             http,
             token: Mutex::new(None),
             clock: Clock::system(),
             backoff,
+            budget: std::sync::Mutex::new(Budget::new(config.resource_units_per_10s)),
             writeback_in_delta: AtomicBool::new(true),
+            config,
         })
     }
 
@@ -138,7 +142,9 @@ impl GraphClient {
                     })
                 })
                 .collect();
-            let answer = self.send(Method::POST, &url, Some(&serde_json::json!({ "requests": requests }))).await?;
+            let body = serde_json::json!({ "requests": requests });
+            // Graph counts each request of a batch on its own.
+            let answer = self.send_costing(Method::POST, &url, Some(&body), chunk.len() as u32).await?;
             let malformed = |reason: String| GraphError::Malformed { url: url.clone(), reason };
             let body: Value = serde_json::from_slice(&answer).map_err(|e| malformed(e.to_string()))?;
             let responses = body["responses"].as_array().ok_or_else(|| malformed("no `responses` array".into()))?;
@@ -239,11 +245,49 @@ impl GraphClient {
         self.send(Method::DELETE, &url, None).await.map(drop)
     }
 
+    /// (resource units spent in the last 10 s, the most in any 10 s, the budget).
+    pub fn budget_usage(&self) -> (u32, u32, u32) {
+        self.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).usage(Instant::now())
+    }
+
+    /// Waits until `cost` resource units fit the budget, then counts them spent.
+    async fn pace(&self, cost: u32) {
+        loop {
+            let wait = {
+                let mut budget = self.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let now = Instant::now();
+                let wait = budget.wait_before(now, cost);
+                if wait.is_zero() {
+                    budget.spend(now, cost);
+                }
+                wait
+            };
+            if wait.is_zero() {
+                return;
+            }
+            tracing::debug!(wait_ms = wait.as_millis() as u64, cost, "pacing under Graph's resource-unit budget");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     async fn send(&self, method: Method, url: &str, body: Option<&Value>) -> Result<Vec<u8>, GraphError> {
+        self.send_costing(method, url, body, 1).await
+    }
+
+    /// [`GraphClient::send`] of a request estimated at `cost` resource units (Graph's
+    /// `x-ms-resource-unit` corrects the estimate).
+    async fn send_costing(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        cost: u32,
+    ) -> Result<Vec<u8>, GraphError> {
         let mut attempts = 0u32;
         let mut renewed_after_401 = false;
         loop {
             attempts += 1;
+            self.pace(cost).await;
             let token = self.access_token().await?;
             let mut request = self
                 .http
@@ -267,6 +311,14 @@ impl GraphClient {
                 }
             };
             let status = response.status();
+            let charged = response
+                .headers()
+                .get("x-ms-resource-unit")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            if let Some(extra) = charged.and_then(|charged| charged.checked_sub(cost)) {
+                self.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).spend(Instant::now(), extra);
+            }
             let wait = retry_after(response.headers(), self.clock.now());
             let location =
                 response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string);

@@ -38,6 +38,11 @@ pub struct GraphConfig {
     /// Ceiling on the backoff between retries when Graph sends no `Retry-After`.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_seconds: u64,
+    /// Graph's directory-read budget for this app in this tenant, in resource units per
+    /// 10 s: 3,500 (under 50 users, the default), 5,000 (50–500) or 8,000 (more). The
+    /// collector paces its requests under it; 0 turns pacing off.
+    #[serde(default = "default_resource_units")]
+    pub resource_units_per_10s: u32,
 }
 
 fn default_login() -> String {
@@ -57,6 +62,9 @@ fn default_max_retries() -> u32 {
 }
 fn default_max_backoff() -> u64 {
     60
+}
+fn default_resource_units() -> u32 {
+    3_500
 }
 
 impl GraphConfig {
@@ -111,6 +119,7 @@ mod tests {
             request_timeout_seconds: 1,
             max_retries: 0,
             max_backoff_seconds: 1,
+            resource_units_per_10s: default_resource_units(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! throttling and transient faults are retried here (honouring `Retry-After`), a lost
 //! delta token becomes [`GraphError::ResyncRequired`], anything else is permanent.
 
+mod budget;
 mod client;
 mod config;
 mod credential;

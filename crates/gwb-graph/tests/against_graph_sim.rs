@@ -27,6 +27,7 @@ fn config(sim: &RunningSim, sim_config: &SimConfig) -> GraphConfig {
         request_timeout_seconds: 10,
         max_retries: 3,
         max_backoff_seconds: 1,
+        resource_units_per_10s: 3_500,
     }
 }
 
@@ -51,6 +52,27 @@ async fn read_round(client: &GraphClient, resource: Resource) -> Result<String, 
             PageLink::Delta(delta) => return Ok(delta),
         }
     }
+}
+
+/// #14 item 9: every request counts against the resource-unit budget, and a budget
+/// that is spent makes the next request wait until units leave the 10 s window.
+#[tokio::test]
+async fn requests_are_paced_under_the_resource_unit_budget() {
+    let sim_config = SimConfig::default();
+    let sim = graph_sim::start(sim_config.clone()).await.unwrap();
+    let credential = || Credential::Secret(Secret::new(sim_config.client_secret.clone()));
+    let client = GraphClient::new(config(&sim, &sim_config), credential()).unwrap();
+    read_round(&client, Resource::Users).await.unwrap();
+    let (used, peak, limit) = client.budget_usage();
+    assert_eq!((used, peak, limit), (1, 1, 3_500), "one page of an empty tenant, 1 unit");
+
+    let tight = GraphConfig { resource_units_per_10s: 1, ..config(&sim, &sim_config) };
+    let client = GraphClient::new(tight, credential()).unwrap();
+    read_round(&client, Resource::Users).await.unwrap();
+    let started = std::time::Instant::now();
+    let second = tokio::time::timeout(std::time::Duration::from_secs(1), read_round(&client, Resource::Users)).await;
+    assert!(second.is_err(), "the second request waits for the first unit to leave the window");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
 }
 
 #[tokio::test]

@@ -90,10 +90,14 @@ impl Coordinator {
                         } else {
                             format!("last round failed: {}", state.last_error)
                         };
-                        match state.writeback_configuration.as_str() {
-                            "" => rounds,
-                            source => format!("{rounds}; writebackConfiguration: {source}"),
+                        let mut detail = rounds;
+                        if !state.graph_budget.is_empty() {
+                            detail.push_str(&format!("; Graph budget: {}", state.graph_budget));
                         }
+                        if !state.writeback_configuration.is_empty() {
+                            detail.push_str(&format!("; writebackConfiguration: {}", state.writeback_configuration));
+                        }
+                        detail
                     },
                     last_seen_ms: now,
                 },

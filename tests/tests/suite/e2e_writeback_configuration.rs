@@ -56,6 +56,8 @@ async fn scenario(pipeline: &mut Pipeline) -> anyhow::Result<()> {
         .eventually("gwbctl status names the path", WAIT, || async {
             let status = pipeline.gwbctl_ok(&["status"]).await?;
             ensure!(status.contains("writebackConfiguration: read per changed group ($batch"), "{status}");
+            // #14 item 9: the budget the collector paces itself under.
+            ensure!(status.contains("Graph budget: ") && status.contains("of 3500 resource units used"), "{status}");
             Ok(())
         })
         .await?;
