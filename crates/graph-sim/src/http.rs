@@ -69,6 +69,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/subscriptions/{id}/lifecycle", post(subscriptions::admin_lifecycle))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Graph compresses responses for clients that accept gzip.
+        .layer(tower_http::compression::CompressionLayer::new().gzip(true))
         .layer(middleware::from_fn_with_state(app.clone(), request_context))
         .with_state(app)
 }

@@ -14,6 +14,7 @@ mod cursor;
 mod error;
 mod notifications;
 mod round;
+mod schedule;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -171,19 +172,29 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         control = %control_listen,
         "collector running"
     );
+    let mut schedule = schedule::Schedule::new(idle_interval, active_interval);
+    let mut requested = false;
     while !shutdown.is_triggered() {
-        let changed = tokio::select! {
-            changed = run_rounds(&mut collector, &shared) => changed,
+        let outcome = tokio::select! {
+            outcome = run_rounds(&mut collector, &shared) => outcome,
             () = shutdown.triggered() => break,
         };
-        // A tenant that just changed usually goes on changing (a bulk edit, a script):
-        // look again soon, and fall back to the idle interval once a round is empty.
-        let interval = if changed > 0 { active_interval } else { idle_interval };
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = shared.wake.notified() => tracing::debug!("round requested"),
-            () = shutdown.triggered() => {}
+        let interval = schedule.after(outcome, requested);
+        if outcome.unauthorized {
+            tracing::warn!(
+                failures = schedule.auth_failures(),
+                next_attempt_in_s = interval.as_secs(),
+                "Graph refused the credentials: backing off (fix the secret or certificate; SyncNow retries at once)"
+            );
         }
+        requested = tokio::select! {
+            () = tokio::time::sleep(interval) => false,
+            () = shared.wake.notified() => {
+                tracing::debug!("round requested");
+                true
+            }
+            () = shutdown.triggered() => false,
+        };
     }
     for task in background {
         let _ = task.await;
@@ -199,9 +210,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
 /// Users, then groups: the planner resolves a group's members from what it knows about
 /// users, so fresh anchors should arrive before the groups using them.
 /// Returns how many changed objects the rounds read.
-async fn run_rounds(collector: &mut round::Collector, shared: &Shared) -> usize {
+async fn run_rounds(collector: &mut round::Collector, shared: &Shared) -> schedule::RoundsOutcome {
     shared.running.store(true, Ordering::SeqCst);
-    let mut changed = 0;
+    let mut outcome = schedule::RoundsOutcome::default();
     if shared.full_resync.swap(false, Ordering::SeqCst) {
         match collector.forget_cursors() {
             Ok(()) => tracing::info!("full resync requested: delta cursors forgotten"),
@@ -213,11 +224,11 @@ async fn run_rounds(collector: &mut round::Collector, shared: &Shared) -> usize 
         }
     }
     for resource in Resource::ALL {
-        let outcome = collector.run_round(resource).await;
+        let round = collector.run_round(resource).await;
         let metrics = gwb_runtime::metrics::global();
-        match outcome {
+        match round {
             Ok(objects) => {
-                changed += objects;
+                outcome.changed += objects;
                 if let Some(metrics) = metrics {
                     metrics.delta_round(resource.path(), "completed");
                 }
@@ -240,13 +251,14 @@ async fn run_rounds(collector: &mut round::Collector, shared: &Shared) -> usize 
                     metrics.delta_round(resource.path(), "failed");
                 }
                 tracing::warn!(%error, resource = resource.path(), "delta round failed; the cursor did not advance and the round will be retried");
+                outcome.unauthorized = matches!(error, CollectorError::Graph(gwb_graph::GraphError::Unauthorized(_)));
                 record_failure(shared, &error);
                 break;
             }
         }
     }
     shared.running.store(false, Ordering::SeqCst);
-    changed
+    outcome
 }
 
 fn record_failure(shared: &Shared, error: &CollectorError) {

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant, SystemTime};
 use gwb_runtime::backoff::Backoff;
 use gwb_runtime::clock::Clock;
 use gwb_runtime::secret::Secret;
-use rand::Rng;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -17,7 +16,7 @@ use crate::budget::Budget;
 use crate::credential::Credential;
 use crate::delta::{DeltaPage, parse_page};
 use crate::subscription::{NewSubscription, Subscription, rfc3339};
-use crate::token::{AccessToken, request_token, without_url};
+use crate::token::{AccessToken, TokenFailure, request_token, without_url};
 use crate::{GraphConfig, GraphError};
 use gwb_core::event::{Resource, WritebackConfiguration};
 
@@ -399,11 +398,16 @@ impl GraphClient {
             .await
             {
                 Ok(fresh) => break fresh,
-                Err(GraphError::Unavailable { last, .. }) if attempt <= self.config.max_retries => {
-                    tracing::warn!(attempt, %last, "token endpoint unavailable");
-                    tokio::time::sleep(self.backoff.delay(attempt)).await;
+                Err(TokenFailure::Retry { last, wait }) if attempt <= self.config.max_retries => {
+                    // Entra's Retry-After when it sends one (F19), else the backoff.
+                    let delay = wait.unwrap_or_else(|| self.backoff.delay(attempt));
+                    tracing::warn!(attempt, %last, retry_in_ms = delay.as_millis() as u64, "token endpoint unavailable");
+                    tokio::time::sleep(delay).await;
                 }
-                Err(other) => return Err(other),
+                Err(TokenFailure::Retry { last, .. }) => {
+                    return Err(GraphError::Unavailable { attempts: attempt, last });
+                }
+                Err(TokenFailure::Fatal(error)) => return Err(error),
             }
         };
         let value = fresh.0.value.clone();
@@ -418,10 +422,10 @@ fn url_segment(id: &str) -> String {
     url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
 }
 
+/// A GUID, the form Graph documents for `client-request-id` (and echoes in its errors
+/// and logs, where support looks for it).
 fn request_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// `Retry-After` as decimal seconds (Graph sends e.g. `2.128`) or an HTTP date.
@@ -463,6 +467,13 @@ pub(crate) fn is_resync_code(body: &[u8]) -> bool {
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    #[test]
+    fn client_request_ids_are_guids() {
+        let id = request_id();
+        assert_eq!(uuid::Uuid::parse_str(&id).map(|u| u.to_string()), Ok(id.clone()), "{id}");
+        assert_ne!(request_id(), id);
+    }
 
     #[test]
     fn retry_after_decimal_and_date() {

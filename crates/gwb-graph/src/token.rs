@@ -38,6 +38,22 @@ struct TokenError {
     error_description: String,
 }
 
+/// Why a token request did not give a token.
+#[derive(Debug)]
+pub(crate) enum TokenFailure {
+    /// Throttled (429), unavailable (5xx, a transport fault) or, as RFC 6749 allows,
+    /// 400 `temporarily_unavailable`: try again, after `wait` when Entra said so.
+    Retry { last: String, wait: Option<Duration> },
+    /// Refused credentials or a broken answer: retrying the same request will not help.
+    Fatal(GraphError),
+}
+
+impl From<GraphError> for TokenFailure {
+    fn from(error: GraphError) -> Self {
+        TokenFailure::Fatal(error)
+    }
+}
+
 pub(crate) async fn request_token(
     http: &reqwest::Client,
     token_url: &str,
@@ -46,7 +62,7 @@ pub(crate) async fn request_token(
     scope: &str,
     now: Instant,
     wall_clock: SystemTime,
-) -> Result<(AccessToken, Duration), GraphError> {
+) -> Result<(AccessToken, Duration), TokenFailure> {
     // A certificate signs a fresh assertion per request: an assertion expires within
     // minutes, and each carries its own `jti`.
     let assertion = match credential {
@@ -62,16 +78,12 @@ pub(crate) async fn request_token(
         (Credential::Secret(secret), None) => form.push(("client_secret", secret.expose())),
         (Credential::Certificate(_), None) => {}
     }
-    let response =
-        http.post(token_url).form(&form).send().await.map_err(|e| GraphError::Unavailable {
-            attempts: 1,
-            last: format!("token endpoint: {}", without_url(&e)),
-        })?;
+    let transport =
+        |e: reqwest::Error| TokenFailure::Retry { last: format!("token endpoint: {}", without_url(&e)), wait: None };
+    let response = http.post(token_url).form(&form).send().await.map_err(transport)?;
     let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| GraphError::Unavailable { attempts: 1, last: format!("token endpoint: {}", without_url(&e)) })?;
+    let wait = crate::client::retry_after(response.headers(), wall_clock);
+    let body = response.bytes().await.map_err(transport)?;
     if status.is_success() {
         let parsed: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| GraphError::Malformed { url: token_url.to_string(), reason: e.to_string() })?;
@@ -79,13 +91,15 @@ pub(crate) async fn request_token(
         let token = AccessToken { value: Secret::new(parsed.access_token), expires_at: now + lifetime };
         return Ok((token, lifetime));
     }
-    if status.is_server_error() || status.as_u16() == 429 {
-        return Err(GraphError::Unavailable { attempts: 1, last: format!("token endpoint answered {status}") });
+    let error = serde_json::from_slice::<TokenError>(&body).ok();
+    let temporarily = error.as_ref().is_some_and(|e| e.error.eq_ignore_ascii_case("temporarily_unavailable"));
+    if status.is_server_error() || status.as_u16() == 429 || temporarily {
+        return Err(TokenFailure::Retry { last: format!("token endpoint answered {status}"), wait });
     }
-    let detail = serde_json::from_slice::<TokenError>(&body)
+    let detail = error
         .map(|e| format!("{}: {}", e.error, first_line(&e.error_description)))
-        .unwrap_or_else(|_| format!("HTTP {status}"));
-    Err(GraphError::Unauthorized(format!("token endpoint refused client {client_id}: {detail}")))
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    Err(TokenFailure::Fatal(GraphError::Unauthorized(format!("token endpoint refused client {client_id}: {detail}"))))
 }
 
 fn first_line(text: &str) -> &str {
