@@ -164,6 +164,10 @@ pub struct Settings {
     /// Graph may: it documents the property on the group, not in delta queries.
     #[serde(default)]
     pub refuse_writeback_in_delta: bool,
+    /// `members@delta` entries without `@odata.type`, as Graph has sent them: clients
+    /// must find the kind another way (`directoryObjects/getByIds`).
+    #[serde(default)]
+    pub omit_member_types: bool,
 }
 
 impl Settings {
@@ -176,6 +180,7 @@ impl Settings {
             soft_deleted_in_initial_sync: c.soft_deleted_in_initial_sync,
             removed_reason: RemovedReason::default(),
             refuse_writeback_in_delta: false,
+            omit_member_types: false,
         }
     }
 
@@ -205,6 +210,8 @@ pub struct SettingsPatch {
     pub removed_reason: Option<RemovedReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refuse_writeback_in_delta: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omit_member_types: Option<bool>,
 }
 
 impl SettingsPatch {
@@ -217,6 +224,7 @@ impl SettingsPatch {
             soft_deleted_in_initial_sync: self.soft_deleted_in_initial_sync.unwrap_or(s.soft_deleted_in_initial_sync),
             removed_reason: self.removed_reason.unwrap_or(s.removed_reason),
             refuse_writeback_in_delta: self.refuse_writeback_in_delta.unwrap_or(s.refuse_writeback_in_delta),
+            omit_member_types: self.omit_member_types.unwrap_or(s.omit_member_types),
         }
     }
 }

@@ -384,7 +384,14 @@ impl Round {
     }
 
     /// The objects of page `page`, with current property values.
-    pub fn render_page(&mut self, t: &Tenant, page: usize, minimal: bool, removed: RemovedReason) -> Vec<Value> {
+    pub fn render_page(
+        &mut self,
+        t: &Tenant,
+        page: usize,
+        minimal: bool,
+        removed: RemovedReason,
+        member_types: bool,
+    ) -> Vec<Value> {
         self.last_used = Instant::now();
         let Some(&(a, b)) = self.layout.pages.get(page) else {
             return Vec::new();
@@ -405,8 +412,10 @@ impl Round {
                 render_props(t, item, &returned, minimal, removed)
             };
             if e.end > e.start && !obj.contains_key("@removed") {
-                let members: Vec<Value> =
-                    item.members[e.start as usize..e.end as usize].iter().map(|&m| render_member(t, m)).collect();
+                let members: Vec<Value> = item.members[e.start as usize..e.end as usize]
+                    .iter()
+                    .map(|&m| render_member(t, m, member_types))
+                    .collect();
                 obj.insert("members@delta".into(), Value::Array(members));
             }
             out.push(Value::Object(obj));
@@ -460,13 +469,16 @@ fn render_props(
     m
 }
 
-fn render_member(t: &Tenant, m: u32) -> Value {
+fn render_member(t: &Tenant, m: u32, with_type: bool) -> Value {
     let o = t.obj(m & !LINK_REMOVED);
-    if m & LINK_REMOVED != 0 {
-        json!({ "@odata.type": o.kind.odata_type(), "id": o.id.to_string(), "@removed": { "reason": "deleted" } })
-    } else {
-        json!({ "@odata.type": o.kind.odata_type(), "id": o.id.to_string() })
+    let mut link = json!({ "id": o.id.to_string() });
+    if with_type {
+        link["@odata.type"] = o.kind.odata_type().into();
     }
+    if m & LINK_REMOVED != 0 {
+        link["@removed"] = json!({ "reason": "deleted" });
+    }
+    link
 }
 
 /// Rounds awaiting their next page, by id.

@@ -386,7 +386,7 @@ fn serve_plan(
                 return Err(ApiError::bad_request("The $skiptoken is not valid."));
             }
             let t = read(&app.tenant);
-            let value = r.render_page(&t, page as usize, minimal, settings.removed_reason);
+            let value = r.render_page(&t, page as usize, minimal, settings.removed_reason, !settings.omit_member_types);
             let next = if page as usize + 1 < r.page_count() {
                 Link::Next(tokens::encode(&Token::Skip { e: t.epoch, r: round, p: page + 1 }))
             } else {
@@ -398,7 +398,7 @@ fn serve_plan(
     };
     // The first page of a new round; only rounds with more pages are kept.
     let t = read(&app.tenant);
-    let value = round.render_page(&t, 0, minimal, settings.removed_reason);
+    let value = round.render_page(&t, 0, minimal, settings.removed_reason, !settings.omit_member_types);
     let ctx = round.query.context_suffix();
     let (next, incremental) = if round.page_count() > 1 {
         let (epoch, incremental) = (t.epoch, round.incremental);

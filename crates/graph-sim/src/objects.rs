@@ -1,6 +1,8 @@
-//! Reading one group (`GET /{version}/groups/{id}?$select=…`) and JSON batching
-//! (`POST /{version}/$batch`, at most 20 requests, each answered on its own): what a
-//! client uses to read a property that a delta query's `$select` does not take.
+//! Reading one group (`GET /{version}/groups/{id}?$select=…`), JSON batching
+//! (`POST /{version}/$batch`, at most 20 requests, each answered on its own) and
+//! `POST /{version}/directoryObjects/getByIds`: what a client uses to read a property
+//! that a delta query's `$select` does not take, or the kind of a member link that came
+//! without `@odata.type`.
 
 use std::sync::Arc;
 
@@ -115,6 +117,45 @@ pub async fn batch(app: Arc<App>, ids: RequestIds, api: ApiVersion, headers: Hea
     json_response(StatusCode::OK, &json!({ "responses": responses }), GRAPH_JSON)
 }
 
+#[derive(Deserialize)]
+pub struct GetByIds {
+    ids: Vec<String>,
+    #[serde(default)]
+    types: Vec<String>,
+}
+
+/// Graph's limit of ids in one `getByIds` request.
+pub const MAX_GET_BY_IDS: usize = 1000;
+
+/// The active objects among `ids` (of `types`, when given): `@odata.type`, `id` and
+/// `displayName`; unknown or deleted ids are left out, as Graph does.
+pub async fn get_by_ids(app: Arc<App>, ids: RequestIds, headers: HeaderMap, request: GetByIds) -> Response {
+    if let Err(message) = auth::check_bearer(&app, &headers) {
+        return auth::unauthorized(message, &ids);
+    }
+    if request.ids.is_empty() || request.ids.len() > MAX_GET_BY_IDS {
+        let message = format!("getByIds takes 1 to {MAX_GET_BY_IDS} ids, not {}.", request.ids.len());
+        return ApiError::bad_request(message).into_graph_response(&ids);
+    }
+    let tenant = read(&app.tenant);
+    let wanted = |odata_type: &str| {
+        request.types.is_empty()
+            || request.types.iter().any(|t| odata_type.trim_start_matches("#microsoft.graph.").eq_ignore_ascii_case(t))
+    };
+    let value: Vec<Value> = request
+        .ids
+        .iter()
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .filter_map(|id| tenant.index_of(&id).map(|idx| tenant.obj(idx)))
+        .filter(|o| o.life == Life::Active && wanted(o.kind.odata_type()))
+        .map(|o| {
+            let name = o.resource().and_then(|r| crate::schema::find(r.props(), "displayName")).and_then(|p| o.get(p));
+            json!({ "@odata.type": o.kind.odata_type(), "id": o.id.to_string(), "displayName": name.cloned().unwrap_or(Value::Null) })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "value": value }), GRAPH_JSON)
+}
+
 /// Routes for both API versions.
 pub fn routes(mut r: axum::Router<Arc<App>>) -> axum::Router<Arc<App>> {
     use axum::Extension;
@@ -131,9 +172,15 @@ pub fn routes(mut r: axum::Router<Arc<App>>) -> axum::Router<Arc<App>> {
                   Extension(ids): Extension<RequestIds>,
                   headers: HeaderMap,
                   Json(body): Json<Batch>| async move { batch(app, ids, api, headers, body).await };
+        let by_ids =
+            |State(app): State<Arc<App>>,
+             Extension(ids): Extension<RequestIds>,
+             headers: HeaderMap,
+             Json(body): Json<GetByIds>| async move { get_by_ids(app, ids, headers, body).await };
         r = r
             .route(&format!("/{}/groups/{{id}}", api.segment()), get(one))
-            .route(&format!("/{}/$batch", api.segment()), post(many));
+            .route(&format!("/{}/$batch", api.segment()), post(many))
+            .route(&format!("/{}/directoryObjects/getByIds", api.segment()), post(by_ids));
     }
     r
 }

@@ -204,6 +204,11 @@ impl Collector {
                 }
             };
             let mut items = page.items;
+            if !page.untyped_members.is_empty() {
+                self.type_members(&mut items, &page.untyped_members)
+                    .await
+                    .map_err(|e| RoundFailure::Other(e.into()))?;
+            }
             if resource == Resource::Groups && self.graph.writeback_source() == WritebackSource::PerGroup {
                 self.add_writeback_configurations(&mut items).await.map_err(|e| RoundFailure::Other(e.into()))?;
             }
@@ -245,6 +250,27 @@ impl Collector {
                 }
             }
         }
+    }
+
+    /// Member links Graph sent without `@odata.type` get their kind from `getByIds`:
+    /// a user read as "other" would be skipped silently (F21).
+    async fn type_members(&self, items: &mut [DeltaItem], untyped: &[String]) -> Result<(), GraphError> {
+        let kinds = self.graph.member_kinds(untyped).await?;
+        tracing::info!(
+            untyped = untyped.len(),
+            resolved = kinds.len(),
+            "member links without @odata.type resolved with getByIds"
+        );
+        for item in items.iter_mut() {
+            if let DeltaItem::Group(group) = item {
+                for link in group.members_added.iter_mut().chain(group.members_removed.iter_mut()) {
+                    if let Some(kind) = kinds.get(&link.id.to_ascii_lowercase()) {
+                        link.kind = *kind;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Fills in the changed groups' `writebackConfiguration`, read per group.

@@ -21,6 +21,9 @@ pub enum PageLink {
 pub struct DeltaPage {
     pub items: Vec<DeltaItem>,
     pub link: PageLink,
+    /// Ids of `members@delta` entries without `@odata.type` (their links carry
+    /// `MemberKind::Other` until the caller resolves them, F21).
+    pub untyped_members: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +51,7 @@ impl DeltaItem {
 }
 
 /// Graph's `@odata.type` of a member, as the domain's member kind.
-fn member_kind(odata_type: Option<&str>) -> MemberKind {
+pub(crate) fn member_kind(odata_type: Option<&str>) -> MemberKind {
     match odata_type.map(|t| t.trim_start_matches("#microsoft.graph.")) {
         Some("user") => MemberKind::User,
         Some("group") => MemberKind::Group,
@@ -78,7 +81,16 @@ pub(crate) fn parse_page(resource: Resource, body: &[u8]) -> Result<DeltaPage, S
         .enumerate()
         .map(|(index, value)| parse_item(resource, value).map_err(|e| format!("value[{index}]: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(DeltaPage { items, link })
+    let mut untyped_members: Vec<String> = values
+        .iter()
+        .filter_map(|value| value.get("members@delta").and_then(Value::as_array))
+        .flatten()
+        .filter(|member| member.get("@odata.type").is_none())
+        .filter_map(|member| member.get("id").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    untyped_members.sort();
+    untyped_members.dedup();
+    Ok(DeltaPage { items, link, untyped_members })
 }
 
 fn parse_item(resource: Resource, value: &Value) -> Result<DeltaItem, String> {
@@ -188,6 +200,16 @@ mod tests {
         assert_eq!(group.members_added, vec![MemberLink { id: "u1".into(), kind: MemberKind::User }]);
         assert_eq!(group.members_removed, vec![MemberLink { id: "g2".into(), kind: MemberKind::Group }]);
         assert_eq!(page.items[1], DeltaItem::Removed { id: "g3".into(), reason: RemovalReason::Changed });
+    }
+
+    #[test]
+    fn member_links_without_a_type_are_listed_for_resolution() {
+        let body = br##"{"@odata.deltaLink":"d","value":[{"id":"g1","members@delta":[{"id":"u1"},
+            {"@odata.type":"#microsoft.graph.user","id":"u2"},{"id":"u3","@removed":{"reason":"deleted"}}]}]}"##;
+        let page = parse_page(Resource::Groups, body).unwrap();
+        assert_eq!(page.untyped_members, ["u1", "u3"]);
+        let DeltaItem::Group(group) = &page.items[0] else { panic!("group expected") };
+        assert_eq!(group.members_added[0].kind, MemberKind::Other, "until the collector resolves it");
     }
 
     #[test]

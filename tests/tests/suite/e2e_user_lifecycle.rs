@@ -101,3 +101,33 @@ async fn a_removal_without_a_known_reason_is_soft() -> anyhow::Result<()> {
     .await;
     lab.finish(pipeline, result).await
 }
+
+/// F21: `members@delta` entries without `@odata.type` are typed with
+/// `directoryObjects/getByIds`, so a user member is written, not skipped as "other".
+/// Failed before: the member was skipped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_without_a_type_are_resolved() -> anyhow::Result<()> {
+    let lab = TestLab::with_groups_ou("e2e-untyped", "Cloud Groups").await?;
+    let (_, alice_sid) = lab.ad.create_user(&lab.users_ou, &unique("alice")).await?;
+    let pipeline = Pipeline::start(Options::new(&lab.groups_ou)).await?;
+    let result = async {
+        let sim = &pipeline.sim;
+        sim.update_settings(&SettingsPatch { omit_member_types: Some(true), ..Default::default() }).await?;
+        let alice = pipeline.synced_user(&alice_sid).await?;
+        let group = pipeline.security_group("Untyped Members", vec![alice]).await?;
+        pipeline.gwbctl_ok(&["enable"]).await?;
+        let anchor = format!("Group_{group}");
+        pipeline
+            .eventually("Alice is written as a member", WAIT, || async {
+                let entry = lab.ad.find_groups_by_anchor(&anchor).await?.into_iter().next().context("not in AD")?;
+                let members = lab.ad.member_sids(&entry.dn).await?;
+                ensure!(members == BTreeSet::from([alice_sid.clone()]), "members {members:?}");
+                Ok(())
+            })
+            .await?;
+        ensure!(pipeline.log("gwb-collector").contains("resolved with getByIds"), "the collector says so");
+        Ok(())
+    }
+    .await;
+    lab.finish(pipeline, result).await
+}

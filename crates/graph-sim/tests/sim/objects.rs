@@ -53,3 +53,27 @@ async fn a_delta_select_of_writeback_configuration_can_be_refused() {
     assert!(body.to_string().contains("writebackConfiguration"), "{body}");
     assert_eq!(s.get(&s.url("/beta/groups/delta?$select=id,displayName")).await.status(), 200);
 }
+
+#[tokio::test]
+async fn get_by_ids_types_objects_and_member_links_may_come_without_a_type() {
+    let s = sim().await;
+    let user = s.user("Alice").await;
+    let group = s.group("Team", false, &[user]).await;
+    s.admin.update_settings(&SettingsPatch { omit_member_types: Some(true), ..Default::default() }).await.unwrap();
+    let round = s.round(&s.url("/v1.0/groups/delta")).await;
+    let links: Vec<Value> = round.objects().iter().filter_map(|o| o.get("members@delta").cloned()).collect();
+    assert!(links.iter().flat_map(|l| l.as_array().unwrap()).all(|m| m.get("@odata.type").is_none()), "{links:?}");
+    let resp = s
+        .http
+        .post(s.url("/v1.0/directoryObjects/getByIds"))
+        .bearer_auth(&s.token)
+        .json(&json!({ "ids": [user.to_string(), group.to_string(), uuid::Uuid::new_v4().to_string()] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let types: Vec<&str> =
+        body["value"].as_array().unwrap().iter().map(|o| o["@odata.type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["#microsoft.graph.user", "#microsoft.graph.group"], "unknown ids are left out");
+}
