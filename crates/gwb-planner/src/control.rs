@@ -47,6 +47,27 @@ impl ControlService {
         .await
         .map_err(|e| Status::internal(format!("planner task failed: {e}")))?
     }
+
+    /// Approve (or discard) what the deletion and member-removal thresholds hold.
+    async fn decide_held(
+        &self,
+        ids: Vec<String>,
+        approve: bool,
+    ) -> Result<Response<pb::DeletionDecisionResponse>, Status> {
+        let verb = if approve { "approved" } else { "discarded" };
+        tracing::info!(groups = ids.len(), "operator {verb} held changes");
+        let decided = self
+            .with_engine(move |engine, origin| {
+                let (decided, planned) = engine.decide_held(&ids, approve, origin)?;
+                count_planned(&planned);
+                Ok(decided)
+            })
+            .await?;
+        Ok(Response::new(pb::DeletionDecisionResponse {
+            affected: decided.deletions,
+            member_removals: decided.member_removals,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -275,38 +296,14 @@ impl Operator for ControlService {
         &self,
         request: Request<pb::DeletionDecisionRequest>,
     ) -> Result<Response<pb::DeletionDecisionResponse>, Status> {
-        let ids = request.into_inner().group_ids;
-        tracing::info!(groups = ids.len(), "operator approved held changes");
-        let decided = self
-            .with_engine(move |engine, origin| {
-                let (decided, planned) = engine.decide_held(&ids, true, origin)?;
-                count_planned(&planned);
-                Ok(decided)
-            })
-            .await?;
-        Ok(Response::new(pb::DeletionDecisionResponse {
-            affected: decided.deletions,
-            member_removals: decided.member_removals,
-        }))
+        self.decide_held(request.into_inner().group_ids, true).await
     }
 
     async fn discard_deletions(
         &self,
         request: Request<pb::DeletionDecisionRequest>,
     ) -> Result<Response<pb::DeletionDecisionResponse>, Status> {
-        let ids = request.into_inner().group_ids;
-        tracing::info!(groups = ids.len(), "operator discarded held changes");
-        let decided = self
-            .with_engine(move |engine, origin| {
-                let (decided, planned) = engine.decide_held(&ids, false, origin)?;
-                count_planned(&planned);
-                Ok(decided)
-            })
-            .await?;
-        Ok(Response::new(pb::DeletionDecisionResponse {
-            affected: decided.deletions,
-            member_removals: decided.member_removals,
-        }))
+        self.decide_held(request.into_inner().group_ids, false).await
     }
 
     async fn list_audit(
