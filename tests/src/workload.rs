@@ -84,6 +84,20 @@ pub async fn synced_users(
     Ok(result.user_ids.into_iter().zip(created).map(|(id, (dn, sid))| SyncedUser { id, dn, sid }).collect())
 }
 
+/// A user synced from AD with this display name (and a UPN made from it) and SID.
+pub fn synced_user_named(name: &str, sid: &str) -> graph_sim::NewUser {
+    graph_sim::NewUser {
+        id: None,
+        fields: graph_sim::UserFields {
+            display_name: Some(name.into()),
+            user_principal_name: Some(format!("{}@lab.example", name.replace(' ', "."))),
+            on_premises_security_identifier: Some(sid.into()),
+            on_premises_sync_enabled: Some(true),
+            ..graph_sim::UserFields::default()
+        },
+    }
+}
+
 pub fn security_fields(name: &str) -> graph_sim::GroupFields {
     graph_sim::GroupFields {
         display_name: Some(name.into()),

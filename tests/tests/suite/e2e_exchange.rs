@@ -16,10 +16,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use graph_sim::{GroupFields, NewGroup, NewUser, UserFields, WritebackConfiguration};
+use graph_sim::{GroupFields, NewGroup, WritebackConfiguration};
 use gwb_tests::ad::{LabAd, LabEnv};
 use gwb_tests::fixture::TestLab;
 use gwb_tests::pipeline::{Options, Pipeline, unique};
+use gwb_tests::workload::synced_user_named;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -187,19 +188,6 @@ async fn wait_state(pipeline: &Pipeline, id: &str, state: &str) -> anyhow::Resul
         .await
 }
 
-fn synced(name: &str, sid: &str) -> NewUser {
-    NewUser {
-        id: None,
-        fields: UserFields {
-            display_name: Some(name.into()),
-            user_principal_name: Some(format!("{}@lab.example", name.replace(' ', "."))),
-            on_premises_security_identifier: Some(sid.into()),
-            on_premises_sync_enabled: Some(true),
-            ..UserFields::default()
-        },
-    }
-}
-
 fn group_type(name: &str) -> GroupFields {
     GroupFields {
         writeback_configuration: Some(WritebackConfiguration {
@@ -254,8 +242,8 @@ async fn lifecycle(
     let ad = &lab.ad;
     let sim = &pipeline.sim;
     let organisation = lab_env.get("GWB_LAB_EXCHANGE_ORGANIZATION")?.to_string();
-    let alice = sim.create_user(&synced("Alice Synced", alice_sid)).await?.user.id;
-    let bob = sim.create_user(&synced("Bob Synced", bob_sid)).await?.user.id;
+    let alice = sim.create_user(&synced_user_named("Alice Synced", alice_sid)).await?.user.id;
+    let bob = sim.create_user(&synced_user_named("Bob Synced", bob_sid)).await?.user.id;
     let alias = unique("sales");
     let primary = format!("SMTP:{alias}@contoso.com");
     let routing = format!("smtp:{alias}@labtenant.mail.onmicrosoft.com");

@@ -42,16 +42,7 @@ async fn scenario(
     bob_sid: &str,
 ) -> anyhow::Result<()> {
     let sim = &pipeline.sim;
-    let synced = |name: &str, sid: &str| NewUser {
-        id: None,
-        fields: UserFields {
-            display_name: Some(name.into()),
-            user_principal_name: Some(format!("{}@lab.example", name.replace(' ', "."))),
-            on_premises_security_identifier: Some(sid.into()),
-            on_premises_sync_enabled: Some(true),
-            ..UserFields::default()
-        },
-    };
+    let synced = gwb_tests::workload::synced_user_named;
     let alice = sim.create_user(&synced("Alice Synced", alice_sid)).await?.user.id;
     let bob = sim.create_user(&synced("Bob Synced", bob_sid)).await?.user.id;
     let carol = sim
