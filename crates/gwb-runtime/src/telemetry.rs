@@ -109,7 +109,15 @@ pub fn init_logging(service: &'static str, config: &LogConfig) {
         LogFormat::Json => {
             registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_target(true)).try_init()
         }
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_target(true)).try_init(),
+        // Colours only on a terminal: `docker logs`, journald and log files get plain
+        // text that grep and log shippers read.
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(true)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            )
+            .try_init(),
     };
     if result.is_ok() {
         let _ = TRACER_PROVIDER.set(provider);

@@ -21,6 +21,7 @@ use crate::control::WriterServer;
 /// partition's connection may be busy with a long member write).
 pub(crate) async fn report_status(shared: Arc<Shared>, every: Duration) {
     let mut directory: Option<Directory> = None;
+    let mut last_failure: Option<String> = None;
     while !shared.shutdown.is_triggered() {
         let mut status = cmd::WriterStatus {
             writer_id: shared.writer_id.clone(),
@@ -33,7 +34,7 @@ pub(crate) async fn report_status(shared: Arc<Shared>, every: Duration) {
             status.directory_connected = true;
             status.detail = "dry run: no directory connection".into();
         } else {
-            check_directory(&shared, &mut directory, &mut status).await;
+            check_directory(&shared, &mut directory, &mut status, &mut last_failure).await;
         }
         status.paused = shared.pause.reason().is_some();
         share(&shared, &status).await;
@@ -47,7 +48,15 @@ pub(crate) async fn report_status(shared: Arc<Shared>, every: Duration) {
 
 /// Fills in whether the directory answers and what it can hold; a connection that
 /// failed is dropped and made again next time.
-async fn check_directory(shared: &Shared, directory: &mut Option<Directory>, status: &mut cmd::WriterStatus) {
+/// A failure is logged at warn with its class when it starts or changes, and its end
+/// at info, so an operator sees TLS, bind and reachability problems in the log without
+/// one line per status interval.
+async fn check_directory(
+    shared: &Shared,
+    directory: &mut Option<Directory>,
+    status: &mut cmd::WriterStatus,
+    last_failure: &mut Option<String>,
+) {
     let healthy = match directory.as_mut() {
         Some(existing) => existing.check_health().await,
         None => match Directory::connect(shared.directory_config.clone()).await {
@@ -60,6 +69,9 @@ async fn check_directory(shared: &Shared, directory: &mut Option<Directory>, sta
     };
     match (healthy, directory.as_ref()) {
         (Ok(()), Some(connected)) => {
+            if last_failure.take().is_some() {
+                tracing::info!(url = %shared.directory_config.url, "directory reachable again");
+            }
             let caps = connected.capabilities();
             status.directory_connected = true;
             status.has_exchange_schema = caps.has_exchange_schema;
@@ -72,7 +84,18 @@ async fn check_directory(shared: &Shared, directory: &mut Option<Directory>, sta
         }
         (Ok(()), None) => status.detail = "not connected".into(),
         (Err(error), _) => {
-            status.detail = error.to_string();
+            let message = error.to_string();
+            if last_failure.as_deref() != Some(message.as_str()) {
+                tracing::warn!(
+                    url = %shared.directory_config.url,
+                    class = ?error.class,
+                    ldap_code = ?error.code,
+                    %error,
+                    "directory unavailable to the writer"
+                );
+            }
+            *last_failure = Some(message.clone());
+            status.detail = message;
             *directory = None;
         }
     }

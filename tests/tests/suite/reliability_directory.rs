@@ -140,5 +140,11 @@ async fn scenario(
         "directory outage: writer logged {} 'directory unavailable' retries",
         writer_log.matches("directory unavailable").count()
     );
+    // #15 item 8: the status loop says at warn what failed, with its class, once per
+    // failure rather than once per status interval, and when the DC is back.
+    let warned = writer_log.lines().filter(|l| l.contains("directory unavailable to the writer")).count();
+    ensure!(warned >= 1 && writer_log.contains("class=Transient"), "the outage is logged at warn with its class");
+    ensure!(writer_log.contains("directory reachable again"), "and its end");
+    ensure!(!writer_log.contains('\u{1b}'), "a log that is not a terminal carries no colour codes");
     Ok(())
 }
