@@ -340,6 +340,9 @@ pub struct ApplyReport {
     /// Proxy addresses of the spec not written because another object of the domain
     /// holds them (Exchange needs every proxy address unique).
     pub addresses_skipped: Vec<SkippedAddress>,
+    /// The group's wanted name is held by an object that is not ours: what holds it and
+    /// the name used instead (upserts only; empty when there is no clash).
+    pub name_clash: Option<String>,
 }
 
 /// A proxy address left out of a group because another recipient holds it.
@@ -368,6 +371,7 @@ impl ApplyReport {
         self.members_rejected.extend(next.members_rejected);
         self.changed |= next.changed;
         self.addresses_skipped.extend(next.addresses_skipped);
+        self.name_clash = next.name_clash.or(self.name_clash);
         self
     }
 }

@@ -271,6 +271,7 @@ impl Directory {
             result = self.add(&wanted, attributes(self, &sam)).await;
         }
         let mut name_taken = false;
+        let mut name_clash = None;
         if matches!(&result, Err(e) if e.code == Some(ENTRY_ALREADY_EXISTS)) {
             name_taken = self.exists(&wanted).await?;
             sam = self.pick_sam(&spec.sam_account_name_candidates).await?;
@@ -297,7 +298,10 @@ impl Directory {
                     "name taken by a foreign object; using the fallback name"
                 );
                 match self.add(&fallback_dn, attributes(self, &sam)).await {
-                    Ok(()) => fallback_dn,
+                    Ok(()) => {
+                        name_clash = Some(format!("{wanted} is held by another object; written as {fallback_dn}"));
+                        fallback_dn
+                    }
                     Err(e) if e.code == Some(ENTRY_ALREADY_EXISTS) => {
                         return Err(DirectoryError::permanent(format!(
                             "cannot create group {}: both {wanted} and {fallback_dn} are taken by \
@@ -312,14 +316,21 @@ impl Directory {
         };
         let group = self.read_group(&dn).await?;
         self.remember(&spec.anchor, &group.guid);
-        Ok(ApplyReport { group: Some(group.applied()), changed: true, addresses_skipped, ..ApplyReport::default() })
+        Ok(ApplyReport {
+            group: Some(group.applied()),
+            changed: true,
+            addresses_skipped,
+            name_clash,
+            ..ApplyReport::default()
+        })
     }
 
     async fn update(&mut self, mut group: GroupEntry, spec: &GroupSpec) -> Result<ApplyReport, DirectoryError> {
         let (spec, addresses_skipped) = self.without_addresses_of_others(spec, Some(&group.dn)).await?;
         let spec = &spec;
         // An adopted original group stays where its owners put it, under its name.
-        let mut changed = if self.is_adopted_place(&group.dn) { false } else { self.place(&mut group, spec).await? };
+        let (mut changed, name_clash) =
+            if self.is_adopted_place(&group.dn) { (false, None) } else { self.place(&mut group, spec).await? };
 
         // A written group keeps its sAMAccountName unless the operator asked it to follow
         // the display name; an empty one (never set) is always filled in.
@@ -335,32 +346,47 @@ impl Directory {
         if let Some(sam) = new_sam {
             group.sam = sam;
         }
-        Ok(ApplyReport { group: Some(group.applied()), changed, addresses_skipped, ..ApplyReport::default() })
+        Ok(ApplyReport {
+            group: Some(group.applied()),
+            changed,
+            addresses_skipped,
+            name_clash,
+            ..ApplyReport::default()
+        })
     }
 
     /// Renames and/or moves the group to `CN=<cn>,<parent_dn>` (modDN keeps its
-    /// objectGUID and SID). Returns whether it moved.
-    async fn place(&mut self, group: &mut GroupEntry, spec: &GroupSpec) -> Result<bool, DirectoryError> {
+    /// objectGUID and SID). Returns whether it moved, and the name clash when another
+    /// object holds the wanted name (the group then keeps, or takes, its fallback name).
+    async fn place(
+        &mut self,
+        group: &mut GroupEntry,
+        spec: &GroupSpec,
+    ) -> Result<(bool, Option<String>), DirectoryError> {
         let current_parent = parent_dn(&group.dn).unwrap_or_default().to_string();
         let same_parent = dn_eq(&current_parent, &spec.parent_dn);
         if same_parent && group.cn == spec.cn {
-            return Ok(false);
+            return Ok((false, None));
         }
         let new_superior = (!same_parent).then_some(spec.parent_dn.as_str());
         let wanted = child_dn(&spec.cn, &spec.parent_dn);
         let fallback = fallback_cn(&spec.cn, &spec.object_id);
         let at_fallback = same_parent && group.cn == fallback;
+        let clash = |group: &GroupEntry| Some(format!("{wanted} is held by another object; written as {}", group.dn));
         if at_fallback && self.exists(&wanted).await? {
             // The foreign object still holds the wanted name.
-            return Ok(false);
+            return Ok((false, clash(group)));
         }
         match self.move_group(group, &spec.cn, new_superior, &spec.parent_dn).await {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok((true, None)),
             Err(e) if e.code == Some(ENTRY_ALREADY_EXISTS) => {
-                if at_fallback || dn_eq(&wanted, &group.dn) {
-                    // Either the name was taken again since the check, or only the
-                    // letter case differs and the server will not rename onto itself.
-                    return Ok(false);
+                if at_fallback {
+                    // The name was taken again since the check.
+                    return Ok((false, clash(group)));
+                }
+                if dn_eq(&wanted, &group.dn) {
+                    // Only the letter case differs: the server will not rename onto itself.
+                    return Ok((false, None));
                 }
                 tracing::warn!(
                     anchor = %spec.anchor, wanted = %wanted, used = %fallback,
@@ -377,7 +403,7 @@ impl Directory {
                         e
                     }
                 })?;
-                Ok(true)
+                Ok((true, clash(group)))
             }
             Err(e) => Err(e),
         }

@@ -362,16 +362,22 @@ async fn name_collision_uses_fallback_and_never_adopts() -> anyhow::Result<()> {
     let foreign_before = f.lab.snapshot_entry(&foreign_dn).await?;
 
     let report = upsert(&mut dir, &spec).await?;
-    let group = report.group.context("no group")?;
+    let group = report.group.clone().context("no group")?;
     let fallback = format!("{}_{}", spec.cn, spec.object_id);
     ensure!(group.dn == format!("CN={fallback},{}", f.ou), "{group:?}");
+    // #15 item 8: the clash is reported with the write, for the planner to show.
+    let expected = format!("{foreign_dn} is held by another object; written as {}", group.dn);
+    ensure!(report.name_clash.as_deref() == Some(expected.as_str()), "{:?}", report.name_clash);
     ensure!(f.lab.snapshot_entry(&foreign_dn).await? == foreign_before, "foreign object touched");
-    ensure!(!upsert(&mut dir, &spec).await?.changed, "fallback name should be stable");
+    let again = upsert(&mut dir, &spec).await?;
+    ensure!(!again.changed, "fallback name should be stable");
+    ensure!(again.name_clash.as_deref() == Some(expected.as_str()), "still reported while it lasts: {again:?}");
 
     // Once the name is free again, the group takes it (same object).
     f.lab.delete_subtree(&foreign_dn).await?;
     let report = upsert(&mut dir, &spec).await?;
     ensure!(report.changed, "{report:?}");
+    ensure!(report.name_clash.is_none(), "the clash is over: {report:?}");
     let renamed = report.group.context("no group")?;
     ensure!(renamed.dn == foreign_dn && renamed.object_guid == group.object_guid, "{renamed:?}");
     f.cleanup().await

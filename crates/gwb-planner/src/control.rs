@@ -350,6 +350,7 @@ fn group_detail(engine: &Engine<SqliteStore>, wanted: &str) -> Result<Option<pb:
         members_skipped: detail.members_skipped.into_iter().map(skipped_message).collect(),
         policy_reason: detail.policy_reason,
         addresses_skipped: detail.addresses_skipped,
+        name_clash: detail.name_clash,
     }))
 }
 

@@ -75,6 +75,7 @@ impl Outbox {
             {
                 metrics.held_deletions(gauges.held_deletions);
                 metrics.held_member_removals(gauges.held_member_removals);
+                metrics.name_clashes(gauges.name_clashes);
                 for (category, count) in skipped_by_category(gauges.skipped) {
                     metrics.skipped_members(&category, count);
                 }

@@ -80,6 +80,7 @@ struct Inner {
     skipped_members: Gauge<u64>,
     held_deletions: Gauge<u64>,
     held_member_removals: Gauge<u64>,
+    name_clashes: Gauge<u64>,
     queue_lag: Gauge<f64>,
     end_to_end: Histogram<f64>,
     dead_lettered: Counter<u64>,
@@ -148,6 +149,10 @@ impl Metrics {
             held_member_removals: meter
                 .u64_gauge("gwb_held_member_removals")
                 .with_description("Member values the member-removal threshold keeps in AD until an operator decides.")
+                .build(),
+            name_clashes: meter
+                .u64_gauge("gwb_name_clashes")
+                .with_description("Written groups whose wanted name another AD object holds (written under the fallback name).")
                 .build(),
             queue_lag: meter
                 .f64_gauge("gwb_queue_lag_seconds")
@@ -238,6 +243,11 @@ impl Metrics {
     /// `gwb_held_member_removals`: member removals currently waiting for an operator.
     pub fn held_member_removals(&self, n: u64) {
         self.inner.held_member_removals.record(n, &[]);
+    }
+
+    /// `gwb_name_clashes`: written groups under their fallback name.
+    pub fn name_clashes(&self, n: u64) {
+        self.inner.name_clashes.record(n, &[]);
     }
 
     /// `gwb_queue_lag_seconds{queue}`: age of the message just taken from `queue`.
@@ -451,6 +461,7 @@ mod tests {
         metrics.skipped_members("cloud_only_user", 1);
         metrics.held_deletions(4);
         metrics.held_member_removals(150);
+        metrics.name_clashes(2);
         metrics.queue_lag("gwb.events", Duration::from_millis(1500));
         metrics.end_to_end_latency(Duration::from_secs(2));
         metrics.dead_lettered("gwb.events");
@@ -482,6 +493,7 @@ mod tests {
         assert_eq!(sample(&text, "gwb_skipped_members{reason=\"cloud_only_user\"}"), Some(1.0));
         assert_eq!(sample(&text, "gwb_held_deletions"), Some(4.0));
         assert_eq!(sample(&text, "gwb_held_member_removals"), Some(150.0));
+        assert_eq!(sample(&text, "gwb_name_clashes"), Some(2.0));
         assert_eq!(sample(&text, "gwb_queue_lag_seconds{queue=\"gwb.events\"}"), Some(1.5));
         assert_eq!(sample(&text, "gwb_end_to_end_latency_seconds_bucket{le=\"1800\"}"), Some(1.0), "{text}");
         assert_eq!(sample(&text, "gwb_end_to_end_latency_seconds_bucket{le=\"1\"}"), Some(0.0));

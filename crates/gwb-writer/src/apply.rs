@@ -172,6 +172,7 @@ fn unit_outcomes(
                 // Only the upsert wrote the group's addresses.
                 if matches!(command, WriteCommand::Upsert(_)) {
                     mine.addresses_skipped = report.addresses_skipped.clone();
+                    mine.name_clash = report.name_clash.clone();
                 }
                 if Some(index) == last {
                     mine.members_added = report.members_added;

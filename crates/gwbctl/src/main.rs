@@ -534,6 +534,7 @@ fn print_group(detail: &pb::GroupDetail, as_json: bool) {
             "members_skipped": detail.members_skipped.iter().map(|m| json!({"member_id": m.member_id, "kind": m.kind, "reason": m.reason})).collect::<Vec<_>>(),
             "policy_reason": detail.policy_reason,
             "addresses_skipped": detail.addresses_skipped,
+            "name_clash": detail.name_clash,
         }));
         return;
     }
@@ -546,6 +547,9 @@ fn print_group(detail: &pb::GroupDetail, as_json: bool) {
     println!("sAMAccount:   {}", detail.sam_account_name);
     if !summary.last_error.is_empty() {
         println!("Last error:   {}", summary.last_error);
+    }
+    if !detail.name_clash.is_empty() {
+        println!("Name clash:   {}", detail.name_clash);
     }
     if !detail.addresses_skipped.is_empty() {
         println!("\nProxy addresses not written ({}): another object holds them", detail.addresses_skipped.len());

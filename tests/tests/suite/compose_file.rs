@@ -607,6 +607,7 @@ fn catalog() -> BTreeSet<String> {
     m.skipped_members("r", 1);
     m.held_deletions(0);
     m.held_member_removals(0);
+    m.name_clashes(0);
     m.queue_lag("q", Duration::ZERO);
     m.end_to_end_latency(Duration::ZERO);
     m.dead_lettered("q");

@@ -46,6 +46,9 @@ impl<T: StoreTx> Plan<'_, T> {
                     let skipped: Vec<String> = report.addresses_skipped.iter().map(|a| a.describe()).collect();
                     detail.push_str(&format!("; proxy addresses not written: {}", skipped.join(", ")));
                 }
+                if let Some(clash) = &report.name_clash {
+                    detail.push_str(&format!("; name clash: {clash}"));
+                }
                 (AuditResult::Applied, detail)
             }
         };
@@ -94,6 +97,7 @@ impl<T: StoreTx> Plan<'_, T> {
                     if kind == Some(CommandKind::Upsert) {
                         let skipped: Vec<String> = report.addresses_skipped.iter().map(|a| a.describe()).collect();
                         self.tx.set_addresses_skipped(&group_id, &skipped)?;
+                        self.tx.set_name_clash(&group_id, report.name_clash.as_deref().unwrap_or_default())?;
                     }
                     if row.object_guid.as_deref() != Some(applied.object_guid.as_str()) {
                         // Groups that nest this one can now reference it by objectGUID.

@@ -938,3 +938,24 @@ fn a_converted_group_refused_by_the_writer_is_skipped_with_its_reason() {
     engine.apply_event(&converted("two"), 3).unwrap();
     assert_eq!(drain(&mut engine), vec![("upsert".to_string(), 0), ("add_members".to_string(), 1)]);
 }
+
+/// #15 item 8: a CN clash the writer reports shows on the group (detail, audit entry,
+/// gauge) until a later write no longer reports it. Failed before: it reached only the
+/// writer's log.
+#[test]
+fn a_name_clash_shows_on_the_group_until_it_is_over() {
+    let mut engine = engine(DeletionThreshold::default());
+    engine.apply_event(&group("g", [], []), 0).unwrap();
+    drain(&mut engine);
+    let clash = "CN=G,OU=G,DC=lab is held by another object; written as CN=G_g,OU=G,DC=lab";
+    let clashed = cmd::Outcome { name_clash: clash.into(), ..outcome("g", "upsert", cmd::OutcomeStatus::Applied) };
+    engine.apply_outcome(&clashed, &at(1)).unwrap();
+    assert_eq!(engine.store().group_detail("g").unwrap().unwrap().name_clash, clash);
+    assert_eq!(engine.store().gauges().unwrap().name_clashes, 1);
+    let audit = engine.store().audit_log("g", 1).unwrap();
+    assert!(audit[0].detail.contains(&format!("name clash: {clash}")), "{audit:?}");
+    let clear = cmd::Outcome { sequence: 1_001, ..outcome("g", "upsert", cmd::OutcomeStatus::Applied) };
+    engine.apply_outcome(&clear, &at(2)).unwrap();
+    assert_eq!(engine.store().group_detail("g").unwrap().unwrap().name_clash, "");
+    assert_eq!(engine.store().gauges().unwrap().name_clashes, 0);
+}

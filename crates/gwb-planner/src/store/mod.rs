@@ -330,6 +330,8 @@ pub trait StoreTx {
     /// The proxy addresses the writer left out at the group's last write, because
     /// another object holds them (empty: none).
     fn set_addresses_skipped(&mut self, group_id: &str, addresses: &[String]) -> Result<(), StoreError>;
+    /// What holds the group's wanted name and the name used instead ("" without a clash).
+    fn set_name_clash(&mut self, group_id: &str, clash: &str) -> Result<(), StoreError>;
     /// State `deleted`, the AD object forgotten.
     fn mark_deleted(&mut self, group_id: &str, now_ms: i64) -> Result<(), StoreError>;
     fn group_ids_in_states(&self, states: &[WritebackState]) -> Result<Vec<String>, StoreError>;

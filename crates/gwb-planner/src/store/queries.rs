@@ -29,6 +29,8 @@ pub struct GroupDetail {
     pub policy_reason: String,
     /// Proxy addresses left out at the last write: "address (held by DN)".
     pub addresses_skipped: Vec<String>,
+    /// The wanted name held by another object, and the name used ("" without a clash).
+    pub name_clash: String,
 }
 
 /// A service's last report, as recorded.
@@ -90,6 +92,7 @@ pub struct HeldMemberRemovals {
 pub struct Gauges {
     pub held_deletions: u64,
     pub held_member_removals: u64,
+    pub name_clashes: u64,
     /// Skipped members counted by their full reason.
     pub skipped: Vec<(String, u64)>,
 }

@@ -298,6 +298,7 @@ pub fn fill_report(outcome: &mut cmd::Outcome, report: ApplyReport) {
         .into_iter()
         .map(|skipped| cmd::SkippedAddress { address: skipped.address, holder_dn: skipped.holder_dn })
         .collect();
+    outcome.name_clash = report.name_clash.unwrap_or_default();
 }
 
 fn addresses_skipped_from_wire(outcome: &cmd::Outcome) -> Vec<SkippedAddress> {
@@ -339,6 +340,7 @@ pub fn report_from_wire(outcome: &cmd::Outcome) -> Result<ApplyReport, CommandEr
         members_rejected,
         changed: outcome.changed,
         addresses_skipped: addresses_skipped_from_wire(outcome),
+        name_clash: Some(outcome.name_clash.clone()).filter(|clash| !clash.is_empty()),
     })
 }
 
@@ -370,6 +372,7 @@ pub fn report_from_wire_lossy(outcome: &cmd::Outcome) -> (ApplyReport, Vec<Comma
         members_rejected,
         changed: outcome.changed,
         addresses_skipped: addresses_skipped_from_wire(outcome),
+        name_clash: Some(outcome.name_clash.clone()).filter(|clash| !clash.is_empty()),
     };
     (report, refused)
 }
@@ -585,6 +588,7 @@ mod tests {
                 address: "smtp:sales@contoso.com".into(),
                 holder_dn: "CN=Sales DL,OU=Mail,DC=lab,DC=example".into(),
             }],
+            name_clash: Some("CN=Sales,OU=Cloud Groups,… is held by another object; written as CN=Sales_1f0e,…".into()),
         };
         let mut outcome = cmd::Outcome { command_id: "c-1".into(), kind: "upsert".into(), ..Default::default() };
         fill_report(&mut outcome, report.clone());

@@ -255,6 +255,8 @@ CREATE TABLE member_removals_sent (group_num INTEGER NOT NULL, at_ms INTEGER NOT
 CREATE INDEX member_removals_sent_by_group ON member_removals_sent (group_num, at_ms);
 -- F3: the SID of the AD group a cloud group came from (onPremisesSecurityIdentifier).
 ALTER TABLE groups ADD COLUMN on_premises_sid TEXT;
+-- The wanted name held by another object, as the writer last reported it.
+ALTER TABLE writeback ADD COLUMN name_clash TEXT NOT NULL DEFAULT '';
 "#,
 ];
 

@@ -904,6 +904,11 @@ impl StoreTx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn set_name_clash(&mut self, group_id: &str, clash: &str) -> Result<(), StoreError> {
+        self.stmt("UPDATE writeback SET name_clash = ?2 WHERE group_id = ?1")?.execute(params![group_id, clash])?;
+        Ok(())
+    }
+
     fn mark_deleted(&mut self, group_id: &str, now_ms: i64) -> Result<(), StoreError> {
         self.stmt(
                 "UPDATE writeback SET state = ?2, dn = NULL, object_guid = NULL, object_sid = NULL, updated_ms = ?3 WHERE group_id = ?1",

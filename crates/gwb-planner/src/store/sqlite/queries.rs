@@ -114,14 +114,22 @@ impl Queries for SqliteStore {
             .query_row(params![group_id], summary_row)
             .optional()?;
         let Some(summary) = summary else { return Ok(None) };
-        let (target_type, ad_object_guid, ad_object_sid, sam_account_name, policy_reason, addresses_skipped) = db
+        let (target_type, ad_object_guid, ad_object_sid, sam_account_name, policy_reason, addresses_skipped, name_clash) = db
             .prepare_cached(
                 "SELECT COALESCE(target_type, ''), COALESCE(object_guid, ''), COALESCE(object_sid, ''), COALESCE(sam_account_name, ''), reason,
-                        addresses_skipped
+                        addresses_skipped, name_clash
                  FROM writeback WHERE group_id = ?1",
             )?
             .query_row(params![group_id], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get::<_, String>(5)?))
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, String>(6)?,
+                ))
             })
             .optional()?
             .unwrap_or_default();
@@ -143,6 +151,7 @@ impl Queries for SqliteStore {
             members_skipped: skipped_members(db, group_id, 10_000)?,
             policy_reason,
             addresses_skipped: addresses_skipped.lines().map(str::to_string).collect(),
+            name_clash,
         }))
     }
 
@@ -217,6 +226,7 @@ impl Queries for SqliteStore {
         Ok(Gauges {
             held_deletions: count(&self.db, "SELECT COUNT(*) FROM writeback WHERE state = 'held'")?,
             held_member_removals: count(&self.db, "SELECT COUNT(*) FROM held_member_removals")?,
+            name_clashes: count(&self.db, "SELECT COUNT(*) FROM writeback WHERE name_clash <> ''")?,
             skipped: rows.collect::<Result<_, _>>()?,
         })
     }
