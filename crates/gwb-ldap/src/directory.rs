@@ -156,6 +156,7 @@ impl Directory {
             }
             WriteCommand::Delete { anchor } => self.delete_group(anchor).await,
             WriteCommand::Retire { anchor, retired_ou } => self.retire(anchor, retired_ou).await,
+            WriteCommand::Reanimate { anchor, object_guid, dn } => self.reanimate(anchor, object_guid, dn).await,
         }
     }
 

@@ -61,6 +61,8 @@ pub async fn handle_batch(
             _ = shared.shutdown.triggered() => {}
         }
     }
+    // Held until the outcomes are confirmed (see `Shared::apply_gate`).
+    let _gate = shared.apply_gate.read().await;
     let applied = apply_units(&shared, &directory, &commands, units).await;
     refused.extend(applied);
     publish_outcomes(&shared, refused, dispositions).await
