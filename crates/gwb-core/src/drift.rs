@@ -164,6 +164,56 @@ impl Drift {
     }
 }
 
+/// What the planner does with drift (`[drift] mode`, or per group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DriftMode {
+    /// Put the group back as planned (the default).
+    #[default]
+    Repair,
+    /// Record, count and audit it; change nothing.
+    Report,
+    /// Ignore it.
+    Off,
+}
+
+impl DriftMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftMode::Repair => "repair",
+            DriftMode::Report => "report",
+            DriftMode::Off => "off",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [DriftMode::Repair, DriftMode::Report, DriftMode::Off].into_iter().find(|m| m.as_str() == text)
+    }
+}
+
+/// The planner's drift policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftPolicy {
+    pub mode: DriftMode,
+    /// The same drift on the same group more than this many times within the window
+    /// makes the group contested (another writer is fighting): repairs stop.
+    pub contest_repeats: u64,
+    pub contest_window_ms: i64,
+}
+
+impl Default for DriftPolicy {
+    fn default() -> Self {
+        DriftPolicy { mode: DriftMode::Repair, contest_repeats: 3, contest_window_ms: 10 * 60_000 }
+    }
+}
+
+impl DriftPolicy {
+    /// Whether `repeats` occurrences of one drift inside the window (this one
+    /// included) mean another writer is fighting over the group.
+    pub fn is_contested(&self, repeats: u64) -> bool {
+        repeats > self.contest_repeats
+    }
+}
+
 /// What the planner wants a written group to be in AD.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired<'a> {

@@ -103,6 +103,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         retired_ou: config.planner.retired_ou.clone(),
         partitions: config.bus.command_partitions.max(1),
         threshold: config.deletion.threshold(),
+        drift: config.drift.policy()?,
     };
     let coordination_token = match &config.coordination.token_file {
         Some(path) => Some(secret::read_secret_file("coordination.token_file", path)?),

@@ -49,6 +49,7 @@ pub struct PolicySettings {
     pub retired_ou: Option<String>,
     pub partitions: u16,
     pub threshold: DeletionThreshold,
+    pub drift: gwb_core::drift::DriftPolicy,
 }
 
 /// When a planning call runs and the trace its commands belong to.

@@ -61,6 +61,7 @@ fn engine(threshold: DeletionThreshold) -> TestEngine {
         retired_ou: None,
         partitions: 4,
         threshold,
+        drift: gwb_core::drift::DriftPolicy::default(),
     };
     let mut engine = Engine::new(db, policy);
     engine.set_writeback(true, false, &at(0)).unwrap();

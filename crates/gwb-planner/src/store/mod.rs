@@ -8,8 +8,11 @@
 //! The traits are synchronous: the engine runs inside `spawn_blocking` behind a mutex,
 //! so a backend may block (a PostgreSQL one would use the blocking client).
 
+pub mod drift;
 pub mod queries;
 pub mod sqlite;
+
+pub use drift::{DriftEvent, DriftGroupRow, DriftTx};
 
 use gwb_core::command::{AppliedGroup, CommandKind, MemberRef};
 use gwb_core::event::Resource;
@@ -194,7 +197,8 @@ pub trait Store: Send + 'static {
 }
 
 /// Everything planning reads and writes, inside one transaction.
-pub trait StoreTx {
+/// Drift's operations are their own trait ([`DriftTx`]), required of every transaction.
+pub trait StoreTx: DriftTx {
     fn commit(self) -> Result<(), StoreError>;
 
     // ----- events, settings, counters, services ---------------------------------

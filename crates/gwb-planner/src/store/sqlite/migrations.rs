@@ -238,6 +238,30 @@ ALTER TABLE skipped_by_num RENAME TO skipped_members;
     r#"
 ALTER TABLE writeback ADD COLUMN addresses_skipped TEXT NOT NULL DEFAULT '';
 "#,
+    // 10: drift (issue 18). A group's mode override and contested mark; every drift
+    // found, for the contested rule's window and `gwbctl group`; observations name a
+    // group by objectGUID and are ignored while its commands are in flight.
+    r#"
+CREATE TABLE drift_groups (
+    group_id TEXT PRIMARY KEY,
+    mode TEXT,
+    contested_reason TEXT,
+    contested_ms INTEGER
+);
+CREATE TABLE drift_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    repeat_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    when_changed TEXT NOT NULL,
+    action TEXT NOT NULL
+);
+CREATE INDEX drift_events_by_group ON drift_events (group_id, repeat_key, at_ms);
+CREATE INDEX writeback_by_guid ON writeback (object_guid);
+CREATE INDEX inflight_by_group ON inflight (group_id);
+"#,
 ];
 
 pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {

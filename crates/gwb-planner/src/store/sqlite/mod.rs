@@ -1,6 +1,7 @@
 //! The SQLite store: the only planner code with SQL (with `queries` and
 //! `migrations`). WAL mode, prepared statements cached per connection.
 
+mod drift;
 mod migrations;
 mod queries;
 
