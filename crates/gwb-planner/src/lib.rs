@@ -78,6 +78,12 @@ pub(crate) fn count_planned(planned: &Planned) {
         for (kind, _) in &planned.commands {
             metrics.command(kind.as_str(), "planned");
         }
+        for kind in &planned.drift {
+            metrics.drift_detected(kind.as_str());
+        }
+        if planned.drift_repaired > 0 {
+            metrics.drift_repaired(planned.drift_repaired);
+        }
     }
 }
 

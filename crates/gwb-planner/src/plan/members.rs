@@ -17,6 +17,13 @@ pub(super) struct MemberDelta {
     remove: Vec<MemberRef>,
 }
 
+impl MemberDelta {
+    /// Given values to add and remove (a drift repair), flushed like any other.
+    pub(super) fn of(add: Vec<MemberRef>, remove: Vec<MemberRef>) -> Self {
+        MemberDelta { add, remove }
+    }
+}
+
 impl<T: StoreTx> Plan<'_, T> {
     /// Plans one (group, member) pair against what was planned before. Everything it
     /// needs is read in one operation and only what changed is written: this runs once

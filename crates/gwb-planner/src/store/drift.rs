@@ -49,6 +49,21 @@ pub trait DriftTx {
     fn record_drift(&mut self, event: &DriftEvent<'_>) -> Result<(), StoreError>;
     /// How often this drift was recorded for the group since `since_ms`.
     fn drift_count_since(&self, group_id: &str, repeat_key: &str, since_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// One drift as `gwbctl group` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftHistoryRow {
+    pub at_ms: i64,
+    pub kind: String,
+    pub detail: String,
+    pub action: String,
+}
+
+/// Read models of drift for the control API and the gauge.
+pub trait DriftQueries {
+    /// The group's drift settings and its newest `limit` drifts, newest first.
+    fn drift_detail(&self, group_id: &str, limit: usize) -> Result<(DriftGroupRow, Vec<DriftHistoryRow>), StoreError>;
     /// Groups contested now.
     fn contested_count(&self) -> Result<u64, StoreError>;
 }

@@ -12,7 +12,7 @@ pub mod drift;
 pub mod queries;
 pub mod sqlite;
 
-pub use drift::{DriftEvent, DriftGroupRow, DriftTx};
+pub use drift::{DriftEvent, DriftGroupRow, DriftHistoryRow, DriftQueries, DriftTx};
 
 use gwb_core::command::{AppliedGroup, CommandKind, MemberRef};
 use gwb_core::event::Resource;
@@ -129,6 +129,10 @@ pub enum AuditResult {
     Applied,
     Failed,
     DryRun,
+    /// Drift found in AD (an edit by someone else).
+    Detected,
+    /// Drift repairs stopped for the group.
+    Contested,
 }
 
 impl AuditResult {
@@ -141,6 +145,8 @@ impl AuditResult {
             AuditResult::Applied => "applied",
             AuditResult::Failed => "failed",
             AuditResult::DryRun => "dry_run",
+            AuditResult::Detected => "detected",
+            AuditResult::Contested => "contested",
         }
     }
 }

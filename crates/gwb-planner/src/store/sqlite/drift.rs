@@ -5,8 +5,8 @@ use rusqlite::{OptionalExtension, params};
 use gwb_core::command::MemberRef;
 use gwb_core::drift::DriftMode;
 
-use super::SqliteTx;
-use crate::store::{DriftEvent, DriftGroupRow, DriftTx, StoreError};
+use super::{SqliteStore, SqliteTx};
+use crate::store::{DriftEvent, DriftGroupRow, DriftHistoryRow, DriftQueries, DriftTx, StoreError};
 
 impl DriftTx for SqliteTx<'_> {
     fn group_by_object_guid(&self, object_guid: &str) -> Result<Option<String>, StoreError> {
@@ -101,9 +101,37 @@ impl DriftTx for SqliteTx<'_> {
         Ok(count as u64)
     }
 
+}
+
+impl DriftQueries for SqliteStore {
+    fn drift_detail(&self, group_id: &str, limit: usize) -> Result<(DriftGroupRow, Vec<DriftHistoryRow>), StoreError> {
+        let row: Option<(Option<String>, Option<String>)> = self
+            .db
+            .prepare_cached("SELECT mode, contested_reason FROM drift_groups WHERE group_id = ?1")?
+            .query_row(params![group_id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let (mode, contested) = row.unwrap_or_default();
+        let mode = match mode {
+            Some(text) => {
+                Some(DriftMode::parse(&text).ok_or(StoreError::Corrupt { what: "drift mode", detail: text })?)
+            }
+            None => None,
+        };
+        let mut stmt = self.db.prepare_cached(
+            "SELECT at_ms, kind, detail, action FROM drift_events WHERE group_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let history = stmt
+            .query_map(params![group_id, limit as i64], |row| {
+                Ok(DriftHistoryRow { at_ms: row.get(0)?, kind: row.get(1)?, detail: row.get(2)?, action: row.get(3)? })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok((DriftGroupRow { mode, contested }, history))
+    }
+
     fn contested_count(&self) -> Result<u64, StoreError> {
         let count: i64 = self
-            .stmt("SELECT COUNT(*) FROM drift_groups WHERE contested_reason IS NOT NULL")?
+            .db
+            .prepare_cached("SELECT COUNT(*) FROM drift_groups WHERE contested_reason IS NOT NULL")?
             .query_row([], |row| row.get(0))?;
         Ok(count as u64)
     }
