@@ -13,6 +13,7 @@
 //! DC (`highestCommittedUSN` going backwards, another `invocationId`).
 
 use gwb_core::drift::{ObservedGroup, ObservedMember};
+use gwb_core::escape::filter_value;
 use ldap3::controls::RawControl;
 use ldap3::{Mod, Scope, SearchEntry};
 
@@ -101,13 +102,23 @@ impl Directory {
     }
 
     /// Groups that may be written groups, as they are now: changed after `after_usn`
-    /// (a poll), or every one (None: a full comparison). Kept are groups below a
+    /// (a poll), or every one (None: a full comparison, which reads the tombstones
+    /// whose last parent is a managed OU itself, not an OU below one). Kept are groups below a
     /// managed OU, groups carrying an anchor anywhere (one moved out keeps it), and
     /// tombstones whose last parent was a managed OU; everything else is dropped here.
     pub async fn observe_groups(&mut self, after_usn: Option<u64>) -> Result<Vec<ObservedGroup>, DirectoryError> {
         let filter = match after_usn {
             Some(usn) => format!("(&(objectClass=group)(uSNChanged>={}))", usn.saturating_add(1)),
-            None => "(&(objectClass=group)(|(adminDescription=Group_*)(isDeleted=TRUE)))".to_string(),
+            // Tombstones only of the managed OUs' own groups: the domain keeps every
+            // deleted group for the tombstone lifetime, and most are not ours.
+            None => format!(
+                "(&(objectClass=group)(|(adminDescription=Group_*)(&(isDeleted=TRUE)(|{}))))",
+                self.config
+                    .managed_ous
+                    .iter()
+                    .map(|ou| format!("(lastKnownParent={})", filter_value(ou)))
+                    .collect::<String>()
+            ),
         };
         let mail_read = self.caps.has_exchange_schema;
         let mut attrs: Vec<&str> = WATCH_ATTRIBUTES.to_vec();

@@ -11,6 +11,7 @@
 
 mod compose_file;
 mod e2e_control;
+mod e2e_drift;
 mod e2e_exchange;
 mod e2e_parallel_writers;
 mod e2e_policy;
