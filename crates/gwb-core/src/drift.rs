@@ -404,7 +404,8 @@ mod tests {
     #[test]
     fn members_added_and_removed_by_hand() {
         let mut group = observed();
-        let bob = ObservedMember { guid: "44444444-4444-4444-4444-444444444444".into(), sid: None, dn: "CN=bob".into() };
+        let bob =
+            ObservedMember { guid: "44444444-4444-4444-4444-444444444444".into(), sid: None, dn: "CN=bob".into() };
         group.members = vec![nested(), bob.clone()];
         let drifts = diff(&group);
         assert_eq!(

@@ -28,8 +28,8 @@ pub use config::{DEFAULT_MEMBER_BATCH_SIZE, DEFAULT_OPERATION_TIMEOUT, Directory
 pub use directory::{AdMember, Capabilities, Directory};
 pub use error::DirectoryError;
 pub use exchange::{ExchangeDetection, ExchangePresence, M365WritebackRefusal};
-pub use watch::WatchPosition;
 pub use observe::{OperationKind, OperationObserver, OperationOutcome, OperationRecord};
+pub use watch::WatchPosition;
 
 #[cfg(test)]
 mod tests {

@@ -127,8 +127,7 @@ impl Directory {
         }
         attrs.push("member");
         let base = self.caps.default_naming_context.clone();
-        let entries =
-            self.search(&base, Scope::Subtree, &filter, &attrs, vec![show_deleted(), extended_dn()]).await?;
+        let entries = self.search(&base, Scope::Subtree, &filter, &attrs, vec![show_deleted(), extended_dn()]).await?;
         let mut observed = Vec::new();
         for entry in entries {
             if let Some(group) = self.observed_group(entry, mail_read).await? {
@@ -180,7 +179,10 @@ impl Directory {
             }
         }
         let mut attributes = Vec::new();
-        for name in ["groupType", "displayName", "description"].into_iter().chain(mail_read.then_some(MAIL_ATTRIBUTES).into_iter().flatten()) {
+        for name in ["groupType", "displayName", "description"]
+            .into_iter()
+            .chain(mail_read.then_some(MAIL_ATTRIBUTES).into_iter().flatten())
+        {
             attributes.push((name.to_string(), values(&entry, name)));
         }
         Ok(Some(ObservedGroup {
@@ -206,7 +208,12 @@ impl Directory {
     /// anchor, lives outside the managed OUs, or has a privileged SID. No tombstone
     /// (past the tombstone lifetime, or purged) is a permanent error: the upsert
     /// planned after this command then creates the group anew.
-    pub(crate) async fn reanimate(&mut self, anchor: &str, guid: &str, dn: &str) -> Result<ApplyReport, DirectoryError> {
+    pub(crate) async fn reanimate(
+        &mut self,
+        anchor: &str,
+        guid: &str,
+        dn: &str,
+    ) -> Result<ApplyReport, DirectoryError> {
         let parent = parent_dn(dn).ok_or_else(|| DirectoryError::permanent(format!("{dn} has no parent")))?;
         self.check_target_ou(parent, "OU")?;
         let attrs = ["isDeleted", "objectSid", "adminDescription", "objectClass"];
@@ -225,7 +232,10 @@ impl Directory {
         if !values(&entry, "objectClass").iter().any(|c| c.eq_ignore_ascii_case("group")) {
             return refuse("it is not a group");
         }
-        if binary(&entry, "objectSid").and_then(|b| crate::codec::sid_from_bytes(&b)).is_some_and(|s| is_privileged_sid(&s)) {
+        if binary(&entry, "objectSid")
+            .and_then(|b| crate::codec::sid_from_bytes(&b))
+            .is_some_and(|s| is_privileged_sid(&s))
+        {
             return refuse("its SID is well-known or privileged");
         }
         if first_value(&entry, "adminDescription").is_some_and(|a| !a.trim().eq_ignore_ascii_case(anchor.trim())) {

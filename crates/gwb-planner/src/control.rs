@@ -296,7 +296,8 @@ impl Operator for ControlService {
     ) -> Result<Response<pb::GroupDetail>, Status> {
         let request = request.into_inner();
         let id = request.id.to_ascii_lowercase();
-        let drift = crate::plan::DriftRequest { mode: drift_mode_request(&request.mode)?, uncontest: request.uncontest };
+        let drift =
+            crate::plan::DriftRequest { mode: drift_mode_request(&request.mode)?, uncontest: request.uncontest };
         tracing::info!(group = %id, ?drift, "operator changed a group's drift settings");
         let wanted = id.clone();
         let detail = self
@@ -381,7 +382,12 @@ fn drift_detail(engine: &Engine<SqliteStore>, wanted: &str) -> Result<pb::GroupD
         .into_iter()
         .map(|h| pb::DriftRecord { at_ms: h.at_ms, kind: h.kind, detail: h.detail, action: h.action })
         .collect();
-    Ok(pb::GroupDetail { drift_mode, contested: row.contested.unwrap_or_default(), drift_history, ..Default::default() })
+    Ok(pb::GroupDetail {
+        drift_mode,
+        contested: row.contested.unwrap_or_default(),
+        drift_history,
+        ..Default::default()
+    })
 }
 
 fn target_type(value: i32) -> Result<Option<GroupType>, Status> {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use prost::Message as _;
 
 use gwb_bus::{Message, Route};
-use gwb_core::drift::{ObservedGroup, Observation};
+use gwb_core::drift::{Observation, ObservedGroup};
 use gwb_ldap::{Directory, DirectoryError, WatchPosition};
 use gwb_proto::commands::v1 as cmd;
 use gwb_proto::message_types::OBSERVATION_TYPE;
@@ -82,9 +82,7 @@ impl Watcher {
         let (dc, usn) = directory.highest_usn().await.map_err(|e| e.to_string())?;
         let now_ms = shared.clock.now_ms();
         let full_due = settings.full_interval_minutes > 0
-            && self
-                .last_full_ms
-                .is_some_and(|last| now_ms - last >= (settings.full_interval_minutes * 60_000) as i64);
+            && self.last_full_ms.is_some_and(|last| now_ms - last >= (settings.full_interval_minutes * 60_000) as i64);
         let mut full = full_due || self.last_full_ms.is_none() && self.mark.is_none();
         let position = match &self.mark {
             Some(mark) if mark.dc.eq_ignore_ascii_case(&dc) && usn >= mark.highest_usn && self.verified => {
@@ -116,6 +114,9 @@ impl Watcher {
         }
         let after = if full { None } else { self.mark.as_ref().map(|mark| mark.highest_usn) };
         let groups = directory.observe_groups(after).await.map_err(|e: DirectoryError| e.to_string())?;
+        if full {
+            tracing::info!(groups = groups.len(), dc = %position.dc, "directory watch: full comparison");
+        }
         if !groups.is_empty() || full {
             tracing::debug!(groups = groups.len(), full, "directory watch observed groups");
             publish(shared, &position, full, groups, now_ms).await?;

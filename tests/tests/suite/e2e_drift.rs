@@ -40,7 +40,12 @@ async fn cloud_group(pipeline: &Pipeline, name: &str, members: Vec<uuid::Uuid>) 
 /// The one group in AD carrying the anchor.
 async fn carrier(lab: &TestLab, anchor: &str) -> anyhow::Result<GroupEntry> {
     let mut found = lab.ad.find_groups_by_anchor(anchor).await?;
-    ensure!(found.len() == 1, "{} groups carry {anchor}: {:?}", found.len(), found.iter().map(|g| &g.dn).collect::<Vec<_>>());
+    ensure!(
+        found.len() == 1,
+        "{} groups carry {anchor}: {:?}",
+        found.len(),
+        found.iter().map(|g| &g.dn).collect::<Vec<_>>()
+    );
     Ok(found.remove(0))
 }
 
@@ -151,7 +156,10 @@ async fn repair_scenario(
         })
         .await?;
     let audit = pipeline.gwbctl_json(&["audit", &group.to_string()]).await?.to_string();
-    ensure!(audit.contains("description changed: before Drift Repair as the cloud has it after edited by hand"), "{audit}");
+    ensure!(
+        audit.contains("description changed: before Drift Repair as the cloud has it after edited by hand"),
+        "{audit}"
+    );
     ensure!(audit.contains("whenChanged"), "the audit names whenChanged: {audit}");
 
     // Renamed, then moved inside the managed OUs: put back where it was.
@@ -210,7 +218,10 @@ async fn repair_scenario(
     let still = carrier(lab, &other_anchor).await?;
     ensure!(still.dn.eq_ignore_ascii_case(&outside_dn), "the group was followed or recreated: {}", still.dn);
     let usn_after = lab.ad.entry(&outside_dn, &["uSNChanged"]).await?.context("moved group gone")?;
-    ensure!(usn_before.attrs.get("uSNChanged") == usn_after.attrs.get("uSNChanged"), "the moved-out group was modified");
+    ensure!(
+        usn_before.attrs.get("uSNChanged") == usn_after.attrs.get("uSNChanged"),
+        "the moved-out group was modified"
+    );
 
     let metrics = pipeline.scrape("gwb-planner").await?;
     for kind in ["member_added", "member_removed", "attribute", "renamed", "moved", "deleted", "moved_out"] {
@@ -363,5 +374,72 @@ async fn contest_scenario(lab: &TestLab, pipeline: &Pipeline, alice_sid: &str) -
             Ok(())
         })
         .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_writes_are_no_drift_and_the_watcher_resumes_from_its_mark() -> anyhow::Result<()> {
+    let lab = TestLab::with_groups_ou("e2e-drift-resume", "Cloud Groups").await?;
+    let (_, alice_sid) = lab.ad.create_user(&lab.users_ou, &unique("alice")).await?;
+    let (_, bob_sid) = lab.ad.create_user(&lab.users_ou, &unique("bob")).await?;
+    let before = lab.outside().await?;
+    let mut pipeline = start(&lab, "").await?;
+    let result = resume_scenario(&lab, &mut pipeline, &alice_sid, &bob_sid).await;
+    lab.finish_unchanged(pipeline, result, &before).await
+}
+
+async fn resume_scenario(lab: &TestLab, pipeline: &mut Pipeline, alice_sid: &str, bob_sid: &str) -> anyhow::Result<()> {
+    let alice = pipeline.synced_user(alice_sid).await?;
+    let bob = pipeline.synced_user(bob_sid).await?;
+    let group = cloud_group(pipeline, "Drift Resume", vec![alice]).await?;
+    let anchor = format!("Group_{group}");
+    pipeline.gwbctl_ok(&["enable"]).await?;
+    // The product's own writes (create, member add, rename, description) are changes
+    // the watcher sees, and none of them is drift.
+    pipeline.sim.add_members(group, &[bob]).await?;
+    let mut fields = gwb_tests::workload::security_fields("Drift Resume renamed");
+    fields.description = Some("changed in the cloud".into());
+    pipeline.sim.update_group(group, &fields, &[]).await?;
+    pipeline
+        .eventually("the cloud changes are written", WAIT, || async {
+            let now = carrier(lab, &anchor).await?;
+            ensure!(now.description.as_deref() == Some("changed in the cloud"), "{:?}", now.description);
+            ensure!(members(lab, &now.dn).await?.len() == 2, "members");
+            Ok(())
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        history(pipeline, &group).await?.is_empty(),
+        "own writes counted as drift: {:?}",
+        history(pipeline, &group).await?
+    );
+    let metrics = pipeline.scrape("gwb-planner").await?;
+    ensure!(metric_sum(&metrics, "gwb_drift_detected_total", &[]) == 0.0, "own writes counted as drift");
+
+    // Edited while the writer is paused (its watcher with it), then the writer is
+    // killed and started again: it resumes from its stored mark, no full comparison,
+    // and still sees the edit.
+    pipeline.gwbctl_ok(&["pause"]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dn = carrier(lab, &anchor).await?.dn;
+    let mut ldap = lab.ad.connection().await?;
+    modify(&mut ldap, &dn, vec![Mod::Replace("description", set(&["edited while down"]))]).await?;
+    pipeline.restart("gwb-writer").await?;
+    pipeline.gwbctl_ok(&["resume"]).await?;
+    pipeline
+        .eventually("the edit made while the writer was down is repaired", WAIT, || async {
+            let now = carrier(lab, &anchor).await?;
+            ensure!(now.description.as_deref() == Some("changed in the cloud"), "{:?}", now.description);
+            Ok(())
+        })
+        .await?;
+    let log = pipeline.log("gwb-writer");
+    ensure!(!log.contains("full comparison"), "the restarted watcher did not resume from its mark:\n{log}");
+    ensure!(
+        pipeline.full_log("gwb-writer").contains("full comparison")
+            || std::fs::read_to_string(pipeline.dir.join("gwb-writer.previous.log"))?.contains("full comparison"),
+        "the first start made no full comparison"
+    );
     Ok(())
 }

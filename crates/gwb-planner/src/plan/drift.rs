@@ -8,7 +8,7 @@
 //! write, and any difference from the desired state is someone else's edit.
 
 use gwb_core::command::{MemberRef, WriteCommand};
-use gwb_core::drift::{self, Desired, Drift, DriftMode, ObservedGroup, Observation};
+use gwb_core::drift::{self, Desired, Drift, DriftMode, Observation, ObservedGroup};
 use gwb_core::naming;
 use gwb_core::policy::{self, Decision};
 use gwb_core::state::WritebackState;
@@ -173,7 +173,8 @@ impl<T: StoreTx> Plan<'_, T> {
     ) -> Result<(), EngineError> {
         let anchor = naming::anchor(group_id);
         if drifts.iter().any(|d| matches!(d, Drift::Deleted { .. })) {
-            let target = if dn.is_empty() { gwb_core::escape::child_dn(&spec.cn, &spec.parent_dn) } else { dn.to_string() };
+            let target =
+                if dn.is_empty() { gwb_core::escape::child_dn(&spec.cn, &spec.parent_dn) } else { dn.to_string() };
             self.emit(
                 group_id,
                 WriteCommand::Reanimate { anchor, object_guid: observed.object_guid.clone(), dn: target },

@@ -3,7 +3,7 @@
 //! is not a GUID (the planner looks written groups up by it) and drops member values
 //! whose SID is malformed to "no SID" rather than trusting them.
 
-use gwb_core::drift::{ObservedGroup, ObservedMember, Observation};
+use gwb_core::drift::{Observation, ObservedGroup, ObservedMember};
 use gwb_core::members::is_sid;
 
 use super::commands::is_guid;
@@ -85,7 +85,10 @@ impl TryFrom<&cmd::ObservedGroup> for ObservedGroup {
             .iter()
             .map(|m| {
                 if !is_guid(&m.guid) {
-                    return Err(ObservationError::BadMemberGuid { group: wire.object_guid.clone(), member: m.dn.clone() });
+                    return Err(ObservationError::BadMemberGuid {
+                        group: wire.object_guid.clone(),
+                        member: m.dn.clone(),
+                    });
                 }
                 Ok(ObservedMember {
                     guid: m.guid.to_ascii_lowercase(),
@@ -135,8 +138,13 @@ mod tests {
 
     #[test]
     fn an_observation_round_trips() {
-        let observation =
-            Observation { writer_id: "w".into(), dc: "dc1".into(), observed_at_ms: 5, full: true, groups: vec![group()] };
+        let observation = Observation {
+            writer_id: "w".into(),
+            dc: "dc1".into(),
+            observed_at_ms: 5,
+            full: true,
+            groups: vec![group()],
+        };
         let wire = cmd::DirectoryObservation::from(&observation);
         assert_eq!(Observation::try_from(&wire).unwrap(), observation);
     }

@@ -17,10 +17,9 @@ impl DriftTx for SqliteTx<'_> {
     }
 
     fn inflight_count(&self, group_id: &str) -> Result<u64, StoreError> {
-        let count: i64 =
-            self.stmt("SELECT COUNT(*) FROM inflight WHERE group_id = ?1")?.query_row(params![group_id], |row| {
-                row.get(0)
-            })?;
+        let count: i64 = self
+            .stmt("SELECT COUNT(*) FROM inflight WHERE group_id = ?1")?
+            .query_row(params![group_id], |row| row.get(0))?;
         Ok(count as u64)
     }
 
@@ -100,7 +99,6 @@ impl DriftTx for SqliteTx<'_> {
             .query_row(params![group_id, repeat_key, since_ms], |row| row.get(0))?;
         Ok(count as u64)
     }
-
 }
 
 impl DriftQueries for SqliteStore {
