@@ -1,5 +1,7 @@
 //! Planning over an in-memory SQLite store.
 
+mod drift;
+
 use prost::Message as _;
 
 use gwb_core::command::{CommandKind, MemberRef, WriteCommand};
