@@ -41,6 +41,9 @@ pub struct ObservedGroup {
     /// The mail attributes were read (the schema has them).
     pub mail_read: bool,
     pub members: Vec<ObservedMember>,
+    /// `members` is not the whole list (a large group the writer itself wrote since
+    /// its last poll, not read again): members are not compared.
+    pub members_unread: bool,
     /// `whenChanged` as AD spells it (generalized time).
     pub when_changed: String,
     pub usn_changed: u64,
@@ -278,6 +281,9 @@ pub fn compare(desired: &Desired<'_>, observed: &ObservedGroup) -> Vec<Drift> {
             drifts.push(Drift::Attribute { name: name.to_string(), before: want, after: have });
         }
     }
+    if observed.members_unread {
+        return drifts;
+    }
     let sids: HashSet<String> =
         observed.members.iter().filter_map(|m| m.sid.as_deref()).map(str::to_ascii_uppercase).collect();
     let guids: HashSet<String> = observed.members.iter().map(|m| m.guid.to_ascii_lowercase()).collect();
@@ -413,6 +419,14 @@ mod tests {
             vec![Drift::MemberRemoved(MemberRef::Sid("s-1-5-21-1-2-3-1001".into())), Drift::MemberAdded(bob)]
         );
         assert_eq!(drifts[1].describe(), "member added by hand: CN=bob");
+    }
+
+    #[test]
+    fn members_not_read_are_not_compared() {
+        let mut group = observed();
+        group.members.clear();
+        group.members_unread = true;
+        assert_eq!(diff(&group), Vec::<Drift>::new());
     }
 
     #[test]

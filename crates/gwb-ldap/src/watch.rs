@@ -106,7 +106,17 @@ impl Directory {
     /// whose last parent is a managed OU itself, not an OU below one). Kept are groups below a
     /// managed OU, groups carrying an anchor anywhere (one moved out keeps it), and
     /// tombstones whose last parent was a managed OU; everything else is dropped here.
-    pub async fn observe_groups(&mut self, after_usn: Option<u64>) -> Result<Vec<ObservedGroup>, DirectoryError> {
+    ///
+    /// Members come in the search itself, up to the first window of 1,500 values (so
+    /// a poll never reads a huge group whole); a larger group is read in full unless
+    /// its objectGUID is in `written`, the groups the writer itself wrote since the
+    /// last poll, whose member list the planner ignores anyway while it is being
+    /// written (it is then reported with `members_unread`).
+    pub async fn observe_groups(
+        &mut self,
+        after_usn: Option<u64>,
+        written: &std::collections::HashSet<String>,
+    ) -> Result<Vec<ObservedGroup>, DirectoryError> {
         let filter = match after_usn {
             Some(usn) => format!("(&(objectClass=group)(uSNChanged>={}))", usn.saturating_add(1)),
             // Tombstones only of the managed OUs' own groups: the domain keeps every
@@ -125,12 +135,12 @@ impl Directory {
         if mail_read {
             attrs.extend(MAIL_ATTRIBUTES);
         }
-        attrs.push("member");
+        attrs.push("member;range=0-1499");
         let base = self.caps.default_naming_context.clone();
         let entries = self.search(&base, Scope::Subtree, &filter, &attrs, vec![show_deleted(), extended_dn()]).await?;
         let mut observed = Vec::new();
         for entry in entries {
-            if let Some(group) = self.observed_group(entry, mail_read).await? {
+            if let Some(group) = self.observed_group(entry, mail_read, written).await? {
                 observed.push(group);
             }
         }
@@ -141,6 +151,7 @@ impl Directory {
         &mut self,
         entry: SearchEntry,
         mail_read: bool,
+        written: &std::collections::HashSet<String>,
     ) -> Result<Option<ObservedGroup>, DirectoryError> {
         // Under the extended-DN control the entry's own DN and DN-valued attributes
         // come back as `<GUID=…>;<SID=…>;dn`.
@@ -164,14 +175,29 @@ impl Directory {
             return Ok(None);
         }
         let mut members = Vec::new();
-        let ranged = entry.attrs.keys().any(|name| name.to_ascii_lowercase().starts_with("member;range="));
-        if ranged {
-            // A DC with MaxValRange below the group's size pages the members.
-            for member in self.read_members_of(&dn).await? {
-                members.push(ObservedMember { guid: member.guid, sid: member.sid, dn: member.dn });
+        let mut members_unread = false;
+        // `member;range=0-*` (or plain `member`) is the whole list; `member;range=0-1499`
+        // the first window of a larger group.
+        let mut first_window = None;
+        let mut complete = Vec::new();
+        for (name, vals) in &entry.attrs {
+            match crate::codec::parse_range(name, "member") {
+                Some((_, Some(_))) => first_window = Some(vals.clone()),
+                Some((_, None)) => complete.extend(vals.iter().cloned()),
+                None if name.eq_ignore_ascii_case("member") => complete.extend(vals.iter().cloned()),
+                None => {}
+            }
+        }
+        if first_window.is_some() {
+            if written.contains(&object_guid) {
+                members_unread = true;
+            } else {
+                for member in self.read_members_of(&dn).await? {
+                    members.push(ObservedMember { guid: member.guid, sid: member.sid, dn: member.dn });
+                }
             }
         } else {
-            for value in values(&entry, "member") {
+            for value in complete {
                 let member = parse_extended_dn(&value).ok_or_else(|| {
                     DirectoryError::permanent(format!("member value of {dn} is not in extended-DN form: {value}"))
                 })?;
@@ -195,6 +221,7 @@ impl Directory {
             attributes,
             mail_read,
             members,
+            members_unread,
             when_changed: first_value(&entry, "whenChanged").unwrap_or_default(),
             usn_changed: first_value(&entry, "uSNChanged").and_then(|v| v.trim().parse().ok()).unwrap_or(0),
         }))

@@ -134,6 +134,11 @@ async fn apply_units(
             }
         }
         let Some(result) = result else { break };
+        if let Ok(ApplyReport { group: Some(group), .. }) = &result
+            && let Ok(mut written) = shared.written.lock()
+        {
+            written.insert(group.object_guid.to_ascii_lowercase());
+        }
         outcomes.extend(unit_outcomes(shared, &unit, commands, &result));
     }
     outcomes

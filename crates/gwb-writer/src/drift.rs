@@ -113,7 +113,8 @@ impl Watcher {
             return Ok(());
         }
         let after = if full { None } else { self.mark.as_ref().map(|mark| mark.highest_usn) };
-        let groups = directory.observe_groups(after).await.map_err(|e: DirectoryError| e.to_string())?;
+        let written = shared.written.lock().map(|mut set| std::mem::take(&mut *set)).unwrap_or_default();
+        let groups = directory.observe_groups(after, &written).await.map_err(|e: DirectoryError| e.to_string())?;
         if full {
             tracing::info!(groups = groups.len(), dc = %position.dc, "directory watch: full comparison");
         }

@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     /// Batches apply under a shared hold, the directory watcher polls under an
     /// exclusive one: an observation never shows a write whose outcome is unconfirmed.
     pub(crate) apply_gate: tokio::sync::RwLock<()>,
+    /// objectGUIDs of the groups written since the watcher's last poll.
+    pub(crate) written: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Runs the writer until `shutdown`: one consumer per partition, the status reporter
@@ -111,6 +113,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         health: health_reporter,
         clock: Clock::system(),
         apply_gate: tokio::sync::RwLock::new(()),
+        written: Default::default(),
     });
 
     let mut tasks = Vec::new();

@@ -55,6 +55,7 @@ impl From<&ObservedGroup> for cmd::ObservedGroup {
                 .collect(),
             when_changed: group.when_changed.clone(),
             usn_changed: group.usn_changed,
+            members_unread: group.members_unread,
         }
     }
 }
@@ -107,6 +108,7 @@ impl TryFrom<&cmd::ObservedGroup> for ObservedGroup {
             attributes: wire.attributes.iter().map(|a| (a.name.clone(), a.values.clone())).collect(),
             mail_read: wire.mail_read,
             members,
+            members_unread: wire.members_unread,
             when_changed: wire.when_changed.clone(),
             usn_changed: wire.usn_changed,
         })
