@@ -91,7 +91,9 @@ impl<T: StoreTx> Plan<'_, T> {
         };
         let dn = self.tx.written_dn(&group_id)?.unwrap_or_default();
         let members = self.tx.planned_refs(&group_id)?;
-        let drifts = drift::compare(&Desired { spec: &spec, dn: &dn, members: &members }, observed);
+        let addresses_skipped = self.tx.skipped_addresses(&group_id)?;
+        let desired = Desired { spec: &spec, dn: &dn, members: &members, addresses_skipped: &addresses_skipped };
+        let drifts = drift::compare(&desired, observed);
         if drifts.is_empty() {
             return Ok(());
         }

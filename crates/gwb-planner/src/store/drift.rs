@@ -40,6 +40,9 @@ pub trait DriftTx {
     fn inflight_count(&self, group_id: &str) -> Result<u64, StoreError>;
     /// The DN the writer last reported for the group.
     fn written_dn(&self, group_id: &str) -> Result<Option<String>, StoreError>;
+    /// The proxy addresses the writer left out at the group's last write (another
+    /// object holds them), without their holders.
+    fn skipped_addresses(&self, group_id: &str) -> Result<Vec<String>, StoreError>;
     /// The member values planned into AD for the group.
     fn planned_refs(&self, group_id: &str) -> Result<Vec<MemberRef>, StoreError>;
     fn drift_group(&self, group_id: &str) -> Result<DriftGroupRow, StoreError>;

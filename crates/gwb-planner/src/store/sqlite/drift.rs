@@ -31,6 +31,21 @@ impl DriftTx for SqliteTx<'_> {
             .flatten())
     }
 
+    fn skipped_addresses(&self, group_id: &str) -> Result<Vec<String>, StoreError> {
+        let text: Option<String> = self
+            .stmt("SELECT addresses_skipped FROM writeback WHERE group_id = ?1")?
+            .query_row(params![group_id], |row| row.get(0))
+            .optional()?;
+        // Stored as `SkippedAddress::describe` lines: "address (held by DN)".
+        Ok(text
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split(" (held by ").next())
+            .filter(|address| !address.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
     fn planned_refs(&self, group_id: &str) -> Result<Vec<MemberRef>, StoreError> {
         let keys = self.strings(
             "SELECT p.ref_key FROM planned_members p
