@@ -137,7 +137,8 @@ impl Directory {
         }
         attrs.push("member;range=0-1499");
         let base = self.caps.default_naming_context.clone();
-        let entries = self.search(&base, Scope::Subtree, &filter, &attrs, vec![show_deleted(), extended_dn()]).await?;
+        let entries =
+            self.paged_search(&base, Scope::Subtree, &filter, &attrs, vec![show_deleted(), extended_dn()]).await?;
         let mut observed = Vec::new();
         for entry in entries {
             if let Some(group) = self.observed_group(entry, mail_read, written).await? {
