@@ -81,9 +81,13 @@ impl Watcher {
         let _gate = shared.apply_gate.write().await;
         let (dc, usn) = directory.highest_usn().await.map_err(|e| e.to_string())?;
         let now_ms = shared.clock.now_ms();
+        // A watcher that resumed from its mark counts its start as the last full
+        // comparison, so the periodic one still comes.
+        let first_poll = self.last_full_ms.is_none();
+        let last_full = *self.last_full_ms.get_or_insert(now_ms);
         let full_due = settings.full_interval_minutes > 0
-            && self.last_full_ms.is_some_and(|last| now_ms - last >= (settings.full_interval_minutes * 60_000) as i64);
-        let mut full = full_due || self.last_full_ms.is_none() && self.mark.is_none();
+            && now_ms - last_full >= (settings.full_interval_minutes as i64).saturating_mul(60_000);
+        let mut full = full_due || first_poll && self.mark.is_none();
         let position = match &self.mark {
             Some(mark) if mark.dc.eq_ignore_ascii_case(&dc) && usn >= mark.highest_usn && self.verified => {
                 if usn == mark.highest_usn && !full {
