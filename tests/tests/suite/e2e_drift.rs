@@ -19,8 +19,16 @@ fn set<'a>(values: &[&'a str]) -> HashSet<&'a str> {
     values.iter().copied().collect()
 }
 
+/// The watcher's mark file of a pipeline started by [`start`], as its writer's
+/// configuration names it.
+fn mark_file(pipeline: &Pipeline) -> anyhow::Result<std::path::PathBuf> {
+    let config = std::fs::read_to_string(pipeline.config_path("gwb-writer"))?;
+    let line = config.lines().find(|l| l.starts_with("state_file")).context("no state_file")?;
+    Ok(line.split('"').nth(1).context("state_file unquoted")?.into())
+}
+
 /// A pipeline whose writer watches every 200 ms and keeps its mark in the run's
-/// directory; `planner_sections` adds e.g. a `[drift]` section.
+/// directory ([`mark_file`]); `planner_sections` adds e.g. a `[drift]` section.
 async fn start(lab: &TestLab, planner_sections: &str) -> anyhow::Result<Pipeline> {
     let mut options = Options::new(&lab.groups_ou);
     options.name = "gwbdrift".into();
@@ -436,10 +444,33 @@ async fn resume_scenario(lab: &TestLab, pipeline: &mut Pipeline, alice_sid: &str
         .await?;
     let log = pipeline.log("gwb-writer");
     ensure!(!log.contains("full comparison"), "the restarted watcher did not resume from its mark:\n{log}");
-    ensure!(
-        pipeline.full_log("gwb-writer").contains("full comparison")
-            || std::fs::read_to_string(pipeline.dir.join("gwb-writer.previous.log"))?.contains("full comparison"),
-        "the first start made no full comparison"
-    );
+    let previous = std::fs::read_to_string(pipeline.dir.join("gwb-writer.previous.log"))?;
+    ensure!(previous.contains("full comparison"), "the first start made no full comparison");
+
+    // A mark of another DC database (a restored DC: another invocationId) means a full
+    // comparison, which finds an edit made meanwhile all the same. The paused watcher
+    // stores no mark, so the one written here is what the restarted writer reads.
+    let mark = std::fs::read_to_string(mark_file(pipeline)?).context("no mark stored")?;
+    ensure!(mark.contains("invocation_id=") && mark.contains("usn="), "{mark}");
+    pipeline.gwbctl_ok(&["pause"]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    modify(&mut ldap, &dn, vec![Mod::Replace("description", set(&["edited on a restored DC"]))]).await?;
+    let restored: String =
+        mark.lines()
+            .map(|line| {
+                if line.starts_with("invocation_id=") { "invocation_id=another\n".into() } else { format!("{line}\n") }
+            })
+            .collect();
+    std::fs::write(mark_file(pipeline)?, restored)?;
+    pipeline.restart("gwb-writer").await?;
+    pipeline.gwbctl_ok(&["resume"]).await?;
+    pipeline
+        .eventually("the edit is repaired after a full comparison", WAIT, || async {
+            let now = carrier(lab, &anchor).await?;
+            ensure!(now.description.as_deref() == Some("changed in the cloud"), "{:?}", now.description);
+            ensure!(pipeline.log("gwb-writer").contains("another DC or a restored one"), "no full comparison logged");
+            Ok(())
+        })
+        .await?;
     Ok(())
 }
