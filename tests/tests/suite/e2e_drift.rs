@@ -474,3 +474,98 @@ async fn resume_scenario(lab: &TestLab, pipeline: &mut Pipeline, alice_sid: &str
         .await?;
     Ok(())
 }
+
+/// Mail attributes are drift where gwb manages them: a Microsoft 365 group in an
+/// Exchange organisation (`GWB_LAB_EXCHANGE_ORG_ENV`, as for `e2e_exchange`; skipped
+/// without it). An address another object holds, which the writer leaves out on
+/// purpose, is not drift; a hand edit of `proxyAddresses` or `mailNickname` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_attributes_of_a_microsoft_365_group_are_repaired() -> anyhow::Result<()> {
+    let Some(path) = std::env::var_os("GWB_LAB_EXCHANGE_ORG_ENV") else {
+        ensure!(std::env::var("GWB_REQUIRE_EXCHANGE_LAB").as_deref() != Ok("1"), "GWB_LAB_EXCHANGE_ORG_ENV not set");
+        eprintln!("skipped: GWB_LAB_EXCHANGE_ORG_ENV is not set");
+        return Ok(());
+    };
+    let lab_env = gwb_tests::ad::LabEnv::from_file(std::path::Path::new(&path))?;
+    let lab = TestLab::in_lab(&lab_env, "e2e-drift-mail", "Cloud Groups").await?;
+    let (_, alice_sid) = lab.ad.create_user(&lab.users_ou, &unique("alice")).await?;
+    let taken = format!("{}@contoso.com", unique("taken"));
+    let holder_dn = format!("CN={},{}", unique("Holder DL"), lab.users_ou);
+    let holder_sam = unique("holder");
+    let holder_proxy = format!("SMTP:{taken}");
+    let holder: [(&str, &[&str]); 4] = [
+        ("objectClass", &["group"]),
+        ("sAMAccountName", &[holder_sam.as_str()]),
+        ("groupType", &["8"]),
+        ("proxyAddresses", &[holder_proxy.as_str()]),
+    ];
+    lab.ad.add_entry(&holder_dn, &holder).await?;
+    let before = lab.outside().await?;
+    let mut options = Options::new(&lab.groups_ou);
+    options.name = "gwbdrift".into();
+    options.lab = Some(lab_env);
+    options.writer_toml = "\n[drift]\npoll_interval_ms = 200\n".into();
+    let pipeline = Pipeline::start(options).await?;
+    let result = mail_scenario(&lab, &pipeline, &alice_sid, &taken).await;
+    lab.finish_unchanged(pipeline, result, &before).await
+}
+
+async fn mail_scenario(lab: &TestLab, pipeline: &Pipeline, alice_sid: &str, taken: &str) -> anyhow::Result<()> {
+    let alice = pipeline.synced_user(alice_sid).await?;
+    let alias = unique("drift");
+    let primary = format!("SMTP:{alias}@contoso.com");
+    let routing = format!("smtp:{alias}@labtenant.mail.onmicrosoft.com");
+    let fields = graph_sim::GroupFields {
+        display_name: Some("Drift Mail".into()),
+        description: Some("cloud managed".into()),
+        mail_nickname: Some(alias.clone()),
+        mail: Some(format!("{alias}@contoso.com")),
+        mail_enabled: Some(true),
+        security_enabled: Some(false),
+        group_types: Some(vec!["Unified".into()]),
+        proxy_addresses: Some(vec![primary.clone(), routing.clone(), format!("smtp:{taken}")]),
+        ..graph_sim::GroupFields::default()
+    };
+    let group =
+        pipeline.sim.create_group(&graph_sim::NewGroup { id: None, fields, members: vec![alice] }).await?.group.id;
+    let anchor = format!("Group_{group}");
+    pipeline.gwbctl_ok(&["enable"]).await?;
+    let proxies = |dn: String| async move {
+        let entry = lab.ad.entry(&dn, &["proxyAddresses", "mailNickname"]).await?.context("gone")?;
+        let mut values = entry.attrs.get("proxyAddresses").cloned().unwrap_or_default();
+        values.sort();
+        let nickname = entry.attrs.get("mailNickname").and_then(|v| v.first().cloned()).unwrap_or_default();
+        anyhow::Ok((values, nickname))
+    };
+    let mut written = vec![primary.clone(), routing.clone()];
+    written.sort();
+    pipeline
+        .eventually("the group is written without the taken address", WAIT, || async {
+            let dn = carrier(lab, &anchor).await?.dn;
+            let (values, nickname) = proxies(dn).await?;
+            ensure!(values == written && nickname == alias, "{values:?} {nickname}");
+            Ok(())
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(history(pipeline, &group).await?.is_empty(), "the address left out counted as drift");
+
+    let dn = carrier(lab, &anchor).await?.dn;
+    let mut ldap = lab.ad.connection().await?;
+    modify(
+        &mut ldap,
+        &dn,
+        vec![Mod::Replace("proxyAddresses", set(&[primary.as_str()])), Mod::Replace("mailNickname", set(&["byhand"]))],
+    )
+    .await?;
+    pipeline
+        .eventually("the mail attributes are put back", WAIT, || async {
+            let (values, nickname) = proxies(dn.clone()).await?;
+            ensure!(values == written && nickname == alias, "{values:?} {nickname}");
+            Ok(())
+        })
+        .await?;
+    let found = history(pipeline, &group).await?;
+    ensure!(found.iter().filter(|(k, a)| k == "attribute" && a == "repaired").count() == 2, "{found:?}");
+    Ok(())
+}
