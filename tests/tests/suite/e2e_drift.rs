@@ -569,3 +569,55 @@ async fn mail_scenario(lab: &TestLab, pipeline: &Pipeline, alice_sid: &str, take
     ensure!(found.iter().filter(|(k, a)| k == "attribute" && a == "repaired").count() == 2, "{found:?}");
     Ok(())
 }
+
+/// When the tombstone cannot be brought back (here: another object took the group's
+/// DN meanwhile), the group is created anew beside the object in its way, which is
+/// never adopted nor changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_cannot_be_reanimated_is_created_anew() -> anyhow::Result<()> {
+    let lab = TestLab::with_groups_ou("e2e-drift-recreate", "Cloud Groups").await?;
+    let (_, alice_sid) = lab.ad.create_user(&lab.users_ou, &unique("alice")).await?;
+    let before = lab.outside().await?;
+    let pipeline = start(&lab, "").await?;
+    let result = recreate_scenario(&lab, &pipeline, &alice_sid).await;
+    lab.finish_unchanged(pipeline, result, &before).await
+}
+
+async fn recreate_scenario(lab: &TestLab, pipeline: &Pipeline, alice_sid: &str) -> anyhow::Result<()> {
+    let alice = pipeline.synced_user(alice_sid).await?;
+    let group = cloud_group(pipeline, "Drift Recreate", vec![alice]).await?;
+    let anchor = format!("Group_{group}");
+    pipeline.gwbctl_ok(&["enable"]).await?;
+    pipeline
+        .eventually("the group is written", WAIT, || async {
+            let detail = pipeline.gwbctl_json(&["group", &group.to_string()]).await?;
+            ensure!(detail["summary"]["state"] == "written", "{detail}");
+            Ok(())
+        })
+        .await?;
+    let original = carrier(lab, &anchor).await?;
+    // Paused, so the deletion and the squatter land in one observation.
+    pipeline.gwbctl_ok(&["pause"]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ldap = lab.ad.connection().await?;
+    ldap.delete(&original.dn).await?.success()?;
+    let squatter_sam = unique("squat");
+    lab.ad
+        .add_entry(&original.dn, &[("objectClass", &["group"]), ("sAMAccountName", &[squatter_sam.as_str()])])
+        .await?;
+    let squatter = lab.ad.snapshot_entry(&original.dn).await?;
+    pipeline.gwbctl_ok(&["resume"]).await?;
+    pipeline
+        .eventually("the group is created anew", WAIT, || async {
+            let now = carrier(lab, &anchor).await?;
+            ensure!(now.guid != original.guid, "still the old object");
+            ensure!(!now.dn.eq_ignore_ascii_case(&original.dn), "took the squatter's DN");
+            ensure!(members(lab, &now.dn).await? == BTreeSet::from([alice_sid.to_string()]), "members not back");
+            Ok(())
+        })
+        .await?;
+    ensure!(lab.ad.snapshot_entry(&original.dn).await? == squatter, "the object in the way was changed");
+    let audit = pipeline.gwbctl_json(&["audit", &group.to_string()]).await?.to_string();
+    ensure!(audit.contains("reanimate") && audit.contains("failed"), "no failed reanimation audited: {audit}");
+    Ok(())
+}
