@@ -76,16 +76,6 @@ pub enum DriftKind {
 }
 
 impl DriftKind {
-    pub const ALL: [DriftKind; 7] = [
-        DriftKind::MemberAdded,
-        DriftKind::MemberRemoved,
-        DriftKind::Attribute,
-        DriftKind::Renamed,
-        DriftKind::Moved,
-        DriftKind::MovedOut,
-        DriftKind::Deleted,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             DriftKind::MemberAdded => "member_added",

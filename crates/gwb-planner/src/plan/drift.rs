@@ -64,13 +64,18 @@ impl<T: StoreTx> Plan<'_, T> {
         if !self.enabled()? {
             return Ok(());
         }
+        tracing::debug!(
+            writer = %observation.writer_id, dc = %observation.dc, full = observation.full,
+            observed_at_ms = observation.observed_at_ms, groups = observation.groups.len(),
+            "directory observation"
+        );
         for group in &observation.groups {
-            self.observed_group(group)?;
+            self.observed_group(group, &observation.dc)?;
         }
         Ok(())
     }
 
-    fn observed_group(&mut self, observed: &ObservedGroup) -> Result<(), EngineError> {
+    fn observed_group(&mut self, observed: &ObservedGroup, observation_dc: &str) -> Result<(), EngineError> {
         // Only the objectGUID the writer reported for a group it wrote names it: an
         // anchor can be copied onto any object, and a tombstone has none.
         let Some(group_id) = self.tx.group_by_object_guid(&observed.object_guid)? else { return Ok(()) };
@@ -127,7 +132,13 @@ impl<T: StoreTx> Plan<'_, T> {
             (None, _) => "reported",
         };
         for found in &drifts {
-            let detail = format!("{} (whenChanged {})", found.describe(), observed.when_changed);
+            let detail = format!(
+                "{} (whenChanged {}, uSNChanged {} on {})",
+                found.describe(),
+                observed.when_changed,
+                observed.usn_changed,
+                observation_dc
+            );
             self.tx.record_drift(&DriftEvent {
                 group_id: &group_id,
                 at_ms: now,
