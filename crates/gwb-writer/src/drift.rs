@@ -10,9 +10,13 @@
 //! changed, USN went backwards) and every `full_interval_minutes`, it reports every
 //! group instead (a full comparison).
 //!
-//! A poll holds the apply gate exclusively: no command is being applied meanwhile,
-//! and every command applied before it has its outcome confirmed, so the planner
-//! receives an observation after the outcomes of every write it reflects.
+//! The planner must receive an observation after the outcomes of every write it
+//! reflects, and never an observation older than an outcome it already has (the group
+//! would look drifted back). So a poll searches without holding anything, then takes
+//! the apply gate exclusively — batches that were applying finish and publish their
+//! outcomes first — leaves out the groups written during the search (their state may
+//! predate an outcome the planner has; their USN is above the new mark, so the next
+//! poll reports them), and publishes. Batches wait only for that publish.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -78,7 +82,6 @@ impl Watcher {
             self.directory = Some(connected);
         }
         let Some(directory) = self.directory.as_mut() else { return Ok(()) };
-        let _gate = shared.apply_gate.write().await;
         let (dc, usn) = directory.highest_usn().await.map_err(|e| e.to_string())?;
         let now_ms = shared.clock.now_ms();
         // A watcher that resumed from its mark counts its start as the last full
@@ -117,8 +120,11 @@ impl Watcher {
             return Ok(());
         }
         let after = if full { None } else { self.mark.as_ref().map(|mark| mark.highest_usn) };
-        let written = shared.written.lock().map(|mut set| std::mem::take(&mut *set)).unwrap_or_default();
-        let groups = directory.observe_groups(after, &written).await.map_err(|e: DirectoryError| e.to_string())?;
+        let written = take_written(shared);
+        let mut groups = directory.observe_groups(after, &written).await.map_err(|e: DirectoryError| e.to_string())?;
+        let _gate = shared.apply_gate.write().await;
+        let written_meanwhile = take_written(shared);
+        groups.retain(|group| !written_meanwhile.contains(&group.object_guid));
         if full {
             tracing::info!(groups = groups.len(), dc = %position.dc, "directory watch: full comparison");
         }
@@ -137,6 +143,11 @@ impl Watcher {
         }
         Ok(())
     }
+}
+
+/// The objectGUIDs of the groups written since the last call.
+fn take_written(shared: &Shared) -> std::collections::HashSet<String> {
+    shared.written.lock().map(|mut set| std::mem::take(&mut *set)).unwrap_or_default()
 }
 
 async fn publish(

@@ -71,8 +71,8 @@ pub(crate) struct Shared {
     pub(crate) health: tonic_health::server::HealthReporter,
     /// The wall clock (a parameter, so tests can set the time).
     pub(crate) clock: Clock,
-    /// Batches apply under a shared hold, the directory watcher polls under an
-    /// exclusive one: an observation never shows a write whose outcome is unconfirmed.
+    /// Batches apply and publish their outcomes under a shared hold; the directory
+    /// watcher publishes an observation under an exclusive one (see `drift`).
     pub(crate) apply_gate: tokio::sync::RwLock<()>,
     /// objectGUIDs of the groups written since the watcher's last poll.
     pub(crate) written: std::sync::Mutex<std::collections::HashSet<String>>,
