@@ -26,7 +26,7 @@ impl Scale {
 }
 
 pub const SCENARIOS: &[&str] =
-    &["initial-sync", "incremental-latency", "large-group", "idle", "pipeline-throughput", "memory"];
+    &["initial-sync", "incremental-latency", "large-group", "idle", "pipeline-throughput", "memory", "drift"];
 
 pub struct Bench {
     pub scale: Scale,
@@ -81,6 +81,7 @@ impl Bench {
             "idle" => scenarios::idle(self).await,
             "pipeline-throughput" => scenarios::throughput(self).await,
             "memory" => scenarios::memory(self).await,
+            "drift" => scenarios::drift(self).await,
             other => anyhow::bail!("unknown scenario {other}; one of {SCENARIOS:?} or all"),
         }
     }

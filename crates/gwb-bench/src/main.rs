@@ -8,7 +8,7 @@ use gwb_bench::{Bench, SCENARIOS, Scale};
 #[derive(Parser)]
 #[command(name = "gwb-bench", about = "Benchmarks of issue 8 against RabbitMQ, the lab AD DC and graph-sim")]
 struct Args {
-    /// initial-sync, incremental-latency, large-group, idle, pipeline-throughput, memory, or all.
+    /// initial-sync, incremental-latency, large-group, idle, pipeline-throughput, memory, drift, or all.
     scenario: String,
     #[arg(long, default_value = "full", value_parser = ["smoke", "full"])]
     scale: String,

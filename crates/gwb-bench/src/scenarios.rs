@@ -765,3 +765,145 @@ pub async fn memory(bench: &Bench) -> anyhow::Result<()> {
         json!({"runs": runs, "planner_memberships_tracked": tracked, "planner_peak_rss_mb": planner_1m, "target_mb": 256, "met": planner_1m <= 256.0, "method": "VmHWM from /proc/<pid>/status at the end of each scenario"}),
     )
 }
+
+/// One hand edit of the `drift` scenario: the group, what was done, when.
+struct HandEdit {
+    group: Uuid,
+    kind: &'static str,
+    at_ms: u64,
+}
+
+/// Issue 18: `groups` written groups, then hand edits of mixed kinds (one per group,
+/// paced 10/s) straight over LDAP; each edit's latency is from the edit to the last
+/// repair command's outcome (the planner's audit: the `applied` entry of every command
+/// whose cause is the AD edit, recorded when the writer's outcome arrives, right after
+/// the AD write). Before the edits, the watcher's idle cost: its LDAP operations per
+/// minute (`gwb_drift_watch_ldap_operations_total`) with nothing changing.
+pub async fn drift(bench: &Bench) -> anyhow::Result<()> {
+    const KINDS: [&str; 7] =
+        ["member_added", "member_removed", "description", "display_name", "renamed", "moved", "deleted"];
+    let (groups, members, edits, idle_s) = if bench.full() { (1000, 10, 100, 60u64) } else { (14, 3, 7, 5u64) };
+    let lab = Lab::from_env()?;
+    let (users, _) = ldap::ensure_users(&lab, if bench.full() { 2000 } else { 60 }).await?;
+    let mut ldap = lab.connect().await?;
+    let ou = fresh_ou(&lab, &mut ldap, "drift").await?;
+    let sub = lab.ensure_ou(&mut ldap, &ou, "Moved").await?;
+    let mut opts = options(bench, &ou, 1.0);
+    opts.writer_toml = "\n[drift]\npoll_interval_ms = 1000\n".into();
+    let mut services = Pipeline::start(opts).await?;
+    let (_, group_ids, membership) = seed_tenant(&services, &users, groups, members, "drift").await?;
+    services.start_collector().await?;
+    let timeout = Duration::from_secs(if bench.full() { 1800 } else { 120 });
+    wait_ingested(&services, (groups * members) as u64, timeout).await?;
+    services.gwbctl_json(&["enable"]).await?;
+    wait_converged(&services, groups as u64, (groups * members) as u64, timeout).await?;
+    // The watcher's first full comparison and the observations of the initial writes
+    // are behind it once nothing is in flight for a few polls.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let watch_ops = |text: &str| metric_sum(text, "gwb_drift_watch_ldap_operations_total", &[]);
+    let before = watch_ops(&services.scrape("gwb-writer").await?);
+    let idle_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(idle_s)).await;
+    let idle_ops = watch_ops(&services.scrape("gwb-writer").await?) - before;
+    let idle_per_minute = idle_ops * 60.0 / idle_started.elapsed().as_secs_f64();
+    eprintln!("drift: watcher idle cost {idle_per_minute:.1} LDAP operations/minute");
+
+    let dns = ldap::groups_in(&mut ldap, &ou).await?;
+    let mut done = Vec::with_capacity(edits);
+    let pace = Duration::from_millis(100);
+    let started = Instant::now();
+    for (index, group) in group_ids.iter().take(edits).enumerate() {
+        let kind = KINDS[index % KINDS.len()];
+        let dn = dns.get(&format!("Group_{group}")).with_context(|| format!("group {group} not in {ou}"))?.clone();
+        let cn = dn.split(',').next().unwrap_or_default().to_string();
+        let outsider = &users[(membership[index][0] + members + 1) % users.len()].dn;
+        let member = &users[membership[index][0]].dn;
+        let at_ms = now_ms();
+        let result = match kind {
+            "member_added" => ldap.modify(&dn, vec![ldap3::Mod::Add("member", [outsider.as_str()].into())]).await,
+            "member_removed" => ldap.modify(&dn, vec![ldap3::Mod::Delete("member", [member.as_str()].into())]).await,
+            "description" => ldap.modify(&dn, vec![ldap3::Mod::Replace("description", ["by hand"].into())]).await,
+            "display_name" => ldap.modify(&dn, vec![ldap3::Mod::Replace("displayName", ["by hand"].into())]).await,
+            "renamed" => ldap.modifydn(&dn, &format!("{cn}-by-hand"), true, None).await,
+            "moved" => ldap.modifydn(&dn, &cn, true, Some(&sub)).await,
+            _ => ldap.delete(&dn).await,
+        };
+        result?.success().with_context(|| format!("{kind} edit of {dn}"))?;
+        done.push(HandEdit { group: *group, kind, at_ms });
+        tokio::time::sleep_until((started + pace * (index as u32 + 1)).into()).await;
+    }
+    eprintln!(
+        "drift: {} hand edits made in {:.1} s; waiting for the repairs",
+        done.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut latencies = Vec::with_capacity(done.len());
+    let mut by_kind: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for edit in &done {
+        let repaired_ms = std::cell::Cell::new(0u64);
+        services
+            .eventually(&format!("the {} edit of {} is repaired", edit.kind, edit.group), timeout, || async {
+                let audit = services.gwbctl_json(&["audit", &edit.group.to_string(), "--limit", "200"]).await?;
+                let entries = audit["entries"].as_array().cloned().unwrap_or_default();
+                let repair_ids: std::collections::BTreeSet<String> = entries
+                    .iter()
+                    .filter(|e| {
+                        e["cause"].as_str().is_some_and(|c| c.starts_with("AD edit (")) && e["result"] == "planned"
+                    })
+                    .filter_map(|e| e["command_id"].as_str().map(str::to_string))
+                    .collect();
+                ensure!(!repair_ids.is_empty(), "no repair planned yet");
+                let applied: Vec<u64> = entries
+                    .iter()
+                    .filter(|e| {
+                        e["result"] == "applied" && e["command_id"].as_str().is_some_and(|id| repair_ids.contains(id))
+                    })
+                    .filter_map(|e| e["at_ms"].as_u64())
+                    .collect();
+                ensure!(
+                    applied.len() == repair_ids.len(),
+                    "{} of {} repair commands applied",
+                    applied.len(),
+                    repair_ids.len()
+                );
+                repaired_ms.set(applied.into_iter().max().unwrap_or_default());
+                Ok(())
+            })
+            .await?;
+        let seconds = repaired_ms.get().saturating_sub(edit.at_ms) as f64 / 1000.0;
+        latencies.push(seconds);
+        by_kind.entry(edit.kind).or_default().push(seconds);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1];
+    let (p50, p99, max) = (pct(0.50), pct(0.99), latencies[latencies.len() - 1]);
+    let failed = metric_sum(&services.scrape("gwb-writer").await?, "gwb_commands_total", &[("result", "failed")]);
+    ensure!(failed == 0.0, "{failed} commands failed");
+    let kinds: serde_json::Map<String, Value> = by_kind
+        .iter()
+        .map(|(kind, values)| {
+            let worst = values.iter().copied().fold(0.0, f64::max);
+            (kind.to_string(), json!({"edits": values.len(), "max_s": round3(worst)}))
+        })
+        .collect();
+    bench.report(
+        "drift",
+        &format!(
+            "{} edits on {groups} groups: AD edit → repair written p50 {p50:.3} s, p99 {p99:.3} s, max {max:.3} s; \
+             watcher idle {idle_per_minute:.1} LDAP ops/min",
+            done.len()
+        ),
+        json!({
+            "groups": groups, "members_per_group": members, "edits": done.len(), "poll_interval_ms": 1000,
+            "p50_s": round3(p50), "p99_s": round3(p99), "max_s": round3(max), "p99_target_s": 5.0, "met": p99 <= 5.0,
+            "by_kind": kinds, "idle_ldap_operations_per_minute": round(idle_per_minute), "idle_seconds": idle_s,
+            "method": "edits over LDAP paced 10/s, one per group; latency = the planner's audit time of the last \
+                       repair command's applied outcome minus the edit time (same host clock)",
+        }),
+    )?;
+    services.stop().await?;
+    cleanup(&lab, &[&ou]).await;
+    Ok(())
+}

@@ -235,6 +235,15 @@ pub enum WriteCommand {
         anchor: String,
         retired_ou: String,
     },
+    /// Bring the group back from its tombstone (same objectGUID and SID) to `dn`, and
+    /// give it its anchor again; the upsert and member adds that follow restore the
+    /// rest. A tombstone keeps no anchor, so it is named by the objectGUID the writer
+    /// reported for the group.
+    Reanimate {
+        anchor: String,
+        object_guid: String,
+        dn: String,
+    },
 }
 
 impl WriteCommand {
@@ -244,7 +253,8 @@ impl WriteCommand {
             WriteCommand::AddMembers { anchor, .. }
             | WriteCommand::RemoveMembers { anchor, .. }
             | WriteCommand::Delete { anchor }
-            | WriteCommand::Retire { anchor, .. } => anchor,
+            | WriteCommand::Retire { anchor, .. }
+            | WriteCommand::Reanimate { anchor, .. } => anchor,
         }
     }
 
@@ -255,6 +265,7 @@ impl WriteCommand {
             WriteCommand::RemoveMembers { .. } => CommandKind::RemoveMembers,
             WriteCommand::Delete { .. } => CommandKind::Delete,
             WriteCommand::Retire { .. } => CommandKind::Retire,
+            WriteCommand::Reanimate { .. } => CommandKind::Reanimate,
         }
     }
 
@@ -273,15 +284,17 @@ pub enum CommandKind {
     RemoveMembers,
     Delete,
     Retire,
+    Reanimate,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 5] = [
+    pub const ALL: [CommandKind; 6] = [
         CommandKind::Upsert,
         CommandKind::AddMembers,
         CommandKind::RemoveMembers,
         CommandKind::Delete,
         CommandKind::Retire,
+        CommandKind::Reanimate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -291,6 +304,7 @@ impl CommandKind {
             CommandKind::RemoveMembers => "remove_members",
             CommandKind::Delete => "delete",
             CommandKind::Retire => "retire",
+            CommandKind::Reanimate => "reanimate",
         }
     }
 }

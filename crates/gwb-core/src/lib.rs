@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod deletion;
+pub mod drift;
 pub mod escape;
 pub mod event;
 pub mod members;

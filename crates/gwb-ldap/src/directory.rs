@@ -24,6 +24,8 @@ use crate::tls;
 
 /// Permissive modify: AD then accepts adding a present value / deleting an absent one.
 pub(crate) const PERMISSIVE_MODIFY_OID: &str = "1.2.840.113556.1.4.1413";
+/// Entries per page of [`Directory::paged_search`].
+const PAGE_SIZE: usize = 500;
 /// Extended DN: DN values come back as `<GUID=…>;<SID=…>;CN=…`.
 pub(crate) const EXTENDED_DN_OID: &str = "1.2.840.113556.1.4.529";
 
@@ -156,6 +158,7 @@ impl Directory {
             }
             WriteCommand::Delete { anchor } => self.delete_group(anchor).await,
             WriteCommand::Retire { anchor, retired_ou } => self.retire(anchor, retired_ou).await,
+            WriteCommand::Reanimate { anchor, object_guid, dn } => self.reanimate(anchor, object_guid, dn).await,
         }
     }
 
@@ -637,6 +640,49 @@ impl Directory {
             .filter(|e| !e.is_ref() && !e.is_intermediate())
             .map(SearchEntry::construct)
             .collect())
+    }
+
+    /// A search in pages of [`PAGE_SIZE`] (the paged-results control, next to
+    /// `controls`): Windows DCs refuse to return more than MaxPageSize (1,000) entries
+    /// to one unpaged search. Each page is timed out on its own and counted as one
+    /// operation.
+    pub(crate) async fn paged_search(
+        &mut self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        controls: Vec<RawControl>,
+    ) -> Result<Vec<SearchEntry>, DirectoryError> {
+        use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+        let context = format!("paged search {base:?} for {filter}");
+        let mut ldap = self.ldap().await?;
+        let started = Instant::now();
+        if !controls.is_empty() {
+            ldap.with_controls(controls);
+        }
+        let adapters: Vec<Box<dyn Adapter<_, _>>> =
+            vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(PAGE_SIZE as i32))];
+        let opened = timeout(
+            self.config.operation_timeout,
+            ldap.streaming_search_with(adapters, base, scope, filter, attrs.to_vec()),
+        )
+        .await;
+        let mut stream = self.settle(&context, opened)?;
+        let mut entries = Vec::new();
+        let result = loop {
+            match self.settle(&context, timeout(self.config.operation_timeout, stream.next()).await) {
+                Ok(Some(entry)) => entries.push(SearchEntry::construct(entry)),
+                Ok(None) => break Self::checked(&context, stream.finish().await),
+                Err(error) => break Err(error),
+            }
+        };
+        let result = result.map(|()| entries);
+        let pages = result.as_ref().map_or(1, |entries| entries.len().div_ceil(PAGE_SIZE).max(1));
+        for _ in 0..pages {
+            self.record(OperationKind::Search, started, &result);
+        }
+        result
     }
 
     pub(crate) async fn add(&mut self, dn: &str, attrs: Vec<(String, HashSet<String>)>) -> Result<(), DirectoryError> {

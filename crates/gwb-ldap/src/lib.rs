@@ -22,12 +22,14 @@ mod members;
 mod observe;
 mod tls;
 mod upsert;
+mod watch;
 
 pub use config::{DEFAULT_MEMBER_BATCH_SIZE, DEFAULT_OPERATION_TIMEOUT, DirectoryConfig};
 pub use directory::{AdMember, Capabilities, Directory};
 pub use error::DirectoryError;
 pub use exchange::{ExchangeDetection, ExchangePresence, M365WritebackRefusal};
 pub use observe::{OperationKind, OperationObserver, OperationOutcome, OperationRecord};
+pub use watch::WatchPosition;
 
 #[cfg(test)]
 mod tests {

@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub deletion: DeletionSettings,
     #[serde(default)]
+    pub drift: DriftSettings,
+    #[serde(default)]
     pub bus: BusConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -156,6 +158,55 @@ impl DeletionSettings {
             ..Default::default()
         }
     }
+}
+
+/// `[drift]`: what the planner does with AD edits of written groups (issue 18).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftSettings {
+    /// `repair` (default), `report` or `off`; `gwbctl set-group --drift` overrides it
+    /// per group.
+    #[serde(default = "default_drift_mode")]
+    pub mode: String,
+    /// The same drift on a group more than this many times within the window stops
+    /// its repairs (the group is contested).
+    #[serde(default = "default_contest_repeats")]
+    pub contest_repeats: u64,
+    #[serde(default = "default_contest_window_minutes")]
+    pub contest_window_minutes: u64,
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        DriftSettings {
+            mode: default_drift_mode(),
+            contest_repeats: default_contest_repeats(),
+            contest_window_minutes: default_contest_window_minutes(),
+        }
+    }
+}
+
+impl DriftSettings {
+    pub fn policy(&self) -> Result<gwb_core::drift::DriftPolicy, ConfigError> {
+        let mode = gwb_core::drift::DriftMode::parse(&self.mode).ok_or_else(|| {
+            ConfigError(format!("drift.mode: {:?} is not one of \"repair\", \"report\", \"off\"", self.mode))
+        })?;
+        Ok(gwb_core::drift::DriftPolicy {
+            mode,
+            contest_repeats: self.contest_repeats,
+            contest_window_ms: (self.contest_window_minutes as i64).saturating_mul(60_000),
+        })
+    }
+}
+
+fn default_drift_mode() -> String {
+    "repair".into()
+}
+fn default_contest_repeats() -> u64 {
+    3
+}
+fn default_contest_window_minutes() -> u64 {
+    10
 }
 
 fn default_max_groups() -> u64 {

@@ -14,7 +14,7 @@ use gwb_bus::{Delivery, Disposition};
 use gwb_core::event::ChangeEvent;
 use gwb_proto::commands::v1 as cmd;
 use gwb_proto::events::v1 as ev;
-use gwb_proto::message_types::{EVENT_TYPE, OUTCOME_TYPE, WRITER_STATUS_TYPE};
+use gwb_proto::message_types::{EVENT_TYPE, OBSERVATION_TYPE, OUTCOME_TYPE, WRITER_STATUS_TYPE};
 use gwb_runtime::clock::Clock;
 
 use crate::plan::{Incoming, Planned};
@@ -95,7 +95,7 @@ impl Consumer {
 
     pub async fn outcome(self, delivery: Delivery) -> Disposition {
         let kind = delivery.kind.clone().unwrap_or_default();
-        if kind != OUTCOME_TYPE && kind != WRITER_STATUS_TYPE {
+        if kind != OUTCOME_TYPE && kind != WRITER_STATUS_TYPE && kind != OBSERVATION_TYPE {
             tracing::error!(message_id = ?delivery.message_id, %kind, "outcome of an unknown type or version dead-lettered");
             return Disposition::DeadLetter;
         }
@@ -103,7 +103,17 @@ impl Consumer {
         let (engine, origin) = (self.engine.clone(), origin(self.clock.now_ms(), &tracing::Span::current()));
         let result = tokio::task::spawn_blocking(move || -> Result<Option<Planned>, String> {
             let mut engine = engine.lock().map_err(|_| "planner state lock poisoned".to_string())?;
-            let planned = if kind == WRITER_STATUS_TYPE {
+            let planned = if kind == OBSERVATION_TYPE {
+                let Ok(wire) = cmd::DirectoryObservation::decode(payload.as_slice()) else { return Ok(None) };
+                let observation = match gwb_core::drift::Observation::try_from(&wire) {
+                    Ok(observation) => observation,
+                    Err(error) => {
+                        tracing::error!(%error, "directory observation refused");
+                        return Ok(None);
+                    }
+                };
+                engine.apply_observation(&observation, &origin)
+            } else if kind == WRITER_STATUS_TYPE {
                 let Ok(status) = cmd::WriterStatus::decode(payload.as_slice()) else { return Ok(None) };
                 engine.apply_writer_status(&status, &origin)
             } else {

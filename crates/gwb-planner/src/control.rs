@@ -306,6 +306,28 @@ impl Operator for ControlService {
         self.decide_held(request.into_inner().group_ids, false).await
     }
 
+    async fn set_group_drift(
+        &self,
+        request: Request<pb::SetGroupDriftRequest>,
+    ) -> Result<Response<pb::GroupDetail>, Status> {
+        let request = request.into_inner();
+        let id = request.id.to_ascii_lowercase();
+        let drift =
+            crate::plan::DriftRequest { mode: drift_mode_request(&request.mode)?, uncontest: request.uncontest };
+        tracing::info!(group = %id, ?drift, "operator changed a group's drift settings");
+        let wanted = id.clone();
+        let detail = self
+            .with_engine(move |engine, origin| {
+                if group_detail(engine, &wanted)?.is_none() {
+                    return Ok(None);
+                }
+                count_planned(&engine.set_group_drift(&wanted, drift, origin)?);
+                group_detail(engine, &wanted)
+            })
+            .await?;
+        detail.map(Response::new).ok_or_else(|| unknown_group(&id))
+    }
+
     async fn list_audit(
         &self,
         request: Request<pb::ListAuditRequest>,
@@ -334,6 +356,17 @@ impl Operator for ControlService {
     }
 }
 
+/// `SetGroupDrift`'s mode: Some(None) inherits, None leaves it.
+fn drift_mode_request(mode: &str) -> Result<Option<Option<gwb_core::drift::DriftMode>>, Status> {
+    match mode.trim() {
+        "" => Ok(None),
+        "inherit" => Ok(Some(None)),
+        other => gwb_core::drift::DriftMode::parse(other).map(|m| Some(Some(m))).ok_or_else(|| {
+            Status::invalid_argument(format!("drift mode {other:?} is not one of repair, report, off, inherit"))
+        }),
+    }
+}
+
 fn unknown_group(id: &str) -> Status {
     Status::not_found(format!("no group {id} is known to the planner (has the collector seen it?)"))
 }
@@ -351,7 +384,27 @@ fn group_detail(engine: &Engine<SqliteStore>, wanted: &str) -> Result<Option<pb:
         policy_reason: detail.policy_reason,
         addresses_skipped: detail.addresses_skipped,
         name_clash: detail.name_clash,
+        ..drift_detail(engine, wanted)?
     }))
+}
+
+/// The drift part of a group's detail: mode in effect, contested mark, history.
+fn drift_detail(engine: &Engine<SqliteStore>, wanted: &str) -> Result<pb::GroupDetail, EngineError> {
+    let (row, history) = crate::store::DriftQueries::drift_detail(engine.store(), wanted, 20)?;
+    let drift_mode = match row.mode {
+        Some(mode) => mode.as_str().to_string(),
+        None => format!("{} (inherited)", engine.drift_policy().mode.as_str()),
+    };
+    let drift_history = history
+        .into_iter()
+        .map(|h| pb::DriftRecord { at_ms: h.at_ms, kind: h.kind, detail: h.detail, action: h.action })
+        .collect();
+    Ok(pb::GroupDetail {
+        drift_mode,
+        contested: row.contested.unwrap_or_default(),
+        drift_history,
+        ..Default::default()
+    })
 }
 
 fn target_type(value: i32) -> Result<Option<GroupType>, Status> {

@@ -78,6 +78,12 @@ pub(crate) fn count_planned(planned: &Planned) {
         for (kind, _) in &planned.commands {
             metrics.command(kind.as_str(), "planned");
         }
+        for kind in &planned.drift {
+            metrics.drift_detected(kind.as_str());
+        }
+        if planned.drift_repaired > 0 {
+            metrics.drift_repaired(planned.drift_repaired);
+        }
     }
 }
 
@@ -104,6 +110,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         partitions: config.bus.command_partitions.max(1),
         threshold: config.deletion.threshold(),
         member_removals: config.deletion.member_removal_threshold(),
+        drift: config.drift.policy()?,
     };
     let coordination_token = match &config.coordination.token_file {
         Some(path) => Some(secret::read_secret_file("coordination.token_file", path)?),

@@ -80,6 +80,16 @@ impl Outbox {
                     metrics.skipped_members(&category, count);
                 }
             }
+            let contested = self
+                .with_engine("reading the contested groups", |engine| {
+                    Ok(crate::store::DriftQueries::contested_count(engine.store())?)
+                })
+                .await;
+            if let Some(contested) = contested
+                && let Some(metrics) = gwb_runtime::metrics::global()
+            {
+                metrics.contested_groups(contested);
+            }
         }
         if now - *last_prune > 3_600_000 {
             *last_prune = now;

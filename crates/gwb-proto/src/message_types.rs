@@ -11,6 +11,9 @@ pub const COMMAND_TYPE: &str = "gwb.commands.v1.WriteCommand";
 pub const OUTCOME_TYPE: &str = "gwb.commands.v1.Outcome";
 /// `gwb.commands.v1.WriterStatus`: writer → planner, periodically (on the outcomes route).
 pub const WRITER_STATUS_TYPE: &str = "gwb.commands.v1.WriterStatus";
+/// `gwb.commands.v1.DirectoryObservation`: writer → planner, what the directory watcher
+/// saw (on the outcomes route).
+pub const OBSERVATION_TYPE: &str = "gwb.commands.v1.DirectoryObservation";
 
 #[cfg(test)]
 mod tests {
@@ -29,7 +32,7 @@ mod tests {
                 file.message_type.iter().map(move |message| format!("{package}.{}", message.name()))
             })
             .collect();
-        for name in [EVENT_TYPE, COMMAND_TYPE, OUTCOME_TYPE, WRITER_STATUS_TYPE] {
+        for name in [EVENT_TYPE, COMMAND_TYPE, OUTCOME_TYPE, WRITER_STATUS_TYPE, OBSERVATION_TYPE] {
             assert!(names.iter().any(|n| n == name), "{name} is not a message of proto/");
         }
     }

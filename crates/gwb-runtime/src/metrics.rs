@@ -86,6 +86,10 @@ struct Inner {
     dead_lettered: Counter<u64>,
     messages_published: Counter<u64>,
     messages_consumed: Counter<u64>,
+    drift_detected: Counter<u64>,
+    drift_repaired: Counter<u64>,
+    contested_groups: Gauge<u64>,
+    drift_watch_operations: Counter<u64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -166,6 +170,13 @@ impl Metrics {
             dead_lettered: counter(&meter, "gwb_dead_lettered_total", "Messages a consumer rejected to the dead-letter queue, by source queue."),
             messages_published: counter(&meter, "gwb_messages_published_total", "Messages published with a broker confirm, by protobuf message kind."),
             messages_consumed: counter(&meter, "gwb_messages_consumed_total", "Messages handled, by queue and disposition (ack, dead_letter, requeue)."),
+            drift_detected: counter(&meter, "gwb_drift_detected_total", "Differences between AD and the desired state found in the directory watcher's observations (AD edits), by kind."),
+            drift_repaired: counter(&meter, "gwb_drift_repaired_total", "Drifted groups the planner planned a repair for (mode repair)."),
+            contested_groups: meter
+                .u64_gauge("gwb_drift_contested_groups")
+                .with_description("Groups whose drift repairs stopped (the same drift came back too often, or moved out of the managed OUs) until an operator clears them.")
+                .build(),
+            drift_watch_operations: counter(&meter, "gwb_drift_watch_ldap_operations_total", "LDAP operations of the writer's directory watcher (its cost on the DC)."),
             _provider: provider,
         };
         Ok(Metrics { inner: Arc::new(inner) })
@@ -221,6 +232,27 @@ impl Metrics {
             elapsed.as_secs_f64(),
             &[KeyValue::new("kind", kind.to_string()), KeyValue::new("result", result.to_string())],
         );
+    }
+
+    /// `gwb_drift_detected_total{kind}`: one difference of `kind` (`member_added`,
+    /// `member_removed`, `attribute`, `renamed`, `moved`, `moved_out`, `deleted`).
+    pub fn drift_detected(&self, kind: &str) {
+        self.inner.drift_detected.add(1, &[KeyValue::new("kind", kind.to_string())]);
+    }
+
+    /// `gwb_drift_repaired_total`: `n` drifted groups with a repair planned.
+    pub fn drift_repaired(&self, n: u64) {
+        self.inner.drift_repaired.add(n, &[]);
+    }
+
+    /// `gwb_drift_contested_groups`: groups contested now.
+    pub fn contested_groups(&self, n: u64) {
+        self.inner.contested_groups.record(n, &[]);
+    }
+
+    /// `gwb_drift_watch_ldap_operations_total`: one LDAP operation of the watcher.
+    pub fn drift_watch_operation(&self) {
+        self.inner.drift_watch_operations.add(1, &[]);
     }
 
     /// `gwb_members_written_total`: `n` member values written to AD.

@@ -61,6 +61,8 @@ pub async fn handle_batch(
             _ = shared.shutdown.triggered() => {}
         }
     }
+    // Held until the outcomes are confirmed (see `Shared::apply_gate`).
+    let _gate = shared.apply_gate.read().await;
     let applied = apply_units(&shared, &directory, &commands, units).await;
     refused.extend(applied);
     publish_outcomes(&shared, refused, dispositions).await
@@ -132,6 +134,11 @@ async fn apply_units(
             }
         }
         let Some(result) = result else { break };
+        if let Ok(ApplyReport { group: Some(group), .. }) = &result
+            && let Ok(mut written) = shared.written.lock()
+        {
+            written.insert(group.object_guid.to_ascii_lowercase());
+        }
         outcomes.extend(unit_outcomes(shared, &unit, commands, &result));
     }
     outcomes

@@ -31,6 +31,51 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: gwb_runtime::metrics::MetricsConfig,
+    #[serde(default)]
+    pub drift: DriftWatchSettings,
+}
+
+/// `[drift]`: the directory watcher that reports AD edits of written groups to the
+/// planner (which decides whether they are repaired).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DriftWatchSettings {
+    /// Follow the directory (default true). With several writers on one DC, one
+    /// watcher is enough: the others would only repeat its observations.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How often the DC's highestCommittedUSN is read (one rootDSE read).
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Where the watcher keeps its position (DC, invocationId, USN) so that a restart
+    /// resumes; unset: every start begins with a full comparison.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// A full comparison of every written group this often, besides the change polls
+    /// (0: only after a lost mark or a DC change).
+    #[serde(default = "default_full_interval_minutes")]
+    pub full_interval_minutes: u64,
+}
+
+impl Default for DriftWatchSettings {
+    fn default() -> Self {
+        DriftWatchSettings {
+            watch: true,
+            poll_interval_ms: default_poll_interval_ms(),
+            state_file: None,
+            full_interval_minutes: default_full_interval_minutes(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_poll_interval_ms() -> u64 {
+    1000
+}
+fn default_full_interval_minutes() -> u64 {
+    60
 }
 
 #[derive(Debug, Deserialize)]

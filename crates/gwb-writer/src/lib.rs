@@ -10,6 +10,7 @@
 mod apply;
 pub mod config;
 mod control;
+mod drift;
 mod merge;
 mod observe;
 mod status;
@@ -70,6 +71,11 @@ pub(crate) struct Shared {
     pub(crate) health: tonic_health::server::HealthReporter,
     /// The wall clock (a parameter, so tests can set the time).
     pub(crate) clock: Clock,
+    /// Batches apply and publish their outcomes under a shared hold; the directory
+    /// watcher publishes an observation under an exclusive one (see `drift`).
+    pub(crate) apply_gate: tokio::sync::RwLock<()>,
+    /// objectGUIDs of the groups written since the watcher's last poll.
+    pub(crate) written: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Runs the writer until `shutdown`: one consumer per partition, the status reporter
@@ -106,6 +112,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         })),
         health: health_reporter,
         clock: Clock::system(),
+        apply_gate: tokio::sync::RwLock::new(()),
+        written: Default::default(),
     });
 
     let mut tasks = Vec::new();
@@ -125,6 +133,9 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: Shutdown) -> Re
         shared.clone(),
         Duration::from_secs(config.writer.status_interval_seconds.max(1)),
     )));
+    if config.drift.watch && !shared.dry_run {
+        tasks.push(tokio::spawn(drift::watch(shared.clone(), config.drift.clone())));
+    }
     let service = control::WriterService { pause: shared.pause.clone(), snapshot: shared.snapshot.clone() };
     let server = tokio::spawn(control::serve(
         control_listener,

@@ -73,7 +73,14 @@ enum Command {
         /// Remove every override of this group.
         #[arg(long, conflicts_with_all = ["enable", "disable", "target_type", "ou"])]
         clear: bool,
+        /// What happens to AD edits of this group: repair, report, off, or inherit
+        /// `[drift] mode`; repair also clears a contested mark.
+        #[arg(long, value_enum)]
+        drift: Option<DriftArg>,
     },
+    /// Clear a group's contested mark: drift repairs and writes resume, the group is
+    /// sent in full again.
+    Uncontest { id: String },
     /// Show what would be sent to AD for a group now, without sending it.
     Preview { id: String },
     /// Ask the collector for a delta round now (--full: read everything again).
@@ -102,6 +109,25 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DriftArg {
+    Repair,
+    Report,
+    Off,
+    Inherit,
+}
+
+impl DriftArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            DriftArg::Repair => "repair",
+            DriftArg::Report => "report",
+            DriftArg::Off => "off",
+            DriftArg::Inherit => "inherit",
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -220,12 +246,24 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             let detail = client.get_group(pb::GetGroupRequest { id: id.clone() }).await?.into_inner();
             print_group(&detail, cli.json);
         }
-        Command::SetGroup { id, enable, disable, target_type, ou, clear } => {
-            if !(*enable || *disable || target_type.is_some() || ou.is_some() || *clear) {
+        Command::SetGroup { id, enable, disable, target_type, ou, clear, drift } => {
+            if !(*enable || *disable || target_type.is_some() || ou.is_some() || *clear || drift.is_some()) {
                 return Err(Failure {
                     code: 2,
-                    message: "say what to change: --enable, --disable, --type, --ou or --clear".into(),
+                    message: "say what to change: --enable, --disable, --type, --ou, --clear or --drift".into(),
                 });
+            }
+            if let Some(drift) = drift {
+                let request = pb::SetGroupDriftRequest {
+                    id: id.clone(),
+                    mode: drift.as_str().into(),
+                    uncontest: matches!(drift, DriftArg::Repair),
+                };
+                let detail = client.set_group_drift(request).await?.into_inner();
+                if !(*enable || *disable || target_type.is_some() || ou.is_some() || *clear) {
+                    print_group(&detail, cli.json);
+                    return Ok(());
+                }
             }
             let target_type = match target_type {
                 None => pb::TargetType::Unspecified,
@@ -247,6 +285,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 clear: *clear,
             };
             let detail = client.set_group_writeback(request).await?.into_inner();
+            print_group(&detail, cli.json);
+        }
+        Command::Uncontest { id } => {
+            let request = pb::SetGroupDriftRequest { id: id.clone(), mode: String::new(), uncontest: true };
+            let detail = client.set_group_drift(request).await?.into_inner();
             print_group(&detail, cli.json);
         }
         Command::Preview { id } => {
@@ -535,6 +578,9 @@ fn print_group(detail: &pb::GroupDetail, as_json: bool) {
             "policy_reason": detail.policy_reason,
             "addresses_skipped": detail.addresses_skipped,
             "name_clash": detail.name_clash,
+            "drift_mode": detail.drift_mode,
+            "contested": detail.contested,
+            "drift_history": detail.drift_history.iter().map(|d| json!({"at_ms": d.at_ms, "kind": d.kind, "detail": d.detail, "action": d.action})).collect::<Vec<_>>(),
         }));
         return;
     }
@@ -545,6 +591,10 @@ fn print_group(detail: &pb::GroupDetail, as_json: bool) {
     println!("objectGUID:   {}", detail.ad_object_guid);
     println!("objectSid:    {}", detail.ad_object_sid);
     println!("sAMAccount:   {}", detail.sam_account_name);
+    println!("Drift:        {}", detail.drift_mode);
+    if !detail.contested.is_empty() {
+        println!("CONTESTED:    {}", detail.contested);
+    }
     if !summary.last_error.is_empty() {
         println!("Last error:   {}", summary.last_error);
     }
@@ -564,6 +614,12 @@ fn print_group(detail: &pb::GroupDetail, as_json: bool) {
     println!("\nMembers skipped ({}):", detail.members_skipped.len());
     for member in &detail.members_skipped {
         println!("  {:<36} {:<8} {}", member.member_id, member.kind, member.reason);
+    }
+    if !detail.drift_history.is_empty() {
+        println!("\nDrift (AD edits, newest first):");
+        for drift in &detail.drift_history {
+            println!("  {:<14} {:<15} {:<10} {}", drift.at_ms, drift.kind, drift.action, drift.detail);
+        }
     }
 }
 

@@ -586,6 +586,8 @@ fn prometheus_and_grafana_files_match_compose() {
         "queue depth",
         "ldap operation latency",
         "skipped members by reason",
+        "drift",
+        "contested groups",
     ] {
         assert!(titles.iter().any(|t| t.contains(wanted)), "dashboard panel {wanted:?} in {titles:?}");
     }
@@ -613,6 +615,10 @@ fn catalog() -> BTreeSet<String> {
     m.dead_lettered("q");
     m.messages_published("k", 1);
     m.message_consumed("q", "ack");
+    m.drift_detected("attribute");
+    m.drift_repaired(1);
+    m.contested_groups(0);
+    m.drift_watch_operation();
     m.render()
         .unwrap()
         .lines()

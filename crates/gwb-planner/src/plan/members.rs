@@ -23,6 +23,19 @@ pub(super) struct MemberDelta {
     removed: Vec<(String, MemberRef)>,
 }
 
+impl MemberDelta {
+    /// Given values to add and remove (a drift repair), flushed like any other: the
+    /// removals pass the member-removal threshold, held under their own value (a
+    /// member added by hand has no cloud id).
+    pub(super) fn of(add: Vec<MemberRef>, remove: Vec<MemberRef>) -> Self {
+        MemberDelta {
+            add,
+            replaced: Vec::new(),
+            removed: remove.into_iter().map(|value| (value.key(), value)).collect(),
+        }
+    }
+}
+
 impl<T: StoreTx> Plan<'_, T> {
     /// Plans one (group, member) pair against what was planned before. Everything it
     /// needs is read in one operation and only what changed is written: this runs once

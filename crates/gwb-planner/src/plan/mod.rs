@@ -11,12 +11,15 @@
 
 mod changes;
 mod deletions;
+mod drift;
 mod members;
 mod operator;
 mod outcomes;
 mod rounds;
 #[cfg(test)]
 mod tests;
+
+pub use drift::DriftRequest;
 
 use prost::Message as _;
 
@@ -51,6 +54,7 @@ pub struct PolicySettings {
     pub threshold: DeletionThreshold,
     /// Counted in `threshold`'s window.
     pub member_removals: MemberRemovalThreshold,
+    pub drift: gwb_core::drift::DriftPolicy,
 }
 
 /// When a planning call runs and the trace its commands belong to.
@@ -74,6 +78,10 @@ pub struct Incoming {
 #[derive(Debug, Default)]
 pub struct Planned {
     pub commands: Vec<(CommandKind, String)>,
+    /// Drift found in directory observations, by kind.
+    pub drift: Vec<gwb_core::drift::DriftKind>,
+    /// Drifted groups a repair was planned for.
+    pub drift_repaired: u64,
 }
 
 /// What [`Engine::apply_events`] did.
@@ -185,6 +193,16 @@ impl<S: Store> Engine<S> {
         Ok(self.in_transaction(cause, |plan| plan.outcome(outcome))?.1)
     }
 
+    /// The writer's directory watcher's observation: drift found, reported, repaired.
+    pub fn apply_observation(
+        &mut self,
+        observation: &gwb_core::drift::Observation,
+        origin: &Origin,
+    ) -> Result<Planned, EngineError> {
+        let cause = Cause::cloud("AD edit", 0, origin);
+        Ok(self.in_transaction(cause, |plan| plan.observation(observation))?.1)
+    }
+
     pub fn apply_writer_status(&mut self, status: &cmd::WriterStatus, origin: &Origin) -> Result<Planned, EngineError> {
         let cause = Cause::cloud("directory schema discovered", 0, origin);
         Ok(self.in_transaction(cause, |plan| plan.writer_status(status))?.1)
@@ -271,9 +289,16 @@ impl<T: StoreTx> Plan<'_, T> {
         self.tx.ensure_writeback(group_id, self.cause.now_ms)
     }
 
-    /// Plans one command for the group: into the outbox, in flight, audited.
+    /// Plans one command for the group: into the outbox, in flight, audited. A
+    /// contested group gets none (audited as held): it waits for the operator, who
+    /// clearing it re-sends the group in full.
     fn emit(&mut self, group_id: &str, command: WriteCommand) -> Result<(), EngineError> {
         let kind = command.command_kind();
+        if let Some(reason) = self.tx.drift_group(group_id)?.contested {
+            let detail = format!("not sent, the group is contested: {}", describe_command(&command));
+            tracing::info!(group = %group_id, %reason, "command for a contested group held");
+            return Ok(self.audit(group_id, kind, AuditResult::Held, &detail)?);
+        }
         let sequence = self.tx.next_sequence(group_id)?;
         let detail = describe_command(&command);
         let command_id = uuid::Uuid::new_v4().to_string();

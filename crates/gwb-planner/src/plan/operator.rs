@@ -98,17 +98,21 @@ impl<S: Store> Engine<S> {
             }
             let mut member_removals = 0u64;
             for group_id in chosen(plan.tx.groups_with_held_member_removals()?) {
+                let active = plan.state_of(&group_id)?.is_some_and(WritebackState::is_active);
+                if !approve {
+                    let kept = plan.tx.keep_held_member_removals(&group_id)?;
+                    member_removals += kept;
+                    let detail = format!("{kept} held member removal(s) discarded: AD keeps the members");
+                    plan.audit(&group_id, CommandKind::RemoveMembers, AuditResult::Discarded, &detail)?;
+                    continue;
+                }
                 let held = plan.tx.take_held_member_removals(&group_id)?;
                 member_removals += held.len() as u64;
-                let active = plan.state_of(&group_id)?.is_some_and(WritebackState::is_active);
-                if approve && active {
+                if active {
                     plan.emit_member_changes(&group_id, &held, &[])?;
                 } else {
-                    let detail = if approve {
-                        format!("{} held member removal(s) dropped: the group is no longer written back", held.len())
-                    } else {
-                        format!("{} held member removal(s) discarded: AD keeps the members", held.len())
-                    };
+                    let detail =
+                        format!("{} held member removal(s) dropped: the group is no longer written back", held.len());
                     plan.audit(&group_id, CommandKind::RemoveMembers, AuditResult::Discarded, &detail)?;
                 }
             }

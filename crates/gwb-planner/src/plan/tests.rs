@@ -1,5 +1,7 @@
 //! Planning over an in-memory SQLite store.
 
+mod drift;
+
 use prost::Message as _;
 
 use gwb_core::command::{CommandKind, MemberRef, WriteCommand};
@@ -62,6 +64,7 @@ fn engine(threshold: DeletionThreshold) -> TestEngine {
         partitions: 4,
         threshold,
         member_removals: MemberRemovalThreshold::default(),
+        drift: gwb_core::drift::DriftPolicy::default(),
     };
     let mut engine = Engine::new(db, policy);
     engine.set_writeback(true, false, &at(0)).unwrap();

@@ -8,8 +8,11 @@
 //! The traits are synchronous: the engine runs inside `spawn_blocking` behind a mutex,
 //! so a backend may block (a PostgreSQL one would use the blocking client).
 
+pub mod drift;
 pub mod queries;
 pub mod sqlite;
+
+pub use drift::{DriftEvent, DriftGroupRow, DriftHistoryRow, DriftQueries, DriftTx};
 
 use gwb_core::command::{AppliedGroup, CommandKind, MemberRef};
 use gwb_core::event::Resource;
@@ -128,6 +131,10 @@ pub enum AuditResult {
     /// The writer refused to write the group (a safety rule); nothing was written.
     Refused,
     DryRun,
+    /// Drift found in AD (an edit by someone else).
+    Detected,
+    /// Drift repairs stopped for the group.
+    Contested,
 }
 
 impl AuditResult {
@@ -141,6 +148,8 @@ impl AuditResult {
             AuditResult::Failed => "failed",
             AuditResult::Refused => "refused",
             AuditResult::DryRun => "dry_run",
+            AuditResult::Detected => "detected",
+            AuditResult::Contested => "contested",
         }
     }
 }
@@ -197,7 +206,8 @@ pub trait Store: Send + 'static {
 }
 
 /// Everything planning reads and writes, inside one transaction.
-pub trait StoreTx {
+/// Drift's operations are their own trait ([`DriftTx`]), required of every transaction.
+pub trait StoreTx: DriftTx {
     fn commit(self) -> Result<(), StoreError>;
 
     // ----- events, settings, counters, services ---------------------------------
@@ -291,8 +301,11 @@ pub trait StoreTx {
     ) -> Result<(), StoreError>;
     /// The value is planned again (back in the cloud group): its held removal is moot.
     fn release_held_member_removal(&mut self, group_id: &str, reference: &MemberRef) -> Result<(), StoreError>;
-    /// Takes the group's held removals out of the store (the operator decided).
+    /// Takes the group's held removals out of the store (the operator approved them).
     fn take_held_member_removals(&mut self, group_id: &str) -> Result<Vec<MemberRef>, StoreError>;
+    /// The operator discarded the group's held removals: AD keeps those values,
+    /// unmanaged, and drift repair leaves them alone. Returns how many.
+    fn keep_held_member_removals(&mut self, group_id: &str) -> Result<u64, StoreError>;
     fn groups_with_held_member_removals(&self) -> Result<Vec<String>, StoreError>;
     /// Member values removed from the group without an operator since `window_start_ms`;
     /// older records are forgotten.

@@ -159,7 +159,7 @@ pub fn members_from_wire(change: &cmd::MemberChange) -> Result<Vec<MemberRef>, C
 }
 
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in hexadecimal digits, either case.
-fn is_guid(text: &str) -> bool {
+pub(crate) fn is_guid(text: &str) -> bool {
     text.len() == 36
         && text
             .bytes()
@@ -179,6 +179,9 @@ impl From<&WriteCommand> for cmd::write_command::Action {
             WriteCommand::RemoveMembers { members, .. } => Action::RemoveMembers(members.as_slice().into()),
             WriteCommand::Delete { .. } => Action::Delete(cmd::Delete {}),
             WriteCommand::Retire { retired_ou, .. } => Action::Retire(cmd::Retire { retired_ou: retired_ou.clone() }),
+            WriteCommand::Reanimate { object_guid, dn, .. } => {
+                Action::Reanimate(cmd::Reanimate { object_guid: object_guid.clone(), dn: dn.clone() })
+            }
         }
     }
 }
@@ -194,6 +197,7 @@ impl From<&cmd::write_command::Action> for CommandKind {
             Action::RemoveMembers(_) => CommandKind::RemoveMembers,
             Action::Delete(_) => CommandKind::Delete,
             Action::Retire(_) => CommandKind::Retire,
+            Action::Reanimate(_) => CommandKind::Reanimate,
         }
     }
 }
@@ -244,6 +248,20 @@ pub fn command_from_wire(command: &cmd::WriteCommand) -> Result<WriteCommand, Co
         Action::RemoveMembers(change) => WriteCommand::RemoveMembers { anchor, members: members_from_wire(change)? },
         Action::Delete(_) => WriteCommand::Delete { anchor },
         Action::Retire(retire) => WriteCommand::Retire { anchor, retired_ou: retire.retired_ou.clone() },
+        Action::Reanimate(reanimate) => {
+            // The GUID goes into a `<GUID=…>` search base: anything else is refused here.
+            if !is_guid(&reanimate.object_guid) {
+                return Err(CommandError::BadMember(reanimate.object_guid.clone()));
+            }
+            if reanimate.dn.trim().is_empty() {
+                return Err(CommandError::MissingName);
+            }
+            WriteCommand::Reanimate {
+                anchor,
+                object_guid: reanimate.object_guid.to_ascii_lowercase(),
+                dn: reanimate.dn.clone(),
+            }
+        }
     })
 }
 
@@ -404,6 +422,7 @@ pub fn describe_command(command: &WriteCommand) -> String {
         }
         WriteCommand::Delete { .. } => "delete the AD group".into(),
         WriteCommand::Retire { retired_ou, .. } => format!("move to {retired_ou}"),
+        WriteCommand::Reanimate { object_guid, dn, .. } => format!("reanimate tombstone {object_guid} as {dn}"),
     }
 }
 

@@ -248,6 +248,9 @@ CREATE TABLE held_member_removals (
     ref_key TEXT NOT NULL,
     reason TEXT NOT NULL,
     held_ms INTEGER NOT NULL,
+    -- 1: the operator discarded the removal; AD keeps the value, unmanaged (drift
+    -- repair leaves it alone).
+    kept INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (group_num, member_num)
 ) WITHOUT ROWID;
 CREATE INDEX held_member_removals_by_member ON held_member_removals (member_num);
@@ -257,6 +260,30 @@ CREATE INDEX member_removals_sent_by_group ON member_removals_sent (group_num, a
 ALTER TABLE groups ADD COLUMN on_premises_sid TEXT;
 -- The wanted name held by another object, as the writer last reported it.
 ALTER TABLE writeback ADD COLUMN name_clash TEXT NOT NULL DEFAULT '';
+"#,
+    // 11: drift (issue 18). A group's mode override and contested mark; every drift
+    // found, for the contested rule's window and `gwbctl group`; observations name a
+    // group by objectGUID and are ignored while its commands are in flight.
+    r#"
+CREATE TABLE drift_groups (
+    group_id TEXT PRIMARY KEY,
+    mode TEXT,
+    contested_reason TEXT,
+    contested_ms INTEGER
+);
+CREATE TABLE drift_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    repeat_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    when_changed TEXT NOT NULL,
+    action TEXT NOT NULL
+);
+CREATE INDEX drift_events_by_group ON drift_events (group_id, repeat_key, at_ms);
+CREATE INDEX writeback_by_guid ON writeback (object_guid);
+CREATE INDEX inflight_by_group ON inflight (group_id);
 "#,
 ];
 

@@ -1,6 +1,7 @@
 //! The SQLite store: the only planner code with SQL (with `queries` and
 //! `migrations`). WAL mode, prepared statements cached per connection.
 
+mod drift;
 mod migrations;
 mod queries;
 
@@ -733,7 +734,7 @@ impl StoreTx for SqliteTx<'_> {
     fn held_member_removal_count(&self, group_id: &str) -> Result<u64, StoreError> {
         let Some(group) = self.num(group_id)? else { return Ok(0) };
         let count: i64 = self
-            .stmt("SELECT COUNT(*) FROM held_member_removals WHERE group_num = ?1")?
+            .stmt("SELECT COUNT(*) FROM held_member_removals WHERE group_num = ?1 AND kept = 0")?
             .query_row(params![group], |row| row.get(0))?;
         Ok(count.max(0) as u64)
     }
@@ -748,8 +749,8 @@ impl StoreTx for SqliteTx<'_> {
     ) -> Result<(), StoreError> {
         let (group, member) = (self.intern(group_id)?, self.intern(member_id)?);
         self.stmt(
-            "INSERT OR REPLACE INTO held_member_removals (group_num, member_num, ref_key, reason, held_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR REPLACE INTO held_member_removals (group_num, member_num, ref_key, reason, held_ms, kept)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0)",
         )?
         .execute(params![group, member, reference.key(), reason, now_ms])?;
         Ok(())
@@ -765,10 +766,10 @@ impl StoreTx for SqliteTx<'_> {
     fn take_held_member_removals(&mut self, group_id: &str) -> Result<Vec<MemberRef>, StoreError> {
         let Some(group) = self.num(group_id)? else { return Ok(Vec::new()) };
         let keys: Vec<String> = self
-            .stmt("SELECT ref_key FROM held_member_removals WHERE group_num = ?1 ORDER BY member_num")?
+            .stmt("SELECT ref_key FROM held_member_removals WHERE group_num = ?1 AND kept = 0 ORDER BY member_num")?
             .query_map(params![group], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
-        self.stmt("DELETE FROM held_member_removals WHERE group_num = ?1")?.execute(params![group])?;
+        self.stmt("DELETE FROM held_member_removals WHERE group_num = ?1 AND kept = 0")?.execute(params![group])?;
         keys.into_iter()
             .map(|key| {
                 MemberRef::from_key(&key).ok_or(StoreError::Corrupt { what: "held member reference", detail: key })
@@ -776,9 +777,17 @@ impl StoreTx for SqliteTx<'_> {
             .collect()
     }
 
+    fn keep_held_member_removals(&mut self, group_id: &str) -> Result<u64, StoreError> {
+        let Some(group) = self.num(group_id)? else { return Ok(0) };
+        Ok(self
+            .stmt("UPDATE held_member_removals SET kept = 1 WHERE group_num = ?1 AND kept = 0")?
+            .execute(params![group])? as u64)
+    }
+
     fn groups_with_held_member_removals(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.stmt(
-            "SELECT DISTINCT o.id FROM held_member_removals h JOIN objects o ON o.num = h.group_num ORDER BY o.id",
+            "SELECT DISTINCT o.id FROM held_member_removals h JOIN objects o ON o.num = h.group_num
+             WHERE h.kept = 0 ORDER BY o.id",
         )?;
         let rows = stmt.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)

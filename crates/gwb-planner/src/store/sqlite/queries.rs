@@ -91,7 +91,7 @@ impl Queries for SqliteStore {
             commands_in_flight: in_flight.max(0) as u64,
             oldest_in_flight_planned_ms: oldest,
             held_deletions: count(db, "SELECT COUNT(*) FROM writeback WHERE state = 'held'")?,
-            held_member_removals: count(db, "SELECT COUNT(*) FROM held_member_removals")?,
+            held_member_removals: count(db, "SELECT COUNT(*) FROM held_member_removals WHERE kept = 0")?,
             recent_errors,
             exchange: get_meta(db, &Meta::ExchangeDescription)?.unwrap_or_default(),
             mail_refusal: get_meta(db, &Meta::MailRefusal)?.unwrap_or_default(),
@@ -200,12 +200,12 @@ impl Queries for SqliteStore {
         // operator needs to decide.
         let mut stmt = self.db.prepare_cached(
             "SELECT o.id, COALESCE(g.display_name, ''), COALESCE(w.dn, ''), COUNT(*),
-                    (SELECT n.reason FROM held_member_removals n WHERE n.group_num = h.group_num
+                    (SELECT n.reason FROM held_member_removals n WHERE n.group_num = h.group_num AND n.kept = 0
                      ORDER BY n.held_ms DESC LIMIT 1),
                     MAX(h.held_ms)
              FROM held_member_removals h JOIN objects o ON o.num = h.group_num
              LEFT JOIN groups g ON g.id = o.id LEFT JOIN writeback w ON w.group_id = o.id
-             GROUP BY h.group_num ORDER BY o.id",
+             WHERE h.kept = 0 GROUP BY h.group_num ORDER BY o.id",
         )?;
         let rows = stmt.query_map([], |row| {
             Ok(HeldMemberRemovals {
@@ -225,7 +225,7 @@ impl Queries for SqliteStore {
         let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?.max(0) as u64)))?;
         Ok(Gauges {
             held_deletions: count(&self.db, "SELECT COUNT(*) FROM writeback WHERE state = 'held'")?,
-            held_member_removals: count(&self.db, "SELECT COUNT(*) FROM held_member_removals")?,
+            held_member_removals: count(&self.db, "SELECT COUNT(*) FROM held_member_removals WHERE kept = 0")?,
             name_clashes: count(&self.db, "SELECT COUNT(*) FROM writeback WHERE name_clash <> ''")?,
             skipped: rows.collect::<Result<_, _>>()?,
         })
